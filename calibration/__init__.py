@@ -1,0 +1,1 @@
+"""calibration of compot-zoo (import as zoo.calibration)."""

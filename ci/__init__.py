@@ -1,0 +1,1 @@
+"""ci of compot-zoo (import as zoo.ci)."""

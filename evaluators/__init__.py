@@ -1,0 +1,1 @@
+"""evaluators of compot-zoo (import as zoo.evaluators)."""

@@ -1,0 +1,1 @@
+"""modalities of compot-zoo (import as zoo.modalities)."""

@@ -1,0 +1,144 @@
+"""`factorize`: one linear layer's weight and input Gram in, a compressed factorization out."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from zoo.engine import storage
+from zoo.engine.compot import compot
+from zoo.engine.svd_llm import truncated_svd
+from zoo.engine.whitening import cholesky_whitener
+from zoo.errors import ZooError
+
+METHODS = ("compot", "svd-llm")
+
+
+@dataclass
+class Factorization:
+    """W ~ A C with W in the paper's (in, out) layout; `reconstruct` gives PyTorch's (out, in).
+
+    dictionary A: (in_features, k), dewhitened. codes C: (k, out_features); for COMPOT each
+    column holds at most s nonzeros, at the positions of `support`; for SVD-LLM C is dense
+    (s == k, no mask). A matrix that could not be made smaller is left dense: method
+    "dense", `weight` kept, `reason` says why.
+    """
+
+    method: str
+    out_features: int
+    in_features: int
+    target_cr: float
+    k: int = 0
+    s: int = 0
+    dictionary: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
+    support: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    damping: float = 0.0
+    objective: list[float] = field(default_factory=list)
+    whitened_norm_sq: float = 0.0
+    reason: str = ""
+
+    @property
+    def is_dense(self) -> bool:
+        return self.method == "dense"
+
+    @property
+    def bits(self) -> int:
+        m, n = self.in_features, self.out_features
+        if self.method == "compot":
+            return storage.compot_bits(m, n, self.k, self.s)
+        if self.method == "svd-llm":
+            return storage.lowrank_bits(m, n, self.k)
+        return storage.dense_bits(m, n)
+
+    @property
+    def dense_bits(self) -> int:
+        return storage.dense_bits(self.in_features, self.out_features)
+
+    @property
+    def cr(self) -> float:
+        return storage.achieved_cr(self.bits, self.in_features, self.out_features)
+
+    @property
+    def relative_error(self) -> float:
+        """||L^T (W - W^)||^2 / ||L^T W||^2: the calibration-weighted error, in [0, 1]."""
+        if self.is_dense or not self.whitened_norm_sq:
+            return 0.0
+        return self.objective[-1] / self.whitened_norm_sq
+
+    def reconstruct(self) -> torch.Tensor:
+        """The dense approximation in PyTorch's (out_features, in_features) layout."""
+        if self.is_dense:
+            return self.weight
+        return self.codes.mT @ self.dictionary.mT
+
+
+def _validate(weight: torch.Tensor, gram: torch.Tensor, cr: float, ks_ratio: float,
+              iters: int, method: str, name: str) -> None:
+    if method not in METHODS:
+        raise ZooError(f"{name}: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if not 0.0 < cr < 1.0:
+        raise ZooError(f"{name}: compression ratio must lie in (0, 1), got {cr!r}")
+    if not ks_ratio >= 1.0:
+        raise ZooError(f"{name}: k/s ratio must be >= 1, got {ks_ratio!r}")
+    if iters < 0:
+        raise ZooError(f"{name}: iterations must be >= 0, got {iters!r}")
+    if weight.ndim != 2:
+        raise ZooError(f"{name}: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if gram.shape != (weight.shape[1], weight.shape[1]):
+        raise ZooError(f"{name}: Gram shape {tuple(gram.shape)} does not match in_features="
+                       f"{weight.shape[1]} of weight {tuple(weight.shape)}")
+    for label, t in (("weight", weight), ("Gram", gram)):
+        bad = (~torch.isfinite(t)).sum().item()
+        if bad:
+            raise ZooError(f"{name}: {label} holds {bad} NaN/Inf value(s)")
+
+
+def factorize(weight: torch.Tensor, gram: torch.Tensor, cr: float = 0.2, method: str = "compot",
+              ks_ratio: float = 2.0, iters: int = 20, tol: float = 0.0,
+              dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+              name: str = "matrix") -> Factorization:
+    """Compress one linear layer at compression ratio `cr` (eq. 11 storage).
+
+    weight: (out_features, in_features) as nn.Linear stores it. gram: X^T X of the layer's
+    inputs, (in_features, in_features), any positive scale. `dtype` is the working precision
+    of the iterations (whitening is always float64); `device` defaults to the weight's.
+    `tol` > 0 enables early stopping on the relative objective change (appendix A.7).
+    """
+    _validate(weight, gram, cr, ks_ratio, iters, method, name)
+    device = torch.device(device) if device is not None else weight.device
+    n, m = weight.shape
+    result = Factorization(method=method, out_features=n, in_features=m, target_cr=cr)
+    shape = (storage.compot_shape(m, n, cr, ks_ratio) if method == "compot"
+             else storage.lowrank_rank(m, n, cr))
+    if shape is None:
+        result.method, result.weight = "dense", weight
+        result.reason = f"{method} cannot store a {n}x{m} matrix in {1 - cr:.0%} of its dense bits"
+        return result
+
+    whitener = cholesky_whitener(gram.to(device), name=name)
+    w = whitener.whiten(weight.to(device).mT).to(dtype)
+    result.damping = whitener.damping
+    result.whitened_norm_sq = w.double().square().sum().item()
+    if method == "compot":
+        result.k, result.s = shape
+        f = compot(w, result.k, result.s, iters, tol)
+        d, codes, result.support, result.objective = f.dictionary, f.codes_t.mT, f.support_t.mT, f.objective
+    else:
+        result.k = result.s = shape
+        d, codes, error = truncated_svd(w, shape)
+        result.objective = [error]
+    result.dictionary = whitener.dewhiten(d).to(dtype)
+    result.codes = codes.contiguous()
+    if result.support is not None:
+        result.support = result.support.contiguous()
+    return result
+
+
+def functional_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor) -> float:
+    """tr((W - W^) G (W - W^)^T) = ||X (W - W^)^T||^2 for weights in (out, in) layout."""
+    diff = (weight.double() - approx.double())
+    return math.fsum(((diff @ gram.double()) * diff).sum(dim=1).tolist())
