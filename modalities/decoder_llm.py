@@ -1,0 +1,106 @@
+"""Decoder-only LLMs (Llama, Qwen2/3, Mistral, Gemma, OPT, SmolLM): what to compress and how to feed it.
+
+Architecture knowledge sits in the two tables below; embeddings and lm_head stay dense,
+as in the paper.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from zoo.errors import ZooError
+from zoo.modality import CalibrationData, LoadedModel
+from zoo.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+_LLAMA_LIKE = [
+    ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+    ["self_attn.o_proj"],
+    ["mlp.gate_proj", "mlp.up_proj"],
+    ["mlp.down_proj"],
+]
+# model_type -> projections of one decoder block, grouped by the input they share.
+TARGET_GROUPS = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,
+    "smollm3": _LLAMA_LIKE,
+    "opt": [
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        ["self_attn.out_proj"],
+        ["fc1"],
+        ["fc2"],
+    ],
+}
+# model_type -> where the decoder blocks sit, when not at model.layers.
+BLOCK_PATHS = {"opt": "model.decoder.layers"}
+
+
+def _hub_reachable() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes")
+
+
+class DecoderLLM:
+    modality = "llm"
+    auto_class = "AutoModelForCausalLM"
+
+    def load(self, spec: ModelSpec) -> LoadedModel:
+        """The folder, else the Hub, else the packaged offline copy named in the manifest."""
+        if spec.local is not None:
+            return self._from_folder(str(spec.local), spec.name)
+        errors = []
+        if spec.hub and _hub_reachable():
+            try:
+                return self._from_folder(spec.hub, spec.hub, spec.revision)
+            except OSError as exc:  # no network, gated or missing repo
+                errors.append(f"Hub {spec.hub}: {exc}")
+        if spec.packaged:
+            from zoo.modalities.gguf import packaged_llm_dir
+
+            loaded = self._from_folder(str(packaged_llm_dir(spec.packaged)), f"packaged:{spec.packaged}")
+            loaded.notes.append(f"offline copy of {spec.hub} from a PyPI package (4-bit GGUF, dequantized)")
+            return loaded
+        reason = "; ".join(errors) or "the Hub is offline (HF_HUB_OFFLINE) and no packaged copy exists"
+        raise ZooError(f"cannot load {spec.name}: {reason}")
+
+    def _from_folder(self, source: str, label: str, revision: str | None = None) -> LoadedModel:
+        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+        model.eval()
+        self.linear_groups(model)  # fail now, not after calibration, on an unknown architecture
+        return LoadedModel(model, tokenizer, label, revision)
+
+    def blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        path = BLOCK_PATHS.get(model.config.model_type, "model.layers")
+        return [(f"{path}.{i}", block) for i, block in enumerate(model.get_submodule(path))]
+
+    def linear_groups(self, model: nn.Module) -> list[list[str]]:
+        model_type = model.config.model_type
+        if model_type not in TARGET_GROUPS:
+            raise ZooError(f"architecture {model_type!r} ({type(model).__name__}) has no compression "
+                           f"targets table; known: {', '.join(sorted(TARGET_GROUPS))}")
+        return TARGET_GROUPS[model_type]
+
+    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int,
+                    seed: int) -> CalibrationData:
+        from zoo.calibration.text import calibration_batches, dataset_fingerprint
+
+        ids = calibration_batches(loaded.processor, source, n_samples, seq_len, seed)
+        batches = [{"input_ids": row[None], "use_cache": False} for row in ids]
+        return CalibrationData(batches, source, dataset_fingerprint(ids), ids.numel())
+
+    def save_processor(self, loaded: LoadedModel, out_dir) -> None:
+        loaded.processor.save_pretrained(out_dir)
+
+
+ADAPTER = DecoderLLM()

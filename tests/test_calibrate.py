@@ -1,0 +1,63 @@
+"""Block-wise Gram collection equals Grams taken from one ordinary forward pass."""
+
+import pytest
+import torch
+
+from tests.tiny_models import tiny_llama, tiny_qwen2, token_batches
+from zoo.calibrate import block_grams, capture_block_inputs
+from zoo.errors import ZooError
+from zoo.modalities.decoder_llm import ADAPTER
+
+
+def _reference_grams(model, batches, names):
+    grams = {n: 0 for n in names}
+    tokens = {n: 0 for n in names}
+    hooks = []
+    for n in names:
+        def hook(_m, args, _o, n=n):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            grams[n] = grams[n] + x.T @ x
+            tokens[n] += x.shape[0]
+        hooks.append(model.get_submodule(n).register_forward_hook(hook))
+    with torch.no_grad():
+        for b in batches:
+            model(**b)
+    for h in hooks:
+        h.remove()
+    return {n: grams[n] / tokens[n] for n in names}
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2])
+def test_blockwise_grams_match_a_full_forward(make):
+    model = make()
+    batches = token_batches()
+    groups = ADAPTER.linear_groups(model)
+    blocks = ADAPTER.blocks(model)
+    names = [f"{p}.{g[0]}" for p, _ in blocks for g in groups]
+    expected = _reference_grams(model, batches, names)
+    inputs = capture_block_inputs(model, blocks[0][1], batches)
+    assert len(inputs) == len(batches)
+    for prefix, block in blocks:
+        stats, inputs = block_grams(block, groups, inputs)
+        for g in groups:
+            stat = stats[g[0]]
+            assert stat.tokens == 6 * 24 and stat.nonfinite_batches == 0
+            torch.testing.assert_close(stat.gram, expected[f"{prefix}.{g[0]}"], rtol=1e-5, atol=1e-7)
+
+
+def test_nonfinite_batches_are_counted_not_hidden():
+    model = tiny_llama()
+    groups = ADAPTER.linear_groups(model)
+    blocks = ADAPTER.blocks(model)
+    inputs = capture_block_inputs(model, blocks[0][1], token_batches(n=3))
+    inputs[1].args = (torch.full_like(inputs[1].args[0], float("nan")),) + inputs[1].args[1:]
+    stats, _ = block_grams(blocks[0][1], groups, inputs)
+    q = stats[groups[0][0]]
+    assert q.nonfinite_batches == 1 and q.tokens == 2 * 24
+    assert torch.isfinite(q.gram).all()
+
+
+def test_empty_calibration_is_an_error():
+    model = tiny_llama()
+    with pytest.raises(ZooError, match="calibration set is empty"):
+        capture_block_inputs(model, ADAPTER.blocks(model)[0][1], [])

@@ -1,0 +1,108 @@
+"""Input Gram statistics, collected block by block so memory does not grow with depth.
+
+The model runs once up to its first block; from there each block is replayed on the
+captured inputs with hooks on the linears it will lose, and its outputs become the next
+block's inputs. Only one block's activations are alive at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zoo.errors import ZooError
+
+
+class _ReachedBlock(Exception):
+    """Raised by a hook to stop the forward pass once the first block's inputs are seen."""
+
+
+@dataclass
+class BlockInput:
+    args: tuple
+    kwargs: dict
+
+
+@dataclass
+class GramStat:
+    """X^T X / tokens over the finite calibration rows of one shared input."""
+
+    gram: torch.Tensor
+    tokens: int
+    nonfinite_batches: int
+
+
+def capture_block_inputs(model: nn.Module, first_block: nn.Module,
+                         batches: Iterable[dict[str, torch.Tensor]]) -> list[BlockInput]:
+    """Run the model on each batch only up to `first_block` and keep what it receives."""
+    captured: list[BlockInput] = []
+
+    def grab(_module, args, kwargs):
+        captured.append(BlockInput(args, dict(kwargs)))
+        raise _ReachedBlock
+
+    handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                try:
+                    model(**batch)
+                except _ReachedBlock:
+                    pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise ZooError("no calibration batch reached the first block: the calibration set is empty")
+    return captured
+
+
+def _block_output(out):
+    """Blocks return their hidden states alone or first in a tuple, by transformers version."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def block_grams(block: nn.Module, groups: Sequence[Sequence[str]], inputs: list[BlockInput],
+                dtype: torch.dtype = torch.float64) -> tuple[dict[str, GramStat], list[BlockInput]]:
+    """Grams of each group's shared input, keyed by the group's first linear, and the block's outputs.
+
+    Linears in one group read the same tensor (q/k/v, gate/up), so one Gram serves them all.
+    Batches whose inputs hold NaN/Inf are left out of the Gram and counted.
+    """
+    stats: dict[str, GramStat] = {}
+    handles = []
+    for group in groups:
+        key = group[0]
+        linear = block.get_submodule(key)
+        stats[key] = GramStat(torch.zeros(linear.in_features, linear.in_features, dtype=dtype,
+                                          device=linear.weight.device), 0, 0)
+
+        def accumulate(_module, args, _out, stat=stats[key]):
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            if not torch.isfinite(x).all():
+                stat.nonfinite_batches += 1
+                return
+            x = x.to(dtype)
+            stat.gram.addmm_(x.mT, x)
+            stat.tokens += x.shape[0]
+
+        handles.append(linear.register_forward_hook(accumulate))
+    outputs = []
+    try:
+        with torch.inference_mode():
+            for item in inputs:
+                out = _block_output(block(*item.args, **item.kwargs))
+                if item.args:
+                    outputs.append(BlockInput((out,) + tuple(item.args[1:]), item.kwargs))
+                else:
+                    outputs.append(BlockInput((), {**item.kwargs, "hidden_states": out}))
+    finally:
+        for h in handles:
+            h.remove()
+    for key, stat in stats.items():
+        if stat.tokens == 0:
+            raise ZooError(f"{key}: every calibration batch ({stat.nonfinite_batches}) reached it with NaN/Inf inputs")
+        stat.gram /= stat.tokens
+    return stats, outputs

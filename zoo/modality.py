@@ -1,0 +1,62 @@
+"""What the pipeline asks of a modality adapter, and the registry that finds one by name.
+
+Adapters live in `zoo.modalities` and hold all architecture knowledge; the pipeline
+reaches them only through this registry, so the engine side never imports transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from torch import nn
+
+from zoo.errors import ZooError
+from zoo.models import ModelSpec
+
+ADAPTERS = {
+    "llm": "zoo.modalities.decoder_llm:ADAPTER",
+}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    processor: Any  # tokenizer or processor, saved beside the checkpoint
+    base_model: str  # what was actually loaded: Hub id, packaged asset or folder
+    revision: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CalibrationData:
+    batches: list[dict]  # model(**batch) inputs
+    name: str
+    fingerprint: str
+    tokens: int
+
+
+class Adapter(Protocol):
+    modality: str
+    auto_class: str  # the transformers Auto class that rebuilds the architecture
+
+    def load(self, spec: ModelSpec) -> LoadedModel: ...
+
+    def blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """(qualified name, module) of each block, in calibration order."""
+
+    def linear_groups(self, model: nn.Module) -> list[list[str]]:
+        """Linears to compress, relative to a block, grouped by the input they share."""
+
+    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int,
+                    seed: int) -> CalibrationData: ...
+
+    def save_processor(self, loaded: LoadedModel, out_dir) -> None: ...
+
+
+def get_adapter(modality: str) -> Adapter:
+    if modality not in ADAPTERS:
+        raise ZooError(f"no adapter for modality {modality!r}; known: {', '.join(ADAPTERS)}")
+    module, attr = ADAPTERS[modality].split(":")
+    return getattr(importlib.import_module(module), attr)
