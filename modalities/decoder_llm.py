@@ -6,18 +6,14 @@ as in the paper.
 
 from __future__ import annotations
 
-import logging
-import os
-
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zoo.errors import ZooError
+from zoo.hub import hub_reachable
 from zoo.modality import CalibrationData, LoadedModel
 from zoo.models import ModelSpec
-
-log = logging.getLogger(__name__)
 
 _LLAMA_LIKE = [
     ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
@@ -46,10 +42,6 @@ TARGET_GROUPS = {
 BLOCK_PATHS = {"opt": "model.decoder.layers"}
 
 
-def _hub_reachable() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes")
-
-
 class DecoderLLM:
     modality = "llm"
     auto_class = "AutoModelForCausalLM"
@@ -59,7 +51,7 @@ class DecoderLLM:
         if spec.local is not None:
             return self._from_folder(str(spec.local), spec.name)
         errors = []
-        if spec.hub and _hub_reachable():
+        if spec.hub and hub_reachable():
             try:
                 return self._from_folder(spec.hub, spec.hub, spec.revision)
             except OSError as exc:  # no network, gated or missing repo

@@ -1,0 +1,79 @@
+"""Engine vs a plain float64 reading of Algorithm 1, on real layers fed real text.
+
+Both run in this process on the same weights and Grams, so the printed ratios compare
+like with like on whatever machine runs this:
+
+    .venv/bin/python -m benchmarks.bench_engine --model smollm2-135m --blocks 3 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.reference import plain_compot
+from zoo.calibrate import block_grams, capture_block_inputs
+from zoo.engine import factorize
+from zoo.modality import get_adapter
+from zoo.models import resolve
+
+
+def real_layers(model_name: str, blocks: list[int], n_samples: int, seq_len: int):
+    """(name, weight, Gram) for every target linear of the chosen blocks."""
+    spec = resolve(model_name)
+    adapter = get_adapter(spec.modality)
+    loaded = adapter.load(spec)
+    calibration = adapter.calibration(loaded, "wiki-offline", n_samples, seq_len, seed=0)
+    groups = adapter.linear_groups(loaded.model)
+    chain = adapter.blocks(loaded.model)
+    inputs = capture_block_inputs(loaded.model, chain[0][1], calibration.batches)
+    for index, (prefix, block) in enumerate(chain[: max(blocks) + 1]):
+        stats, inputs = block_grams(block, groups, inputs)
+        if index in blocks:
+            for group in groups:
+                for name in group:
+                    yield f"{prefix}.{name}", block.get_submodule(name).weight.detach(), stats[group[0]].gram
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--blocks", type=int, nargs="+", default=[3, 15])
+    parser.add_argument("--cr", type=float, nargs="+", default=[0.2])
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--n-samples", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    print(f"{'matrix':42s} {'cr':>4s} {'k':>5s} {'s':>5s} {'engine s':>9s} {'plain s':>9s} {'speedup':>8s} {'err ratio':>9s}")
+    totals = {"engine": 0.0, "plain": 0.0}
+    errors = {"engine": 0.0, "plain": 0.0}
+    for name, weight, gram in real_layers(args.model, args.blocks, args.n_samples, args.seq_len):
+        for cr in args.cr:
+            f, t_engine = _timed(lambda: factorize(weight, gram, cr=cr, iters=args.iters, device=args.device))
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            (_, objective), t_plain = _timed(lambda: plain_compot(weight, gram, f.k, f.s, args.iters))
+            totals["engine"] += t_engine
+            totals["plain"] += t_plain
+            errors["engine"] += f.objective[-1]
+            errors["plain"] += objective[-1]
+            print(f"{name:42s} {cr:4.2f} {f.k:5d} {f.s:5d} {t_engine:9.3f} {t_plain:9.3f} "
+                  f"{t_plain / t_engine:7.2f}x {f.objective[-1] / objective[-1]:9.4f}")
+    print(f"TOTAL engine {totals['engine']:.2f} s, plain float64 reading {totals['plain']:.2f} s: "
+          f"{totals['plain'] / totals['engine']:.2f}x faster; summed whitened error ratio "
+          f"engine/plain {errors['engine'] / errors['plain']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""Tests never reach the Hub: our machines cannot, and a test must not depend on it."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

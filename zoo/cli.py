@@ -1,0 +1,86 @@
+"""The `zoo` command line."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from zoo.errors import ZooError
+
+
+class _ZooGroup(click.Group):
+    """Turns ZooError into a one-line message and exit code 1, without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ZooError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_ZooGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Show progress logs.")
+def main(verbose: bool) -> None:
+    """compot-zoo: compress Transformers with COMPOT, score them, publish them."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+@main.command("list")
+def list_models() -> None:
+    """Aliases in the zoo manifest."""
+    from zoo.models import manifest
+
+    for name, entry in sorted(manifest()["models"].items()):
+        source = entry.get("hub", "")
+        offline = f"  (offline: packaged {entry['packaged']})" if "packaged" in entry else ""
+        click.echo(f"{name:22s} {entry['modality']:8s} {source}{offline}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--cr", type=float, default=0.2, show_default=True, help="Target compression ratio in (0, 1).")
+@click.option("--method", type=click.Choice(["compot", "svd-llm"]), default="compot", show_default=True)
+@click.option("--static", is_flag=True, help="One CR for every matrix (COMPOT-dagger) instead of dynamic allocation.")
+@click.option("--ks-ratio", type=float, default=2.0, show_default=True, help="Dictionary size over sparsity, k/s.")
+@click.option("--iters", type=int, default=20, show_default=True, help="Alternating minimisation steps.")
+@click.option("--tol", type=float, default=0.0, show_default=True, help="Stop early at this relative objective change (0: off).")
+@click.option("--min-cr", type=float, default=None, help="Allocation guard: least CR per matrix.")
+@click.option("--max-cr", type=float, default=None, help="Allocation guard: largest CR per matrix.")
+@click.option("--calibration", default=None, help="refinedweb, wikitext2, c4, wiki-offline, or a local path.")
+@click.option("--n-samples", type=int, default=None, help="Calibration sequences (model default if unset).")
+@click.option("--seq-len", type=int, default=None, help="Tokens per calibration sequence.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Checkpoint directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--eval", "evaluate", is_flag=True, help="Score base and compressed model.")
+@click.option("--eval-windows", type=int, default=None, help="Cap on perplexity windows (model default if unset).")
+@click.option("--device", default=None, help="Where the engine runs (cpu, cuda); the model's device by default.")
+@click.option("--storage-dtype", type=click.Choice(["float16", "bfloat16"]), default="float16", show_default=True)
+@click.option("--modality", type=click.Choice(["llm", "whisper", "vlm"]), default=None,
+              help="For Hub ids and folders the manifest does not know.")
+def compress(model: str, cr: float, method: str, static: bool, ks_ratio: float, iters: int, tol: float,
+             min_cr: float | None, max_cr: float | None, calibration: str | None, n_samples: int | None,
+             seq_len: int | None, seed: int, out: Path | None, overwrite: bool, evaluate: bool,
+             eval_windows: int | None, device: str | None, storage_dtype: str, modality: str | None) -> None:
+    """Compress MODEL (an alias, a Hub id or a local folder) and save a loadable checkpoint."""
+    from zoo.compress import CompressionConfig
+    from zoo.pipeline import CompressRequest, run_compress
+
+    config = CompressionConfig(cr=cr, method=method, static=static, ks_ratio=ks_ratio, iters=iters, tol=tol,
+                               min_cr=min_cr, max_cr=max_cr, storage_dtype=storage_dtype, device=device)
+    result = run_compress(CompressRequest(model, config, out, overwrite, calibration, n_samples, seq_len, seed,
+                                          evaluate, eval_windows, modality))
+    methods = Counter(r.method for r in result.layers)
+    click.echo(f"\nCompressed {len(result.layers)} projections ({', '.join(f'{n} {m}' for m, n in methods.items())})")
+    for r in result.layers[:: max(1, len(result.layers) // 12)]:
+        click.echo(f"  {r.name:45s} {r.method:8s} k={r.k:5d} s={r.s:5d} cr={r.cr:.3f} err={r.relative_error:.4f}")
+    click.echo(f"Target CR {cr:g}, achieved {result.achieved_cr:.4f} (eq. 11 over the compressed projections)")
+    click.echo(f"Time {result.seconds:.1f} s, peak memory {result.peak_memory_mb:.0f} MiB")
+    for note in result.notes:
+        click.echo(f"Note: {note}")
+    if result.scorecard is not None:
+        click.echo("\n" + result.scorecard.to_markdown_table())
+    click.echo(f"Saved to {result.out_dir}")

@@ -1,0 +1,130 @@
+"""Compress a model's projections in place: allocation, block-wise Grams, factorization, swap.
+
+Data flows one way: adapter -> calibration batches -> Gram statistics -> allocation ->
+factorization -> CompotLinear modules. Every block's Grams come from the original
+(uncompressed) activations, as in SVD-LLM's whitening.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from zoo.calibrate import block_grams, capture_block_inputs
+from zoo.engine import allocate, factorize
+from zoo.engine.storage import dense_bits
+from zoo.errors import ZooError
+from zoo.layer import CompotLinear
+from zoo.modality import Adapter, CalibrationData
+
+
+@dataclass
+class CompressionConfig:
+    cr: float = 0.2
+    method: str = "compot"  # or "svd-llm"
+    static: bool = False  # one CR for every matrix (COMPOT-dagger) instead of Algorithm 2
+    ks_ratio: float = 2.0
+    iters: int = 20
+    tol: float = 0.0
+    min_cr: float | None = None
+    max_cr: float | None = None
+    storage_dtype: str = "float16"
+    device: str | None = None  # where the engine runs; the model's device by default
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]  # (out_features, in_features)
+    method: str  # compot | svd-llm | dense
+    target_cr: float
+    cr: float  # eq. 11 for this matrix
+    k: int
+    s: int
+    bits: int
+    damping: float
+    relative_error: float  # calibration-weighted, ||L^T (W - W^)||^2 / ||L^T W||^2
+    gram_tokens: int
+    nonfinite_batches: int
+    note: str = ""
+
+
+def compression_targets(model: nn.Module, adapter: Adapter) -> dict[str, nn.Linear]:
+    """Qualified name -> linear for every projection the adapter marks for compression."""
+    groups = adapter.linear_groups(model)
+    targets = {}
+    for prefix, block in adapter.blocks(model):
+        for name in (n for g in groups for n in g):
+            module = block.get_submodule(name)
+            if not isinstance(module, nn.Linear):
+                raise ZooError(f"{prefix}.{name} is {type(module).__name__}, not nn.Linear: "
+                               "already compressed, or the adapter table is wrong for this model")
+            targets[f"{prefix}.{name}"] = module
+    if not targets:
+        raise ZooError(f"{type(model).__name__} has no compressible linear projections")
+    return targets
+
+
+def target_crs(targets: dict[str, nn.Linear], config: CompressionConfig) -> dict[str, float]:
+    if config.static:
+        return {name: config.cr for name in targets}
+    weights = {name: linear.weight.detach() for name, linear in targets.items()}
+    return allocate(weights, config.cr, config.min_cr, config.max_cr, device=config.device).cr
+
+
+def compress_model(model: nn.Module, adapter: Adapter, calibration: CalibrationData,
+                   config: CompressionConfig) -> list[LayerReport]:
+    """Replace every target projection by a CompotLinear; returns one report per matrix."""
+    targets = compression_targets(model, adapter)
+    crs = target_crs(targets, config)
+    groups = adapter.linear_groups(model)
+    blocks = adapter.blocks(model)
+    storage_dtype = getattr(torch, config.storage_dtype)
+    inputs = capture_block_inputs(model, blocks[0][1], calibration.batches)
+    reports: list[LayerReport] = []
+    with tqdm(total=len(targets), desc="compress", unit="matrix") as bar:
+        for prefix, block in blocks:
+            bar.set_postfix_str(prefix)
+            stats, inputs = block_grams(block, groups, inputs)
+            for group in groups:
+                stat = stats[group[0]]
+                for name in group:
+                    full = f"{prefix}.{name}"
+                    linear = targets[full]
+                    report = dict(name=full, shape=tuple(linear.weight.shape), target_cr=crs[full],
+                                  gram_tokens=stat.tokens, nonfinite_batches=stat.nonfinite_batches)
+                    if crs[full] == 0.0:
+                        reports.append(_dense_report(linear, report, "allocation kept it dense"))
+                    else:
+                        f = factorize(linear.weight.detach(), stat.gram, cr=crs[full], method=config.method,
+                                      ks_ratio=config.ks_ratio, iters=config.iters, tol=config.tol,
+                                      device=config.device, name=full)
+                        if f.is_dense:
+                            reports.append(_dense_report(linear, report, f.reason))
+                        else:
+                            block.set_submodule(name, CompotLinear.from_factorization(f, linear.bias, storage_dtype))
+                            reports.append(LayerReport(method=f.method, cr=f.cr, k=f.k, s=f.s, bits=f.bits,
+                                                       damping=f.damping, relative_error=f.relative_error,
+                                                       **report))
+                    bar.update()
+    return reports
+
+
+def _dense_report(linear: nn.Linear, report: dict, note: str) -> LayerReport:
+    n, m = linear.weight.shape
+    return LayerReport(method="dense", cr=0.0, k=0, s=0, bits=dense_bits(m, n), damping=0.0,
+                       relative_error=0.0, note=note, **report)
+
+
+def achieved_cr(reports: list[LayerReport]) -> float:
+    """Model-wide eq. 11 ratio over all target projections, dense ones included."""
+    stored = math.fsum(r.bits for r in reports)
+    total = math.fsum(dense_bits(r.shape[1], r.shape[0]) for r in reports)
+    return 1.0 - stored / total

@@ -1,0 +1,40 @@
+"""transformers integration: after `import zoo`, `AutoModelForCausalLM.from_pretrained(dir)`
+rebuilds a compressed checkpoint with its CompotLinear layers, like any quantized model."""
+
+from __future__ import annotations
+
+from transformers.quantizers.auto import register_quantization_config, register_quantizer
+from transformers.quantizers.base import HfQuantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from zoo.checkpoint import swap_in_shells
+
+
+@register_quantization_config("compot")
+class CompotConfig(QuantizationConfigMixin):
+    """The layer table `save_compressed` writes: name -> shape, k, s, method, bias, storage dtype."""
+
+    def __init__(self, layers: dict[str, dict] | None = None, **kwargs) -> None:
+        self.quant_method = "compot"
+        self.layers = layers or {}
+
+    def to_dict(self) -> dict:
+        return {"quant_method": "compot", "layers": self.layers}
+
+
+@register_quantizer("compot")
+class CompotQuantizer(HfQuantizer):
+    """Loads pre-compressed checkpoints only: compression itself needs calibration (`zoo compress`)."""
+
+    requires_calibration = True
+
+    def _process_model_before_weight_loading(self, model, **kwargs):
+        swap_in_shells(model, self.quantization_config.layers)
+        return model
+
+    def is_serializable(self) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False

@@ -1,0 +1,102 @@
+"""CompotLinear: the drop-in for nn.Linear that a compressed checkpoint holds.
+
+y = (x A) C + b. What is stored is what eq. 11 counts: the dictionary A^T (k, in) in 16
+bits, each output's s kept codes in 16 bits, and the (out, k) support bitmask packed
+eight to a byte (numpy's little bit order over the row-major mask). SVD-LLM layers store
+their codes dense and no mask. The dense code matrix the forward pass multiplies by is
+rebuilt from the stored tensors and cached, never saved.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.engine import Factorization
+
+FLOAT16_MAX = torch.finfo(torch.float16).max
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Row-major bool (out, k) -> uint8 (ceil(out*k / 8),)."""
+    return torch.from_numpy(np.packbits(mask.cpu().numpy().reshape(-1), bitorder="little"))
+
+
+def unpack_mask(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    bits = np.unpackbits(packed.cpu().numpy(), count=shape[0] * shape[1], bitorder="little")
+    return torch.from_numpy(bits.reshape(shape).astype(bool)).to(packed.device)
+
+
+class CompotLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, k: int, s: int, method: str = "compot",
+                 bias: bool = False, storage_dtype: torch.dtype = torch.float16,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.k, self.s, self.method = in_features, out_features, k, s, method
+        frozen = dict(dtype=storage_dtype, device=device)
+        self.dictionary = nn.Parameter(torch.empty(k, in_features, **frozen), requires_grad=False)
+        width = s if method == "compot" else k
+        self.code_values = nn.Parameter(torch.empty(out_features, width, **frozen), requires_grad=False)
+        if method == "compot":
+            self.register_buffer("code_mask", torch.empty(math.ceil(out_features * k / 8), dtype=torch.uint8,
+                                                          device=device))
+        else:
+            self.code_mask = None
+        self.bias = nn.Parameter(torch.empty(out_features, device=device)) if bias else None
+        self._cache: tuple | None = None
+
+    @classmethod
+    def from_factorization(cls, f: Factorization, bias: torch.Tensor | None,
+                           storage_dtype: torch.dtype = torch.float16) -> CompotLinear:
+        """Storage rounds the factors to 16 bits; float16 falls back to bfloat16 where values overflow it."""
+        if f.is_dense:
+            raise ValueError(f"a dense {f.out_features}x{f.in_features} matrix has no factors to store")
+        codes_t = f.codes.mT  # (out, k)
+        if storage_dtype == torch.float16 and max(f.dictionary.abs().max(), codes_t.abs().max()) > FLOAT16_MAX:
+            storage_dtype = torch.bfloat16
+        layer = cls(f.in_features, f.out_features, f.k, f.s, f.method, bias is not None, storage_dtype,
+                    device=f.dictionary.device)
+        with torch.no_grad():
+            layer.dictionary.copy_(f.dictionary.mT)
+            if f.method == "compot":
+                support_t = f.support.mT
+                layer.code_values.copy_(codes_t[support_t].reshape(f.out_features, f.s))
+                layer.code_mask.copy_(pack_mask(support_t))
+            else:
+                layer.code_values.copy_(codes_t)
+            if bias is not None:
+                layer.bias.copy_(bias.detach())
+        return layer
+
+    def dense_codes(self) -> torch.Tensor:
+        """(out, k) codes in storage dtype: scattered from values + mask for COMPOT."""
+        if self.code_mask is None:
+            return self.code_values
+        codes = torch.zeros(self.out_features, self.k, dtype=self.code_values.dtype, device=self.code_values.device)
+        codes[unpack_mask(self.code_mask, (self.out_features, self.k))] = self.code_values.reshape(-1)
+        return codes
+
+    def _factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (dtype, self.dictionary.data_ptr(), self.dictionary._version, self.code_values.data_ptr(),
+               self.code_values._version, None if self.code_mask is None else
+               (self.code_mask.data_ptr(), self.code_mask._version))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.dictionary.to(dtype), self.dense_codes().to(dtype))
+        return self._cache[1], self._cache[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dictionary, codes = self._factors(x.dtype)
+        return F.linear(F.linear(x, dictionary), codes, self.bias)
+
+    def stored_bits(self) -> int:
+        """Bits of the factors as stored (bias excluded, as for the dense layer it replaces)."""
+        tensors = [self.dictionary, self.code_values] + ([] if self.code_mask is None else [self.code_mask])
+        return sum(8 * t.numel() * t.element_size() for t in tensors)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}, "
+                f"k={self.k}, s={self.s}, storage={self.dictionary.dtype}, bias={self.bias is not None}")
