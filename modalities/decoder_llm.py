@@ -6,6 +6,8 @@ as in the paper.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -14,6 +16,8 @@ from zoo.errors import ZooError
 from zoo.hub import hub_reachable
 from zoo.modality import CalibrationData, LoadedModel
 from zoo.models import ModelSpec
+
+OFFLINE_TEXT = "wiki-offline"
 
 _LLAMA_LIKE = [
     ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
@@ -93,6 +97,23 @@ class DecoderLLM:
 
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
         loaded.processor.save_pretrained(out_dir)
+
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, windows: int | None) -> dict[str, dict[str, float]]:
+        """Perplexity on the held-out text (WikiText-2 test, or the offline articles' test split)."""
+        from zoo.evaluators.perplexity import perplexity
+
+        source = spec.defaults.get("eval_text") or ("wikitext2" if hub_reachable() else OFFLINE_TEXT)
+        windows = windows if windows is not None else spec.defaults.get("eval_windows")
+        result = perplexity(loaded.model, loaded.processor, _evaluation_text(source),
+                            seq_len=spec.defaults.get("eval_seq_len", 2048), max_windows=windows)
+        return {f"perplexity/{source}": {"perplexity": result["perplexity"]}}
+
+
+@functools.cache
+def _evaluation_text(source: str) -> str:
+    from zoo.calibration.text import evaluation_text
+
+    return evaluation_text(source)
 
 
 ADAPTER = DecoderLLM()

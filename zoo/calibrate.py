@@ -84,8 +84,9 @@ def block_grams(block: nn.Module, groups: Sequence[Sequence[str]], inputs: list[
             if not torch.isfinite(x).all():
                 stat.nonfinite_batches += 1
                 return
-            x = x.to(dtype)
-            stat.gram.addmm_(x.mT, x)
+            # Per-batch product in float32 (fast GEMM), summed across batches in float64.
+            x = x.float()
+            stat.gram += (x.mT @ x).to(dtype)
             stat.tokens += x.shape[0]
 
         handles.append(linear.register_forward_hook(accumulate))

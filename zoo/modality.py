@@ -54,6 +54,9 @@ class Adapter(Protocol):
 
     def save_processor(self, loaded: LoadedModel, out_dir) -> None: ...
 
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, windows: int | None) -> dict[str, dict[str, float]]:
+        """{task: {metric: value}} for the model as it is now; run before and after compression."""
+
 
 def get_adapter(modality: str) -> Adapter:
     if modality not in ADAPTERS:

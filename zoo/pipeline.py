@@ -19,6 +19,7 @@ from zoo.errors import ZooError
 from zoo.hub import hub_reachable
 from zoo.modality import get_adapter
 from zoo.models import resolve
+from zoo.scorecard import Scorecard, metrics_from_results
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,7 @@ def run_compress(req: CompressRequest) -> CompressResult:
     calibration = adapter.calibration(loaded, calibration_name,
                                       req.n_samples or spec.defaults.get("n_samples", 256),
                                       req.seq_len or spec.defaults.get("seq_len", 1024), req.seed)
-    evaluation = None
-    if req.evaluate:
-        from zoo.scoring import Evaluation
-
-        evaluation = Evaluation.for_model(spec, adapter, loaded, windows=req.eval_windows)
-        evaluation.score("base")
+    base_metrics = adapter.evaluate(loaded, spec, req.eval_windows) if req.evaluate else None
 
     start = time.perf_counter()
     layers = compress_model(loaded.model, adapter, calibration, config)
@@ -117,6 +113,7 @@ def run_compress(req: CompressRequest) -> CompressResult:
         "base_revision": loaded.revision,
         "base_notes": loaded.notes,
         "alias": spec.name,
+        "variant": out.name,
         "method": config.method,
         "allocation": "static" if config.static else "dynamic",
         "config": config.to_dict(),
@@ -132,8 +129,18 @@ def run_compress(req: CompressRequest) -> CompressResult:
     save_compressed(loaded.model, out, manifest, overwrite=req.overwrite,
                     extra_files=lambda tmp: adapter.save_processor(loaded, tmp))
     result = CompressResult(out, layers, cr, seconds, peak, notes=list(loaded.notes))
-    if evaluation is not None:
-        evaluation.score("compressed")
-        result.scorecard = evaluation.scorecard(manifest)
+    if base_metrics is not None:
+        compressed_metrics = adapter.evaluate(loaded, spec, req.eval_windows)
+        result.scorecard = build_scorecard(manifest, metrics_from_results(base_metrics, compressed_metrics))
         result.scorecard.save(out / "scorecard.json")
     return result
+
+
+def build_scorecard(manifest: dict, metrics: list) -> Scorecard:
+    return Scorecard(base_model=manifest["base_model"], base_revision=manifest["base_revision"],
+                     variant=manifest["variant"], modality=manifest["modality"], method=manifest["method"],
+                     allocation=manifest["allocation"], engine_version=manifest["engine_version"],
+                     target_cr=manifest["target_cr"], achieved_cr=manifest["achieved_cr_eq11"],
+                     calibration=manifest["calibration"], metrics=metrics,
+                     compression_seconds=manifest["compression_seconds"],
+                     peak_memory_mb=manifest["peak_memory_mb"], hardware=manifest["hardware"])
