@@ -22,3 +22,22 @@ def tiny_qwen2(seed: int = 0) -> Qwen2ForCausalLM:
 def token_batches(n: int = 6, seq_len: int = 24, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     return [{"input_ids": torch.randint(0, 128, (1, seq_len), generator=g), "use_cache": False} for _ in range(n)]
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over a few sentences, saved with the tiny models' folders."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing "
+             "matches in london and paris during cold winter evenings with hot tea").split()
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(words)] * 3, trainers.WordLevelTrainer(special_tokens=["<unk>", "<eos>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+
+
+def tiny_calibration(n: int = 6, seq_len: int = 24, seed: int = 0):
+    from zoo.modality import CalibrationData
+
+    return CalibrationData(token_batches(n, seq_len, seed), "random-tokens", f"seed{seed}", n * seq_len)

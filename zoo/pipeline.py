@@ -141,6 +141,7 @@ def build_scorecard(manifest: dict, metrics: list) -> Scorecard:
                      variant=manifest["variant"], modality=manifest["modality"], method=manifest["method"],
                      allocation=manifest["allocation"], engine_version=manifest["engine_version"],
                      target_cr=manifest["target_cr"], achieved_cr=manifest["achieved_cr_eq11"],
-                     calibration=manifest["calibration"], metrics=metrics,
+                     calibration_set=manifest["calibration"]["name"],
+                     calibration_hash=manifest["calibration"]["fingerprint"], metrics=metrics,
                      compression_seconds=manifest["compression_seconds"],
                      peak_memory_mb=manifest["peak_memory_mb"], hardware=manifest["hardware"])

@@ -1,0 +1,77 @@
+"""`zoo compress` as a user types it, on a tiny local model folder and local text."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import zoo
+from tests.tiny_models import tiny_llama, tiny_tokenizer
+from zoo.cli import main
+from zoo.layer import CompotLinear
+
+TEXT = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches "
+        "in london and paris during cold winter evenings with hot tea ")
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    folder = tmp_path / "tiny-llama"
+    tiny_llama().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "calib.jsonl"
+    path.write_text("\n".join(json.dumps({"text": TEXT * 4}) for _ in range(20)))
+    return path
+
+
+def _compress(*args):
+    return CliRunner().invoke(main, ["compress", *map(str, args)], catch_exceptions=False)
+
+
+def test_compress_a_local_folder_end_to_end(tmp_path, model_dir, text_file):
+    out = tmp_path / "out"
+    result = _compress(model_dir, "--cr", 0.3, "--calibration", text_file, "--n-samples", 4, "--seq-len", 16,
+                       "--iters", 3, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "achieved" in result.output and "Saved to" in result.output
+    manifest = json.loads((out / "compot_manifest.json").read_text())
+    assert manifest["calibration"]["tokens"] == 64 and manifest["method"] == "compot"
+    assert abs(manifest["achieved_cr_stored"] - 0.3) < 0.05
+    assert manifest["peak_memory_mb"] > 0 and manifest["compression_seconds"] > 0
+    model = zoo.load(out)
+    assert sum(isinstance(m, CompotLinear) for m in model.modules()) == 14
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(out)("the quick brown fox", return_tensors="pt").input_ids
+    assert torch.isfinite(model(ids).logits).all()
+
+    again = _compress(model_dir, "--calibration", text_file, "--out", out)
+    assert again.exit_code == 1 and "exists; pass --overwrite" in again.output
+
+
+def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
+    out = tmp_path / "out"
+    result = _compress(model_dir, "--cr", 0.3, "--calibration", text_file, "--n-samples", 4, "--seq-len", 16,
+                       "--iters", 2, "--out", out, "--eval", "--eval-windows", 2, "--method", "svd-llm")
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / "scorecard.json").read_text())
+    (metric,) = card["metrics"]
+    assert metric["name"] == "perplexity" and metric["base"] > 1 and metric["compressed"] > 1
+    assert metric["recovery"] == pytest.approx(100 * metric["base"] / metric["compressed"])
+    assert "| perplexity" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["smollm-135m"], "Did you mean: smollm2-135m"),
+    (["smollm2-135m", "--cr", "1.5"], "--cr must lie in (0, 1)"),
+    (["smollm2-135m", "--cr", "0"], "--cr must lie in (0, 1)"),
+])
+def test_bad_input_is_a_one_line_error(args, message):
+    result = _compress(*args)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output

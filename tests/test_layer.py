@@ -1,0 +1,52 @@
+"""CompotLinear stores what eq. 11 counts and computes x A C + b."""
+
+import torch
+
+from zoo.engine import factorize
+from zoo.layer import CompotLinear, pack_mask, unpack_mask
+
+
+def test_mask_packing_round_trips_exactly():
+    g = torch.Generator().manual_seed(0)
+    for shape in [(7, 13), (96, 40), (1, 1)]:
+        mask = torch.rand(shape, generator=g) > 0.5
+        packed = pack_mask(mask)
+        assert packed.dtype == torch.uint8 and packed.numel() == -(-mask.numel() // 8)
+        assert torch.equal(unpack_mask(packed, shape), mask)
+
+
+def test_forward_is_the_factorized_product_with_16_bit_factors():
+    g = torch.Generator().manual_seed(1)
+    w, bias = torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
+    f = factorize(w, torch.eye(64), cr=0.3)
+    layer = CompotLinear.from_factorization(f, bias)
+    x = torch.randn(5, 64, generator=g)
+    a16, c16 = f.dictionary.half().float(), f.codes.half().float()
+    assert torch.allclose(layer(x), x @ a16 @ c16 + bias, atol=1e-5)
+    assert torch.allclose(layer(x), x @ f.reconstruct().T + bias, rtol=1e-2, atol=2e-2)
+    assert torch.equal(layer.dense_codes().float(), c16.T)
+
+
+def test_stored_bits_are_eq_11_plus_mask_padding():
+    w = torch.randn(50, 30)
+    for method in ("compot", "svd-llm"):
+        f = factorize(w, torch.eye(30), cr=0.25, method=method)
+        layer = CompotLinear.from_factorization(f, None)
+        assert 0 <= layer.stored_bits() - f.bits < 8
+
+
+def test_values_that_overflow_float16_are_stored_in_bfloat16():
+    w = torch.randn(40, 20) * 1e6
+    layer = CompotLinear.from_factorization(factorize(w, torch.eye(20), cr=0.3), None)
+    assert layer.dictionary.dtype == torch.bfloat16
+    assert torch.isfinite(layer(torch.randn(2, 20))).all()
+
+
+def test_cache_follows_in_place_updates():
+    f = factorize(torch.randn(40, 20), torch.eye(20), cr=0.3)
+    layer = CompotLinear.from_factorization(f, None)
+    x = torch.randn(2, 20)
+    before = layer(x)
+    with torch.no_grad():
+        layer.code_values.mul_(2)
+    assert torch.allclose(layer(x), 2 * before, rtol=1e-3)
