@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 import zoo
 from tests.tiny_models import tiny_calibration, tiny_llama, tiny_qwen2
 from zoo.checkpoint import save_compressed, stored_cr
-from zoo.compress import CompressionConfig, achieved_cr, compress_model
+from zoo.compression import CompressionConfig, achieved_cr, compress_model
 from zoo.errors import ZooError
 from zoo.layer import CompotLinear
 from zoo.modalities.decoder_llm import ADAPTER

@@ -8,5 +8,6 @@ __version__ = "0.1.0"
 
 from zoo import hf_quantizer as _hf_quantizer  # noqa: E402,F401  (registration side effect)
 from zoo.checkpoint import load_compressed as load  # noqa: E402
+from zoo.compression import compress  # noqa: E402
 
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "compress", "load"]

@@ -108,10 +108,14 @@ def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
 
 
 def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The compressed model, rebuilt from its config with CompotLinear layers swapped in."""
+    """The compressed model from a folder or Hub repo, rebuilt with CompotLinear layers swapped in."""
     import transformers
 
     path = Path(path)
+    if not path.exists() and "/" in str(path) and not str(path).startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(str(path)))  # a published variant on the Hub
     manifest = read_manifest(path)
     weights = path / WEIGHTS
     if not weights.is_file():

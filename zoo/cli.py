@@ -66,7 +66,7 @@ def compress(model: str, cr: float, method: str, static: bool, ks_ratio: float, 
              seq_len: int | None, seed: int, out: Path | None, overwrite: bool, evaluate: bool,
              eval_windows: int | None, device: str | None, storage_dtype: str, modality: str | None) -> None:
     """Compress MODEL (an alias, a Hub id or a local folder) and save a loadable checkpoint."""
-    from zoo.compress import CompressionConfig
+    from zoo.compression import CompressionConfig
     from zoo.pipeline import CompressRequest, run_compress
 
     config = CompressionConfig(cr=cr, method=method, static=static, ks_ratio=ks_ratio, iters=iters, tol=tol,

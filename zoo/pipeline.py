@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from zoo import __version__
-from zoo.compress import CompressionConfig, LayerReport, achieved_cr, compress_model
+from zoo.compression import CompressionConfig, LayerReport, achieved_cr, compress_model
 from zoo.engine import ENGINE_VERSION
 from zoo.errors import ZooError
 from zoo.hub import hub_reachable

@@ -1,86 +1,137 @@
-"""One scorecard schema for every modality: base vs compressed, with recovery."""
+"""One scorecard schema for every modality: base vs compressed, with recovery.
+
+Free of torch and transformers, so cards, the site and `zoo browse` read scorecards cheaply.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
+from zoo.errors import ZooError
+
 SCHEMA_VERSION = 1
-# Metrics where smaller is better; everything else is taken as higher-is-better.
-LOWER_IS_BETTER = {"perplexity", "nll", "wer", "cer"}
+# Metric names (lm-eval's and ours) where smaller is better; any other is higher-is-better.
+LOWER_IS_BETTER = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte",
+                             "nll", "loss", "wer", "cer"})
 
 
-@dataclass
+def higher_is_better(name: str) -> bool:
+    """Direction of a metric from its name ("metric" or "metric/filter"): errors go down, scores up."""
+    return name.split("/")[0] not in LOWER_IS_BETTER
+
+
+@dataclass(frozen=True)
 class MetricResult:
-    task: str
+    """One metric of one task, measured on the base and on the compressed model."""
+
     name: str
+    task: str
     base: float
     compressed: float
-
-    @property
-    def higher_is_better(self) -> bool:
-        return self.name not in LOWER_IS_BETTER
+    higher_is_better: bool
 
     @property
     def recovery(self) -> float:
-        """Percent of the base score kept: compressed/base for accuracies, base/compressed for errors."""
+        """Percent of the base score kept: compressed/base for scores, base/compressed for errors."""
         num, den = (self.compressed, self.base) if self.higher_is_better else (self.base, self.compressed)
-        return 100.0 * num / den if den else float("nan")
+        return 100.0 * num / den if den else math.nan
 
 
 @dataclass
 class Scorecard:
+    """What a published variant is and how it scores against its base."""
+
     base_model: str
+    base_revision: str | None
     variant: str
     modality: str
     method: str
-    allocation: str
     engine_version: str
     target_cr: float
     achieved_cr: float
-    calibration: dict
+    allocation: str  # "static" or "dynamic"
+    calibration_set: str
+    calibration_hash: str
     metrics: list[MetricResult]
     compression_seconds: float
     peak_memory_mb: float
     hardware: str
-    base_revision: str | None = None
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        if self.allocation not in ("static", "dynamic"):
+            raise ZooError(f"scorecard allocation must be 'static' or 'dynamic', got {self.allocation!r}")
+
     def to_dict(self) -> dict:
+        """Plain JSON data; each metric carries its recovery for readers without this class."""
         data = asdict(self)
-        data["metrics"] = [{**asdict(m), "recovery": m.recovery, "higher_is_better": m.higher_is_better}
-                           for m in self.metrics]
+        data["metrics"] = [{**asdict(m), "recovery": m.recovery} for m in self.metrics]
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Scorecard:
-        metrics = [MetricResult(m["task"], m["name"], m["base"], m["compressed"]) for m in data["metrics"]]
-        return cls(**{**data, "metrics": metrics})
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ZooError(f"scorecard schema_version {version!r} is not the supported {SCHEMA_VERSION}")
+        names = {f.name for f in fields(cls)}
+        missing = names - data.keys()
+        if missing:
+            raise ZooError(f"scorecard is missing fields: {', '.join(sorted(missing))}")
+        metric_names = {f.name for f in fields(MetricResult)}
+        metrics = [MetricResult(**{k: m[k] for k in metric_names}) for m in data["metrics"]]
+        return cls(**{**{k: data[k] for k in names}, "metrics": metrics})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Scorecard:
+        return cls.from_dict(json.loads(text))
 
     def save(self, path: str | Path) -> Path:
+        """Write atomically (temp name, then rename): a reader never sees half a scorecard."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.write_text(self.to_json())
         os.replace(tmp, path)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> Scorecard:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        path = Path(path)
+        if not path.is_file():
+            raise ZooError(f"no scorecard at {path}")
+        return cls.from_json(path.read_text())
 
     def to_markdown_table(self) -> str:
-        rows = ["| task | metric | base | compressed | recovery |", "|---|---|---|---|---|"]
-        rows += [f"| {m.task} | {m.name} | {m.base:.4g} | {m.compressed:.4g} | {m.recovery:.1f}% |"
-                 for m in self.metrics]
+        """Base vs compressed vs recovery, one row per metric, for model cards and the CLI."""
+        rows = ["| task | metric | base | compressed | recovery |", "| --- | --- | --- | --- | --- |"]
+        for m in self.metrics:
+            arrow = "↑" if m.higher_is_better else "↓"
+            rows.append(f"| {m.task} | {m.name} {arrow} | {m.base:.4g} | {m.compressed:.4g} | {m.recovery:.1f}% |")
         return "\n".join(rows)
 
 
-def metrics_from_results(base: dict[str, dict[str, float]], compressed: dict[str, dict[str, float]]) -> list[MetricResult]:
-    """Pair evaluator outputs {task: {metric: value}} of the base and the compressed model."""
-    return [MetricResult(task, name, value, compressed[task][name])
-            for task, values in base.items() for name, value in values.items()
-            if name in compressed.get(task, {})]
+def metrics_from_results(base: dict[str, dict[str, float]], compressed: dict[str, dict[str, float]],
+                         higher_is_better_overrides: dict[str, bool] | None = None) -> list[MetricResult]:
+    """Pair evaluator outputs {task: {metric: value}} of the base and the compressed model.
+
+    Every base metric must exist for the compressed model: a missing one means the two were
+    not evaluated alike, and a scorecard that silently dropped it would mislead.
+    `higher_is_better_overrides` maps a metric name to its direction where the name misleads.
+    """
+    overrides = higher_is_better_overrides or {}
+    results = []
+    for task, values in base.items():
+        for name, value in values.items():
+            if name not in compressed.get(task, {}):
+                raise ZooError(f"metric {name!r} of task {task!r} is in the base results but not the compressed ones")
+            direction = overrides.get(name, higher_is_better(name))
+            results.append(MetricResult(name, task, float(value), float(compressed[task][name]), direction))
+    return results

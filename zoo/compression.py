@@ -128,3 +128,18 @@ def achieved_cr(reports: list[LayerReport]) -> float:
     stored = math.fsum(r.bits for r in reports)
     total = math.fsum(dense_bits(r.shape[1], r.shape[0]) for r in reports)
     return 1.0 - stored / total
+
+
+def compress(model: nn.Module, tokenizer, cr: float = 0.2, calibration: str = "wiki-offline",
+             n_samples: int = 128, seq_len: int = 512, seed: int = 0, modality: str = "llm",
+             **config) -> list[LayerReport]:
+    """Python entry point: compress an in-memory model in place, calibrating on a named set or path.
+
+    `config` takes the other CompressionConfig fields (method, static, ks_ratio, iters, ...).
+    """
+    from zoo.modality import LoadedModel, get_adapter
+
+    adapter = get_adapter(modality)
+    loaded = LoadedModel(model, tokenizer, getattr(model.config, "_name_or_path", type(model).__name__))
+    data = adapter.calibration(loaded, calibration, n_samples, seq_len, seed)
+    return compress_model(model, adapter, data, CompressionConfig(cr=cr, **config))
