@@ -7,15 +7,19 @@ as in the paper.
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from zoo.assets import cache_dir
 from zoo.errors import ZooError
 from zoo.hub import hub_reachable
 from zoo.modality import CalibrationData, LoadedModel
 from zoo.models import ModelSpec
+
+log = logging.getLogger(__name__)
 
 OFFLINE_TEXT = "wiki-offline"
 
@@ -98,15 +102,30 @@ class DecoderLLM:
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
         loaded.processor.save_pretrained(out_dir)
 
-    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, windows: int | None) -> dict[str, dict[str, float]]:
-        """Perplexity on the held-out text (WikiText-2 test, or the offline articles' test split)."""
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, windows: int | None = None,
+                 limit: int | None = None) -> dict[str, dict[str, float]]:
+        """Perplexity on held-out text (WikiText-2 test, or the offline articles' test split), then
+        the zero-shot lm-eval tasks of the manifest; offline, the Hub tasks give way to local ones."""
+        from zoo.evaluators.lm_eval_tasks import LOCAL_TASKS, build_local_tasks, run_lm_eval
         from zoo.evaluators.perplexity import perplexity
 
-        source = spec.defaults.get("eval_text") or ("wikitext2" if hub_reachable() else OFFLINE_TEXT)
+        online = hub_reachable()
+        source = spec.defaults.get("eval_text") or ("wikitext2" if online else OFFLINE_TEXT)
         windows = windows if windows is not None else spec.defaults.get("eval_windows")
         result = perplexity(loaded.model, loaded.processor, _evaluation_text(source),
                             seq_len=spec.defaults.get("eval_seq_len", 2048), max_windows=windows)
-        return {f"perplexity/{source}": {"perplexity": result["perplexity"]}}
+        metrics = {f"perplexity/{source}": {"perplexity": result["perplexity"]}}
+        tasks = list(spec.defaults.get("eval_tasks", []))
+        if not online and any(t not in LOCAL_TASKS for t in tasks):
+            log.warning("Hub offline: zero-shot tasks %s replaced by local %s", tasks, LOCAL_TASKS)
+            tasks = list(LOCAL_TASKS)
+        if tasks:
+            include = None
+            if any(t in LOCAL_TASKS for t in tasks):
+                include = str(build_local_tasks(_evaluation_texts(), cache_dir() / "lm-eval-tasks"))
+            metrics.update(run_lm_eval(loaded.model, loaded.processor, tasks, include_path=include,
+                                       limit=limit if limit is not None else spec.defaults.get("eval_limit")))
+        return metrics
 
 
 @functools.cache
@@ -114,6 +133,14 @@ def _evaluation_text(source: str) -> str:
     from zoo.calibration.text import evaluation_text
 
     return evaluation_text(source)
+
+
+@functools.cache
+def _evaluation_texts() -> list[str]:
+    """The offline test articles, never seen in calibration, for the local zero-shot tasks."""
+    from zoo.calibration.text import load_texts
+
+    return load_texts(OFFLINE_TEXT, "test")
 
 
 ADAPTER = DecoderLLM()

@@ -1,15 +1,23 @@
 """The compressed checkpoint: a self-contained transformers folder, safetensors only.
 
-config.json carries a `quantization_config` {"quant_method": "compot", "layers": {...}}
-that tells transformers (through zoo.hf_quantizer) and `load_compressed` which linears to
-rebuild as CompotLinear; compot_manifest.json records how the variant was made. The
-folder is written under a temporary name and renamed into place only when complete.
+    model.safetensors      the full state dict: dense weights as they are, compressed
+                           layers as dictionary / code_values / code_mask (tied copies once)
+    config.json            the model config plus `quantization_config` {"quant_method":
+                           "compot", "layers": {...}}: what zoo.hf_quantizer and
+                           `load_compressed` rebuild as CompotLinear
+    generation_config.json when the model has one
+    compot_manifest.json   how the variant was made (the caller's manifest) plus the layer
+                           table and the CR measured from the stored tensors
+    (tokenizer / processor files, written by the caller's `extra_files`)
+
+The folder is written under a hidden temporary name beside the target and renamed into
+place only when complete, so an interrupted save never leaves a folder that looks done.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -18,70 +26,135 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.engine.storage import dense_bits
+from zoo.engine.storage import compot_bits, dense_bits, lowrank_bits
 from zoo.errors import ZooError
 from zoo.layer import CompotLinear
 
 MANIFEST = "compot_manifest.json"
 WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
 
 
 def compot_layers(model: nn.Module) -> dict[str, CompotLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, CompotLinear)}
 
 
+def layer_spec(layer: CompotLinear) -> dict:
+    """What a loader needs to rebuild one compressed layer's empty shell."""
+    return {"in_features": layer.in_features, "out_features": layer.out_features, "k": layer.k, "s": layer.s,
+            "method": layer.method, "bias": layer.bias is not None,
+            "storage_dtype": str(layer.dictionary.dtype).removeprefix("torch.")}
+
+
 def layer_table(model: nn.Module) -> dict[str, dict]:
-    """What a loader needs to rebuild each compressed layer's empty shell."""
-    return {name: {"in_features": m.in_features, "out_features": m.out_features, "k": m.k, "s": m.s,
-                   "method": m.method, "bias": m.bias is not None,
-                   "storage_dtype": str(m.dictionary.dtype).removeprefix("torch.")}
-            for name, m in compot_layers(model).items()}
+    return {name: layer_spec(m) for name, m in compot_layers(model).items()}
+
+
+def eq11_bits(layer: CompotLinear) -> int:
+    m, n = layer.in_features, layer.out_features
+    return compot_bits(m, n, layer.k, layer.s) if layer.method == "compot" else lowrank_bits(m, n, layer.k)
 
 
 def stored_cr(model: nn.Module) -> float:
-    """1 - stored bits / dense bits over the compressed projections, from the saved tensors."""
+    """1 - stored bits / dense bits over the compressed projections, from the tensors themselves."""
+    return storage_summary(model)["achieved_cr_stored"]
+
+
+def storage_summary(model: nn.Module) -> dict:
+    """Stored vs eq. 11 vs dense bits, summed over the compressed projections (other weights excluded)."""
     layers = compot_layers(model).values()
-    stored = math.fsum(m.stored_bits() for m in layers)
-    return 1.0 - stored / math.fsum(dense_bits(m.in_features, m.out_features) for m in layers)
+    if not layers:
+        raise ZooError(f"{type(model).__name__} has no CompotLinear layers: nothing compressed to save")
+    stored = sum(m.stored_bits() for m in layers)
+    eq11 = sum(eq11_bits(m) for m in layers)
+    dense = sum(dense_bits(m.in_features, m.out_features) for m in layers)
+    return {"compressed_layers": len(layers), "stored_bits": stored, "eq11_bits": eq11, "dense_bits": dense,
+            "achieved_cr_stored": 1.0 - stored / dense, "achieved_cr_eq11": 1.0 - eq11 / dense}
+
+
+def manifest_layers(model: nn.Module) -> dict[str, dict]:
+    """The layer table plus each layer's eq. 11 CR and stored bits, for the manifest."""
+    table = {}
+    for name, m in compot_layers(model).items():
+        cr = 1.0 - eq11_bits(m) / dense_bits(m.in_features, m.out_features)
+        table[name] = {**layer_spec(m), "cr": cr, "stored_bits": m.stored_bits()}
+    return table
+
+
+def state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each tied weight once (safetensors refuses shared tensors); loaders re-tie."""
+    state = model.state_dict()
+    for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        if target in state and source in state and state[target].data_ptr() == state[source].data_ptr():
+            del state[target]
+    return {name: t.contiguous() for name, t in state.items()}
+
+
+def checkpoint_config(model: nn.Module):
+    """A copy of the model's config that names the compressed layers, as save_pretrained would write it."""
+    config = copy.deepcopy(model.config)
+    config.quantization_config = {"quant_method": "compot", "layers": layer_table(model)}
+    config.architectures = [type(model).__name__]
+    config.dtype = str(model.dtype).removeprefix("torch.")
+    return config
 
 
 def save_compressed(model: nn.Module, out_dir: str | Path, manifest: dict, overwrite: bool = False,
                     extra_files: Callable[[Path], None] | None = None) -> Path:
     """Write the model, its config and manifest (and `extra_files`, e.g. the tokenizer) atomically."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ZooError(f"output directory {out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+    _check_target(out_dir, overwrite)
+    summary = storage_summary(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    config = model.config
-    previous = getattr(config, "quantization_config", None)
     try:
         tmp.chmod(0o755)
-        config.quantization_config = {"quant_method": "compot", "layers": layer_table(model)}
-        model.save_pretrained(tmp, safe_serialization=True)
+        save_file(state_to_save(model), tmp / WEIGHTS, metadata={"format": "pt"})
+        checkpoint_config(model).to_json_file(tmp / CONFIG)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        full = {**manifest, "layers": manifest_layers(model), "storage": summary,
+                "achieved_cr_stored": summary["achieved_cr_stored"]}
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
         if extra_files is not None:
             extra_files(tmp)
-        full = {**manifest, "layers": layer_table(model), "achieved_cr_stored": stored_cr(model)}
-        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
+        _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        if previous is None:
-            del config.quantization_config
-        else:
-            config.quantization_config = previous
     return out_dir
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an existing target, and never replace a folder that is not a checkpoint (e.g. a typo'd home)."""
+    if not out_dir.exists():
+        return
+    if not overwrite:
+        raise ZooError(f"output directory {out_dir} exists; pass overwrite=True (--overwrite) to replace it")
+    if not out_dir.is_dir():
+        raise ZooError(f"output path {out_dir} exists and is not a directory")
+    if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise ZooError(f"refusing to overwrite {out_dir}: it is not empty and holds no {MANIFEST}, "
+                       "so it is not a compressed checkpoint")
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished folder to its name; an old one is moved aside first and removed last."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+    os.replace(out_dir, old / "previous")
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        os.replace(old / "previous", out_dir)
+        old.rmdir()
+        raise
+    shutil.rmtree(old)
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -95,16 +168,24 @@ def read_manifest(path: str | Path) -> dict:
 
 
 def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
-    """Replace each named nn.Linear by an empty CompotLinear of the recorded shape."""
+    """Replace each named nn.Linear by an empty CompotLinear of the recorded shape, on its device."""
     for name, spec in layers.items():
         try:
             old = model.get_submodule(name)
         except AttributeError as exc:
-            raise ZooError(f"layer {name} of the checkpoint does not exist in {type(model).__name__}") from exc
-        device = old.weight.device if isinstance(old, nn.Linear) else None
+            raise ZooError(f"compressed layer {name} does not exist in {type(model).__name__}") from exc
+        if not isinstance(old, nn.Linear):
+            raise ZooError(f"compressed layer {name} replaces an nn.Linear, but {type(model).__name__} "
+                           f"has a {type(old).__name__} there")
+        if (old.in_features, old.out_features) != (spec["in_features"], spec["out_features"]):
+            raise ZooError(f"compressed layer {name} is {spec['out_features']}x{spec['in_features']}, "
+                           f"but the architecture's linear is {old.out_features}x{old.in_features}")
+        storage_dtype = getattr(torch, spec["storage_dtype"], None)
+        if not isinstance(storage_dtype, torch.dtype):
+            raise ZooError(f"compressed layer {name}: unknown storage dtype {spec['storage_dtype']!r}")
         model.set_submodule(name, CompotLinear(spec["in_features"], spec["out_features"], spec["k"], spec["s"],
-                                               spec["method"], spec["bias"], getattr(torch, spec["storage_dtype"]),
-                                               device=device))
+                                               spec["method"], spec["bias"], storage_dtype,
+                                               device=old.weight.device, bias_dtype=old.weight.dtype))
 
 
 def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -117,22 +198,34 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.
 
         path = Path(snapshot_download(str(path)))  # a published variant on the Hub
     manifest = read_manifest(path)
-    weights = path / WEIGHTS
-    if not weights.is_file():
-        raise ZooError(f"{weights} is missing")
+    for name in (CONFIG, WEIGHTS):
+        if not (path / name).is_file():
+            raise ZooError(f"{path / name} is missing")
     config = transformers.AutoConfig.from_pretrained(path)
-    del config.quantization_config
-    auto = getattr(transformers, manifest.get("auto_class", "AutoModelForCausalLM"))
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the shells go in below; from_config must not build a quantizer
+    auto_name = manifest.get("auto_class", "AutoModelForCausalLM")
+    auto = getattr(transformers, auto_name, None)
+    if auto is None:
+        raise ZooError(f"{path / MANIFEST}: auto_class {auto_name!r} is not a transformers class")
     model = auto.from_config(config)
     swap_in_shells(model, manifest["layers"])
+    weights = path / WEIGHTS
     try:
         state = load_file(weights, device=str(device))
     except (SafetensorError, OSError) as exc:
         raise ZooError(f"{weights} is corrupt or truncated: {exc}") from exc
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    # assign=True keeps every tensor exactly as saved (dtype included), so outputs match the saved model
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
-        raise ZooError(f"{weights} does not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ZooError(f"{weights} does not match {type(model).__name__}: "
+                       f"missing {_listing(missing)}, unexpected {_listing(unexpected)}")
     model.tie_weights()
     return model.to(device).eval()
+
+
+def _listing(keys: list[str], limit: int = 5) -> str:
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return f"{keys[:limit]}{more}"

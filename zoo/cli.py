@@ -57,6 +57,7 @@ def list_models() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--eval", "evaluate", is_flag=True, help="Score base and compressed model.")
 @click.option("--eval-windows", type=int, default=None, help="Cap on perplexity windows (model default if unset).")
+@click.option("--eval-limit", type=int, default=None, help="Cap on items per zero-shot task (model default if unset).")
 @click.option("--device", default=None, help="Where the engine runs (cpu, cuda); the model's device by default.")
 @click.option("--storage-dtype", type=click.Choice(["float16", "bfloat16"]), default="float16", show_default=True)
 @click.option("--modality", type=click.Choice(["llm", "whisper", "vlm"]), default=None,
@@ -64,7 +65,7 @@ def list_models() -> None:
 def compress(model: str, cr: float, method: str, static: bool, ks_ratio: float, iters: int, tol: float,
              min_cr: float | None, max_cr: float | None, calibration: str | None, n_samples: int | None,
              seq_len: int | None, seed: int, out: Path | None, overwrite: bool, evaluate: bool,
-             eval_windows: int | None, device: str | None, storage_dtype: str, modality: str | None) -> None:
+             eval_windows: int | None, eval_limit: int | None, device: str | None, storage_dtype: str, modality: str | None) -> None:
     """Compress MODEL (an alias, a Hub id or a local folder) and save a loadable checkpoint."""
     from zoo.compression import CompressionConfig
     from zoo.pipeline import CompressRequest, run_compress
@@ -72,7 +73,7 @@ def compress(model: str, cr: float, method: str, static: bool, ks_ratio: float, 
     config = CompressionConfig(cr=cr, method=method, static=static, ks_ratio=ks_ratio, iters=iters, tol=tol,
                                min_cr=min_cr, max_cr=max_cr, storage_dtype=storage_dtype, device=device)
     result = run_compress(CompressRequest(model, config, out, overwrite, calibration, n_samples, seq_len, seed,
-                                          evaluate, eval_windows, modality))
+                                          evaluate, eval_windows, eval_limit, modality))
     methods = Counter(r.method for r in result.layers)
     click.echo(f"\nCompressed {len(result.layers)} projections ({', '.join(f'{n} {m}' for m, n in methods.items())})")
     for r in result.layers[:: max(1, len(result.layers) // 12)]:

@@ -1,5 +1,11 @@
 """transformers integration: after `import zoo`, `AutoModelForCausalLM.from_pretrained(dir)`
-rebuilds a compressed checkpoint with its CompotLinear layers, like any quantized model."""
+rebuilds a compressed checkpoint with its CompotLinear layers, like any pre-quantized model.
+
+transformers builds the architecture on the meta device, calls
+`_process_model_before_weight_loading` (we swap the shells in there), then loads
+model.safetensors into whatever modules are present. Shell tensors carry their storage
+dtype, so the 16-bit factors and the uint8 mask load as saved.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from zoo.checkpoint import swap_in_shells
 
 @register_quantization_config("compot")
 class CompotConfig(QuantizationConfigMixin):
-    """The layer table `save_compressed` writes: name -> shape, k, s, method, bias, storage dtype."""
+    """The layer table `save_compressed` writes: name -> in/out features, k, s, method, bias, storage dtype."""
 
     def __init__(self, layers: dict[str, dict] | None = None, **kwargs) -> None:
         self.quant_method = "compot"
@@ -24,7 +30,7 @@ class CompotConfig(QuantizationConfigMixin):
 
 @register_quantizer("compot")
 class CompotQuantizer(HfQuantizer):
-    """Loads pre-compressed checkpoints only: compression itself needs calibration (`zoo compress`)."""
+    """Loads pre-compressed checkpoints only: compression needs calibration data (`zoo compress`)."""
 
     requires_calibration = True
 

@@ -1,10 +1,11 @@
 """CompotLinear: the drop-in for nn.Linear that a compressed checkpoint holds.
 
 y = (x A) C + b. What is stored is what eq. 11 counts: the dictionary A^T (k, in) in 16
-bits, each output's s kept codes in 16 bits, and the (out, k) support bitmask packed
-eight to a byte (numpy's little bit order over the row-major mask). SVD-LLM layers store
-their codes dense and no mask. The dense code matrix the forward pass multiplies by is
-rebuilt from the stored tensors and cached, never saved.
+bits, each output's s kept codes in 16 bits (in increasing atom order), and the (out, k)
+support bitmask, row-major, packed eight to a byte in little bit order (numpy's
+`packbits(..., bitorder="little")`: mask element i is bit i % 8 of byte i // 8). SVD-LLM
+layers store their codes dense and no mask. The dense code matrix the forward pass
+multiplies by is rebuilt from the stored tensors and cached, never saved.
 """
 
 from __future__ import annotations
@@ -17,36 +18,54 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.engine import Factorization
+from zoo.engine.factorization import METHODS
+from zoo.errors import ZooError
 
 FLOAT16_MAX = torch.finfo(torch.float16).max
+STORAGE_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Row-major bool (out, k) -> uint8 (ceil(out*k / 8),)."""
+    """Row-major bool (out, k) -> uint8 (ceil(out*k / 8),), little bit order."""
     return torch.from_numpy(np.packbits(mask.cpu().numpy().reshape(-1), bitorder="little"))
 
 
 def unpack_mask(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `pack_mask`: the bool (out, k) mask on the packed tensor's device."""
     bits = np.unpackbits(packed.cpu().numpy(), count=shape[0] * shape[1], bitorder="little")
     return torch.from_numpy(bits.reshape(shape).astype(bool)).to(packed.device)
 
 
 class CompotLinear(nn.Module):
+    """An nn.Linear stored as an orthogonal-dictionary sparse factorization (or a low-rank pair).
+
+    The empty shell (this constructor) is what loaders build before filling it from a
+    checkpoint; `from_factorization` builds a filled one from the engine's output.
+    """
+
     def __init__(self, in_features: int, out_features: int, k: int, s: int, method: str = "compot",
                  bias: bool = False, storage_dtype: torch.dtype = torch.float16,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, bias_dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if method not in METHODS:
+            raise ZooError(f"CompotLinear: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if storage_dtype not in STORAGE_DTYPES:
+            raise ZooError(f"CompotLinear: storage dtype must be float16 or bfloat16, got {storage_dtype}")
+        if not 1 <= s <= k:
+            raise ZooError(f"CompotLinear: need 1 <= s <= k, got k={k}, s={s}")
         self.in_features, self.out_features, self.k, self.s, self.method = in_features, out_features, k, s, method
-        frozen = dict(dtype=storage_dtype, device=device)
-        self.dictionary = nn.Parameter(torch.empty(k, in_features, **frozen), requires_grad=False)
+        self.dictionary = nn.Parameter(torch.empty(k, in_features, dtype=storage_dtype, device=device),
+                                       requires_grad=False)
         width = s if method == "compot" else k
-        self.code_values = nn.Parameter(torch.empty(out_features, width, **frozen), requires_grad=False)
+        self.code_values = nn.Parameter(torch.empty(out_features, width, dtype=storage_dtype, device=device),
+                                        requires_grad=False)
         if method == "compot":
             self.register_buffer("code_mask", torch.empty(math.ceil(out_features * k / 8), dtype=torch.uint8,
                                                           device=device))
         else:
             self.code_mask = None
-        self.bias = nn.Parameter(torch.empty(out_features, device=device)) if bias else None
+        self.bias = (nn.Parameter(torch.empty(out_features, dtype=bias_dtype, device=device), requires_grad=False)
+                     if bias else None)
         self._cache: tuple | None = None
 
     @classmethod
@@ -54,16 +73,20 @@ class CompotLinear(nn.Module):
                            storage_dtype: torch.dtype = torch.float16) -> CompotLinear:
         """Storage rounds the factors to 16 bits; float16 falls back to bfloat16 where values overflow it."""
         if f.is_dense:
-            raise ValueError(f"a dense {f.out_features}x{f.in_features} matrix has no factors to store")
+            raise ZooError(f"a dense {f.out_features}x{f.in_features} matrix has no factors to store ({f.reason})")
         codes_t = f.codes.mT  # (out, k)
         if storage_dtype == torch.float16 and max(f.dictionary.abs().max(), codes_t.abs().max()) > FLOAT16_MAX:
             storage_dtype = torch.bfloat16
         layer = cls(f.in_features, f.out_features, f.k, f.s, f.method, bias is not None, storage_dtype,
-                    device=f.dictionary.device)
+                    device=f.dictionary.device, bias_dtype=None if bias is None else bias.dtype)
         with torch.no_grad():
             layer.dictionary.copy_(f.dictionary.mT)
             if f.method == "compot":
                 support_t = f.support.mT
+                per_row = support_t.sum(dim=1)
+                if not bool((per_row == f.s).all()):
+                    raise ZooError(f"factorization support must keep exactly s={f.s} codes per output, "
+                                   f"found {per_row.min().item()}..{per_row.max().item()}")
                 layer.code_values.copy_(codes_t[support_t].reshape(f.out_features, f.s))
                 layer.code_mask.copy_(pack_mask(support_t))
             else:
@@ -76,14 +99,18 @@ class CompotLinear(nn.Module):
         """(out, k) codes in storage dtype: scattered from values + mask for COMPOT."""
         if self.code_mask is None:
             return self.code_values
+        mask = unpack_mask(self.code_mask, (self.out_features, self.k))
+        if mask.sum().item() != self.code_values.numel():
+            raise ZooError(f"{self}: code_mask marks {mask.sum().item()} codes but code_values holds "
+                           f"{self.code_values.numel()}; the checkpoint is corrupt")
         codes = torch.zeros(self.out_features, self.k, dtype=self.code_values.dtype, device=self.code_values.device)
-        codes[unpack_mask(self.code_mask, (self.out_features, self.k))] = self.code_values.reshape(-1)
+        codes[mask] = self.code_values.reshape(-1)
         return codes
 
     def _factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (dtype, self.dictionary.data_ptr(), self.dictionary._version, self.code_values.data_ptr(),
-               self.code_values._version, None if self.code_mask is None else
-               (self.code_mask.data_ptr(), self.code_mask._version))
+        """A^T and the dense codes in the compute dtype, rebuilt only when a stored tensor changed."""
+        stored = [self.dictionary, self.code_values] + ([] if self.code_mask is None else [self.code_mask])
+        key = (dtype, *((t.data_ptr(), t._version) for t in stored))
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.dictionary.to(dtype), self.dense_codes().to(dtype))
         return self._cache[1], self._cache[2]
@@ -99,4 +126,5 @@ class CompotLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}, "
-                f"k={self.k}, s={self.s}, storage={self.dictionary.dtype}, bias={self.bias is not None}")
+                f"k={self.k}, s={self.s}, storage={str(self.dictionary.dtype).removeprefix('torch.')}, "
+                f"bias={self.bias is not None}")

@@ -54,8 +54,11 @@ class Adapter(Protocol):
 
     def save_processor(self, loaded: LoadedModel, out_dir) -> None: ...
 
-    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, windows: int | None) -> dict[str, dict[str, float]]:
-        """{task: {metric: value}} for the model as it is now; run before and after compression."""
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, windows: int | None = None,
+                 limit: int | None = None) -> dict[str, dict[str, float]]:
+        """{task: {metric: value}} for the model as it is now; run before and after compression.
+
+        `windows` caps perplexity windows and `limit` the items per task (None: the manifest's)."""
 
 
 def get_adapter(modality: str) -> Adapter:

@@ -39,6 +39,7 @@ class CompressRequest:
     seed: int = 0
     evaluate: bool = False
     eval_windows: int | None = None
+    eval_limit: int | None = None
     modality: str | None = None
 
 
@@ -96,7 +97,7 @@ def run_compress(req: CompressRequest) -> CompressResult:
     calibration = adapter.calibration(loaded, calibration_name,
                                       req.n_samples or spec.defaults.get("n_samples", 256),
                                       req.seq_len or spec.defaults.get("seq_len", 1024), req.seed)
-    base_metrics = adapter.evaluate(loaded, spec, req.eval_windows) if req.evaluate else None
+    base_metrics = adapter.evaluate(loaded, spec, req.eval_windows, req.eval_limit) if req.evaluate else None
 
     start = time.perf_counter()
     layers = compress_model(loaded.model, adapter, calibration, config)
@@ -130,7 +131,7 @@ def run_compress(req: CompressRequest) -> CompressResult:
                     extra_files=lambda tmp: adapter.save_processor(loaded, tmp))
     result = CompressResult(out, layers, cr, seconds, peak, notes=list(loaded.notes))
     if base_metrics is not None:
-        compressed_metrics = adapter.evaluate(loaded, spec, req.eval_windows)
+        compressed_metrics = adapter.evaluate(loaded, spec, req.eval_windows, req.eval_limit)
         result.scorecard = build_scorecard(manifest, metrics_from_results(base_metrics, compressed_metrics))
         result.scorecard.save(out / "scorecard.json")
     return result
