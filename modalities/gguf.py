@@ -68,15 +68,17 @@ def materialize_gguf(gguf_file: Path, out_dir: Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the finished folder is an ordinary one
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors make them private; the cache is shared
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if out_dir.exists() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if not _is_complete(out_dir):  # else another process finished the same folder first
+            raise
     return out_dir
 
 

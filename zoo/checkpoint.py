@@ -202,7 +202,8 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.
         if not (path / name).is_file():
             raise ZooError(f"{path / name} is missing")
     config = transformers.AutoConfig.from_pretrained(path)
-    if hasattr(config, "quantization_config"):
+    quantization = config.to_dict().get("quantization_config")
+    if quantization is not None:
         del config.quantization_config  # the shells go in below; from_config must not build a quantizer
     auto_name = manifest.get("auto_class", "AutoModelForCausalLM")
     auto = getattr(transformers, auto_name, None)
@@ -223,6 +224,8 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.
         raise ZooError(f"{weights} does not match {type(model).__name__}: "
                        f"missing {_listing(missing)}, unexpected {_listing(unexpected)}")
     model.tie_weights()
+    if quantization is not None:
+        model.config.quantization_config = quantization  # so save_pretrained keeps the layer table
     return model.to(device).eval()
 
 

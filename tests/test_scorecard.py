@@ -1,0 +1,90 @@
+"""The scorecard schema: JSON round trip, recovery in both directions, the markdown table."""
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from zoo.errors import ZooError
+from zoo.scorecard import SCHEMA_VERSION, MetricResult, Scorecard, metrics_from_results
+
+BASE = {"perplexity/wiki-offline": {"perplexity": 20.0},
+        "zoo_cloze_mc_local": {"acc": 0.5, "acc_norm": 0.6}}
+COMPRESSED = {"perplexity/wiki-offline": {"perplexity": 25.0},
+              "zoo_cloze_mc_local": {"acc": 0.4, "acc_norm": 0.6}}
+
+
+def _card(**changes) -> Scorecard:
+    fields = dict(base_model="HuggingFaceTB/SmolLM2-135M-Instruct", base_revision="abc123", variant="smollm2-cr0.2",
+                  modality="llm", method="compot", engine_version="0.1.0", target_cr=0.2, achieved_cr=0.2013,
+                  allocation="dynamic", calibration_set="wiki-offline", calibration_hash="sha256:feed",
+                  metrics=metrics_from_results(BASE, COMPRESSED), compression_seconds=12.5,
+                  peak_memory_mb=812.0, hardware="cpu: 2 cores")
+    return Scorecard(**{**fields, **changes})
+
+
+def test_recovery_for_higher_and_lower_is_better():
+    assert MetricResult("acc", "t", 0.5, 0.4, True).recovery == pytest.approx(80.0)
+    assert MetricResult("perplexity", "t", 20.0, 25.0, False).recovery == pytest.approx(80.0)
+    assert MetricResult("wer", "t", 0.1, 0.05, False).recovery == pytest.approx(200.0)
+    assert math.isnan(MetricResult("acc", "t", 0.0, 0.3, True).recovery)
+
+
+def test_metrics_from_results_pairs_and_infers_direction():
+    metrics = {(m.task, m.name): m for m in metrics_from_results(BASE, COMPRESSED)}
+    assert set(metrics) == {(t, n) for t, v in BASE.items() for n in v}
+    ppl = metrics["perplexity/wiki-offline", "perplexity"]
+    assert (ppl.base, ppl.compressed, ppl.higher_is_better) == (20.0, 25.0, False)
+    assert metrics["zoo_cloze_mc_local", "acc"].higher_is_better
+    flipped = metrics_from_results(BASE, COMPRESSED, higher_is_better_overrides={"acc": False})
+    assert not next(m for m in flipped if m.name == "acc").higher_is_better
+
+
+def test_metrics_from_results_refuses_a_missing_compressed_metric():
+    with pytest.raises(ZooError, match="'acc_norm' of task 'zoo_cloze_mc_local'"):
+        metrics_from_results(BASE, {**COMPRESSED, "zoo_cloze_mc_local": {"acc": 0.4}})
+
+
+def test_json_round_trip_is_identical(tmp_path):
+    card = _card()
+    assert Scorecard.from_json(card.to_json()) == card
+    path = card.save(tmp_path / "scorecard.json")
+    loaded = Scorecard.load(path)
+    assert loaded == card and loaded.to_json() == card.to_json()
+    assert not list(tmp_path.glob(".*.tmp"))
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data["metrics"][0]["recovery"] == pytest.approx(80.0)
+
+
+def test_load_refuses_other_schema_versions(tmp_path):
+    data = json.loads(_card().to_json())
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({**data, "schema_version": 99}))
+    with pytest.raises(ZooError, match="schema_version 99"):
+        Scorecard.load(path)
+
+
+def test_allocation_is_static_or_dynamic():
+    with pytest.raises(ZooError, match="allocation"):
+        _card(allocation="global")
+
+
+def test_markdown_table_has_base_compressed_and_recovery():
+    table = _card().to_markdown_table()
+    lines = table.splitlines()
+    assert lines[0] == "| task | metric | base | compressed | recovery |"
+    assert "| perplexity/wiki-offline | perplexity ↓ | 20 | 25 | 80.0% |" in lines
+    assert "| zoo_cloze_mc_local | acc ↑ | 0.5 | 0.4 | 80.0% |" in lines
+    assert "| zoo_cloze_mc_local | acc_norm ↑ | 0.6 | 0.6 | 100.0% |" in lines
+
+
+def test_scorecard_module_imports_neither_torch_nor_transformers():
+    import zoo.scorecard
+
+    tree = ast.parse(Path(zoo.scorecard.__file__).read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"torch", "transformers"}
