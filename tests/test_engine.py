@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zoo.engine import allocate, factorize, functional_error, storage
-from zoo.engine.compot import compot, hard_threshold, polar_factor
+from zoo.engine.compot import compot, hard_threshold, leading_basis, polar_factor
 from zoo.engine.whitening import cholesky_whitener
 from zoo.errors import ZooError
 
@@ -123,9 +123,10 @@ def test_svd_llm_error_is_the_spectral_tail():
 
 def test_gram_scale_does_not_change_the_result():
     w, gram, _ = _layer(seed=9)
+    gram = gram.double()
     a = factorize(w, gram, cr=0.3, dtype=torch.float64).reconstruct()
     b = factorize(w, 1000.0 * gram, cr=0.3, dtype=torch.float64).reconstruct()
-    assert torch.allclose(a, b, atol=1e-8)
+    assert torch.allclose(a, b, atol=1e-10)
 
 
 def test_polar_factor_is_the_procrustes_optimum():
@@ -138,6 +139,36 @@ def test_polar_factor_is_the_procrustes_optimum():
         q = torch.linalg.qr(torch.randn(50, 20, generator=g, dtype=torch.float64))[0]
         assert torch.trace(q.T @ m) <= best
     assert best == pytest.approx(torch.linalg.svdvals(m).sum().item(), rel=1e-12)
+
+
+def test_polar_factor_of_ill_conditioned_float32_matches_float64_svd():
+    """The float64 Gram route keeps float32 accuracy at real layers' condition numbers (1e4)."""
+    g = torch.Generator().manual_seed(12)
+    u, _ = torch.linalg.qr(torch.randn(120, 60, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(60, 60, generator=g, dtype=torch.float64))
+    m = ((u * torch.logspace(0, -4, 60, dtype=torch.float64)) @ v.T).float()
+    p, _, qh = torch.linalg.svd(m.double(), full_matrices=False)
+    assert (polar_factor(m).double() - p @ qh).abs().max() < 1e-5
+
+
+def test_polar_factor_of_rank_deficient_m_is_still_orthonormal():
+    """An atom that no code uses leaves a zero column in M: any orthonormal completion is optimal."""
+    g = torch.Generator().manual_seed(13)
+    m = torch.randn(40, 12, generator=g, dtype=torch.float64)
+    m[:, 3] = 0
+    u = polar_factor(m)
+    assert torch.allclose(u.T @ u, torch.eye(12, dtype=torch.float64), atol=1e-12)
+    assert torch.trace(u.T @ m).item() == pytest.approx(torch.linalg.svdvals(m).sum().item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(30, 80), (80, 30)])
+def test_leading_basis_spans_the_top_singular_directions(shape):
+    g = torch.Generator().manual_seed(14)
+    w = torch.randn(*shape, generator=g, dtype=torch.float64) * torch.logspace(0, -2, shape[1], dtype=torch.float64)
+    d = leading_basis(w, 10)
+    top = torch.linalg.svd(w, full_matrices=False)[0][:, :10]
+    assert torch.allclose(d.T @ d, torch.eye(10, dtype=torch.float64), atol=1e-10)
+    assert torch.linalg.svdvals(top.T @ d).min() > 1 - 1e-8  # same subspace
 
 
 def test_rank_deficient_gram_is_damped_and_reported():

@@ -50,3 +50,15 @@ def test_cache_follows_in_place_updates():
     with torch.no_grad():
         layer.code_values.mul_(2)
     assert torch.allclose(layer(x), 2 * before, rtol=1e-3)
+
+
+def test_layer_used_under_inference_mode_still_works_with_autograd_after():
+    """Evaluating under inference_mode must not poison the cache for a later grad-enabled forward."""
+    f = factorize(torch.randn(40, 20), torch.eye(20), cr=0.3)
+    layer = CompotLinear.from_factorization(f, None)
+    x = torch.randn(2, 20, requires_grad=True)
+    with torch.inference_mode():
+        expected = layer(x.detach())
+    out = layer(x)
+    out.sum().backward()
+    assert torch.equal(out.detach(), expected) and x.grad is not None

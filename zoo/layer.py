@@ -108,9 +108,12 @@ class CompotLinear(nn.Module):
         return codes
 
     def _factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """A^T and the dense codes in the compute dtype, rebuilt only when a stored tensor changed."""
+        """A^T and the dense codes in the compute dtype, rebuilt only when a stored tensor changed.
+
+        Tensors made under inference_mode cannot enter autograd, so the mode is part of the key.
+        """
         stored = [self.dictionary, self.code_values] + ([] if self.code_mask is None else [self.code_mask])
-        key = (dtype, *((t.data_ptr(), t._version) for t in stored))
+        key = (dtype, torch.is_inference_mode_enabled(), *((t.data_ptr(), t._version) for t in stored))
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.dictionary.to(dtype), self.dense_codes().to(dtype))
         return self._cache[1], self._cache[2]
