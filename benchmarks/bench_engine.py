@@ -26,10 +26,10 @@ def real_layers(model_name: str, blocks: list[int], n_samples: int, seq_len: int
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec)
     calibration = adapter.calibration(loaded, "wiki-offline", n_samples, seq_len, seed=0)
-    groups = adapter.linear_groups(loaded.model)
-    chain = adapter.blocks(loaded.model)
-    inputs = capture_block_inputs(loaded.model, chain[0][1], calibration.batches)
-    for index, (prefix, block) in enumerate(chain[: max(blocks) + 1]):
+    (stack,) = adapter.stacks(loaded.model)
+    groups = stack.groups
+    inputs = capture_block_inputs(loaded.model, stack.blocks[0][1], calibration.batches)
+    for index, (prefix, block) in enumerate(stack.blocks[: max(blocks) + 1]):
         stats, inputs = block_grams(block, groups, inputs)
         if index in blocks:
             for group in groups:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -16,7 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from zoo.assets import cache_dir
 from zoo.errors import ZooError
 from zoo.hub import hub_reachable
-from zoo.modality import CalibrationData, LoadedModel
+from zoo.modalities.sources import load_model
+from zoo.modality import CalibrationData, LoadedModel, Stack
 from zoo.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -55,41 +57,27 @@ class DecoderLLM:
     auto_class = "AutoModelForCausalLM"
 
     def load(self, spec: ModelSpec) -> LoadedModel:
-        """The folder, else the Hub, else the packaged offline copy named in the manifest."""
-        if spec.local is not None:
-            return self._from_folder(str(spec.local), spec.name)
-        errors = []
-        if spec.hub and hub_reachable():
-            try:
-                return self._from_folder(spec.hub, spec.hub, spec.revision)
-            except OSError as exc:  # no network, gated or missing repo
-                errors.append(f"Hub {spec.hub}: {exc}")
-        if spec.packaged:
-            from zoo.modalities.gguf import packaged_llm_dir
+        from zoo.modalities.gguf import packaged_llm_dir
 
-            loaded = self._from_folder(str(packaged_llm_dir(spec.packaged)), f"packaged:{spec.packaged}")
-            loaded.notes.append(f"offline copy of {spec.hub} from a PyPI package (4-bit GGUF, dequantized)")
-            return loaded
-        reason = "; ".join(errors) or "the Hub is offline (HF_HUB_OFFLINE) and no packaged copy exists"
-        raise ZooError(f"cannot load {spec.name}: {reason}")
+        return load_model(spec, self._from_folder, packaged_llm_dir, "4-bit GGUF, dequantized")
 
     def _from_folder(self, source: str, label: str, revision: str | None = None) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         model.eval()
-        self.linear_groups(model)  # fail now, not after calibration, on an unknown architecture
+        self.stacks(model)  # fail now, not after calibration, on an unknown architecture
         return LoadedModel(model, tokenizer, label, revision)
 
-    def blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        path = BLOCK_PATHS.get(model.config.model_type, "model.layers")
-        return [(f"{path}.{i}", block) for i, block in enumerate(model.get_submodule(path))]
-
-    def linear_groups(self, model: nn.Module) -> list[list[str]]:
+    def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
+        if components not in (None, ["decoder"], ("decoder",)):
+            raise ZooError(f"a decoder LLM has one component, 'decoder'; got {', '.join(components)}")
         model_type = model.config.model_type
         if model_type not in TARGET_GROUPS:
             raise ZooError(f"architecture {model_type!r} ({type(model).__name__}) has no compression "
                            f"targets table; known: {', '.join(sorted(TARGET_GROUPS))}")
-        return TARGET_GROUPS[model_type]
+        path = BLOCK_PATHS.get(model_type, "model.layers")
+        blocks = [(f"{path}.{i}", block) for i, block in enumerate(model.get_submodule(path))]
+        return [Stack("decoder", blocks, TARGET_GROUPS[model_type])]
 
     def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int,
                     seed: int) -> CalibrationData:

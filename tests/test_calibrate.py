@@ -31,8 +31,8 @@ def _reference_grams(model, batches, names):
 def test_blockwise_grams_match_a_full_forward(make):
     model = make()
     batches = token_batches()
-    groups = ADAPTER.linear_groups(model)
-    blocks = ADAPTER.blocks(model)
+    (stack,) = ADAPTER.stacks(model)
+    groups, blocks = stack.groups, stack.blocks
     names = [f"{p}.{g[0]}" for p, _ in blocks for g in groups]
     expected = _reference_grams(model, batches, names)
     inputs = capture_block_inputs(model, blocks[0][1], batches)
@@ -47,8 +47,8 @@ def test_blockwise_grams_match_a_full_forward(make):
 
 def test_nonfinite_batches_are_counted_not_hidden():
     model = tiny_llama()
-    groups = ADAPTER.linear_groups(model)
-    blocks = ADAPTER.blocks(model)
+    (stack,) = ADAPTER.stacks(model)
+    groups, blocks = stack.groups, stack.blocks
     inputs = capture_block_inputs(model, blocks[0][1], token_batches(n=3))
     inputs[1].args = (torch.full_like(inputs[1].args[0], float("nan")),) + inputs[1].args[1:]
     stats, _ = block_grams(blocks[0][1], groups, inputs)
@@ -60,4 +60,4 @@ def test_nonfinite_batches_are_counted_not_hidden():
 def test_empty_calibration_is_an_error():
     model = tiny_llama()
     with pytest.raises(ZooError, match="calibration set is empty"):
-        capture_block_inputs(model, ADAPTER.blocks(model)[0][1], [])
+        capture_block_inputs(model, ADAPTER.stacks(model)[0].blocks[0][1], [])

@@ -62,16 +62,20 @@ def list_models() -> None:
 @click.option("--storage-dtype", type=click.Choice(["float16", "bfloat16"]), default="float16", show_default=True)
 @click.option("--modality", type=click.Choice(["llm", "whisper", "vlm"]), default=None,
               help="For Hub ids and folders the manifest does not know.")
+@click.option("--components", default=None, metavar="NAMES",
+              help="Comma-separated stacks to compress, e.g. encoder,decoder for Whisper (default: the modality's).")
 def compress(model: str, cr: float, method: str, static: bool, ks_ratio: float, iters: int, tol: float,
              min_cr: float | None, max_cr: float | None, calibration: str | None, n_samples: int | None,
              seq_len: int | None, seed: int, out: Path | None, overwrite: bool, evaluate: bool,
-             eval_windows: int | None, eval_limit: int | None, device: str | None, storage_dtype: str, modality: str | None) -> None:
+             eval_windows: int | None, eval_limit: int | None, device: str | None, storage_dtype: str, modality: str | None,
+             components: str | None) -> None:
     """Compress MODEL (an alias, a Hub id or a local folder) and save a loadable checkpoint."""
     from zoo.compression import CompressionConfig
     from zoo.pipeline import CompressRequest, run_compress
 
     config = CompressionConfig(cr=cr, method=method, static=static, ks_ratio=ks_ratio, iters=iters, tol=tol,
-                               min_cr=min_cr, max_cr=max_cr, storage_dtype=storage_dtype, device=device)
+                               min_cr=min_cr, max_cr=max_cr, storage_dtype=storage_dtype, device=device,
+                               components=[c.strip() for c in components.split(",")] if components else None)
     result = run_compress(CompressRequest(model, config, out, overwrite, calibration, n_samples, seq_len, seed,
                                           evaluate, eval_windows, eval_limit, modality))
     methods = Counter(r.method for r in result.layers)

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from zoo.calibrate import block_grams, capture_block_inputs
+from zoo.calibrate import GramStat, block_grams, capture_block_inputs
 from zoo.engine import allocate, factorize
 from zoo.engine.storage import dense_bits
 from zoo.errors import ZooError
 from zoo.layer import CompotLinear
-from zoo.modality import Adapter, CalibrationData
+from zoo.modality import Adapter, CalibrationData, Stack
 
 
 @dataclass
@@ -34,6 +34,7 @@ class CompressionConfig:
     max_cr: float | None = None
     storage_dtype: str = "float16"
     device: str | None = None  # where the engine runs; the model's device by default
+    components: list[str] | None = None  # which stacks (e.g. Whisper's encoder, decoder); None: the adapter's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,19 +57,20 @@ class LayerReport:
     note: str = ""
 
 
-def compression_targets(model: nn.Module, adapter: Adapter) -> dict[str, nn.Linear]:
+def compression_targets(model: nn.Module, stacks: list[Stack]) -> dict[str, nn.Linear]:
     """Qualified name -> linear for every projection the adapter marks for compression."""
-    groups = adapter.linear_groups(model)
     targets = {}
-    for prefix, block in adapter.blocks(model):
-        for name in (n for g in groups for n in g):
-            module = block.get_submodule(name)
-            if not isinstance(module, nn.Linear):
-                raise ZooError(f"{prefix}.{name} is {type(module).__name__}, not nn.Linear: "
-                               "already compressed, or the adapter table is wrong for this model")
-            targets[f"{prefix}.{name}"] = module
+    for stack in stacks:
+        for prefix, block in stack.blocks:
+            for name in (n for g in stack.groups for n in g):
+                module = block.get_submodule(name)
+                if not isinstance(module, nn.Linear):
+                    raise ZooError(f"{prefix}.{name} is {type(module).__name__}, not nn.Linear: "
+                                   "already compressed, or the adapter table is wrong for this model")
+                targets[f"{prefix}.{name}"] = module
     if not targets:
-        raise ZooError(f"{type(model).__name__} has no compressible linear projections")
+        raise ZooError(f"{type(model).__name__} has no compressible linear projections "
+                       f"(stacks: {', '.join(s.name for s in stacks) or 'none'})")
     return targets
 
 
@@ -82,39 +84,42 @@ def target_crs(targets: dict[str, nn.Linear], config: CompressionConfig) -> dict
 def compress_model(model: nn.Module, adapter: Adapter, calibration: CalibrationData,
                    config: CompressionConfig) -> list[LayerReport]:
     """Replace every target projection by a CompotLinear; returns one report per matrix."""
-    targets = compression_targets(model, adapter)
+    stacks = adapter.stacks(model, config.components)
+    targets = compression_targets(model, stacks)
     crs = target_crs(targets, config)
-    groups = adapter.linear_groups(model)
-    blocks = adapter.blocks(model)
     storage_dtype = getattr(torch, config.storage_dtype)
-    inputs = capture_block_inputs(model, blocks[0][1], calibration.batches)
+    # Every stack's inputs come from the original model, before any layer is swapped.
+    inputs = {stack.name: capture_block_inputs(model, stack.blocks[0][1], calibration.batches) for stack in stacks}
     reports: list[LayerReport] = []
     with tqdm(total=len(targets), desc="compress", unit="matrix") as bar:
-        for prefix, block in blocks:
-            bar.set_postfix_str(prefix)
-            stats, inputs = block_grams(block, groups, inputs)
-            for group in groups:
-                stat = stats[group[0]]
-                for name in group:
-                    full = f"{prefix}.{name}"
-                    linear = targets[full]
-                    report = dict(name=full, shape=tuple(linear.weight.shape), target_cr=crs[full],
-                                  gram_tokens=stat.tokens, nonfinite_batches=stat.nonfinite_batches)
-                    if crs[full] == 0.0:
-                        reports.append(_dense_report(linear, report, "allocation kept it dense"))
-                    else:
-                        f = factorize(linear.weight.detach(), stat.gram, cr=crs[full], method=config.method,
-                                      ks_ratio=config.ks_ratio, iters=config.iters, tol=config.tol,
-                                      device=config.device, name=full)
-                        if f.is_dense:
-                            reports.append(_dense_report(linear, report, f.reason))
-                        else:
-                            block.set_submodule(name, CompotLinear.from_factorization(f, linear.bias, storage_dtype))
-                            reports.append(LayerReport(method=f.method, cr=f.cr, k=f.k, s=f.s, bits=f.bits,
-                                                       damping=f.damping, relative_error=f.relative_error,
-                                                       **report))
-                    bar.update()
+        for stack in stacks:
+            stack_inputs = inputs.pop(stack.name)
+            for prefix, block in stack.blocks:
+                bar.set_postfix_str(prefix)
+                stats, stack_inputs = block_grams(block, stack.groups, stack_inputs)
+                for group in stack.groups:
+                    for name in group:
+                        full = f"{prefix}.{name}"
+                        reports.append(_compress_linear(block, name, full, targets[full], crs[full],
+                                                        stats[group[0]], config, storage_dtype))
+                        bar.update()
     return reports
+
+
+def _compress_linear(block: nn.Module, name: str, full: str, linear: nn.Linear, cr: float, stat: GramStat,
+                     config: CompressionConfig, storage_dtype: torch.dtype) -> LayerReport:
+    """Factorize one projection and swap it in, unless allocation or the engine keeps it dense."""
+    report = dict(name=full, shape=tuple(linear.weight.shape), target_cr=cr,
+                  gram_tokens=stat.tokens, nonfinite_batches=stat.nonfinite_batches)
+    if cr == 0.0:
+        return _dense_report(linear, report, "allocation kept it dense")
+    f = factorize(linear.weight.detach(), stat.gram, cr=cr, method=config.method, ks_ratio=config.ks_ratio,
+                  iters=config.iters, tol=config.tol, device=config.device, name=full)
+    if f.is_dense:
+        return _dense_report(linear, report, f.reason)
+    block.set_submodule(name, CompotLinear.from_factorization(f, linear.bias, storage_dtype))
+    return LayerReport(method=f.method, cr=f.cr, k=f.k, s=f.s, bits=f.bits, damping=f.damping,
+                       relative_error=f.relative_error, **report)
 
 
 def _dense_report(linear: nn.Linear, report: dict, note: str) -> LayerReport:

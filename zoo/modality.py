@@ -7,6 +7,7 @@ reaches them only through this registry, so the engine side never imports transf
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +31,17 @@ class LoadedModel:
 
 
 @dataclass
+class Stack:
+    """Blocks that feed each other in order, and the linears of each block to compress,
+    grouped by the input they share (q/k/v; gate/up). A model may have several stacks
+    (Whisper's encoder and decoder); each is calibrated from its own first block."""
+
+    name: str
+    blocks: list[tuple[str, nn.Module]]  # (qualified name, module), in calibration order
+    groups: list[list[str]]  # relative to a block
+
+
+@dataclass
 class CalibrationData:
     batches: list[dict]  # model(**batch) inputs
     name: str
@@ -43,11 +55,9 @@ class Adapter(Protocol):
 
     def load(self, spec: ModelSpec) -> LoadedModel: ...
 
-    def blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        """(qualified name, module) of each block, in calibration order."""
-
-    def linear_groups(self, model: nn.Module) -> list[list[str]]:
-        """Linears to compress, relative to a block, grouped by the input they share."""
+    def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
+        """The stacks to compress, in calibration order; `components` picks them by name
+        (None: the adapter's default). Unknown names or architectures are a ZooError."""
 
     def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int,
                     seed: int) -> CalibrationData: ...
