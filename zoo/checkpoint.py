@@ -36,6 +36,7 @@ from zoo.layer import CompotLinear
 MANIFEST = "compot_manifest.json"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+GENERATION_CONFIG = "generation_config.json"
 
 
 def compot_layers(model: nn.Module) -> dict[str, CompotLinear]:
@@ -224,6 +225,8 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.
         raise ZooError(f"{weights} does not match {type(model).__name__}: "
                        f"missing {_listing(missing)}, unexpected {_listing(unexpected)}")
     model.tie_weights()
+    if (path / GENERATION_CONFIG).is_file():  # Whisper's task tokens, LLM sampling defaults
+        model.generation_config = transformers.GenerationConfig.from_pretrained(path)
     if quantization is not None:
         model.config.quantization_config = quantization  # so save_pretrained keeps the layer table
     return model.to(device).eval()

@@ -18,6 +18,7 @@ from zoo.models import ModelSpec
 
 ADAPTERS = {
     "llm": "zoo.modalities.decoder_llm:ADAPTER",
+    "whisper": "zoo.modalities.whisper:ADAPTER",
 }
 
 

@@ -23,9 +23,6 @@ from zoo.scorecard import Scorecard, metrics_from_results
 
 log = logging.getLogger(__name__)
 
-HUB_CALIBRATION_SETS = ("refinedweb", "wikitext2", "c4")
-OFFLINE_CALIBRATION = "wiki-offline"
-
 
 @dataclass
 class CompressRequest:
@@ -59,13 +56,17 @@ def default_out_dir(model: str, config: CompressionConfig) -> Path:
     return Path(f"{Path(model).name}-{config.method}-{alloc}-cr{config.cr:g}")
 
 
-def pick_calibration(requested: str | None, default: str) -> str:
-    """The requested set, else the model's default, else the shipped English text when offline."""
+def pick_calibration(requested: str | None, defaults: dict) -> str:
+    """The requested set, else the model's default, else its offline stand-in when the Hub is unreachable."""
     if requested:
         return requested
-    if not hub_reachable() and default in HUB_CALIBRATION_SETS:
-        log.warning("Hub offline: calibrating on %s instead of %s", OFFLINE_CALIBRATION, default)
-        return OFFLINE_CALIBRATION
+    default, offline = defaults.get("calibration"), defaults.get("offline_calibration")
+    if offline and (default is None or (default != offline and not hub_reachable())):
+        if default:
+            log.warning("Hub offline: calibrating on %s instead of %s", offline, default)
+        return offline
+    if default is None:
+        raise ZooError("the zoo manifest names no calibration set for this model; pass --calibration")
     return default
 
 
@@ -93,7 +94,7 @@ def run_compress(req: CompressRequest) -> CompressResult:
         raise ZooError(f"output directory {out} exists; pass --overwrite to replace it")
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec)
-    calibration_name = pick_calibration(req.calibration, spec.defaults.get("calibration", OFFLINE_CALIBRATION))
+    calibration_name = pick_calibration(req.calibration, spec.defaults)
     calibration = adapter.calibration(loaded, calibration_name,
                                       req.n_samples or spec.defaults.get("n_samples", 256),
                                       req.seq_len or spec.defaults.get("seq_len", 1024), req.seed)

@@ -1,0 +1,140 @@
+"""Whisper (speech recognition, encoder-decoder): what to compress and how to feed it.
+
+The paper compresses the decoder's projections (self-attention, cross-attention, MLP); the
+encoder joins with `components=["encoder", "decoder"]`. Calibration is teacher-forced: the
+decoder reads each utterance's reference transcript while the encoder runs once on its audio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+from zoo.errors import ZooError
+from zoo.hub import hub_reachable
+from zoo.modalities.sources import load_model
+from zoo.modality import CalibrationData, LoadedModel, Stack
+from zoo.models import ModelSpec
+
+log = logging.getLogger(__name__)
+
+_ATTENTION = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.out_proj"]]
+# component -> (where its blocks sit, each block's projections grouped by the input they share),
+# in calibration order. Cross-attention k/v read the encoder output: one Gram for both.
+STACKS = {
+    "encoder": ("model.encoder.layers", [*_ATTENTION, ["fc1"], ["fc2"]]),
+    "decoder": ("model.decoder.layers", [*_ATTENTION, ["encoder_attn.q_proj"],
+                                         ["encoder_attn.k_proj", "encoder_attn.v_proj"],
+                                         ["encoder_attn.out_proj"], ["fc1"], ["fc2"]]),
+}
+DEFAULT_COMPONENTS = ("decoder",)
+SAMPLING_RATE = 16_000
+
+
+class Whisper:
+    modality = "whisper"
+    auto_class = "AutoModelForSpeechSeq2Seq"
+
+    def load(self, spec: ModelSpec) -> LoadedModel:
+        from zoo.modalities.whisper_ct2 import packaged_whisper_dir
+
+        return load_model(spec, self._from_folder, packaged_whisper_dir, "CTranslate2 float16, converted")
+
+    def _from_folder(self, source: str, label: str, revision: str | None = None) -> LoadedModel:
+        model = WhisperForConditionalGeneration.from_pretrained(source, revision=revision, dtype=torch.float32)
+        processor = WhisperProcessor.from_pretrained(source, revision=revision)
+        model.eval()
+        self.stacks(model)  # fail now, not after calibration, on an unknown architecture
+        return LoadedModel(model, processor, label, revision)
+
+    def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
+        if getattr(model.config, "model_type", None) != "whisper":
+            raise ZooError(f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', None)!r}) "
+                           "is not a Whisper model")
+        wanted = set(components or DEFAULT_COMPONENTS)
+        unknown = wanted - set(STACKS)
+        if unknown:
+            raise ZooError(f"unknown Whisper component(s) {', '.join(sorted(unknown))}; known: {', '.join(STACKS)}")
+        stacks = []
+        for name, (path, groups) in STACKS.items():
+            if name in wanted:
+                blocks = [(f"{path}.{i}", block) for i, block in enumerate(model.get_submodule(path))]
+                stacks.append(Stack(name, blocks, groups))
+        return stacks
+
+    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int,
+                    seed: int) -> CalibrationData:
+        """One teacher-forced batch per utterance, so no padding token enters a Gram.
+
+        `seq_len` caps the decoder tokens of an utterance (Whisper's limit is 448).
+        """
+        from zoo.calibration.speech import load_speech
+
+        utterances = load_speech(source, n_samples, seed)
+        limit = min(seq_len, loaded.model.config.max_target_positions)
+        batches = [teacher_forced_inputs(loaded.processor, loaded.model, u.audio, u.text, limit)
+                   for u in utterances]
+        digest = hashlib.sha256()
+        for u, batch in zip(utterances, batches):
+            digest.update(u.id.encode())
+            digest.update(u.audio.tobytes())
+            digest.update(batch["decoder_input_ids"].numpy().tobytes())
+        tokens = sum(b["decoder_input_ids"].shape[1] for b in batches)
+        return CalibrationData(batches, source, f"sha256:{digest.hexdigest()[:16]}", tokens)
+
+    def save_processor(self, loaded: LoadedModel, out_dir) -> None:
+        loaded.processor.save_pretrained(out_dir)
+
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, windows: int | None = None,
+                 limit: int | None = None) -> dict[str, dict[str, float]]:
+        """Corpus WER per evaluation set: LibriSpeech test-clean/test-other online, the packaged
+        read speech and synthesised held-out text offline. `windows` has no meaning here."""
+        from zoo.calibration.speech import load_speech
+        from zoo.evaluators.wer import evaluate_wer
+
+        key = "eval_sets" if hub_reachable() else "offline_eval_sets"
+        names = spec.defaults.get(key, [])
+        if not names:
+            raise ZooError(f"{spec.name}: the zoo manifest names no {key} for Whisper")
+        limit = limit if limit is not None else spec.defaults.get("eval_limit")
+        sets = {name: load_speech(name, limit, seed=0) for name in names}
+        return {f"wer/{name}": metrics for name, metrics in evaluate_wer(loaded.model, loaded.processor, sets).items()}
+
+
+def sentence_case(text: str) -> str:
+    """LibriSpeech transcripts are upper case without punctuation; Whisper writes sentence case,
+    so forcing upper case would calibrate the decoder on text it never produces."""
+    text = " ".join(text.split())
+    if text.isupper():
+        text = text.lower()
+        text = text[:1].upper() + text[1:]
+    return text
+
+
+def task_prefix(generation_config) -> list[int]:
+    """The tokens generate() starts an English transcription with, read from the model's own
+    generation config: start of transcript, then language and task on multilingual models,
+    then no-timestamps."""
+    gc = generation_config
+    prefix = [gc.decoder_start_token_id]
+    if getattr(gc, "is_multilingual", False):
+        prefix += [gc.lang_to_id["<|en|>"], gc.task_to_id["transcribe"]]
+    return prefix + [gc.no_timestamps_token_id]
+
+
+def teacher_forced_inputs(processor, model: nn.Module, audio, text: str, max_tokens: int) -> dict:
+    """Model inputs that make the decoder read the transcript after Whisper's task prefix."""
+    features = processor.feature_extractor(audio, sampling_rate=SAMPLING_RATE, return_tensors="pt").input_features
+    words = processor.tokenizer(" " + sentence_case(text), add_special_tokens=False).input_ids
+    if not words:
+        raise ZooError(f"empty transcript for calibration utterance: {text!r}")
+    ids = (task_prefix(model.generation_config) + words)[:max_tokens]
+    return {"input_features": features.to(model.dtype), "decoder_input_ids": torch.tensor([ids]), "use_cache": False}
+
+
+ADAPTER = Whisper()

@@ -1,0 +1,147 @@
+"""The Whisper adapter on a tiny random Whisper with the real tiny.en tokenizer and task tokens."""
+
+import json
+import wave
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSpeechSeq2Seq, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+import zoo
+from zoo.calibrate import block_grams, capture_block_inputs
+from zoo.checkpoint import save_compressed
+from zoo.compression import CompressionConfig, compress_model
+from zoo.errors import ZooError
+from zoo.layer import CompotLinear
+from zoo.modalities.whisper import ADAPTER, sentence_case, task_prefix
+from zoo.modalities.whisper_ct2 import packaged_whisper_dir
+from zoo.modality import LoadedModel
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Real tokenizer, feature extractor and generation config; random weights at toy width."""
+    real = packaged_whisper_dir("whisper-tiny.en")
+    config = WhisperConfig.from_pretrained(real)
+    config.update(dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                       decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128))
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = WhisperForConditionalGeneration.from_pretrained(real).generation_config
+    folder = tmp_path_factory.mktemp("tiny-whisper")
+    model.save_pretrained(folder)
+    WhisperProcessor.from_pretrained(real).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def speech_folder(tmp_path_factory):
+    """name.wav + name.txt pairs: noise bursts at 22.05 kHz (resampled on load) with short texts."""
+    folder = tmp_path_factory.mktemp("speech")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        samples = (rng.standard_normal(22050 * (1 + i % 2)) * 3000).astype("<i2")
+        with wave.open(str(folder / f"utt{i}.wav"), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(22050)
+            w.writeframes(samples.tobytes())
+        (folder / f"utt{i}.txt").write_text(" ".join(WORDS[i: i + 5 + i]).upper())
+    return folder
+
+
+def _load(folder):
+    from zoo.models import resolve
+
+    return ADAPTER.load(resolve(str(folder)))
+
+
+def test_default_stack_is_the_decoder_and_the_encoder_joins_on_request(tiny):
+    loaded = _load(tiny)
+    (decoder,) = ADAPTER.stacks(loaded.model)
+    assert decoder.name == "decoder" and [p for p, _ in decoder.blocks] == ["model.decoder.layers.0",
+                                                                            "model.decoder.layers.1"]
+    assert sum(len(g) for g in decoder.groups) == 10  # q k v o, cross q k v o, fc1 fc2
+    both = ADAPTER.stacks(loaded.model, ["decoder", "encoder"])
+    assert [s.name for s in both] == ["encoder", "decoder"]  # calibration order, not request order
+    with pytest.raises(ZooError, match="unknown Whisper component"):
+        ADAPTER.stacks(loaded.model, ["decoder", "vision"])
+
+
+def test_calibration_teacher_forces_the_transcript_after_the_task_prefix(tiny, speech_folder):
+    loaded = _load(tiny)
+    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0)
+    assert len(data.batches) == 4
+    prefix = task_prefix(loaded.model.generation_config)
+    tokenizer = loaded.processor.tokenizer
+    assert tokenizer.convert_ids_to_tokens(prefix) == ["<|startoftranscript|>", "<|notimestamps|>"]
+    first = data.batches[0]
+    ids = first["decoder_input_ids"][0].tolist()
+    assert ids[: len(prefix)] == prefix
+    expected = sentence_case((speech_folder / "utt0.txt").read_text())
+    assert tokenizer.decode(ids[len(prefix):]).strip() == expected
+    assert first["input_features"].shape == (1, 80, 3000)
+    assert data.tokens == sum(b["decoder_input_ids"].shape[1] for b in data.batches)
+    again = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0)
+    assert again.fingerprint == data.fingerprint
+    short = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=3, seed=0)
+    assert all(b["decoder_input_ids"].shape[1] <= 3 for b in short.batches)
+
+
+def test_sentence_case_only_touches_all_caps_transcripts():
+    assert sentence_case("HE HOPED THERE WOULD  BE STEW") == "He hoped there would be stew"
+    assert sentence_case("Mr. Quilter is the apostle.") == "Mr. Quilter is the apostle."
+
+
+def test_cross_attention_grams_come_from_the_encoder_output(tiny, speech_folder):
+    loaded = _load(tiny)
+    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0)
+    (decoder,) = ADAPTER.stacks(loaded.model)
+    inputs = capture_block_inputs(loaded.model, decoder.blocks[0][1], data.batches)
+    stats, _ = block_grams(decoder.blocks[0][1], decoder.groups, inputs)
+    frames = loaded.model.config.max_source_positions
+    assert stats["encoder_attn.k_proj"].tokens == 4 * frames
+    assert stats["self_attn.q_proj"].tokens == data.tokens
+    with torch.no_grad():
+        encoded = loaded.model.model.encoder(data.batches[0]["input_features"]).last_hidden_state[0].double()
+    # The first utterance's share of the Gram is exactly its encoder output's.
+    alone, _ = block_grams(decoder.blocks[0][1], decoder.groups, inputs[:1])
+    torch.testing.assert_close(alone["encoder_attn.k_proj"].gram, encoded.T @ encoded / frames, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("components", [None, ["encoder", "decoder"]])
+def test_compress_save_reload_transcribes_the_same(tiny, speech_folder, tmp_path, components):
+    loaded = _load(tiny)
+    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0)
+    reports = compress_model(loaded.model, ADAPTER, data, CompressionConfig(cr=0.3, iters=4, components=components))
+    compressed = sum(isinstance(m, CompotLinear) for m in loaded.model.modules())
+    assert compressed == len(reports) == (20 if components is None else 32)
+    assert all(r.name.startswith("model.decoder") for r in reports) == (components is None)
+
+    features = data.batches[1]["input_features"]
+    with torch.no_grad():
+        expected_logits = loaded.model(input_features=features, decoder_input_ids=data.batches[1]["decoder_input_ids"]).logits
+        expected_ids = loaded.model.generate(features, max_new_tokens=6, do_sample=False)
+    out = tmp_path / "ckpt"
+    save_compressed(loaded.model, out, {"auto_class": ADAPTER.auto_class, "modality": "whisper"},
+                    extra_files=lambda tmp: ADAPTER.save_processor(loaded, tmp))
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "compot"
+    for model in (zoo.load(out), AutoModelForSpeechSeq2Seq.from_pretrained(out).eval()):
+        with torch.no_grad():
+            logits = model(input_features=features, decoder_input_ids=data.batches[1]["decoder_input_ids"]).logits
+            ids = model.generate(features, max_new_tokens=6, do_sample=False)
+        assert torch.equal(logits, expected_logits)
+        assert torch.equal(ids, expected_ids)
+    assert WhisperProcessor.from_pretrained(out).tokenizer.convert_tokens_to_ids("<|notimestamps|>") == \
+        loaded.model.generation_config.no_timestamps_token_id
+
+
+def test_a_model_that_is_not_whisper_is_refused(tiny):
+    from tests.tiny_models import tiny_llama
+
+    with pytest.raises(ZooError, match="is not a Whisper model"):
+        ADAPTER.stacks(tiny_llama())
+    loaded = LoadedModel(tiny_llama(), None, "tiny-llama")
+    with pytest.raises(ZooError, match="is not a Whisper model"):
+        ADAPTER.stacks(loaded.model, ["decoder"])
