@@ -1,9 +1,10 @@
 """COMPOT (static and dynamic) against SVD-LLM on one model: same calibration, same storage.
 
-Loads and calibrates once, scores the base once, then compresses a fresh copy per variant
-and prints a perplexity table:
+Loads and calibrates once, scores the base once with the modality's own evaluation (the
+same as `zoo compress --eval`), then compresses a fresh copy per variant and prints a table:
 
     .venv/bin/python -m benchmarks.compare_methods --model smollm2-135m --cr 0.2 0.4
+    .venv/bin/python -m benchmarks.compare_methods --model whisper-tiny.en --cr 0.1 0.2
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import copy
 import time
 
 from zoo.compression import CompressionConfig, achieved_cr, compress_model
-from zoo.evaluators.perplexity import perplexity
 from zoo.modality import get_adapter
 from zoo.models import resolve
+from zoo.pipeline import pick_calibration
 
 VARIANTS = {"svd-llm": dict(method="svd-llm", static=True), "compot-static": dict(static=True),
             "compot-dynamic": dict()}
@@ -26,38 +27,44 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--cr", type=float, nargs="+", default=[0.2, 0.4])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--n-samples", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--calibration", default=None, help="the model's default (offline stand-in) if unset")
+    parser.add_argument("--n-samples", type=int, default=None)
+    parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--eval-windows", type=int, default=8)
-    parser.add_argument("--eval-seq-len", type=int, default=2048)
+    parser.add_argument("--eval-windows", type=int, default=None, help="perplexity windows (LLMs)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="items per task or utterances per set")
     args = parser.parse_args()
 
     spec = resolve(args.model)
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec)
-    calibration = adapter.calibration(loaded, "wiki-offline", args.n_samples, args.seq_len, seed=0)
-    from zoo.calibration.text import evaluation_text
-
-    text = evaluation_text("wiki-offline")
+    source = pick_calibration(args.calibration, spec.defaults)
+    calibration = adapter.calibration(loaded, source, args.n_samples or spec.defaults.get("n_samples", 256),
+                                      args.seq_len or spec.defaults.get("seq_len", 1024), seed=0)
     base_state = copy.deepcopy(loaded.model.state_dict())
 
-    def ppl(model):
-        return perplexity(model, loaded.processor, text, args.eval_seq_len, args.eval_windows)["perplexity"]
+    def scores() -> dict[str, float]:
+        results = adapter.evaluate(loaded, spec, args.eval_windows, args.eval_limit)
+        return {f"{task} {metric}": value for task, metrics in results.items() for metric, value in metrics.items()}
 
-    print(f"{args.model} ({loaded.base_model}), calibration {calibration.name} {calibration.tokens} tokens "
-          f"{calibration.fingerprint}, perplexity on {args.eval_windows} x {args.eval_seq_len} held-out tokens")
-    print(f"| variant | target CR | achieved CR | perplexity | compress s |\n|---|---|---|---|---|")
-    print(f"| base | - | - | {ppl(loaded.model):.2f} | - |", flush=True)
+    base = scores()
+    columns = list(base)
+    print(f"{args.model} ({loaded.base_model}), calibration {calibration.name}: {len(calibration.batches)} samples, "
+          f"{calibration.tokens} tokens, {calibration.fingerprint}")
+    print("| variant | target CR | achieved CR | " + " | ".join(columns) + " | compress s |")
+    print("|---" * (len(columns) + 4) + "|")
+    print("| base | - | - | " + " | ".join(f"{base[c]:.4g}" for c in columns) + " | - |", flush=True)
     for cr in args.cr:
         for name in args.variants:
-            model = adapter.load(spec).model
-            model.load_state_dict(base_state)
+            loaded.model = adapter.load(spec).model
+            loaded.model.load_state_dict(base_state)
             start = time.perf_counter()
-            reports = compress_model(model, adapter, calibration,
+            reports = compress_model(loaded.model, adapter, calibration,
                                      CompressionConfig(cr=cr, iters=args.iters, **VARIANTS[name]))
             seconds = time.perf_counter() - start
-            print(f"| {name} | {cr:g} | {achieved_cr(reports):.4f} | {ppl(model):.2f} | {seconds:.0f} |", flush=True)
+            row = scores()
+            print(f"| {name} | {cr:g} | {achieved_cr(reports):.4f} | " + " | ".join(f"{row[c]:.4g}" for c in columns)
+                  + f" | {seconds:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

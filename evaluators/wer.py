@@ -17,6 +17,7 @@ import logging
 
 import torch
 from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
 
 from zoo.calibration.speech import SAMPLE_RATE, Utterance
 from zoo.errors import ZooError
@@ -39,7 +40,12 @@ def _generate(model, processor, audio: list, long_form: bool, max_new_tokens: in
         kwargs |= {"language": "en", "task": "transcribe"}  # never let it detect or translate
     if long_form:
         kwargs |= {"attention_mask": features["attention_mask"].to(model.device), "return_timestamps": True}
-    ids = model.generate(input_features=features["input_features"].to(model.device, model.dtype), **kwargs)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # per-batch notes on max_length and suppress_tokens, same for every model
+    try:
+        ids = model.generate(input_features=features["input_features"].to(model.device, model.dtype), **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
 
 

@@ -82,7 +82,9 @@ class Whisper:
         return CalibrationData(batches, source, speech_fingerprint(utterances), tokens)
 
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
-        loaded.processor.save_pretrained(out_dir)
+        from zoo.modalities.whisper_ct2 import save_processor
+
+        save_processor(loaded.processor, out_dir)
 
     def evaluate(self, loaded: LoadedModel, spec: ModelSpec, windows: int | None = None,
                  limit: int | None = None) -> dict[str, dict[str, float]]:
@@ -97,7 +99,11 @@ class Whisper:
             raise ZooError(f"{spec.name}: the zoo manifest names no {key} for Whisper")
         limit = limit if limit is not None else spec.defaults.get("eval_limit")
         sets = {name: load_speech(name, limit, seed=0, at_most=True) for name in names}
-        return {f"wer/{name}": metrics for name, metrics in evaluate_wer(loaded.model, loaded.processor, sets).items()}
+        results = evaluate_wer(loaded.model, loaded.processor, sets)
+        for name, m in results.items():
+            log.info("%s: WER %.4f over %d words of %d utterances (S %d, D %d, I %d)", name, m["wer"], m["words"],
+                     m["utterances"], m["substitutions"], m["deletions"], m["insertions"])
+        return {f"wer/{name}": {"wer": m["wer"]} for name, m in results.items()}
 
 
 def sentence_case(text: str) -> str:

@@ -278,11 +278,12 @@ def _ct2_config(ct2_dir: Path) -> dict:
     return config
 
 
-def _tokenizer(ct2_dir: Path) -> WhisperTokenizerFast:
+def _tokenizer(ct2_dir: Path, spelling: Path | None) -> WhisperTokenizerFast:
     path = ct2_dir / "tokenizer.json"
     if not path.is_file():
         raise ZooError(f"tokenizer not found: {path}")
-    return WhisperTokenizerFast(tokenizer_file=str(path), pad_token="<|endoftext|>")
+    return WhisperTokenizerFast(tokenizer_file=str(path), pad_token="<|endoftext|>",
+                                normalizer_file=None if spelling is None else str(spelling))
 
 
 def _token_ids(tokenizer: WhisperTokenizerFast, tokens: tuple[str, ...], path: Path) -> dict[str, int]:
@@ -363,13 +364,22 @@ def _is_complete(out_dir: Path) -> bool:
         any((out_dir / f).is_file() for f in _PROCESSOR_FILES)
 
 
+def save_processor(processor: WhisperProcessor, folder: Path) -> None:
+    """save_pretrained, plus the English spelling table: transformers reads normalizer.json
+    back but does not write it, and WER normalisation needs it."""
+    processor.save_pretrained(folder)
+    spelling = processor.tokenizer.english_spelling_normalizer
+    if spelling:
+        (Path(folder) / "normalizer.json").write_text(json.dumps(spelling, ensure_ascii=False), encoding="utf-8")
+
+
 def _save(model: WhisperForConditionalGeneration, processor: WhisperProcessor, out_dir: Path) -> Path:
     """Written into a temporary sibling and renamed, so `out_dir` is either whole or absent."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
         model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        save_processor(processor, tmp)
         for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors make them private; the cache is shared
             path.chmod(0o755 if path.is_dir() else 0o644)
         if out_dir.exists():
@@ -382,17 +392,18 @@ def _save(model: WhisperForConditionalGeneration, processor: WhisperProcessor, o
     return out_dir
 
 
-def convert_ct2_whisper(ct2_dir: Path, out_dir: Path) -> Path:
+def convert_ct2_whisper(ct2_dir: Path, out_dir: Path, spelling: Path | None = None) -> Path:
     """`out_dir` as a float32 transformers Whisper folder (model, configs, processor) of `ct2_dir`.
 
-    `ct2_dir` holds CTranslate2's model.bin, config.json and tokenizer.json.
+    `ct2_dir` holds CTranslate2's model.bin, config.json and tokenizer.json; `spelling` is
+    Whisper's English spelling table, saved with the tokenizer as Hub checkpoints have it.
     """
     ct2_dir, out_dir = Path(ct2_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ZooError(f"{out_dir} exists and is not empty; remove it to convert into it")
     model_file = ct2_dir / "model.bin"
     ct2_config = _ct2_config(ct2_dir)
-    tokenizer = _tokenizer(ct2_dir)
+    tokenizer = _tokenizer(ct2_dir, spelling)
     ids = _token_ids(tokenizer, _SPECIAL, ct2_dir / "tokenizer.json")
     variables = whisper_variables(read_ct2_model(model_file), model_file)
     state = whisper_state_dict(variables, model_file)
@@ -413,6 +424,8 @@ def packaged_whisper_dir(name: str) -> Path:
         known = ", ".join(f"{alias} ({source})" for alias, source in PACKAGED_WHISPER.items())
         raise ZooError(f"no packaged CTranslate2 Whisper {name!r}; packaged: {known}")
     out_dir = cache_dir() / "converted" / asset
-    if _is_complete(out_dir):
+    if _is_complete(out_dir) and (out_dir / "normalizer.json").is_file():
         return out_dir
-    return convert_ct2_whisper(fetch_asset(asset), out_dir)
+    if out_dir.exists():  # converted before the spelling table was shipped with it
+        shutil.rmtree(out_dir)
+    return convert_ct2_whisper(fetch_asset(asset), out_dir, fetch_asset("whisper-english-spelling"))

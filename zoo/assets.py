@@ -90,6 +90,11 @@ ASSETS: dict[str, Asset] = {
                "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
                "enwiki-shortened.xml.bz2"),),
         main="enwiki-shortened.xml.bz2"),
+    # Whisper's British -> American spelling table, which its English normaliser applies before
+    # WER; Hub checkpoints carry it as normalizer.json, the CTranslate2 packages do not.
+    "whisper-english-spelling": Asset(
+        (Piece("openai-whisper", "20250625", "whisper/normalizers/english.json", "normalizer.json"),),
+        main="normalizer.json", sdist=True),
     "librivox-speech": Asset((Piece("pocketsphinx", "5.1.1", "test/data/librivox/"),), sdist=True),
 }
 
