@@ -9,9 +9,6 @@ reloads in about a second, so every later run starts from that folder.
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from zoo.assets import cache_dir, fetch_asset
 from zoo.errors import ZooError
+from zoo.modalities.sources import write_model_folder
 
 # alias -> the asset (zoo.assets) that holds its GGUF file
 PACKAGED_LLMS = {
@@ -65,21 +63,12 @@ def materialize_gguf(gguf_file: Path, out_dir: Path) -> Path:
     plain = _plain_copy(quantized)
     del quantized
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    try:
+
+    def write(tmp: Path) -> None:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors make them private; the cache is shared
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        if out_dir.exists() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not _is_complete(out_dir):  # else another process finished the same folder first
-            raise
-    return out_dir
+
+    return write_model_folder(out_dir, write, _is_complete)
 
 
 def packaged_llm_dir(alias: str) -> Path:

@@ -5,6 +5,9 @@ Shared by every adapter, so the order and the error a user sees are the same for
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,3 +36,23 @@ def load_model(spec: ModelSpec, from_folder: FromFolder, packaged_dir: Callable[
         return loaded
     reason = "; ".join(errors) or "the Hub is offline (HF_HUB_OFFLINE) and no packaged copy exists"
     raise ZooError(f"cannot load {spec.name}: {reason}")
+
+
+def write_model_folder(out_dir: Path, write: Callable[[Path], None], is_complete: Callable[[Path], bool]) -> Path:
+    """`write` fills a temporary sibling that is renamed to `out_dir` when done, so a converted
+    model in the cache is either whole or absent. Files are made world-readable (the cache is
+    shared); losing a race to another process that finished the same folder is not an error."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    try:
+        write(tmp)
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors make them private
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        if out_dir.exists() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not is_complete(out_dir):
+            raise
+    return out_dir

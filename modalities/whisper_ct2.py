@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from transformers import (
 
 from zoo.assets import cache_dir, fetch_asset
 from zoo.errors import ZooError
+from zoo.modalities.sources import write_model_folder
 
 # alias (zoo.toml's `packaged`) -> the asset (zoo.assets) that holds its CTranslate2 folder
 PACKAGED_WHISPER = {"whisper-tiny.en": "whisper-tiny.en-ct2", "whisper-base": "whisper-base-ct2"}
@@ -374,22 +374,11 @@ def save_processor(processor: WhisperProcessor, folder: Path) -> None:
 
 
 def _save(model: WhisperForConditionalGeneration, processor: WhisperProcessor, out_dir: Path) -> Path:
-    """Written into a temporary sibling and renamed, so `out_dir` is either whole or absent."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         save_processor(processor, tmp)
-        for path in (tmp, *tmp.iterdir()):  # mkdtemp and safetensors make them private; the cache is shared
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not _is_complete(out_dir):  # else another process finished the same folder first
-            raise
-    return out_dir
+
+    return write_model_folder(out_dir, write, _is_complete)
 
 
 def convert_ct2_whisper(ct2_dir: Path, out_dir: Path, spelling: Path | None = None) -> Path:
