@@ -1,7 +1,7 @@
 """COMPOT (static and dynamic) against SVD-LLM on one model: same calibration, same storage.
 
 Loads and calibrates once, scores the base once with the modality's own evaluation (the
-same as `zoo compress --eval`), then compresses a fresh copy per variant and prints a table:
+same as `zoo compress --eval`), then compresses a copy of the base per variant and prints a table:
 
     .venv/bin/python -m benchmarks.compare_methods --model smollm2-135m --cr 0.2 0.4
     .venv/bin/python -m benchmarks.compare_methods --model whisper-tiny.en --cr 0.1 0.2
@@ -16,7 +16,7 @@ import time
 from zoo.compression import CompressionConfig, achieved_cr, compress_model
 from zoo.modality import get_adapter
 from zoo.models import resolve
-from zoo.pipeline import pick_calibration
+from zoo.pipeline import calibrate
 
 VARIANTS = {"svd-llm": dict(method="svd-llm", static=True), "compot-static": dict(static=True),
             "compot-dynamic": dict()}
@@ -38,10 +38,8 @@ def main() -> None:
     spec = resolve(args.model)
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec)
-    source = pick_calibration(args.calibration, spec.defaults)
-    calibration = adapter.calibration(loaded, source, args.n_samples or spec.defaults.get("n_samples", 256),
-                                      args.seq_len or spec.defaults.get("seq_len", 1024), seed=0)
-    base_state = copy.deepcopy(loaded.model.state_dict())
+    calibration = calibrate(adapter, loaded, spec, args.calibration, args.n_samples, args.seq_len, seed=0)
+    base_model = loaded.model
 
     def scores() -> dict[str, float]:
         results = adapter.evaluate(loaded, spec, args.eval_windows, args.eval_limit)
@@ -56,8 +54,7 @@ def main() -> None:
     print("| base | - | - | " + " | ".join(f"{base[c]:.4g}" for c in columns) + " | - |", flush=True)
     for cr in args.cr:
         for name in args.variants:
-            loaded.model = adapter.load(spec).model
-            loaded.model.load_state_dict(base_state)
+            loaded.model = copy.deepcopy(base_model)
             start = time.perf_counter()
             reports = compress_model(loaded.model, adapter, calibration,
                                      CompressionConfig(cr=cr, iters=args.iters, **VARIANTS[name]))

@@ -10,7 +10,6 @@ import functools
 import logging
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,17 +58,11 @@ class DecoderLLM:
     def load(self, spec: ModelSpec) -> LoadedModel:
         from zoo.modalities.gguf import packaged_llm_dir
 
-        return load_model(spec, self._from_folder, packaged_llm_dir, "4-bit GGUF, dequantized")
-
-    def _from_folder(self, source: str, label: str, revision: str | None = None) -> LoadedModel:
-        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
-        model.eval()
-        self.stacks(model)  # fail now, not after calibration, on an unknown architecture
-        return LoadedModel(model, tokenizer, label, revision)
+        return load_model(spec, AutoModelForCausalLM, AutoTokenizer, self.stacks, packaged_llm_dir,
+                          "4-bit GGUF, dequantized")
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
-        if components not in (None, ["decoder"], ("decoder",)):
+        if components and list(components) != ["decoder"]:
             raise ZooError(f"a decoder LLM has one component, 'decoder'; got {', '.join(components)}")
         model_type = model.config.model_type
         if model_type not in TARGET_GROUPS:

@@ -11,19 +11,30 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from zoo.errors import ZooError
 from zoo.hub import hub_reachable
 from zoo.modality import LoadedModel
 from zoo.models import ModelSpec
 
-FromFolder = Callable[[str, str, "str | None"], LoadedModel]  # (source, label, revision)
+def load_model(spec: ModelSpec, model_class, processor_class, check: Callable[[nn.Module], object],
+               packaged_dir: Callable[[str], Path], packaged_note: str) -> LoadedModel:
+    """The folder, else the Hub, else the packaged copy named in the manifest (with a note saying so).
 
+    Weights load in float32 with `model_class`, the tokenizer or processor with
+    `processor_class`; `check` rejects an architecture the adapter cannot compress before
+    any calibration work is spent.
+    """
+    def from_folder(source: str, label: str, revision: str | None = None) -> LoadedModel:
+        model = model_class.from_pretrained(source, revision=revision, dtype=torch.float32).eval()
+        processor = processor_class.from_pretrained(source, revision=revision)
+        check(model)
+        return LoadedModel(model, processor, label, revision)
 
-def load_model(spec: ModelSpec, from_folder: FromFolder, packaged_dir: Callable[[str], Path],
-               packaged_note: str) -> LoadedModel:
-    """The folder, else the Hub, else the packaged copy named in the manifest (with a note saying so)."""
     if spec.local is not None:
-        return from_folder(str(spec.local), spec.name, None)
+        return from_folder(str(spec.local), spec.name)
     errors = []
     if spec.hub and hub_reachable():
         try:
@@ -31,7 +42,7 @@ def load_model(spec: ModelSpec, from_folder: FromFolder, packaged_dir: Callable[
         except OSError as exc:  # no network, gated or missing repo
             errors.append(f"Hub {spec.hub}: {exc}")
     if spec.packaged:
-        loaded = from_folder(str(packaged_dir(spec.packaged)), f"packaged:{spec.packaged}", None)
+        loaded = from_folder(str(packaged_dir(spec.packaged)), f"packaged:{spec.packaged}")
         loaded.notes.append(f"offline copy of {spec.hub} from a PyPI package ({packaged_note})")
         return loaded
     reason = "; ".join(errors) or "the Hub is offline (HF_HUB_OFFLINE) and no packaged copy exists"

@@ -42,14 +42,8 @@ class Whisper:
     def load(self, spec: ModelSpec) -> LoadedModel:
         from zoo.modalities.whisper_ct2 import packaged_whisper_dir
 
-        return load_model(spec, self._from_folder, packaged_whisper_dir, "CTranslate2 float16, converted")
-
-    def _from_folder(self, source: str, label: str, revision: str | None = None) -> LoadedModel:
-        model = WhisperForConditionalGeneration.from_pretrained(source, revision=revision, dtype=torch.float32)
-        processor = WhisperProcessor.from_pretrained(source, revision=revision)
-        model.eval()
-        self.stacks(model)  # fail now, not after calibration, on an unknown architecture
-        return LoadedModel(model, processor, label, revision)
+        return load_model(spec, WhisperForConditionalGeneration, WhisperProcessor, self.stacks, packaged_whisper_dir,
+                          "CTranslate2 float16, converted")
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
         if getattr(model.config, "model_type", None) != "whisper":

@@ -17,8 +17,8 @@ from zoo.compression import CompressionConfig, LayerReport, achieved_cr, compres
 from zoo.engine import ENGINE_VERSION
 from zoo.errors import ZooError
 from zoo.hub import hub_reachable
-from zoo.modality import get_adapter
-from zoo.models import resolve
+from zoo.modality import Adapter, CalibrationData, LoadedModel, get_adapter
+from zoo.models import ModelSpec, resolve
 from zoo.scorecard import Scorecard, metrics_from_results
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,14 @@ def pick_calibration(requested: str | None, defaults: dict) -> str:
     return default
 
 
+def calibrate(adapter: Adapter, loaded: LoadedModel, spec: ModelSpec, source: str | None,
+              n_samples: int | None, seq_len: int | None, seed: int) -> CalibrationData:
+    """The calibration set as asked, with the model's manifest defaults filling what was not."""
+    return adapter.calibration(loaded, pick_calibration(source, spec.defaults),
+                               n_samples or spec.defaults.get("n_samples", 256),
+                               seq_len or spec.defaults.get("seq_len", 1024), seed)
+
+
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -94,10 +102,7 @@ def run_compress(req: CompressRequest) -> CompressResult:
         raise ZooError(f"output directory {out} exists; pass --overwrite to replace it")
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec)
-    calibration_name = pick_calibration(req.calibration, spec.defaults)
-    calibration = adapter.calibration(loaded, calibration_name,
-                                      req.n_samples or spec.defaults.get("n_samples", 256),
-                                      req.seq_len or spec.defaults.get("seq_len", 1024), req.seed)
+    calibration = calibrate(adapter, loaded, spec, req.calibration, req.n_samples, req.seq_len, req.seed)
     base_metrics = adapter.evaluate(loaded, spec, req.eval_windows, req.eval_limit) if req.evaluate else None
 
     start = time.perf_counter()
