@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ZooError
+from zoo.fingerprint import folder_revision
 from zoo.hub import hub_reachable
 from zoo.modality import LoadedModel
 from zoo.models import ModelSpec
@@ -31,6 +32,10 @@ def load_model(spec: ModelSpec, model_class, processor_class, check: Callable[[n
         model = model_class.from_pretrained(source, revision=revision, dtype=torch.float32).eval()
         processor = processor_class.from_pretrained(source, revision=revision)
         check(model)
+        if Path(source).is_dir():  # local or packaged: what the files hold is the revision
+            revision = folder_revision(Path(source))
+        else:  # the Hub commit transformers resolved, even when no revision was asked for
+            revision = getattr(model.config, "_commit_hash", None) or revision
         return LoadedModel(model, processor, label, revision)
 
     if spec.local is not None:

@@ -7,27 +7,8 @@ import torch
 from click.testing import CliRunner
 
 import zoo
-from tests.tiny_models import tiny_llama, tiny_tokenizer
 from zoo.cli import main
 from zoo.layer import CompotLinear
-
-TEXT = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches "
-        "in london and paris during cold winter evenings with hot tea ")
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    folder = tmp_path / "tiny-llama"
-    tiny_llama().save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
-def text_file(tmp_path):
-    path = tmp_path / "calib.jsonl"
-    path.write_text("\n".join(json.dumps({"text": TEXT * 4}) for _ in range(20)))
-    return path
 
 
 def _compress(*args):

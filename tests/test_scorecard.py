@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from zoo.errors import ZooError
-from zoo.scorecard import SCHEMA_VERSION, MetricResult, Scorecard, metrics_from_results
+from zoo.scorecard import SCHEMA_FILE, SCHEMA_VERSION, MetricResult, Scorecard, metrics_from_results
 
 BASE = {"perplexity/wiki-offline": {"perplexity": 20.0},
         "zoo_cloze_mc_local": {"acc": 0.5, "acc_norm": 0.6}}
@@ -21,7 +21,8 @@ def _card(**changes) -> Scorecard:
                   modality="llm", method="compot", engine_version="0.1.0", target_cr=0.2, achieved_cr=0.2013,
                   allocation="dynamic", calibration_set="wiki-offline", calibration_hash="sha256:feed",
                   metrics=metrics_from_results(BASE, COMPRESSED), compression_seconds=12.5,
-                  peak_memory_mb=812.0, hardware="cpu: 2 cores")
+                  peak_memory_mb=812.0, hardware="cpu: 2 cores", fingerprint="sha256:" + "ab" * 32,
+                  command="zoo compress smollm2-135m --cr 0.2 --eval")
     return Scorecard(**{**fields, **changes})
 
 
@@ -88,3 +89,18 @@ def test_scorecard_module_imports_neither_torch_nor_transformers():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"torch", "transformers"}
+
+
+def test_written_scorecards_follow_the_documented_json_schema():
+    """The schema file documents the format for readers in other languages; it must describe what we write."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    data = json.loads(_card().to_json())
+    jsonschema.validate(data, schema)
+    nan_base = _card(metrics=[MetricResult("acc", "t", 0.0, 0.3, True)])
+    jsonschema.validate(json.loads(nan_base.to_json()), schema)  # an undefined recovery is null, valid JSON
+    for broken in ({**data, "achieved_cr": "0.2"}, {k: v for k, v in data.items() if k != "fingerprint"},
+                   {**data, "extra": 1}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, schema)

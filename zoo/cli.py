@@ -28,6 +28,11 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
 
+def _publish_options(command):
+    command = click.option("--org", default=None, help="Organisation to publish under (default: zoo.toml [publish]).")(command)
+    return click.option("--private/--public", default=None, help="Visibility of new Hub repositories.")(command)
+
+
 @main.command("list")
 def list_models() -> None:
     """Aliases in the zoo manifest."""
@@ -64,20 +69,29 @@ def list_models() -> None:
               help="For Hub ids and folders the manifest does not know.")
 @click.option("--components", default=None, metavar="NAMES",
               help="Comma-separated stacks to compress, e.g. encoder,decoder for Whisper (default: the modality's).")
+@click.option("--push", "push", is_flag=False, flag_value="", default=None, metavar="[TARGET]",
+              help="Score (implies --eval) and publish: 'hub', 'hub:ORG' or a local registry folder "
+                   "(bare --push: the default local registry).")
+@_publish_options
 def compress(model: str, cr: float, method: str, static: bool, ks_ratio: float, iters: int, tol: float,
              min_cr: float | None, max_cr: float | None, calibration: str | None, n_samples: int | None,
              seq_len: int | None, seed: int, out: Path | None, overwrite: bool, evaluate: bool,
              eval_windows: int | None, eval_limit: int | None, device: str | None, storage_dtype: str, modality: str | None,
-             components: str | None) -> None:
+             components: str | None, push: str | None, org: str | None, private: bool | None) -> None:
     """Compress MODEL (an alias, a Hub id or a local folder) and save a loadable checkpoint."""
     from zoo.compression import CompressionConfig
-    from zoo.pipeline import CompressRequest, run_compress
+    from zoo.pipeline import CompressRequest, default_out_dir, run_compress
 
     config = CompressionConfig(cr=cr, method=method, static=static, ks_ratio=ks_ratio, iters=iters, tol=tol,
                                min_cr=min_cr, max_cr=max_cr, storage_dtype=storage_dtype, device=device,
                                components=[c.strip() for c in components.split(",")] if components else None)
+    out = out or default_out_dir(model, config)
+    publisher = None
+    if push is not None:  # before any work: a missing token or bad name must not cost a compression
+        publisher = _publisher(push or None, org, private)
+        publisher.check([out.name])
     result = run_compress(CompressRequest(model, config, out, overwrite, calibration, n_samples, seq_len, seed,
-                                          evaluate, eval_windows, eval_limit, modality))
+                                          evaluate or publisher is not None, eval_windows, eval_limit, modality))
     methods = Counter(r.method for r in result.layers)
     click.echo(f"\nCompressed {len(result.layers)} projections ({', '.join(f'{n} {m}' for m, n in methods.items())})")
     for r in result.layers[:: max(1, len(result.layers) // 12)]:
@@ -89,3 +103,34 @@ def compress(model: str, cr: float, method: str, static: bool, ks_ratio: float, 
     if result.scorecard is not None:
         click.echo("\n" + result.scorecard.to_markdown_table())
     click.echo(f"Saved to {result.out_dir}")
+    if publisher is not None:
+        _publish(publisher, result.out_dir)
+
+
+def _publisher(target: str | None, org: str | None, private: bool | None):
+    from zoo.publishers import publisher_for
+
+    return publisher_for(target, org, private)
+
+
+def _publish(publisher, folder: Path) -> None:
+    from zoo.card import write_card
+
+    write_card(folder, f"{publisher.organization}/{folder.name}")
+    published = publisher.publish(folder, folder.name)
+    click.echo(f"Published {published.repo_id} to {publisher!r}: {published.url}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("target", required=False)
+@_publish_options
+def publish(checkpoint: Path, target: str | None, org: str | None, private: bool | None) -> None:
+    """Publish a scored CHECKPOINT (from `zoo compress --eval`) to TARGET: 'hub', 'hub:ORG' or a
+    local registry folder (default: the local registry)."""
+    from zoo.publishers import check_folder
+
+    check_folder(checkpoint, card=False)  # the card is (re)written for the repository's name below
+    publisher = _publisher(target, org, private)
+    publisher.check([checkpoint.name])
+    _publish(publisher, checkpoint)

@@ -6,6 +6,7 @@ import logging
 import os
 import platform
 import resource
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,11 @@ from zoo import __version__
 from zoo.compression import CompressionConfig, LayerReport, achieved_cr, compress_model
 from zoo.engine import ENGINE_VERSION
 from zoo.errors import ZooError
+from zoo.fingerprint import variant_fingerprint
 from zoo.hub import hub_reachable
 from zoo.modality import Adapter, CalibrationData, LoadedModel, get_adapter
 from zoo.models import ModelSpec, resolve
-from zoo.scorecard import Scorecard, metrics_from_results
+from zoo.scorecard import SCORECARD, Scorecard, metrics_from_results
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +72,16 @@ def pick_calibration(requested: str | None, defaults: dict) -> str:
     return default
 
 
+def calibration_settings(spec: ModelSpec, source: str | None, n_samples: int | None,
+                         seq_len: int | None) -> tuple[str, int, int]:
+    """The calibration set, sample count and length as asked, with the model's manifest defaults filling the rest."""
+    return (pick_calibration(source, spec.defaults), n_samples or spec.defaults.get("n_samples", 256),
+            seq_len or spec.defaults.get("seq_len", 1024))
+
+
 def calibrate(adapter: Adapter, loaded: LoadedModel, spec: ModelSpec, source: str | None,
               n_samples: int | None, seq_len: int | None, seed: int) -> CalibrationData:
-    """The calibration set as asked, with the model's manifest defaults filling what was not."""
-    return adapter.calibration(loaded, pick_calibration(source, spec.defaults),
-                               n_samples or spec.defaults.get("n_samples", 256),
-                               seq_len or spec.defaults.get("seq_len", 1024), seed)
+    return adapter.calibration(loaded, *calibration_settings(spec, source, n_samples, seq_len), seed)
 
 
 def peak_memory_mb() -> float:
@@ -90,21 +96,73 @@ def hardware() -> str:
     return f"{platform.machine()} CPU x{os.cpu_count()} ({platform.processor() or platform.system()})"
 
 
-def run_compress(req: CompressRequest) -> CompressResult:
-    from zoo.checkpoint import save_compressed
+def command_line(spec: ModelSpec, req: CompressRequest) -> str:
+    """The `zoo compress` command that rebuilds this variant, every setting that shapes it spelled out."""
+    config, defaults = req.config, CompressionConfig()
+    args = ["zoo", "compress", spec.name, "--cr", f"{config.cr:g}"]
+    if spec.local is None and spec.hub == spec.name and spec.modality != "llm":
+        args += ["--modality", spec.modality]
+    if config.method != defaults.method:
+        args += ["--method", config.method]
+    if config.static:
+        args.append("--static")
+    for flag, name in (("--ks-ratio", "ks_ratio"), ("--iters", "iters"), ("--tol", "tol"), ("--min-cr", "min_cr"),
+                       ("--max-cr", "max_cr"), ("--storage-dtype", "storage_dtype")):
+        if getattr(config, name) != getattr(defaults, name):
+            args += [flag, f"{getattr(config, name):g}" if isinstance(getattr(config, name), float)
+                     else str(getattr(config, name))]
+    if config.components:
+        args += ["--components", ",".join(config.components)]
+    source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len)
+    args += ["--calibration", source, "--n-samples", str(n_samples), "--seq-len", str(seq_len),
+             "--seed", str(req.seed), "--eval"]
+    if req.eval_windows is not None:
+        args += ["--eval-windows", str(req.eval_windows)]
+    if req.eval_limit is not None:
+        args += ["--eval-limit", str(req.eval_limit)]
+    return shlex.join(args)
 
-    config = req.config
-    if not 0.0 < config.cr < 1.0:
-        raise ZooError(f"--cr must lie in (0, 1), got {config.cr}")
+
+def fingerprint(spec: ModelSpec, loaded: LoadedModel, config: CompressionConfig, calibration: CalibrationData,
+                seed: int, eval_windows: int | None, eval_limit: int | None) -> str:
+    """What determines the variant and its scores; the evaluation depends on whether the Hub's sets
+    are reachable, so that is part of it too."""
+    evaluation = {"windows": eval_windows, "limit": eval_limit, "hub": hub_reachable(),
+                  **{k: v for k, v in spec.defaults.items() if k.startswith("eval") or k.startswith("offline_eval")}}
+    return variant_fingerprint(loaded.base_model, loaded.revision, ENGINE_VERSION, config.to_dict(),
+                               {"name": calibration.name, "fingerprint": calibration.fingerprint,
+                                "samples": len(calibration.batches), "seed": seed}, evaluation)
+
+
+def prepare(req: CompressRequest) -> tuple[ModelSpec, Adapter, LoadedModel, CalibrationData]:
+    """Everything before compression: resolve, load, calibrate; each error here costs no compression work."""
+    if not 0.0 < req.config.cr < 1.0:
+        raise ZooError(f"--cr must lie in (0, 1), got {req.config.cr}")
     spec = resolve(req.model, req.modality)
-    out = Path(req.out) if req.out else default_out_dir(spec.name, config)
-    if out.exists() and not req.overwrite:
-        raise ZooError(f"output directory {out} exists; pass --overwrite to replace it")
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec)
     calibration = calibrate(adapter, loaded, spec, req.calibration, req.n_samples, req.seq_len, req.seed)
-    base_metrics = adapter.evaluate(loaded, spec, req.eval_windows, req.eval_limit) if req.evaluate else None
+    return spec, adapter, loaded, calibration
 
+
+def run_compress(req: CompressRequest) -> CompressResult:
+    """`zoo compress`: one variant, compressed in place in the loaded model."""
+    out = Path(req.out) if req.out else default_out_dir(req.model, req.config)
+    if out.exists() and not req.overwrite:
+        raise ZooError(f"output directory {out} exists; pass --overwrite to replace it")
+    spec, adapter, loaded, calibration = prepare(req)
+    base_metrics = adapter.evaluate(loaded, spec, req.eval_windows, req.eval_limit) if req.evaluate else None
+    return compress_variant(adapter, loaded, spec, calibration, req, out, base_metrics)
+
+
+def compress_variant(adapter: Adapter, loaded: LoadedModel, spec: ModelSpec, calibration: CalibrationData,
+                     req: CompressRequest, out: Path, base_metrics: dict | None) -> CompressResult:
+    """Compress `loaded.model` in place, save the checkpoint, and with `base_metrics` score it,
+    writing scorecard.json and the model card beside it."""
+    from zoo.card import inherited_license, write_card
+    from zoo.checkpoint import save_compressed
+
+    config = req.config
     start = time.perf_counter()
     layers = compress_model(loaded.model, adapter, calibration, config)
     seconds = time.perf_counter() - start
@@ -117,8 +175,10 @@ def run_compress(req: CompressRequest) -> CompressResult:
         "auto_class": adapter.auto_class,
         "modality": spec.modality,
         "base_model": loaded.base_model,
+        "hub_id": spec.hub,
         "base_revision": loaded.revision,
         "base_notes": loaded.notes,
+        "license": inherited_license(spec),
         "alias": spec.name,
         "variant": out.name,
         "method": config.method,
@@ -128,6 +188,8 @@ def run_compress(req: CompressRequest) -> CompressResult:
         "achieved_cr_eq11": cr,
         "calibration": {"name": calibration.name, "fingerprint": calibration.fingerprint,
                         "tokens": calibration.tokens, "samples": len(calibration.batches), "seed": req.seed},
+        "fingerprint": fingerprint(spec, loaded, config, calibration, req.seed, req.eval_windows, req.eval_limit),
+        "command": command_line(spec, req),
         "compression_seconds": seconds,
         "peak_memory_mb": peak,
         "hardware": hardware(),
@@ -139,7 +201,8 @@ def run_compress(req: CompressRequest) -> CompressResult:
     if base_metrics is not None:
         compressed_metrics = adapter.evaluate(loaded, spec, req.eval_windows, req.eval_limit)
         result.scorecard = build_scorecard(manifest, metrics_from_results(base_metrics, compressed_metrics))
-        result.scorecard.save(out / "scorecard.json")
+        result.scorecard.save(out / SCORECARD)
+        write_card(out)
     return result
 
 
@@ -151,4 +214,5 @@ def build_scorecard(manifest: dict, metrics: list) -> Scorecard:
                      calibration_set=manifest["calibration"]["name"],
                      calibration_hash=manifest["calibration"]["fingerprint"], metrics=metrics,
                      compression_seconds=manifest["compression_seconds"],
-                     peak_memory_mb=manifest["peak_memory_mb"], hardware=manifest["hardware"])
+                     peak_memory_mb=manifest["peak_memory_mb"], hardware=manifest["hardware"],
+                     fingerprint=manifest["fingerprint"], command=manifest["command"])

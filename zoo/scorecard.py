@@ -14,7 +14,9 @@ from pathlib import Path
 
 from zoo.errors import ZooError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: fingerprint and command
+SCHEMA_FILE = Path(__file__).with_name("scorecard.schema.json")
+SCORECARD = "scorecard.json"  # its file name in a checkpoint and a published repository
 # Metric names (lm-eval's and ours) where smaller is better; any other is higher-is-better.
 LOWER_IS_BETTER = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte",
                              "nll", "loss", "wer", "cer"})
@@ -61,6 +63,8 @@ class Scorecard:
     compression_seconds: float
     peak_memory_mb: float
     hardware: str
+    fingerprint: str  # sha256 of everything that determines the variant (zoo.fingerprint)
+    command: str  # the `zoo compress` command that rebuilds it
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -71,7 +75,8 @@ class Scorecard:
     def to_dict(self) -> dict:
         """Plain JSON data; each metric carries its recovery for readers without this class."""
         data = asdict(self)
-        data["metrics"] = [{**asdict(m), "recovery": m.recovery} for m in self.metrics]
+        data["metrics"] = [{**asdict(m), "recovery": None if math.isnan(m.recovery) else m.recovery}
+                           for m in self.metrics]
         return data
 
     @classmethod

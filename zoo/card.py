@@ -1,0 +1,186 @@
+"""The model card of a compressed variant: README.md with the Hub's YAML metadata, the scorecard
+as a table, and a plot of where the compression went (the paper's Figures 4-12)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from zoo.checkpoint import read_manifest
+from zoo.errors import ZooError
+from zoo.hub import hub_reachable
+from zoo.models import ModelSpec
+from zoo.scorecard import SCORECARD, Scorecard
+
+log = logging.getLogger(__name__)
+
+CARD = "README.md"
+ALLOCATION_PLOT = "allocation.png"
+# modality -> the Hub's pipeline tag, also the model-index task type.
+PIPELINE_TAGS = {"llm": "text-generation", "whisper": "automatic-speech-recognition", "vlm": "image-text-to-text"}
+
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ repo_id }}
+
+{{ base_model }} compressed with COMPOT (Calibration-Optimized Matrix Procrustes Orthogonalization:
+sparse codes over an orthogonal dictionary, training-free) to **{{ "%.1f" | format(100 * scorecard.achieved_cr) }}% less storage** in its
+compressed projections (target CR {{ scorecard.target_cr }}, {{ scorecard.allocation }} allocation, method
+`{{ scorecard.method }}`). The embeddings, norms and heads stay dense.
+
+## Scorecard
+
+{{ table }}
+
+Recovery is the share of the base model's score kept (base/compressed for error metrics).
+Calibration: `{{ scorecard.calibration_set }}` ({{ scorecard.calibration_hash }}). Compressed in
+{{ "%.0f" | format(scorecard.compression_seconds) }} s on {{ scorecard.hardware }}, peak memory
+{{ "%.0f" | format(scorecard.peak_memory_mb) }} MiB, engine {{ scorecard.engine_version }}.
+
+## Where the compression went
+
+![Per-matrix compression ratio]({{ plot }})
+
+{{ allocation_summary }}
+
+## How to load it
+
+```python
+import zoo  # registers the COMPOT layers with transformers
+from transformers import {{ auto_class }}
+
+model = zoo.load("{{ repo_id }}")
+model = {{ auto_class }}.from_pretrained("{{ repo_id }}")  # the same model, after `import zoo`
+```
+
+Install with `pip install compot-zoo`.
+
+## How it was made
+
+```bash
+{{ scorecard.command }}
+```
+
+Base model: `{{ scorecard.base_model }}` at revision `{{ scorecard.base_revision }}`.
+Variant fingerprint: `{{ scorecard.fingerprint }}`.
+"""
+
+
+def inherited_license(spec: ModelSpec) -> str:
+    """The base model's license: the zoo manifest's, else the base card's (local folder or Hub), else "other"."""
+    if "license" in spec.defaults:
+        return spec.defaults["license"]
+    source = spec.local / CARD if spec.local is not None else spec.hub if spec.hub and hub_reachable() else None
+    if source is not None and (spec.local is None or Path(source).is_file()):
+        try:
+            license_ = ModelCard.load(source).data.license
+        except Exception as exc:  # noqa: BLE001 - an unreadable base card only loses the license
+            log.warning("could not read the license from %s: %s", source, exc)
+        else:
+            if license_:
+                return license_
+    return "other"
+
+
+def card_data(manifest: dict, scorecard: Scorecard, repo_id: str) -> ModelCardData:
+    """The Hub metadata: the base model relation, license and model-index results of this variant."""
+    task = PIPELINE_TAGS[scorecard.modality]
+    results = [EvalResult(task_type=task, dataset_type=m.task, dataset_name=m.task, metric_type=m.name,
+                          metric_value=m.compressed) for m in scorecard.metrics]
+    base = manifest.get("hub_id")  # None for a local base: the Hub's base_model must be a Hub id
+    return ModelCardData(
+        model_name=repo_id,
+        base_model=base,
+        # The Hub's vocabulary has no "compressed"; transformers loads the variant through a quantizer.
+        base_model_relation="quantized" if base else None,
+        library_name="transformers",
+        pipeline_tag=task,
+        license=manifest.get("license", "other"),
+        tags=["compot", "compressed", f"cr-{scorecard.target_cr:g}", scorecard.method, scorecard.modality],
+        eval_results=results or None,
+    )
+
+
+def write_card(folder: Path, repo_id: str | None = None) -> Path:
+    """README.md and the allocation plot from the folder's manifest and scorecard, written atomically."""
+    manifest = read_manifest(folder)
+    if not (folder / SCORECARD).is_file():
+        raise ZooError(f"{folder} has no {SCORECARD}: compress with --eval to score it before publishing")
+    scorecard = Scorecard.load(folder / SCORECARD)
+    repo_id = repo_id or manifest["variant"]
+    _atomic(folder / ALLOCATION_PLOT, lambda tmp: plot_allocation(manifest["layer_reports"], tmp,
+                                                                  f"{repo_id}: CR per matrix"))
+    card = ModelCard.from_template(
+        card_data(manifest, scorecard, repo_id), template_str=TEMPLATE, repo_id=repo_id,
+        base_model=manifest["base_model"], scorecard=scorecard, table=scorecard.to_markdown_table(),
+        plot=ALLOCATION_PLOT, allocation_summary=allocation_summary(manifest["layer_reports"]),
+        auto_class=manifest["auto_class"])
+    return _atomic(folder / CARD, card.save)
+
+
+def _atomic(path: Path, write) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    write(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+_BLOCK = re.compile(r"^(?P<stack>.*?)\.(?P<index>\d+)\.(?P<proj>.+)$")
+
+
+def allocation_grid(reports: list[dict]) -> dict[str, dict[str, dict[int, dict]]]:
+    """{stack: {projection: {block index: report}}} from per-layer reports; a name without a block
+    index is a stack of its own."""
+    grid: dict[str, dict[str, dict[int, dict]]] = {}
+    for r in reports:
+        match = _BLOCK.match(r["name"])
+        stack, proj, index = (match["stack"], match["proj"], int(match["index"])) if match else (r["name"], "", 0)
+        grid.setdefault(stack, {}).setdefault(proj, {})[index] = r
+    return grid
+
+
+def matrix_cr(report: dict) -> float:
+    return 0.0 if report["method"] == "dense" else report["cr"]
+
+
+def allocation_summary(reports: list[dict]) -> str:
+    """A row per projection type: mean CR and its range across blocks, for readers of the plain text."""
+    lines = ["| stack | projection | mean CR | min | max | kept dense |", "| --- | --- | --- | --- | --- | --- |"]
+    for stack, projections in allocation_grid(reports).items():
+        for proj, by_block in projections.items():
+            crs = [matrix_cr(r) for r in by_block.values()]
+            dense = sum(r["method"] == "dense" for r in by_block.values())
+            lines.append(f"| {stack} | {proj or '-'} | {sum(crs) / len(crs):.3f} | {min(crs):.3f} | "
+                         f"{max(crs):.3f} | {dense} |")
+    return "\n".join(lines)
+
+
+def plot_allocation(reports: list[dict], path: Path, title: str) -> None:
+    """A heatmap per stack: projections by blocks, coloured by the CR each matrix received."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = allocation_grid(reports)
+    fig, axes = plt.subplots(len(grid), 1, figsize=(10, 1.2 + 0.45 * max(len(p) for p in grid.values())
+                                                    * len(grid)), squeeze=False)
+    image = None
+    for ax, (stack, projections) in zip(axes[:, 0], grid.items()):
+        blocks = sorted({i for by_block in projections.values() for i in by_block})
+        values = [[matrix_cr(by_block[i]) if i in by_block else float("nan") for i in blocks]
+                  for by_block in projections.values()]
+        image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_yticks(range(len(projections)), list(projections))
+        ax.set_xticks(range(len(blocks)), [str(b) for b in blocks], fontsize=7)
+        ax.set_xlabel(f"{stack} block")
+    axes[0, 0].set_title(title)
+    fig.colorbar(image, ax=axes[:, 0], label="compression ratio")
+    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)

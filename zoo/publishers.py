@@ -1,0 +1,220 @@
+"""Where published variants live: the Hugging Face Hub, or a local registry folder with the same
+layout (`<root>/<organisation>/<variant>/`, each a compressed checkpoint with scorecard.json and
+README.md), which works offline and is what the tests and the demo use.
+
+    zoo compress smollm2-135m --cr 0.2 --push              # the local registry
+    zoo publish ./smollm2-135m-compot-dynamic-cr0.2 hub    # the Hub, token from HF_TOKEN
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from zoo.errors import ZooError
+from zoo.scorecard import SCORECARD, Scorecard
+
+log = logging.getLogger(__name__)
+
+REGISTRY_ENV = "COMPOT_ZOO_REGISTRY"
+
+
+@dataclass(frozen=True)
+class PublishedVariant:
+    """One published variant as a reader sees it: where it is and how it scores."""
+
+    repo_id: str  # "<organisation>/<variant>"
+    url: str  # the Hub page, or a file:// URL into the local registry
+    scorecard: Scorecard
+
+
+class Publisher(Protocol):
+    organization: str
+
+    def check(self, variants: list[str]) -> None:
+        """Fail now, with a message naming the problem, if publishing these variants cannot work."""
+
+    def publish(self, folder: Path, variant: str) -> PublishedVariant: ...
+
+    def get(self, variant: str) -> PublishedVariant | None:
+        """The published variant of this name, or None if there is none."""
+
+    def published(self) -> list[PublishedVariant]: ...
+
+
+def check_folder(folder: Path, card: bool = True) -> Scorecard:
+    """A folder is publishable when it is a compressed checkpoint with a scorecard and a card."""
+    from zoo.card import CARD
+    from zoo.checkpoint import read_manifest
+
+    read_manifest(folder)
+    for name in (SCORECARD, CARD) if card else (SCORECARD,):
+        if not (folder / name).is_file():
+            raise ZooError(f"{folder} has no {name}: compress with --eval so it is scored before publishing")
+    return Scorecard.load(folder / SCORECARD)
+
+
+class LocalRegistry:
+    """A folder laid out like the Hub: one directory per repository, replaced whole on publish."""
+
+    def __init__(self, root: Path, organization: str) -> None:
+        self.root, self.organization = Path(root).expanduser(), organization
+
+    def __repr__(self) -> str:
+        return f"local registry {self.root}"
+
+    def check(self, variants: list[str]) -> None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        for variant in variants:  # the same names the Hub would accept, so a registry can be mirrored
+            try:
+                validate_repo_id(f"{self.organization}/{variant}")
+            except HFValidationError as exc:
+                raise ZooError(f"invalid repository name {self.organization}/{variant}: {exc}") from exc
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK):
+            raise ZooError(f"local registry {self.root} is not writable")
+
+    def _dir(self, variant: str) -> Path:
+        return self.root / self.organization / variant
+
+    def publish(self, folder: Path, variant: str) -> PublishedVariant:
+        """Copy under a temporary name, then swap it in: readers see the old variant or the new one."""
+        check_folder(folder)
+        self.check([variant])
+        target = self._dir(variant)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{variant}.partial-"))
+        try:
+            shutil.copytree(folder, tmp, dirs_exist_ok=True)
+            old = target.with_name(f".{variant}.old")
+            if target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        found = self.get(variant)
+        assert found is not None
+        return found
+
+    def get(self, variant: str) -> PublishedVariant | None:
+        path = self._dir(variant) / SCORECARD
+        if not path.is_file():
+            return None
+        return PublishedVariant(f"{self.organization}/{variant}", path.parent.resolve().as_uri(), Scorecard.load(path))
+
+    def published(self) -> list[PublishedVariant]:
+        root = self.root / self.organization
+        names = sorted(p.parent.name for p in root.glob(f"*/{SCORECARD}")) if root.is_dir() else []
+        return [v for v in map(self.get, names) if v is not None]
+
+
+class HubPublisher:
+    """The Hugging Face Hub through huggingface_hub: create_repo, then upload_folder, retried with
+    backoff on transient failures. The token comes from the environment (HF_TOKEN) or the login
+    cache, and is never printed or written anywhere."""
+
+    def __init__(self, organization: str, private: bool = False, retries: int = 4, backoff: float = 2.0) -> None:
+        from huggingface_hub import HfApi
+
+        self.organization, self.private = organization, private
+        self.retries, self.backoff = retries, backoff
+        self.api = HfApi()
+
+    def __repr__(self) -> str:
+        return f"the Hugging Face Hub ({self.organization})"
+
+    def check(self, variants: list[str]) -> None:
+        from huggingface_hub import get_token
+        from huggingface_hub.errors import HfHubHTTPError
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        for variant in variants:
+            try:
+                validate_repo_id(f"{self.organization}/{variant}")
+            except HFValidationError as exc:
+                raise ZooError(f"invalid Hub repository name {self.organization}/{variant}: {exc}") from exc
+        if not get_token():
+            raise ZooError("publishing to the Hub needs a token: set HF_TOKEN (a write token for "
+                           f"{self.organization}) or run `hf auth login`")
+        try:
+            user = self._retry(self.api.whoami, "check the token")
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            raise ZooError(f"the Hub rejected the token (HTTP {status}): set HF_TOKEN to a valid write token") from exc
+        orgs = {o["name"] for o in user.get("orgs", [])} | {user.get("name")}
+        if self.organization not in orgs:
+            raise ZooError(f"the token's user {user.get('name')!r} cannot publish to {self.organization!r}: "
+                           f"it belongs to {', '.join(sorted(o for o in orgs if o))}")
+
+    def _retry(self, call, what: str, *args, **kwargs):
+        """Call, retrying 5xx, 429 and connection errors with exponential backoff; others fail at once."""
+        import httpx
+        from huggingface_hub.errors import HfHubHTTPError
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+        def transient(exc: BaseException) -> bool:
+            if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+                return exc.response.status_code >= 500 or exc.response.status_code == 429
+            return isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError))
+
+        for attempt in Retrying(stop=stop_after_attempt(self.retries), reraise=True,
+                                wait=wait_exponential(multiplier=self.backoff, max=60),
+                                retry=retry_if_exception(transient),
+                                before_sleep=lambda state: log.warning(
+                                    "%s failed (%s), retrying", what, type(state.outcome.exception()).__name__)):
+            with attempt:
+                return call(*args, **kwargs)
+
+    def publish(self, folder: Path, variant: str) -> PublishedVariant:
+        scorecard = check_folder(folder)
+        repo_id = f"{self.organization}/{variant}"
+        url = self._retry(self.api.create_repo, f"create {repo_id}", repo_id, private=self.private,
+                          exist_ok=True, repo_type="model")
+        self._retry(self.api.upload_folder, f"upload {repo_id}", repo_id=repo_id, folder_path=str(folder),
+                    repo_type="model", commit_message=f"compot-zoo: {variant} ({scorecard.fingerprint})",
+                    ignore_patterns=[".*"])
+        return PublishedVariant(repo_id, str(url), scorecard)
+
+    def get(self, variant: str) -> PublishedVariant | None:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+        repo_id = f"{self.organization}/{variant}"
+        try:
+            path = self._retry(hf_hub_download, f"read {repo_id}", repo_id, SCORECARD, endpoint=self.api.endpoint)
+        except (EntryNotFoundError, RepositoryNotFoundError):
+            return None
+        return PublishedVariant(repo_id, f"{self.api.endpoint}/{repo_id}", Scorecard.load(path))
+
+    def published(self) -> list[PublishedVariant]:
+        models = self._retry(lambda: list(self.api.list_models(author=self.organization)), "list models")
+        names = [m.id.split("/", 1)[1] for m in models]
+        return [v for v in map(self.get, names) if v is not None]
+
+
+def publisher_for(target: str | None, organization: str | None = None, private: bool | None = None) -> Publisher:
+    """"hub" (or "hub:ORG") is the Hugging Face Hub; anything else a local registry path; None the
+    default registry ($COMPOT_ZOO_REGISTRY, else the cache's registry/). The organisation and
+    private flag default to the zoo manifest's [publish] table."""
+    from zoo.assets import cache_dir
+    from zoo.models import manifest
+
+    settings = manifest().get("publish", {})
+    if target is not None and (target == "hub" or target.startswith("hub:")):
+        org = target.partition(":")[2] or organization or settings.get("organization")
+        if not org:
+            raise ZooError("publishing to the Hub needs an organisation: hub:ORG or [publish] organization")
+        return HubPublisher(org, settings.get("private", False) if private is None else private)
+    root = Path(target) if target else Path(os.environ.get(REGISTRY_ENV) or cache_dir() / "registry")
+    if root.exists() and not root.is_dir():
+        raise ZooError(f"local registry {root} exists and is not a directory")
+    return LocalRegistry(root, organization or settings.get("organization", "local"))
