@@ -13,20 +13,16 @@ import argparse
 import copy
 import time
 
-from zoo.compression import CompressionConfig, achieved_cr, compress_model
+from zoo.compression import VARIANT_KINDS, CompressionConfig, achieved_cr, compress_model
 from zoo.modality import get_adapter
 from zoo.models import resolve
 from zoo.pipeline import calibrate
-
-VARIANTS = {"svd-llm": dict(method="svd-llm", static=True), "compot-static": dict(static=True),
-            "compot-dynamic": dict()}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--cr", type=float, nargs="+", default=[0.2, 0.4])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANT_KINDS), choices=list(VARIANT_KINDS))
     parser.add_argument("--calibration", default=None, help="the model's default (offline stand-in) if unset")
     parser.add_argument("--n-samples", type=int, default=None)
     parser.add_argument("--seq-len", type=int, default=None)
@@ -57,7 +53,7 @@ def main() -> None:
             loaded.model = copy.deepcopy(base_model)
             start = time.perf_counter()
             reports = compress_model(loaded.model, adapter, calibration,
-                                     CompressionConfig(cr=cr, iters=args.iters, **VARIANTS[name]))
+                                     CompressionConfig(cr=cr, iters=args.iters, **VARIANT_KINDS[name]))
             seconds = time.perf_counter() - start
             row = scores()
             print(f"| {name} | {cr:g} | {achieved_cr(reports):.4f} | " + " | ".join(f"{row[c]:.4g}" for c in columns)

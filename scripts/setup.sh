@@ -7,9 +7,14 @@ cd "$(dirname "$0")/.."
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[all]"
 .venv/bin/python -m zoo.assets smollm2-135m-gguf gensim-enwiki whisper-tiny.en-ct2 whisper-base-ct2 whisper-english-spelling librivox-speech
-# Offline Whisper calibration and scoring synthesise speech with Debian's flite; best effort,
-# since it needs root and apt (the tests that need it skip without it).
-if ! command -v flite >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get install -y -qq flite >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq flite)) \
-        >/dev/null 2>&1 || echo "setup: flite not installed; synthesised-speech sets are unavailable" >&2
-fi
+# Debian packages, best effort since they need root and apt (the tests that need them skip
+# without them): flite synthesises speech for offline Whisper calibration and scoring; Chromium
+# is the headless browser the scoreboard site is tested in.
+apt_install() {  # program package why
+    if ! command -v "$1" >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        (apt-get install -y -qq "$2" >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq "$2")) \
+            >/dev/null 2>&1 || echo "setup: $2 not installed; $3" >&2
+    fi
+}
+apt_install flite flite "synthesised-speech sets are unavailable"
+apt_install chromium chromium "the site's browser test will skip"

@@ -53,8 +53,8 @@ def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
 
 @pytest.mark.parametrize("args, message", [
     (["smollm-135m"], "Did you mean: smollm2-135m"),
-    (["smollm2-135m", "--cr", "1.5"], "--cr must lie in (0, 1)"),
-    (["smollm2-135m", "--cr", "0"], "--cr must lie in (0, 1)"),
+    (["smollm2-135m", "--cr", "1.5"], "CR must lie in (0, 1)"),
+    (["smollm2-135m", "--cr", "0"], "CR must lie in (0, 1)"),
 ])
 def test_bad_input_is_a_one_line_error(args, message):
     result = _compress(*args)

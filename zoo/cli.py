@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from importlib import resources
 from pathlib import Path
 
 import click
@@ -134,3 +135,64 @@ def publish(checkpoint: Path, target: str | None, org: str | None, private: bool
     publisher = _publisher(target, org, private)
     publisher.check([checkpoint.name])
     _publish(publisher, checkpoint)
+
+
+@main.command()
+@click.option("--manifest", "manifest_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Models x CRs x methods to keep fresh (default: the project's ci/nightly.toml).")
+@click.option("--target", default=None, help="'hub', 'hub:ORG' or a local registry folder (default: the manifest's, "
+                                             "else the local registry).")
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where variants are built before publishing (default: the cache's nightly/).")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("nightly-report"),
+              show_default=True, help="Where report.json and report.md go.")
+@_publish_options
+def nightly(manifest_path: Path | None, target: str | None, workdir: Path | None, report_dir: Path, org: str | None,
+            private: bool | None) -> None:
+    """Rebuild, score and publish every variant whose inputs changed since it was published."""
+    from zoo.assets import cache_dir
+    from zoo.nightly import read_manifest, run_nightly
+
+    variants, settings = read_manifest(manifest_path or Path(str(resources.files("zoo.ci") / "nightly.toml")))
+    publisher = _publisher(target or settings.get("target"), org or settings.get("organization"),
+                           settings.get("private") if private is None else private)
+    outcomes = run_nightly(variants, publisher, workdir or cache_dir() / "nightly", report_dir)
+    click.echo((report_dir / "report.md").read_text())
+    failed = [o.variant for o in outcomes if o.status == "failed"]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(outcomes)} variants failed: {', '.join(failed)} "
+                                   f"(see {report_dir / 'report.md'})")
+
+
+@main.command()
+@click.argument("target", required=False)
+@click.option("--base-model", default=None, help="Only variants of this base model (substring match).")
+@click.option("--modality", type=click.Choice(["llm", "whisper", "vlm"]), default=None)
+@click.option("--org", default=None, help="Organisation (default: zoo.toml [publish]).")
+def browse(target: str | None, base_model: str | None, modality: str | None, org: str | None) -> None:
+    """List the published variants of TARGET with their scorecards."""
+    variants = [v for v in _publisher(target, org, None).published()
+                if (base_model is None or base_model.lower() in v.scorecard.base_model.lower())
+                and (modality is None or v.scorecard.modality == modality)]
+    if not variants:
+        click.echo("No published variants" + (" match" if base_model or modality else "") + ".")
+        return
+    for v in sorted(variants, key=lambda v: (v.scorecard.base_model, v.scorecard.method, v.scorecard.target_cr)):
+        s = v.scorecard
+        click.echo(f"\n{v.repo_id}  [{s.modality}] {s.base_model}  {s.method} {s.allocation}  "
+                   f"CR {s.target_cr:g} (achieved {s.achieved_cr:.4f})  {v.url}")
+        click.echo(s.to_markdown_table())
+
+
+@main.command()
+@click.argument("target", required=False)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("site"), show_default=True,
+              help="Site folder (replaced whole; a non-empty folder that is not a site is refused).")
+@click.option("--title", default="compot-zoo", show_default=True)
+@click.option("--org", default=None, help="Organisation (default: zoo.toml [publish]).")
+def site(target: str | None, out: Path, title: str, org: str | None) -> None:
+    """Render TARGET's published variants as a static scoreboard site in OUT."""
+    from zoo.site import render_site
+
+    index = render_site(_publisher(target, org, None).published(), out, title)
+    click.echo(f"Site written to {index} (open {index.resolve().as_uri()})")

@@ -36,8 +36,17 @@ class CompressionConfig:
     device: str | None = None  # where the engine runs; the model's device by default
     components: list[str] | None = None  # which stacks (e.g. Whisper's encoder, decoder); None: the adapter's
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.cr < 1.0:
+            raise ZooError(f"CR must lie in (0, 1), got {self.cr}")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The variants of a model that the zoo publishes and compares, as CompressionConfig settings.
+VARIANT_KINDS = {"compot-dynamic": {}, "compot-static": {"static": True},
+                 "svd-llm": {"method": "svd-llm", "static": True}}
 
 
 @dataclass

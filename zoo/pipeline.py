@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import platform
@@ -134,11 +135,13 @@ def fingerprint(spec: ModelSpec, loaded: LoadedModel, config: CompressionConfig,
                                 "samples": len(calibration.batches), "seed": seed}, evaluation)
 
 
-def prepare(req: CompressRequest) -> tuple[ModelSpec, Adapter, LoadedModel, CalibrationData]:
-    """Everything before compression: resolve, load, calibrate; each error here costs no compression work."""
-    if not 0.0 < req.config.cr < 1.0:
-        raise ZooError(f"--cr must lie in (0, 1), got {req.config.cr}")
+def prepare(req: CompressRequest, overrides: dict | None = None) -> tuple[ModelSpec, Adapter, LoadedModel,
+                                                                           CalibrationData]:
+    """Everything before compression: resolve, load, calibrate; each error here costs no compression work.
+    `overrides` replace the manifest's defaults for this model (e.g. its evaluation suites)."""
     spec = resolve(req.model, req.modality)
+    if overrides:
+        spec = dataclasses.replace(spec, defaults={**spec.defaults, **overrides})
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec)
     calibration = calibrate(adapter, loaded, spec, req.calibration, req.n_samples, req.seq_len, req.seed)

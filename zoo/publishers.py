@@ -157,14 +157,16 @@ class HubPublisher:
 
     def _retry(self, call, what: str, *args, **kwargs):
         """Call, retrying 5xx, 429 and connection errors with exponential backoff; others fail at once."""
-        import httpx
         from huggingface_hub.errors import HfHubHTTPError
         from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
         def transient(exc: BaseException) -> bool:
             if isinstance(exc, HfHubHTTPError) and exc.response is not None:
                 return exc.response.status_code >= 500 or exc.response.status_code == 429
-            return isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError))
+            # huggingface_hub's HTTP client (httpx, or httpx2 in 2.x) raises a TransportError on
+            # connection failures; matched by name so either client works.
+            return isinstance(exc, (ConnectionError, TimeoutError)) or any(
+                c.__name__ == "TransportError" for c in type(exc).__mro__)
 
         for attempt in Retrying(stop=stop_after_attempt(self.retries), reraise=True,
                                 wait=wait_exponential(multiplier=self.backoff, max=60),

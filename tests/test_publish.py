@@ -1,0 +1,201 @@
+"""Model cards, the local registry and the Hub publisher (real huggingface_hub client, fake Hub server)."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+from huggingface_hub import ModelCard
+
+import zoo
+from tests.conftest import TEXT
+from tests.fake_hub import TOKEN, FakeHub
+from tests.tiny_models import tiny_llama, tiny_tokenizer
+from zoo.card import ALLOCATION_PLOT, CARD, card_data, inherited_license
+from zoo.cli import main
+from zoo.errors import ZooError
+from zoo.models import resolve
+from zoo.publishers import HubPublisher, LocalRegistry, publisher_for
+from zoo.scorecard import SCORECARD, Scorecard
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [*map(str, args)], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A tiny Llama compressed and scored once for the module: a publishable checkpoint."""
+    root = tmp_path_factory.mktemp("scored")
+    base = root / "tiny-llama"
+    tiny_llama().save_pretrained(base)
+    tiny_tokenizer().save_pretrained(base)
+    (root / "calib.jsonl").write_text("\n".join(json.dumps({"text": TEXT * 4}) for _ in range(20)))
+    out = root / "tiny-compot"
+    result = _invoke("compress", base, "--cr", 0.3, "--calibration", root / "calib.jsonl", "--n-samples", 4,
+                     "--seq-len", 16, "--iters", 3, "--out", out, "--eval", "--eval-windows", 2, "--eval-limit", 5)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _files(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def _logits(model):
+    ids = torch.tensor([[3, 5, 7, 11, 2, 4]])
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_card_carries_hub_metadata_the_scorecard_and_the_allocation_plot(scored):
+    scorecard = Scorecard.load(scored / SCORECARD)
+    card = ModelCard.load(scored / CARD)
+    data = card.data
+    assert data.library_name == "transformers" and data.pipeline_tag == "text-generation"
+    assert data.license == "other"  # the tiny base has no card, and no manifest entry names one
+    assert {"compot", "compressed", "cr-0.3"} <= set(data.tags)
+    results = {(r.dataset_type, r.metric_type): r.metric_value for r in data.eval_results}
+    assert results == {(m.task, m.name): pytest.approx(m.compressed) for m in scorecard.metrics}
+    assert scorecard.to_markdown_table() in card.text
+    assert f"```bash\n{scorecard.command}\n```" in card.text
+    assert scorecard.command.startswith("zoo compress ") and "--cr 0.3" in scorecard.command
+    assert f"![Per-matrix compression ratio]({ALLOCATION_PLOT})" in card.text
+    # One summary row per projection type of the Llama block, and a real PNG of the heatmap.
+    assert sum(line.startswith("| model.layers | ") for line in card.text.splitlines()) == 7
+    png = (scored / ALLOCATION_PLOT).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "hf_" not in card.content and TOKEN not in card.content
+
+
+def test_card_names_a_hub_base_model_and_its_relation(scored):
+    manifest = json.loads((scored / "compot_manifest.json").read_text())
+    scorecard = Scorecard.load(scored / SCORECARD)
+    data = card_data({**manifest, "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"},
+                     scorecard, "compot-zoo/x")
+    assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and data.base_model_relation == "quantized"
+    assert data.license == "apache-2.0"
+    assert card_data(manifest, scorecard, "compot-zoo/x").base_model is None  # a local base is no Hub id
+
+
+def test_license_is_inherited_from_the_manifest_or_the_base_card(tmp_path, model_dir):
+    assert inherited_license(resolve("smollm2-135m")) == "apache-2.0"
+    assert inherited_license(resolve(str(model_dir))) == "other"
+    (model_dir / "README.md").write_text("---\nlicense: mit\n---\n# tiny\n")
+    assert inherited_license(resolve(str(model_dir))) == "mit"
+
+
+def test_local_registry_round_trip(tmp_path, scored):
+    registry = LocalRegistry(tmp_path / "registry", "compot-zoo")
+    published = registry.publish(scored, "tiny-compot")
+    target = tmp_path / "registry" / "compot-zoo" / "tiny-compot"
+    assert published.repo_id == "compot-zoo/tiny-compot" and published.url == target.resolve().as_uri()
+    assert _files(target) == _files(scored)
+    assert published.scorecard == Scorecard.load(scored / SCORECARD)
+    assert torch.equal(_logits(zoo.load(target)), _logits(zoo.load(scored)))
+    # Republishing replaces the folder whole and leaves no temporaries behind.
+    again = registry.publish(scored, "tiny-compot")
+    assert again.scorecard == published.scorecard
+    assert [p.name for p in (tmp_path / "registry" / "compot-zoo").iterdir()] == ["tiny-compot"]
+    assert [v.repo_id for v in registry.published()] == ["compot-zoo/tiny-compot"]
+    assert registry.get("absent") is None
+
+
+def test_an_unscored_checkpoint_is_refused(tmp_path, scored):
+    unscored = tmp_path / "unscored"
+    shutil.copytree(scored, unscored)
+    (unscored / SCORECARD).unlink()
+    with pytest.raises(ZooError, match=f"{unscored} has no {SCORECARD}"):
+        LocalRegistry(tmp_path / "registry", "compot-zoo").publish(unscored, "unscored")
+    result = _invoke("publish", unscored, tmp_path / "registry")
+    assert result.exit_code == 1 and "compress with --eval" in result.output
+    assert not (tmp_path / "registry" / "compot-zoo" / "unscored").exists()
+
+
+def test_zoo_publish_and_browse(tmp_path, scored):
+    registry = tmp_path / "registry"
+    folder = tmp_path / "tiny-compot"
+    shutil.copytree(scored, folder)
+    result = _invoke("publish", folder, registry, "--org", "team")
+    assert result.exit_code == 0, result.output
+    assert "Published team/tiny-compot" in result.output
+    card = ModelCard.load(registry / "team" / "tiny-compot" / CARD)
+    assert 'zoo.load("team/tiny-compot")' in card.text  # the card names the repository it lives in
+    listing = _invoke("browse", registry, "--org", "team")
+    assert "team/tiny-compot" in listing.output and "| perplexity/wiki-offline | perplexity" in listing.output
+    assert "No published variants match" in _invoke("browse", registry, "--org", "team", "--modality", "whisper").output
+    assert "No published variants match" in _invoke("browse", registry, "--org", "team", "--base-model", "qwen").output
+    assert "team/tiny-compot" in _invoke("browse", registry, "--org", "team", "--base-model", "TINY").output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--push", "hub"], "needs a token: set HF_TOKEN"),
+    (["--push", "REGISTRY", "--org", "bad org!"], "invalid repository name bad org!/"),
+])
+def test_push_fails_before_any_compression_work(tmp_path, monkeypatch, model_dir, text_file, args, message):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved login either
+    monkeypatch.setattr("zoo.pipeline.prepare", lambda *a, **k: pytest.fail("work started before the check"))
+    out = tmp_path / "out"
+    args = [str(tmp_path / "registry") if a == "REGISTRY" else a for a in args]
+    result = _invoke("compress", model_dir, "--calibration", text_file, "--out", out, *args)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not out.exists()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """The real huggingface_hub client pointed at a local fake Hub, online, with a token in HF_TOKEN."""
+    import huggingface_hub.constants as constants
+
+    hub = FakeHub()
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    yield hub
+    hub.close()
+
+
+def test_hub_publisher_uploads_through_huggingface_hub_and_retries(fake_hub, scored, caplog):
+    publisher = HubPublisher("compot-zoo", backoff=0.0)
+    publisher.check(["tiny-compot"])
+    fake_hub.fail_next = 1  # one transient 503: retried, not fatal
+    published = publisher.publish(scored, "tiny-compot")
+    assert published.repo_id == "compot-zoo/tiny-compot"
+    stored = fake_hub.repos["compot-zoo/tiny-compot"]
+    assert {name: hashlib.sha256(data).hexdigest() for name, data in stored.items()} == _files(scored)
+    assert sum(p == "/api/repos/create" for _, p in fake_hub.requests) == 2
+    assert any("model-index" in content for content in fake_hub.validated)  # the card's metadata was checked
+    assert f"Bearer {TOKEN}" in fake_hub.authorizations  # the token travels only in the header ...
+    assert TOKEN not in caplog.text and all(TOKEN.encode() not in data for data in stored.values())  # ... nowhere else
+    found = publisher.get("tiny-compot")
+    assert found is not None and found.scorecard == published.scorecard
+    assert publisher.get("absent") is None
+    assert [v.repo_id for v in publisher.published()] == ["compot-zoo/tiny-compot"]
+
+
+def test_hub_publisher_check_rejects_a_bad_token_or_a_foreign_organisation(fake_hub, monkeypatch):
+    with pytest.raises(ZooError, match="cannot publish to 'someone-else'"):
+        HubPublisher("someone-else").check(["x"])
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    with pytest.raises(ZooError, match=r"rejected the token \(HTTP 401\)") as info:
+        HubPublisher("compot-zoo", backoff=0.0).check(["x"])
+    assert "hf_wrong" not in str(info.value)
+    with pytest.raises(ZooError, match="invalid Hub repository name"):
+        HubPublisher("compot-zoo").check(["a" * 200])
+
+
+def test_publisher_for_reads_targets_and_configuration(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPOT_ZOO_REGISTRY", str(tmp_path / "default"))
+    default = publisher_for(None)
+    assert isinstance(default, LocalRegistry) and default.root == tmp_path / "default"
+    assert default.organization == "compot-zoo"  # zoo.toml [publish]
+    hub = publisher_for("hub:my-org", private=True)
+    assert isinstance(hub, HubPublisher) and (hub.organization, hub.private) == ("my-org", True)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ZooError, match="is not a directory"):
+        publisher_for(str(tmp_path / "file"))

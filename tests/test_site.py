@@ -1,0 +1,264 @@
+"""The static scoreboard site: grouping, slugs, atomic replacement, and the pages as a real browser shows them."""
+
+import re
+import shutil
+import struct
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from zoo import site
+from zoo.errors import ZooError
+from zoo.publishers import PublishedVariant
+from zoo.scorecard import MetricResult, Scorecard
+from zoo.site import group_by_model, render_site, slugify
+
+SMOL = "HuggingFaceTB/SmolLM2-135M"
+WHISPER = "openai/whisper-tiny.en"
+HOSTILE = "evil/<script>window.pwned=1</script>&<img src=x onerror=window.pwned=2>"
+PPL, ACC = ("perplexity/wiki-offline", "perplexity"), ("arc_easy", "acc")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _variant(base_model: str, name: str, method: str, cr: float, ppl: float, acc: float | None,
+             url: str | None = None, modality: str = "llm") -> PublishedVariant:
+    metrics = [MetricResult(PPL[1], PPL[0], 20.0, ppl, False)]
+    if acc is not None:
+        metrics.append(MetricResult(ACC[1], ACC[0], 0.6, acc, True))
+    card = Scorecard(base_model=base_model, base_revision="abc", variant=name, modality=modality, method=method,
+                     engine_version="0.1.0", target_cr=cr, achieved_cr=cr + 0.0013,
+                     allocation="dynamic" if method == "compot" else "static",
+                     calibration_set="wiki-offline", calibration_hash="sha256:feed", metrics=metrics,
+                     compression_seconds=12.5 + cr, peak_memory_mb=800.0, hardware="cpu", fingerprint="sha256:0",
+                     command=f"zoo compress {base_model} --cr {cr} --method {method}")
+    return PublishedVariant(f"zoo/{name}", url or f"https://huggingface.co/zoo/{name}", card)
+
+
+def _zoo() -> list[PublishedVariant]:
+    """Two base models; COMPOT dynamic at CR 0.2 and 0.4, SVD-LLM at 0.2 (one without the accuracy metric)."""
+    return [
+        _variant(SMOL, "smol-compot-0.4", "compot", 0.4, 31.25, 0.45),
+        _variant(SMOL, "smol-compot-0.2", "compot", 0.2, 22.5, 0.57),
+        _variant(SMOL, "smol-svd-0.2", "svd-llm", 0.2, 26.0, 0.5),
+        _variant(WHISPER, "whisper-compot-0.2", "compot", 0.2, 21.0, 0.58, modality="whisper"),
+        _variant(WHISPER, "whisper-compot-0.4", "compot", 0.4, 28.0, 0.5, modality="whisper"),
+        _variant(WHISPER, "whisper-svd-0.2", "svd-llm", 0.2, 25.0, None, modality="whisper"),
+    ]
+
+
+def _expected_row(variant: PublishedVariant, columns: list[tuple[str, str]]) -> list[str]:
+    """The table row as a reader should see it, formatted here independently of zoo.site."""
+    card = variant.scorecard
+    cells = [card.variant, {"compot": "COMPOT", "svd-llm": "SVD-LLM"}[card.method], card.allocation,
+             f"{card.target_cr:.3f}", f"{card.achieved_cr:.3f}"]
+    metrics = {(m.task, m.name): m for m in card.metrics}
+    for key in columns:
+        m = metrics.get(key)
+        cells += [f"{m.base:.4g}", f"{m.compressed:.4g}", f"{m.recovery:.1f}%"] if m else ["", "", ""]
+    return cells + [f"{card.compression_seconds:.1f} s", variant.repo_id]
+
+
+class _Rows(HTMLParser):
+    """Cell texts of each <tr data-variant> in a page, without a browser."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: dict[str, list[str]] = {}
+        self._row: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr" and "data-variant" in dict(attrs):
+            self._row = self.rows.setdefault(dict(attrs)["data-variant"], [])
+        elif tag == "td" and self._row is not None:
+            self._row.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "tr":
+            self._row = None
+
+    def handle_data(self, data):
+        if self._row:
+            self._row[-1] += data.strip()
+
+
+def _rows(page: Path) -> dict[str, list[str]]:
+    parser = _Rows()
+    parser.feed(page.read_text())
+    return parser.rows
+
+
+# --- fast tests, no browser -------------------------------------------------------------------------
+
+def test_slugs_are_safe_file_names():
+    assert slugify(SMOL) == "huggingfacetb-smollm2-135m"
+    for name in (HOSTILE, "../../etc/passwd", "..", "", "名前/モデル", "a" * 300):
+        slug = slugify(name)
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", slug) and len(slug) <= 80, (name, slug)
+
+
+def test_grouping_orders_models_and_variants_and_picks_best():
+    groups = group_by_model(_zoo())
+    assert [g.base_model for g in groups] == [SMOL, WHISPER]
+    smol = groups[0]
+    assert [v.scorecard.variant for v in smol.variants] == ["smol-compot-0.2", "smol-compot-0.4", "smol-svd-0.2"]
+    assert (smol.modality, groups[1].modality) == ("llm", "whisper")
+    assert smol.best.scorecard.variant == "smol-compot-0.2"
+    assert list(groups[1].metric_columns) == [PPL, ACC]  # the union, though whisper-svd lacks acc
+    assert groups[1].metric_columns == {PPL: False, ACC: True}
+
+
+def test_colliding_slugs_get_distinct_page_names():
+    groups = group_by_model([_variant("a/b", "x", "compot", 0.2, 21, 0.5), _variant("a-b", "y", "compot", 0.2, 21, 0.5),
+                             _variant("c/d", "z", "compot", 0.2, 21, 0.5)])
+    slugs = [g.slug for g in groups]
+    assert len(set(slugs)) == 3 and slugs[0].startswith("a-b-") and slugs[2] == "c-d"
+
+
+def test_empty_registry_says_so(tmp_path):
+    index = render_site([], tmp_path / "site")
+    assert index == tmp_path / "site" / "index.html"
+    assert "The registry is empty" in index.read_text()
+    assert not list((tmp_path / "site" / "models").iterdir())
+
+
+def test_tables_hold_the_numbers_and_blank_cells_for_missing_metrics(tmp_path):
+    zoo = _zoo()
+    render_site(zoo, tmp_path / "site")
+    for group in group_by_model(zoo):
+        rows = _rows(tmp_path / "site" / "models" / f"{group.slug}.html")
+        assert rows == {v.scorecard.variant: _expected_row(v, [PPL, ACC]) for v in group.variants}
+    assert _rows(tmp_path / "site" / "models" / "openai-whisper-tiny-en.html")["whisper-svd-0.2"][8:11] == ["", "", ""]
+
+
+def test_a_single_cr_is_plotted_as_a_point(tmp_path):
+    render_site([_variant(SMOL, "only", "compot", 0.3, 25.0, None)], tmp_path / "site")
+    page = (tmp_path / "site" / "models" / "huggingfacetb-smollm2-135m.html").read_text()
+    assert page.count("<svg") == 1 and "COMPOT (dynamic)" in page and 'id="line2d_' in page
+    assert "<script" not in page
+
+
+def test_unsafe_links_are_not_rendered_as_links(tmp_path):
+    render_site([_variant(SMOL, "bad", "compot", 0.2, 25.0, 0.5, url="javascript:alert(1)")], tmp_path / "site")
+    for page in (tmp_path / "site" / "index.html", tmp_path / "site" / "models" / "huggingfacetb-smollm2-135m.html"):
+        assert "javascript:" not in page.read_text()
+
+
+def test_rerender_replaces_the_whole_site_and_leaves_no_temporaries(tmp_path):
+    out = tmp_path / "site"
+    render_site(_zoo(), out)
+    render_site(_zoo()[:3], out)
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["huggingfacetb-smollm2-135m.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+
+
+def test_a_failed_render_keeps_the_old_site(tmp_path, monkeypatch):
+    out = tmp_path / "site"
+    render_site(_zoo(), out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def broken(group, key):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setitem(site._ENV.globals, "metric_plot", broken)
+    with pytest.raises(RuntimeError, match="plot failed"):
+        render_site(_zoo()[:1], out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_site(tmp_path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "thesis.tex").write_text("years of work")
+    with pytest.raises(ZooError, match="refusing to replace"):
+        render_site(_zoo(), tmp_path / "home")
+    assert (tmp_path / "home" / "thesis.tex").read_text() == "years of work"
+    (tmp_path / "empty").mkdir()
+    assert render_site(_zoo(), tmp_path / "empty").is_file()
+
+
+def test_same_scorecards_give_identical_pages(tmp_path):
+    render_site(_zoo(), tmp_path / "a")
+    render_site(_zoo(), tmp_path / "b")
+    for page in (tmp_path / "a").rglob("*.html"):
+        assert page.read_bytes() == (tmp_path / "b" / page.relative_to(tmp_path / "a")).read_bytes()
+
+
+# --- the site in a real headless browser ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)  # Playwright passes --no-sandbox itself
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """Open a file in a fresh page; after the test, no console error or page error may have happened."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+
+    def open_(path: Path):
+        page = context.new_page()
+        page.on("console", lambda msg: errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+        response = page.goto(path.as_uri())
+        assert response is None or response.ok
+        return page
+
+    yield open_
+    context.close()
+    assert errors == []
+
+
+def _assert_inert(page) -> None:
+    """Hostile names were shown as text: no script element, none ran, no javascript: link."""
+    assert page.evaluate("document.querySelectorAll('script').length") == 0
+    assert page.evaluate("window.pwned") is None
+    assert page.locator("a[href^='javascript']").count() == 0
+
+
+def test_site_in_a_browser(tmp_path, open_page):
+    hostile = _variant(HOSTILE, "<b>pwn</b>", "compot", 0.2, 24.0, 0.5, url="javascript:window.pwned=3")
+    hostile.scorecard.metrics[0] = MetricResult("ppl</text></svg><script>window.pwned=4</script>", "t$x$", 20.0, 24.0, False)
+    zoo = _zoo() + [hostile]
+    index = render_site(zoo, tmp_path / "site")
+    groups = group_by_model(zoo)
+
+    page = open_page(index)
+    links = page.locator("a.model-link")
+    assert links.all_inner_texts() == [g.base_model for g in groups]  # the hostile name shown as text
+    for i, group in enumerate(groups):
+        page.locator("a.model-link").nth(i).click()
+        assert page.url == (tmp_path / "site" / "models" / f"{group.slug}.html").as_uri()
+        assert page.locator("h1").inner_text() == group.base_model
+        rows = page.locator("table.scorecard tbody tr")
+        columns = list(group.metric_columns)
+        assert [r.locator("td").all_inner_texts() for r in rows.all()] == [_expected_row(v, columns) for v in group.variants]
+        _assert_inert(page)
+        page.go_back()
+    _assert_inert(page)
+
+    smol = open_page(tmp_path / "site" / "models" / "huggingfacetb-smollm2-135m.html")
+    plots = smol.locator("figure.plot > svg")
+    assert plots.count() == 2
+    for plot in plots.all():
+        box = plot.bounding_box()
+        assert box["width"] > 200 and box["height"] > 100
+        series = plot.locator("g[id^='series-']")  # COMPOT (dynamic) at two CRs, SVD-LLM at one
+        assert series.count() == 2
+        sizes = [s.evaluate("g => { const b = g.getBBox(); return [b.width, b.height]; }") for s in series.all()]
+        assert all(w > 0 and h > 0 for w, h in sizes) and max(w for w, _ in sizes) > 50, sizes
+        assert plot.locator("g#base path").evaluate("p => p.getBBox().width") > 100
+    assert set(smol.locator("figure.plot svg text").all_text_contents()) >= {"COMPOT (dynamic)", "SVD-LLM (static)", "base"}
+
+    shot = tmp_path / "model.png"
+    smol.screenshot(path=str(shot), full_page=True)
+    data = shot.read_bytes()
+    width, height = struct.unpack(">II", data[16:24])
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and width >= 1000 and height >= 600 and len(data) > 20_000

@@ -1,0 +1,272 @@
+"""`zoo nightly`: rebuild every variant of the nightly manifest whose inputs changed, publish it,
+and report what happened.
+
+A variant is skipped when the publisher already holds it with the same fingerprint (base
+revision, engine version, configuration, calibration, evaluation), so an interrupted run
+resumes where it stopped; a variant that was compressed and scored but not yet published is
+taken from the work folder. One failing variant never stops the others; the run exits non-zero
+when any failed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+import tomllib
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from zoo.compression import VARIANT_KINDS, CompressionConfig
+from zoo.errors import ZooError
+from zoo.publishers import Publisher
+from zoo.scorecard import SCORECARD, Scorecard
+
+log = logging.getLogger(__name__)
+
+# Keys of a [[models]] entry; any other is a typo and an error.
+ENTRY_KEYS = {"model", "modality", "crs", "methods", "components", "iters", "seed", "calibration",
+              "n_samples", "seq_len", "eval_windows", "eval_limit"}
+# zoo.toml defaults a nightly entry may override: which evaluation suites to run and how.
+SUITE_KEYS = {"eval_tasks", "eval_sets", "offline_eval_sets", "eval_seq_len", "eval_text"}
+REGRESSION_TOLERANCE = 0.01  # relative change of a metric, in its bad direction, flagged as a regression
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One (model, CR, method) cell of the nightly manifest."""
+
+    entry: dict
+    cr: float
+    kind: str  # a VARIANT_KINDS key
+
+    @property
+    def config(self) -> CompressionConfig:
+        components = self.entry.get("components")
+        return CompressionConfig(cr=self.cr, iters=self.entry.get("iters", 20), components=components,
+                                 **VARIANT_KINDS[self.kind])
+
+    @property
+    def name(self) -> str:
+        from zoo.pipeline import default_out_dir
+
+        return default_out_dir(self.entry["model"], self.config).name
+
+
+@dataclass
+class Outcome:
+    variant: str
+    model: str
+    cr: float
+    kind: str
+    status: str = "pending"  # rebuilt | skipped | failed
+    reason: str = ""
+    seconds: float = 0.0
+    repo_id: str | None = None
+    url: str | None = None
+    achieved_cr: float | None = None
+    changes: list[dict] = field(default_factory=list)  # metric against the previously published scorecard
+
+    @property
+    def regressions(self) -> list[dict]:
+        return [c for c in self.changes if c["regression"]]
+
+
+def read_manifest(path: Path) -> tuple[list[Variant], dict]:
+    """The variants of a nightly manifest, and its [publish] table; errors name the file and entry."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ZooError(f"cannot read nightly manifest {path}: {exc}") from exc
+    variants = []
+    for i, entry in enumerate(data.get("models", [])):
+        where = f"{path}: [[models]] #{i + 1}"
+        unknown = set(entry) - ENTRY_KEYS - SUITE_KEYS
+        if unknown:
+            raise ZooError(f"{where}: unknown keys {', '.join(sorted(unknown))}; known: "
+                           f"{', '.join(sorted(ENTRY_KEYS | SUITE_KEYS))}")
+        if "model" not in entry or not entry.get("crs"):
+            raise ZooError(f"{where}: needs `model` and a non-empty `crs` list")
+        kinds = entry.get("methods", ["compot-dynamic"])
+        bad = [k for k in kinds if k not in VARIANT_KINDS]
+        if bad:
+            raise ZooError(f"{where}: unknown methods {bad}; known: {', '.join(VARIANT_KINDS)}")
+        variants += [Variant(entry, float(cr), kind) for cr in entry["crs"] for kind in kinds]
+    if not variants:
+        raise ZooError(f"nightly manifest {path} lists no variants ([[models]] with model and crs)")
+    names = [v.name for v in variants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ZooError(f"{path}: variants listed twice: {', '.join(duplicates)}")
+    return variants, data.get("publish", {})
+
+
+def _by_model(variants: list[Variant]) -> Iterator[tuple[dict, list[Variant]]]:
+    entries: dict[int, tuple[dict, list[Variant]]] = {}
+    for v in variants:
+        entries.setdefault(id(v.entry), (v.entry, []))[1].append(v)
+    yield from entries.values()
+
+
+def run_nightly(variants: list[Variant], publisher: Publisher, workdir: Path, report_dir: Path) -> list[Outcome]:
+    """Every variant in order, a model loaded, calibrated and its base scored once; the report is
+    rewritten after each variant, so a killed run leaves an accurate partial one."""
+    publisher.check([v.name for v in variants])
+    outcomes = [Outcome(v.name, v.entry["model"], v.cr, v.kind) for v in variants]
+    by_name = {o.variant: o for o in outcomes}
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for entry, model_variants in _by_model(variants):
+        try:
+            context = _ModelContext(entry)
+        except Exception as exc:  # noqa: BLE001 - one broken model fails its variants, not the run
+            for v in model_variants:
+                _fail(by_name[v.name], exc)
+            write_report(outcomes, report_dir, publisher, started)
+            continue
+        for v in model_variants:
+            outcome = by_name[v.name]
+            start = time.perf_counter()
+            try:
+                context.build(v, outcome, publisher, workdir)
+            except Exception as exc:  # noqa: BLE001
+                _fail(outcome, exc)
+            outcome.seconds = time.perf_counter() - start
+            log.warning("nightly: %s %s %s", v.name, outcome.status, outcome.reason)
+            write_report(outcomes, report_dir, publisher, started)
+    return outcomes
+
+
+def _fail(outcome: Outcome, exc: Exception) -> None:
+    outcome.status, outcome.reason = "failed", f"{type(exc).__name__}: {exc}"
+    log.error("nightly: %s failed\n%s", outcome.variant, traceback.format_exc())
+
+
+class _ModelContext:
+    """One manifest entry's model, calibration and (lazily) base scores, shared by its variants."""
+
+    def __init__(self, entry: dict) -> None:
+        from zoo.pipeline import CompressRequest, prepare
+
+        self.entry = entry
+        request = CompressRequest(entry["model"], CompressionConfig(), calibration=entry.get("calibration"),
+                                  n_samples=entry.get("n_samples"), seq_len=entry.get("seq_len"),
+                                  seed=entry.get("seed", 0), modality=entry.get("modality"))
+        self.spec, self.adapter, self.loaded, self.calibration = prepare(request, suite_overrides(entry))
+        self.base_metrics: dict | None = None
+
+    def request(self, variant: Variant, out: Path):
+        from zoo.pipeline import CompressRequest
+
+        e = self.entry
+        return CompressRequest(e["model"], variant.config, out, True, e.get("calibration"), e.get("n_samples"),
+                               e.get("seq_len"), e.get("seed", 0), True, e.get("eval_windows"),
+                               e.get("eval_limit"), e.get("modality"))
+
+    def build(self, variant: Variant, outcome: Outcome, publisher: Publisher, workdir: Path) -> None:
+        from zoo.card import write_card
+        from zoo.pipeline import compress_variant, fingerprint
+
+        out = workdir / variant.name
+        req = self.request(variant, out)
+        expected = fingerprint(self.spec, self.loaded, req.config, self.calibration, req.seed,
+                               req.eval_windows, req.eval_limit)
+        previous = publisher.get(variant.name)
+        if previous is not None and previous.scorecard.fingerprint == expected:
+            outcome.status, outcome.reason = "skipped", "published fingerprint matches"
+            outcome.repo_id, outcome.url, outcome.achieved_cr = previous.repo_id, previous.url, previous.scorecard.achieved_cr
+            return
+        if _finished(out, expected):
+            outcome.reason = "finished in an interrupted run; published now"
+        else:
+            if self.base_metrics is None:
+                self.base_metrics = self.adapter.evaluate(self.loaded, self.spec, req.eval_windows, req.eval_limit)
+            loaded = dataclasses.replace(self.loaded, model=copy.deepcopy(self.loaded.model))
+            compress_variant(self.adapter, loaded, self.spec, self.calibration, req, out, self.base_metrics)
+            outcome.reason = "not published before" if previous is None else "inputs changed (fingerprint differs)"
+        write_card(out, f"{publisher.organization}/{variant.name}")
+        published = publisher.publish(out, variant.name)
+        shutil.rmtree(out)
+        outcome.status, outcome.repo_id, outcome.url = "rebuilt", published.repo_id, published.url
+        outcome.achieved_cr = published.scorecard.achieved_cr
+        if previous is not None:
+            outcome.changes = compare(previous.scorecard, published.scorecard)
+
+
+def suite_overrides(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if k in SUITE_KEYS}
+
+
+def _finished(out: Path, expected: str) -> bool:
+    try:
+        return Scorecard.load(out / SCORECARD).fingerprint == expected
+    except (ZooError, ValueError, KeyError):
+        return False
+
+
+def compare(previous: Scorecard, current: Scorecard, tolerance: float = REGRESSION_TOLERANCE) -> list[dict]:
+    """Each metric both scorecards hold, compressed value then and now; a change in the metric's
+    bad direction larger than `tolerance` (relative) is a regression."""
+    before = {(m.task, m.name): m for m in previous.metrics}
+    changes = []
+    for m in current.metrics:
+        old = before.get((m.task, m.name))
+        if old is None:
+            continue
+        relative = (m.compressed - old.compressed) / abs(old.compressed) if old.compressed else math.inf
+        worse = -relative if m.higher_is_better else relative
+        changes.append({"task": m.task, "metric": m.name, "previous": old.compressed, "current": m.compressed,
+                        "relative_change": relative, "regression": worse > tolerance})
+    return changes
+
+
+def write_report(outcomes: list[Outcome], report_dir: Path, publisher: Publisher, started: str) -> None:
+    """report.json and report.md, each written under a temporary name and renamed."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    data = {"started": started, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "target": repr(publisher), "counts": _counts(outcomes),
+            "variants": [{**dataclasses.asdict(o), "regressions": o.regressions} for o in outcomes]}
+    for name, text in (("report.json", json.dumps(data, indent=2)), ("report.md", markdown_report(data))):
+        tmp = report_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(report_dir / name)
+
+
+def _counts(outcomes: list[Outcome]) -> dict[str, int]:
+    counts = {s: 0 for s in ("rebuilt", "skipped", "failed", "pending")}
+    for o in outcomes:
+        counts[o.status] += 1
+    counts["regressions"] = sum(bool(o.regressions) for o in outcomes)
+    return counts
+
+
+def markdown_report(data: dict) -> str:
+    """The run summary people read (the GitHub Actions job summary)."""
+    c = data["counts"]
+    lines = [f"# compot-zoo nightly: {c['rebuilt']} rebuilt, {c['skipped']} skipped, {c['failed']} failed"
+             + (f", {c['pending']} not reached" if c["pending"] else "")
+             + (f", {c['regressions']} with regressions" if c["regressions"] else ""),
+             "", f"Target: {data['target']}. Started {data['started']}, updated {data['updated']}.", "",
+             "| variant | status | achieved CR | time s | why |", "| --- | --- | --- | --- | --- |"]
+    for v in data["variants"]:
+        status = v["status"] + (" ⚠ regression" if v["regressions"] else "")
+        cr = f"{v['achieved_cr']:.4f}" if v["achieved_cr"] is not None else "-"
+        name = f"[{v['variant']}]({v['url']})" if v["url"] else v["variant"]
+        reason = v["reason"].replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {name} | {status} | {cr} | {v['seconds']:.0f} | {reason} |")
+    changed = [v for v in data["variants"] if v["changes"]]
+    if changed:
+        lines += ["", "## Against the previously published scorecards", "",
+                  "| variant | task | metric | previous | now | change |", "| --- | --- | --- | --- | --- | --- |"]
+        for v in changed:
+            for ch in v["changes"]:
+                flag = " ⚠" if ch["regression"] else ""
+                lines.append(f"| {v['variant']} | {ch['task']} | {ch['metric']} | {ch['previous']:.4g} | "
+                             f"{ch['current']:.4g} | {100 * ch['relative_change']:+.2f}%{flag} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,226 @@
+"""A static scoreboard site of published variants: works offline from file://, no JavaScript.
+
+Every page is plain HTML with inline SVG plots (matplotlib), so the site can be copied,
+archived or served from anywhere and still shows every number and chart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import re
+import shutil
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import matplotlib
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+from matplotlib.figure import Figure
+
+from zoo.errors import ZooError
+from zoo.publishers import PublishedVariant
+from zoo.scorecard import MetricResult, Scorecard
+
+# Marks a folder as one of our sites: only such a folder (or an empty one) is ever replaced.
+SITE_MARKER = ".compot-zoo-site"
+METHOD_NAMES = {"compot": "COMPOT", "svd-llm": "SVD-LLM"}
+# Links to anything else (javascript:, data:) would run code from a scorecard's author.
+SAFE_URL_SCHEMES = frozenset({"http", "https", "file"})
+MetricKey = tuple[str, str]  # (task, metric name)
+
+@dataclass(frozen=True)
+class ModelGroup:
+    """One base model's page: its variants in table order and the metric columns they share."""
+
+    base_model: str
+    slug: str
+    variants: list[PublishedVariant]
+
+    @property
+    def modality(self) -> str:
+        return ", ".join(sorted({v.scorecard.modality for v in self.variants}))
+
+    @property
+    def metric_columns(self) -> dict[MetricKey, bool]:
+        """Every metric any variant reports (first-seen order) and whether higher is better;
+        a variant without one gets a blank cell."""
+        columns: dict[MetricKey, bool] = {}
+        for variant in self.variants:
+            for metric in variant.scorecard.metrics:
+                columns.setdefault(metric_key(metric), metric.higher_is_better)
+        return columns
+
+    @property
+    def best(self) -> PublishedVariant | None:
+        """The variant keeping most of the base quality (mean recovery over its metrics)."""
+        scored = [v for v in self.variants if not math.isnan(mean_recovery(v))]
+        return max(scored, key=mean_recovery, default=None)
+
+
+def metric_key(metric: MetricResult) -> MetricKey:
+    return metric.task, metric.name
+
+
+def metrics_by_key(card: Scorecard) -> dict[MetricKey, MetricResult]:
+    return {metric_key(m): m for m in card.metrics}
+
+
+def mean_recovery(variant: PublishedVariant) -> float:
+    """NaN when no metric has a defined recovery, so such variants never count as best."""
+    values = [m.recovery for m in variant.scorecard.metrics if not math.isnan(m.recovery)]
+    return statistics.fmean(values) if values else math.nan
+
+
+def series_name(variant: PublishedVariant) -> str:
+    card = variant.scorecard
+    return f"{METHOD_NAMES.get(card.method, card.method)} ({card.allocation})"
+
+
+def slugify(text: str) -> str:
+    """A file name safe on every file system and in a URL; never empty, never a dot name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:80].strip("-")
+    return slug or "model"
+
+
+def group_by_model(variants: Sequence[PublishedVariant]) -> list[ModelGroup]:
+    """Base models in name order, variants by method, allocation and CR; slugs made unique.
+
+    Two ids that slugify alike (e.g. "a/b" and "a-b") both get a hash of the id, so neither
+    page overwrites the other and each keeps its name whatever else is published.
+    """
+    by_model: dict[str, list[PublishedVariant]] = {}
+    for variant in variants:
+        by_model.setdefault(variant.scorecard.base_model, []).append(variant)
+    names = sorted(by_model)
+    plain = [slugify(name) for name in names]
+    groups = []
+    for name, slug in zip(names, plain, strict=True):
+        if plain.count(slug) > 1:
+            slug = f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+        order = sorted(by_model[name], key=lambda v: (v.scorecard.method, v.scorecard.allocation,
+                                                      v.scorecard.target_cr, v.scorecard.variant))
+        groups.append(ModelGroup(name, slug, order))
+    return groups
+
+
+def link_url(url: str) -> str | None:
+    """The variant's link, or None where following it could run code."""
+    return url if urlsplit(url).scheme.lower() in SAFE_URL_SCHEMES else None
+
+
+def fmt_value(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def fmt_recovery(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.1f}%"
+
+
+def fmt_cr(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def fmt_seconds(value: float) -> str:
+    return f"{value:.1f} s"
+
+
+def metric_plot(group: ModelGroup, key: MetricKey) -> Markup:
+    """One metric against achieved CR, a line per method+allocation, the base as a dashed line.
+
+    Markers on every point, so a series with a single CR still shows. Text goes out as SVG
+    <text> (escaped by matplotlib) with mathtext off, so a "$" in a name stays a "$"; the
+    fixed hash salt makes the same scorecards give byte-identical pages.
+    """
+    found = [(v, m) for v in group.variants for m in v.scorecard.metrics if metric_key(m) == key]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for variant, metric in found:
+        series.setdefault(series_name(variant), []).append((variant.scorecard.achieved_cr, metric.compressed))
+    style = {"svg.fonttype": "none", "svg.hashsalt": "compot-zoo", "text.parse_math": False}
+    with matplotlib.rc_context(style):
+        fig = Figure(figsize=(5.2, 3.2), layout="constrained")
+        ax = fig.add_subplot()
+        # Runs of one evaluation may differ in the last digits; one reference line is what a reader needs.
+        base = statistics.median(m.base for _, m in found)
+        ax.axhline(base, color="0.45", linestyle="--", linewidth=1, label="base", gid="base")
+        for i, (name, points) in enumerate(sorted(series.items())):
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, marker="o", label=name, gid=f"series-{i}")  # gid: the SVG group's id, a stable hook
+        ax.set_title(f"{key[0]}: {key[1]}")
+        ax.set_xlabel("achieved compression ratio")
+        ax.set_ylabel(f"{key[1]} ({'higher' if group.metric_columns[key] else 'lower'} is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
+    svg = buffer.getvalue()
+    return Markup(svg[svg.index("<svg"):])  # inline: drop the XML declaration and doctype
+
+
+# Autoescaping: model, variant and metric names come from users. StrictUndefined: a template typo fails loudly.
+_ENV = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
+                   undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_ENV.filters.update(value=fmt_value, recovery=fmt_recovery, cr=fmt_cr, seconds=fmt_seconds, link_url=link_url,
+                    method_name=lambda method: METHOD_NAMES.get(method, method))
+_ENV.globals.update(metrics_by_key=metrics_by_key, mean_recovery=mean_recovery, metric_plot=metric_plot,
+                    series_name=series_name)
+
+
+def render_site(variants: Sequence[PublishedVariant], out_dir: Path, title: str = "compot-zoo") -> Path:
+    """Write index.html and models/<slug>.html; return the index.
+
+    The site is rendered into a temporary sibling of `out_dir` that then takes its place,
+    so a reader sees the old site or the new one, never a mix or half a page.
+    """
+    out_dir = Path(out_dir)
+    _check_target(out_dir)
+    groups = group_by_model(variants)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a site is meant to be served
+        (tmp / SITE_MARKER).write_text("rendered by compot-zoo's `zoo site`; replaced on every run\n")
+        (tmp / "models").mkdir()
+        for group in groups:
+            page = _ENV.get_template("model.html").render(title=title, group=group)
+            (tmp / "models" / f"{group.slug}.html").write_text(page, encoding="utf-8")
+        index = _ENV.get_template("index.html").render(title=title, groups=groups)
+        (tmp / "index.html").write_text(index, encoding="utf-8")
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir / "index.html"
+
+
+def _check_target(out_dir: Path) -> None:
+    """Never replace a folder that is not one of our sites (e.g. `--out ~` by mistake)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ZooError(f"site output {out_dir} exists and is not a directory")
+    if any(out_dir.iterdir()) and not (out_dir / SITE_MARKER).is_file():
+        raise ZooError(f"refusing to replace {out_dir}: it is not empty and holds no {SITE_MARKER}, "
+                       "so it is not a site rendered by `zoo site`")
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished site to its name; an old one is moved aside first and removed last."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+    os.replace(out_dir, old / "previous")
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        os.replace(old / "previous", out_dir)
+        old.rmdir()
+        raise
+    shutil.rmtree(old)
