@@ -1,0 +1,199 @@
+"""`zoo nightly` end to end against a local registry: publish, skip, rebuild what changed, survive
+failures and kills; and the GitHub Actions workflow that runs it."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from zoo.cli import main
+from zoo.errors import ZooError
+from zoo.models import aliases
+from zoo.nightly import compare, read_manifest
+from zoo.publishers import LocalRegistry
+from zoo.scorecard import MetricResult, Scorecard
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / ".github" / "workflows" / "nightly.yml"
+
+
+def _manifest(path: Path, model_dir: Path, text_file: Path, crs, extra: str = "") -> Path:
+    path.write_text(f"""
+[[models]]
+model = "{model_dir}"
+crs = {list(crs)}
+calibration = "{text_file}"
+n_samples = 4
+seq_len = 16
+iters = 2
+eval_windows = 2
+eval_seq_len = 32
+eval_tasks = []
+{extra}""")
+    return path
+
+
+def _nightly(manifest: Path, tmp_path: Path, *more):
+    args = ["nightly", "--manifest", manifest, "--target", tmp_path / "registry", "--workdir", tmp_path / "work",
+            "--report-dir", tmp_path / "report", *more]
+    return CliRunner().invoke(main, [*map(str, args)], catch_exceptions=False)
+
+
+def _report(tmp_path: Path) -> dict[str, dict]:
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    return {v["variant"]: v for v in data["variants"]}
+
+
+def _statuses(tmp_path: Path) -> dict[str, str]:
+    return {name: v["status"] for name, v in _report(tmp_path).items()}
+
+
+def test_nightly_publishes_skips_and_rebuilds_only_what_changed(tmp_path, model_dir, text_file):
+    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.2, 0.4])
+    first = _nightly(manifest, tmp_path)
+    assert first.exit_code == 0, first.output
+    names = ["tiny-llama-compot-dynamic-cr0.2", "tiny-llama-compot-dynamic-cr0.4"]
+    assert _statuses(tmp_path) == dict.fromkeys(names, "rebuilt")
+    registry = LocalRegistry(tmp_path / "registry", "compot-zoo")
+    published = {v.repo_id: v.scorecard for v in registry.published()}
+    assert set(published) == {f"compot-zoo/{n}" for n in names}
+    assert [p for p in (tmp_path / "work").iterdir()] == []  # built variants leave the work folder once published
+    assert "# compot-zoo nightly: 2 rebuilt, 0 skipped, 0 failed" in first.output
+
+    second = _nightly(manifest, tmp_path)
+    assert second.exit_code == 0 and _statuses(tmp_path) == dict.fromkeys(names, "skipped")
+    assert {v.repo_id: v.scorecard for v in registry.published()} == published  # untouched
+
+    _manifest(manifest, model_dir, text_file, [0.2, 0.3])
+    third = _nightly(manifest, tmp_path)
+    assert third.exit_code == 0
+    assert _statuses(tmp_path) == {names[0]: "skipped", "tiny-llama-compot-dynamic-cr0.3": "rebuilt"}
+
+    # An input that changes a published variant's fingerprint (another calibration seed) rebuilds it and
+    # compares its metrics with what was published before.
+    _manifest(manifest, model_dir, text_file, [0.2, 0.3], "seed = 1")
+    fourth = _nightly(manifest, tmp_path)
+    report = _report(tmp_path)
+    assert fourth.exit_code == 0 and {v["status"] for v in report.values()} == {"rebuilt"}
+    assert report[names[0]]["reason"] == "inputs changed (fingerprint differs)"
+    changes = report[names[0]]["changes"]
+    assert [(c["task"], c["metric"]) for c in changes] == [("perplexity/wiki-offline", "perplexity")]
+    assert changes[0]["previous"] == published[f"compot-zoo/{names[0]}"].metrics[0].compressed
+    assert "## Against the previously published scorecards" in (tmp_path / "report" / "report.md").read_text()
+
+    site = CliRunner().invoke(main, ["site", str(tmp_path / "registry"), "--out", str(tmp_path / "site")])
+    assert site.exit_code == 0 and (tmp_path / "site" / "index.html").is_file()
+    assert "tiny-llama-compot-dynamic-cr0.3" in (tmp_path / "site" / "index.html").read_text()
+
+
+def test_one_failing_model_does_not_stop_the_others(tmp_path, model_dir, text_file):
+    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.25])
+    manifest.write_text(manifest.read_text() + '\n[[models]]\nmodel = "no-such-model"\ncrs = [0.2]\n')
+    result = _nightly(manifest, tmp_path)
+    assert result.exit_code == 1 and "1 of 2 variants failed: no-such-model-compot-dynamic-cr0.2" in result.output
+    report = _report(tmp_path)
+    assert report["tiny-llama-compot-dynamic-cr0.25"]["status"] == "rebuilt"
+    assert report["no-such-model-compot-dynamic-cr0.2"]["status"] == "failed"
+    assert "unknown model 'no-such-model'" in report["no-such-model-compot-dynamic-cr0.2"]["reason"]
+
+
+def test_a_variant_built_but_not_published_is_published_without_recompressing(tmp_path, model_dir, text_file,
+                                                                            monkeypatch):
+    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.3])
+
+    def unreachable(self, folder, variant):
+        raise ConnectionError("registry unreachable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LocalRegistry, "publish", unreachable)
+        failed = _nightly(manifest, tmp_path)
+    assert failed.exit_code == 1 and "ConnectionError: registry unreachable" in _report(tmp_path)[
+        "tiny-llama-compot-dynamic-cr0.3"]["reason"]
+    monkeypatch.setattr("zoo.pipeline.compress_model", lambda *a: pytest.fail("compressed again"))
+    resumed = _nightly(manifest, tmp_path)
+    variant = _report(tmp_path)["tiny-llama-compot-dynamic-cr0.3"]
+    assert resumed.exit_code == 0 and variant["status"] == "rebuilt"
+    assert variant["reason"] == "finished in an interrupted run; published now"
+
+
+def test_a_killed_run_resumes_without_redoing_finished_variants(tmp_path, model_dir, text_file):
+    crs = [0.15, 0.2, 0.25, 0.3]
+    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, crs)
+    command = [sys.executable, "-c", "from zoo.cli import main; main()", "nightly", "--manifest", str(manifest),
+               "--target", str(tmp_path / "registry"), "--workdir", str(tmp_path / "work"),
+               "--report-dir", str(tmp_path / "report")]
+    org = tmp_path / "registry" / "compot-zoo"
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not list(org.glob("*/scorecard.json")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    before = {p.parent.name for p in org.glob("*/scorecard.json")}
+    assert 0 < len(before) < len(crs), f"the kill did not land midway: {before}"
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    statuses = _statuses(tmp_path)
+    assert {n for n, s in statuses.items() if s == "skipped"} == before
+    assert {n for n, s in statuses.items() if s == "rebuilt"} == set(statuses) - before
+    assert {p.parent.name for p in org.glob("*/scorecard.json")} == set(statuses)
+    assert not [p for p in org.iterdir() if p.name.startswith(".")]  # no half-published folder
+
+
+def test_compare_flags_changes_in_each_metric_s_bad_direction():
+    def card(ppl: float, acc: float) -> Scorecard:
+        return Scorecard("b", None, "v", "llm", "compot", "0.1", 0.2, 0.2, "dynamic", "c", "h",
+                         [MetricResult("perplexity", "ppl", 10.0, ppl, False), MetricResult("acc", "t", 0.5, acc, True)],
+                         1.0, 1.0, "cpu", "sha256:" + "0" * 64, "zoo compress b")
+
+    changes = {c["metric"]: c for c in compare(card(20.0, 0.40), card(20.1, 0.41))}
+    assert not changes["perplexity"]["regression"] and not changes["acc"]["regression"]  # within 1%, or better
+    changes = {c["metric"]: c for c in compare(card(20.0, 0.40), card(21.0, 0.38))}
+    assert changes["perplexity"]["regression"] and changes["acc"]["regression"]
+    assert changes["perplexity"]["relative_change"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[models]]\nmodel = "m"\ncrs = [0.2]\ncr = 0.3\n', "unknown keys cr"),
+    ('[[models]]\nmodel = "m"\ncrs = [0.2]\nmethods = ["compot-global"]\n', r"unknown methods \['compot-global'\]"),
+    ('[[models]]\nmodel = "m"\n', "needs `model` and a non-empty `crs`"),
+    ('[[models]]\nmodel = "m"\ncrs = [0.2, 0.2]\n', "variants listed twice: m-compot-dynamic-cr0.2"),
+    ('[[models]]\nmodel = "m"\ncrs = [1.2]\n', r"CR must lie in \(0, 1\), got 1.2"),
+    ("", "lists no variants"),
+    ("[[models]\n", "cannot read nightly manifest"),
+])
+def test_manifest_errors_name_the_file_and_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ZooError, match=message):
+        read_manifest(path)
+
+
+def test_the_shipped_manifest_names_known_models():
+    variants, settings = read_manifest(ROOT / "ci" / "nightly.toml")
+    assert settings["target"] == "hub" and {v.entry["model"] for v in variants} <= set(aliases())
+    assert {v.kind for v in variants} >= {"compot-dynamic", "svd-llm"}
+
+
+def test_the_workflow_is_scheduled_publishes_with_the_secret_and_reports():
+    text = WORKFLOW.read_text()
+    for needle in ("schedule:", "cron:", "workflow_dispatch:", "secrets.HF_TOKEN", "zoo nightly",
+                   "GITHUB_STEP_SUMMARY", "actions/cache@", "persist-credentials: false"):
+        assert needle in text, needle
+
+
+@pytest.mark.parametrize("tool, args", [("actionlint", []), ("zizmor", ["--offline"])])
+def test_the_workflow_passes_actionlint_and_zizmor(tool, args):
+    exe = shutil.which(tool, path=str(Path(sys.executable).parent)) or shutil.which(tool)
+    if exe is None:
+        pytest.skip(f"{tool} is not installed (pip install compot-zoo[test])")
+    result = subprocess.run([exe, *args, str(WORKFLOW)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
