@@ -4,12 +4,12 @@ as a table, and a plot of where the compression went (the paper's Figures 4-12).
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from zoo.atomic import write_file
 from zoo.checkpoint import read_manifest
 from zoo.errors import ZooError
 from zoo.hub import hub_reachable
@@ -114,21 +114,14 @@ def write_card(folder: Path, repo_id: str | None = None) -> Path:
         raise ZooError(f"{folder} has no {SCORECARD}: compress with --eval to score it before publishing")
     scorecard = Scorecard.load(folder / SCORECARD)
     repo_id = repo_id or manifest["variant"]
-    _atomic(folder / ALLOCATION_PLOT, lambda tmp: plot_allocation(manifest["layer_reports"], tmp,
+    write_file(folder / ALLOCATION_PLOT, lambda tmp: plot_allocation(manifest["layer_reports"], tmp,
                                                                   f"{repo_id}: CR per matrix"))
     card = ModelCard.from_template(
         card_data(manifest, scorecard, repo_id), template_str=TEMPLATE, repo_id=repo_id,
         base_model=manifest["base_model"], scorecard=scorecard, table=scorecard.to_markdown_table(),
         plot=ALLOCATION_PLOT, allocation_summary=allocation_summary(manifest["layer_reports"]),
         auto_class=manifest["auto_class"])
-    return _atomic(folder / CARD, card.save)
-
-
-def _atomic(path: Path, write) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
+    return write_file(folder / CARD, card.save)
 
 
 _BLOCK = re.compile(r"^(?P<stack>.*?)\.(?P<index>\d+)\.(?P<proj>.+)$")

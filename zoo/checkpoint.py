@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from zoo.atomic import staged_dir
 from zoo.engine.storage import compot_bits, dense_bits, lowrank_bits
 from zoo.errors import ZooError
 from zoo.layer import CompotLinear
@@ -109,10 +107,7 @@ def save_compressed(model: nn.Module, out_dir: str | Path, manifest: dict, overw
     out_dir = Path(out_dir)
     _check_target(out_dir, overwrite)
     summary = storage_summary(model)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    try:
-        tmp.chmod(0o755)
+    with staged_dir(out_dir) as tmp:
         save_file(state_to_save(model), tmp / WEIGHTS, metadata={"format": "pt"})
         checkpoint_config(model).to_json_file(tmp / CONFIG)
         if getattr(model, "generation_config", None) is not None:
@@ -122,10 +117,6 @@ def save_compressed(model: nn.Module, out_dir: str | Path, manifest: dict, overw
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
         if extra_files is not None:
             extra_files(tmp)
-        _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -140,22 +131,6 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
     if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
         raise ZooError(f"refusing to overwrite {out_dir}: it is not empty and holds no {MANIFEST}, "
                        "so it is not a compressed checkpoint")
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished folder to its name; an old one is moved aside first and removed last."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-    os.replace(out_dir, old / "previous")
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        os.replace(old / "previous", out_dir)
-        old.rmdir()
-        raise
-    shutil.rmtree(old)
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -17,13 +17,15 @@ import logging
 import math
 import shutil
 import time
-import tomllib
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import tomllib
+
+from zoo.atomic import write_text
 from zoo.compression import VARIANT_KINDS, CompressionConfig
 from zoo.errors import ZooError
 from zoo.publishers import Publisher
@@ -232,10 +234,8 @@ def write_report(outcomes: list[Outcome], report_dir: Path, publisher: Publisher
     data = {"started": started, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "target": repr(publisher), "counts": _counts(outcomes),
             "variants": [{**dataclasses.asdict(o), "regressions": o.regressions} for o in outcomes]}
-    for name, text in (("report.json", json.dumps(data, indent=2)), ("report.md", markdown_report(data))):
-        tmp = report_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(report_dir / name)
+    write_text(report_dir / "report.json", json.dumps(data, indent=2))
+    write_text(report_dir / "report.md", markdown_report(data))
 
 
 def _counts(outcomes: list[Outcome]) -> dict[str, int]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from zoo.atomic import staged_dir
 from zoo.errors import ZooError
 from zoo.scorecard import SCORECARD, Scorecard
 
@@ -87,20 +87,8 @@ class LocalRegistry:
         """Copy under a temporary name, then swap it in: readers see the old variant or the new one."""
         check_folder(folder)
         self.check([variant])
-        target = self._dir(variant)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{variant}.partial-"))
-        try:
+        with staged_dir(self._dir(variant)) as tmp:
             shutil.copytree(folder, tmp, dirs_exist_ok=True)
-            old = target.with_name(f".{variant}.old")
-            if target.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         found = self.get(variant)
         assert found is not None
         return found
@@ -158,7 +146,12 @@ class HubPublisher:
     def _retry(self, call, what: str, *args, **kwargs):
         """Call, retrying 5xx, 429 and connection errors with exponential backoff; others fail at once."""
         from huggingface_hub.errors import HfHubHTTPError
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+        from tenacity import (
+            Retrying,
+            retry_if_exception,
+            stop_after_attempt,
+            wait_exponential,
+        )
 
         def transient(exc: BaseException) -> bool:
             if isinstance(exc, HfHubHTTPError) and exc.response is not None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
+from zoo.atomic import write_text
 from zoo.errors import ZooError
 
 SCHEMA_VERSION = 2  # 2: fingerprint and command
@@ -101,11 +101,7 @@ class Scorecard:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp name, then rename): a reader never sees half a scorecard."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
-        return path
+        return write_text(Path(path), self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> Scorecard:

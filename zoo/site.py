@@ -9,11 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
 import re
-import shutil
 import statistics
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from zoo.atomic import staged_dir
 from zoo.errors import ZooError
 from zoo.publishers import PublishedVariant
 from zoo.scorecard import MetricResult, Scorecard
@@ -181,10 +179,7 @@ def render_site(variants: Sequence[PublishedVariant], out_dir: Path, title: str 
     out_dir = Path(out_dir)
     _check_target(out_dir)
     groups = group_by_model(variants)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a site is meant to be served
+    with staged_dir(out_dir) as tmp:
         (tmp / SITE_MARKER).write_text("rendered by compot-zoo's `zoo site`; replaced on every run\n")
         (tmp / "models").mkdir()
         for group in groups:
@@ -192,10 +187,6 @@ def render_site(variants: Sequence[PublishedVariant], out_dir: Path, title: str 
             (tmp / "models" / f"{group.slug}.html").write_text(page, encoding="utf-8")
         index = _ENV.get_template("index.html").render(title=title, groups=groups)
         (tmp / "index.html").write_text(index, encoding="utf-8")
-        _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir / "index.html"
 
 
@@ -208,19 +199,3 @@ def _check_target(out_dir: Path) -> None:
     if any(out_dir.iterdir()) and not (out_dir / SITE_MARKER).is_file():
         raise ZooError(f"refusing to replace {out_dir}: it is not empty and holds no {SITE_MARKER}, "
                        "so it is not a site rendered by `zoo site`")
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished site to its name; an old one is moved aside first and removed last."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-    os.replace(out_dir, old / "previous")
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        os.replace(old / "previous", out_dir)
-        old.rmdir()
-        raise
-    shutil.rmtree(old)
