@@ -198,3 +198,13 @@ def test_the_workflow_passes_actionlint_and_zizmor(tool, args):
         pytest.skip(f"{tool} is not installed (pip install compot-zoo[test])")
     result = subprocess.run([exe, *args, str(WORKFLOW)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_hub_run_without_a_token_fails_before_loading_anything(tmp_path, model_dir, text_file, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr("zoo.pipeline.prepare", lambda *a, **k: pytest.fail("work started before the check"))
+    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.2])
+    args = ["nightly", "--manifest", manifest, "--target", "hub", "--report-dir", tmp_path / "report"]
+    result = CliRunner().invoke(main, [*map(str, args)])
+    assert result.exit_code == 1 and "needs a token: set HF_TOKEN" in result.output
