@@ -4,6 +4,10 @@ Both run in this process on the same weights and Grams, so the printed ratios co
 like with like on whatever machine runs this:
 
     .venv/bin/python -m benchmarks.bench_engine --model smollm2-135m --blocks 3 15
+
+On a shared machine, --repeat 3 keeps each side's best of three (runs interleaved), and
+--threads 1 avoids OpenMP oversubscription: with other jobs on the cores, every parallel
+region of a 2-thread run waits for a descheduled thread and timings swing tenfold.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ def real_layers(model_name: str, blocks: list[int], n_samples: int, seq_len: int
 def _timed(fn):
     start = time.perf_counter()
     out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return out, time.perf_counter() - start
 
 
@@ -52,7 +58,11 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--repeat", type=int, default=1, help="best of this many interleaved runs per side")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     print(f"{'matrix':42s} {'cr':>4s} {'k':>5s} {'s':>5s} {'engine s':>9s} {'plain s':>9s} {'speedup':>8s} {'err ratio':>9s}")
@@ -60,10 +70,12 @@ def main() -> None:
     errors = {"engine": 0.0, "plain": 0.0}
     for name, weight, gram in real_layers(args.model, args.blocks, args.n_samples, args.seq_len):
         for cr in args.cr:
-            f, t_engine = _timed(lambda: factorize(weight, gram, cr=cr, iters=args.iters, device=args.device))
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            (_, objective), t_plain = _timed(lambda: plain_compot(weight, gram, f.k, f.s, args.iters))
+            t_engine = t_plain = float("inf")
+            for _ in range(args.repeat):
+                f, t = _timed(lambda: factorize(weight, gram, cr=cr, iters=args.iters, device=args.device))
+                t_engine = min(t_engine, t)
+                (_, objective), t = _timed(lambda: plain_compot(weight, gram, f.k, f.s, args.iters))
+                t_plain = min(t_plain, t)
             totals["engine"] += t_engine
             totals["plain"] += t_plain
             errors["engine"] += f.objective[-1]

@@ -51,15 +51,62 @@ def test_codes_are_recomputed_after_last_dictionary_update():
     assert torch.equal(f.codes_t, expected)
 
 
+def test_tall_matrix_iterates_on_its_r_factor():
+    """m > n >= k: iterating on R of W~ = Q R gives Algorithm 1's trajectory on W~ itself."""
+    w, gram, _ = _layer(out_f=48, in_f=96, seed=16)  # whitened W~ is 96 x 48
+    wt = cholesky_whitener(gram).whiten(w.T).float()
+    k, s, iters = 30, 10, 12
+    f = compot(wt, k=k, s=s, iters=iters)
+    d, total, plain = leading_basis(wt, k), wt.double().square().sum().item(), []
+    for step in range(iters + 1):
+        codes, _ = hard_threshold(wt.T @ d, s)
+        plain.append(total - codes.double().square().sum().item())
+        if step < iters:
+            d = polar_factor(wt @ codes)
+    assert f.objective == pytest.approx(plain, rel=1e-5)
+    assert torch.allclose(f.dictionary.T @ f.dictionary, torch.eye(k), atol=1e-5)
+    residual = (wt - f.dictionary @ f.codes_t.T).double().square().sum().item()
+    assert residual == pytest.approx(f.objective[-1], rel=1e-4)
+    obj = torch.tensor(f.objective)
+    assert (obj[1:] <= obj[:-1] * (1 + 1e-6)).all(), obj
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hard_threshold_keeps_exactly_s_largest_even_with_ties(dtype):
+    g = torch.Generator().manual_seed(17)
+    z = torch.randn(200, 40, generator=g, dtype=dtype)
+    codes, support = hard_threshold(z, 15)
+    idx = z.abs().topk(15, dim=1).indices
+    assert torch.equal(support, torch.zeros_like(support).scatter_(1, idx, True))
+    assert torch.equal(codes, z * support)
+    tied = torch.randint(-3, 4, (200, 40), generator=g).to(dtype)  # many equal magnitudes
+    codes, support = hard_threshold(tied, 15)
+    assert torch.equal(support.sum(dim=1), torch.full((200,), 15))
+    kept = tied.abs().masked_fill(~support, float("inf")).min(dim=1).values
+    dropped = tied.abs().masked_fill(support, -1.0).max(dim=1).values
+    assert (kept >= dropped).all() and torch.equal(codes, tied * support)
+
+
+def test_polar_factor_leaves_the_thread_count_alone():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        polar_factor(torch.randn(30, 20))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_functional_error_equals_whitened_error():
     """||X (W - W^)^T||^2 = ||L^T (W - W^)^T||^2 for any W^, on random data."""
     w, _, x = _layer(seed=3)
     x = x.double()
     gram = x.T @ x
-    approx = w + 0.1 * torch.randn_like(w)
-    direct = (x.double() @ (w - approx).T.double()).square().sum().item()
+    approx = w + 0.1 * torch.randn(w.shape, generator=torch.Generator().manual_seed(3))
+    diff = w.double() - approx.double()  # as functional_error forms it: no float32 rounding
+    direct = (x @ diff.T).square().sum().item()
     whitener = cholesky_whitener(gram)
-    whitened = whitener.whiten((w - approx).T).square().sum().item()
+    whitened = whitener.whiten(diff.T).square().sum().item()
     assert whitened == pytest.approx(direct, rel=1e-9)
     assert functional_error(w, approx, gram) == pytest.approx(direct, rel=1e-9)
 
