@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from zoo.errors import ZooError
+from zoo.publishers import publisher_for
 
 
 class _ZooGroup(click.Group):
@@ -89,7 +90,7 @@ def compress(model: str, cr: float, method: str, static: bool, ks_ratio: float, 
     out = out or default_out_dir(model, config)
     publisher = None
     if push is not None:  # before any work: a missing token or bad name must not cost a compression
-        publisher = _publisher(push or None, org, private)
+        publisher = publisher_for(push or None, org, private)
         publisher.check([out.name])
     result = run_compress(CompressRequest(model, config, out, overwrite, calibration, n_samples, seq_len, seed,
                                           evaluate or publisher is not None, eval_windows, eval_limit, modality))
@@ -106,12 +107,6 @@ def compress(model: str, cr: float, method: str, static: bool, ks_ratio: float, 
     click.echo(f"Saved to {result.out_dir}")
     if publisher is not None:
         _publish(publisher, result.out_dir)
-
-
-def _publisher(target: str | None, org: str | None, private: bool | None):
-    from zoo.publishers import publisher_for
-
-    return publisher_for(target, org, private)
 
 
 def _publish(publisher, folder: Path) -> None:
@@ -132,7 +127,7 @@ def publish(checkpoint: Path, target: str | None, org: str | None, private: bool
     from zoo.publishers import check_folder
 
     check_folder(checkpoint, card=False)  # the card is (re)written for the repository's name below
-    publisher = _publisher(target, org, private)
+    publisher = publisher_for(target, org, private)
     publisher.check([checkpoint.name])
     _publish(publisher, checkpoint)
 
@@ -154,7 +149,7 @@ def nightly(manifest_path: Path | None, target: str | None, workdir: Path | None
     from zoo.nightly import read_manifest, run_nightly
 
     variants, settings = read_manifest(manifest_path or Path(str(resources.files("zoo.ci") / "nightly.toml")))
-    publisher = _publisher(target or settings.get("target"), org or settings.get("organization"),
+    publisher = publisher_for(target or settings.get("target"), org or settings.get("organization"),
                            settings.get("private") if private is None else private)
     outcomes = run_nightly(variants, publisher, workdir or cache_dir() / "nightly", report_dir)
     click.echo((report_dir / "report.md").read_text())
@@ -171,7 +166,7 @@ def nightly(manifest_path: Path | None, target: str | None, workdir: Path | None
 @click.option("--org", default=None, help="Organisation (default: zoo.toml [publish]).")
 def browse(target: str | None, base_model: str | None, modality: str | None, org: str | None) -> None:
     """List the published variants of TARGET with their scorecards."""
-    variants = [v for v in _publisher(target, org, None).published()
+    variants = [v for v in publisher_for(target, org, None).published()
                 if (base_model is None or base_model.lower() in v.scorecard.base_model.lower())
                 and (modality is None or v.scorecard.modality == modality)]
     if not variants:
@@ -194,5 +189,5 @@ def site(target: str | None, out: Path, title: str, org: str | None) -> None:
     """Render TARGET's published variants as a static scoreboard site in OUT."""
     from zoo.site import render_site
 
-    index = render_site(_publisher(target, org, None).published(), out, title)
+    index = render_site(publisher_for(target, org, None).published(), out, title)
     click.echo(f"Site written to {index} (open {index.resolve().as_uri()})")
