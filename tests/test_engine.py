@@ -87,16 +87,6 @@ def test_hard_threshold_keeps_exactly_s_largest_even_with_ties(dtype):
     assert (kept >= dropped).all() and torch.equal(codes, tied * support)
 
 
-def test_polar_factor_leaves_the_thread_count_alone():
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        polar_factor(torch.randn(30, 20))
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_functional_error_equals_whitened_error():
     """||X (W - W^)^T||^2 = ||L^T (W - W^)^T||^2 for any W^, on random data."""
     w, _, x = _layer(seed=3)

@@ -6,7 +6,6 @@ and scatter run along contiguous rows and every product is a plain GEMM.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,26 +49,6 @@ def hard_threshold(z_t: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tenso
     return codes, support
 
 
-@contextmanager
-def _lapack_threads(device: torch.device):
-    """Run CPU LAPACK factorisations (eigh, QR) on one thread.
-
-    Their Householder reductions are long chains of small parallel regions: on our 2-core
-    CPU a second thread saves about 15% of a k=491 eigh when the machine is idle, but while
-    other jobs hold a core every region waits for a descheduled thread, and the same eigh
-    takes seconds instead of 20 ms. A GEMM is one large region; it keeps the caller's threads.
-    """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 # Below this ratio of extreme eigenvalues of M^T M (M's condition number above ~3e5) the
 # float64 Gram no longer resolves M's smallest directions; real layers sit at 1e2-1e4.
 GRAM_RATIO_FLOOR = 1e-11
@@ -85,11 +64,10 @@ def polar_factor(m: torch.Tensor) -> torch.Tensor:
     M (an atom no code uses) has no unique polar factor; a float64 SVD then picks one.
     """
     md = m.double()
-    with _lapack_threads(m.device):
-        evals, evecs = torch.linalg.eigh(md.mT @ md)
-        if not evals[0] > evals[-1] * GRAM_RATIO_FLOOR:
-            u, _, vh = torch.linalg.svd(md, full_matrices=False)
-            return (u @ vh).to(m.dtype)
+    evals, evecs = torch.linalg.eigh(md.mT @ md)
+    if not evals[0] > evals[-1] * GRAM_RATIO_FLOOR:
+        u, _, vh = torch.linalg.svd(md, full_matrices=False)
+        return (u @ vh).to(m.dtype)
     return (md @ evecs).mul_(evals.rsqrt()).to(m.dtype) @ evecs.to(m.dtype).mT
 
 
@@ -102,12 +80,10 @@ def leading_basis(w: torch.Tensor, k: int) -> torch.Tensor:
     """
     m, n = w.shape
     if n < m and k <= n:
-        with _lapack_threads(w.device):
-            evals, evecs = torch.linalg.eigh(w.mT @ w)
+        evals, evecs = torch.linalg.eigh(w.mT @ w)
         top = evecs[:, evals.argsort(descending=True)[:k]]
         return torch.linalg.qr(w @ top).Q
-    with _lapack_threads(w.device):
-        evals, evecs = torch.linalg.eigh(w @ w.mT)
+    evals, evecs = torch.linalg.eigh(w @ w.mT)
     return evecs[:, evals.argsort(descending=True)[:k]].contiguous()
 
 
@@ -128,8 +104,7 @@ def compot(w: torch.Tensor, k: int, s: int, iters: int, tol: float = 0.0) -> Ort
     total = w.double().square().sum().item()
     basis = None
     if m > n >= k:
-        with _lapack_threads(w.device):
-            basis, w = torch.linalg.qr(w)
+        basis, w = torch.linalg.qr(w)
     w_t = w.mT.contiguous()
     d = leading_basis(w, k)
     objective: list[float] = []
