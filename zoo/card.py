@@ -107,12 +107,17 @@ def card_data(manifest: dict, scorecard: Scorecard, repo_id: str) -> ModelCardDa
     )
 
 
-def write_card(folder: Path, repo_id: str | None = None) -> Path:
-    """README.md and the allocation plot from the folder's manifest and scorecard, written atomically."""
+def read_scored(folder: Path) -> tuple[dict, Scorecard]:
+    """The manifest and scorecard of a scored checkpoint; a checkpoint without a scorecard is an error."""
     manifest = read_manifest(folder)
     if not (folder / SCORECARD).is_file():
-        raise ZooError(f"{folder} has no {SCORECARD}: compress with --eval to score it before publishing")
-    scorecard = Scorecard.load(folder / SCORECARD)
+        raise ZooError(f"{folder} has no {SCORECARD}: compress with --eval so it is scored before publishing")
+    return manifest, Scorecard.load(folder / SCORECARD)
+
+
+def write_card(folder: Path, repo_id: str | None = None) -> Path:
+    """README.md and the allocation plot from the folder's manifest and scorecard, written atomically."""
+    manifest, scorecard = read_scored(folder)
     repo_id = repo_id or manifest["variant"]
     write_file(folder / ALLOCATION_PLOT, lambda tmp: plot_allocation(manifest["layer_reports"], tmp,
                                                                   f"{repo_id}: CR per matrix"))

@@ -155,20 +155,19 @@ class _ModelContext:
     """One manifest entry's model, calibration and (lazily) base scores, shared by its variants."""
 
     def __init__(self, entry: dict) -> None:
-        from zoo.pipeline import CompressRequest, prepare
+        from zoo.pipeline import prepare
 
         self.entry = entry
-        request = CompressRequest(entry["model"], CompressionConfig(), calibration=entry.get("calibration"),
-                                  n_samples=entry.get("n_samples"), seq_len=entry.get("seq_len"),
-                                  seed=entry.get("seed", 0), modality=entry.get("modality"))
-        self.spec, self.adapter, self.loaded, self.calibration = prepare(request, suite_overrides(entry))
+        self.spec, self.adapter, self.loaded, self.calibration = prepare(self.request(CompressionConfig()),
+                                                                         suite_overrides(entry))
         self.base_metrics: dict | None = None
 
-    def request(self, variant: Variant, out: Path):
+    def request(self, config: CompressionConfig, out: Path | None = None):
+        """The entry as a `zoo compress --eval --overwrite` request: the same for calibrating and building."""
         from zoo.pipeline import CompressRequest
 
         e = self.entry
-        return CompressRequest(e["model"], variant.config, out, True, e.get("calibration"), e.get("n_samples"),
+        return CompressRequest(e["model"], config, out, True, e.get("calibration"), e.get("n_samples"),
                                e.get("seq_len"), e.get("seed", 0), True, e.get("eval_windows"),
                                e.get("eval_limit"), e.get("modality"))
 
@@ -177,9 +176,8 @@ class _ModelContext:
         from zoo.pipeline import compress_variant, fingerprint
 
         out = workdir / variant.name
-        req = self.request(variant, out)
-        expected = fingerprint(self.spec, self.loaded, req.config, self.calibration, req.seed,
-                               req.eval_windows, req.eval_limit)
+        req = self.request(variant.config, out)
+        expected = fingerprint(self.spec, self.loaded, self.calibration, req)
         previous = publisher.get(variant.name)
         if previous is not None and previous.scorecard.fingerprint == expected:
             outcome.status, outcome.reason = "skipped", "published fingerprint matches"

@@ -124,15 +124,14 @@ def command_line(spec: ModelSpec, req: CompressRequest) -> str:
     return shlex.join(args)
 
 
-def fingerprint(spec: ModelSpec, loaded: LoadedModel, config: CompressionConfig, calibration: CalibrationData,
-                seed: int, eval_windows: int | None, eval_limit: int | None) -> str:
+def fingerprint(spec: ModelSpec, loaded: LoadedModel, calibration: CalibrationData, req: CompressRequest) -> str:
     """What determines the variant and its scores; the evaluation depends on whether the Hub's sets
     are reachable, so that is part of it too."""
-    evaluation = {"windows": eval_windows, "limit": eval_limit, "hub": hub_reachable(),
+    evaluation = {"windows": req.eval_windows, "limit": req.eval_limit, "hub": hub_reachable(),
                   **{k: v for k, v in spec.defaults.items() if k.startswith("eval") or k.startswith("offline_eval")}}
-    return variant_fingerprint(loaded.base_model, loaded.revision, ENGINE_VERSION, config.to_dict(),
+    return variant_fingerprint(loaded.base_model, loaded.revision, ENGINE_VERSION, req.config.to_dict(),
                                {"name": calibration.name, "fingerprint": calibration.fingerprint,
-                                "samples": len(calibration.batches), "seed": seed}, evaluation)
+                                "samples": len(calibration.batches), "seed": req.seed}, evaluation)
 
 
 def prepare(req: CompressRequest, overrides: dict | None = None) -> tuple[ModelSpec, Adapter, LoadedModel,
@@ -191,7 +190,7 @@ def compress_variant(adapter: Adapter, loaded: LoadedModel, spec: ModelSpec, cal
         "achieved_cr_eq11": cr,
         "calibration": {"name": calibration.name, "fingerprint": calibration.fingerprint,
                         "tokens": calibration.tokens, "samples": len(calibration.batches), "seed": req.seed},
-        "fingerprint": fingerprint(spec, loaded, config, calibration, req.seed, req.eval_windows, req.eval_limit),
+        "fingerprint": fingerprint(spec, loaded, calibration, req),
         "command": command_line(spec, req),
         "compression_seconds": seconds,
         "peak_memory_mb": peak,

@@ -48,15 +48,24 @@ class Publisher(Protocol):
 
 
 def check_folder(folder: Path, card: bool = True) -> Scorecard:
-    """A folder is publishable when it is a compressed checkpoint with a scorecard and a card."""
-    from zoo.card import CARD
-    from zoo.checkpoint import read_manifest
+    """A folder is publishable when it is a scored compressed checkpoint with its card."""
+    from zoo.card import CARD, read_scored
 
-    read_manifest(folder)
-    for name in (SCORECARD, CARD) if card else (SCORECARD,):
-        if not (folder / name).is_file():
-            raise ZooError(f"{folder} has no {name}: compress with --eval so it is scored before publishing")
-    return Scorecard.load(folder / SCORECARD)
+    _, scorecard = read_scored(folder)
+    if card and not (folder / CARD).is_file():
+        raise ZooError(f"{folder} has no {CARD}: compress with --eval so it is scored before publishing")
+    return scorecard
+
+
+def check_names(organization: str, variants: list[str], kind: str) -> None:
+    """Repository names the Hub accepts (a local registry keeps to them too, so it can be mirrored)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    for variant in variants:
+        try:
+            validate_repo_id(f"{organization}/{variant}")
+        except HFValidationError as exc:
+            raise ZooError(f"invalid {kind} name {organization}/{variant}: {exc}") from exc
 
 
 class LocalRegistry:
@@ -69,13 +78,7 @@ class LocalRegistry:
         return f"local registry {self.root}"
 
     def check(self, variants: list[str]) -> None:
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-        for variant in variants:  # the same names the Hub would accept, so a registry can be mirrored
-            try:
-                validate_repo_id(f"{self.organization}/{variant}")
-            except HFValidationError as exc:
-                raise ZooError(f"invalid repository name {self.organization}/{variant}: {exc}") from exc
+        check_names(self.organization, variants, "repository")
         self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK):
             raise ZooError(f"local registry {self.root} is not writable")
@@ -123,13 +126,8 @@ class HubPublisher:
     def check(self, variants: list[str]) -> None:
         from huggingface_hub import get_token
         from huggingface_hub.errors import HfHubHTTPError
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-        for variant in variants:
-            try:
-                validate_repo_id(f"{self.organization}/{variant}")
-            except HFValidationError as exc:
-                raise ZooError(f"invalid Hub repository name {self.organization}/{variant}: {exc}") from exc
+        check_names(self.organization, variants, "Hub repository")
         if not get_token():
             raise ZooError("publishing to the Hub needs a token: set HF_TOKEN (a write token for "
                            f"{self.organization}) or run `hf auth login`")
