@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import shutil
 
 import pytest
@@ -101,6 +102,9 @@ def test_local_registry_round_trip(tmp_path, scored):
     assert [p.name for p in (tmp_path / "registry" / "compot-zoo").iterdir()] == ["tiny-compot"]
     assert [v.repo_id for v in registry.published()] == ["compot-zoo/tiny-compot"]
     assert registry.get("absent") is None
+    # A copy another writer is still staging is not yet published.
+    shutil.copytree(scored, tmp_path / "registry" / "compot-zoo" / f".other.partial-{os.getpid()}-x")
+    assert [v.repo_id for v in registry.published()] == ["compot-zoo/tiny-compot"]
 
 
 def test_an_unscored_checkpoint_is_refused(tmp_path, scored):

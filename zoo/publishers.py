@@ -104,7 +104,8 @@ class LocalRegistry:
 
     def published(self) -> list[PublishedVariant]:
         root = self.root / self.organization
-        names = sorted(p.parent.name for p in root.glob(f"*/{SCORECARD}")) if root.is_dir() else []
+        found = root.glob(f"*/{SCORECARD}") if root.is_dir() else []
+        names = sorted(p.parent.name for p in found if not p.parent.name.startswith("."))  # skip folders being staged
         return [v for v in map(self.get, names) if v is not None]
 
 
