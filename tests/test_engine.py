@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from zoo.engine import allocate, factorize, functional_error, storage
+from zoo.engine import allocate, factorize, factorize_many, functional_error, storage
 from zoo.engine.compot import compot, hard_threshold, leading_basis, polar_factor
 from zoo.engine.whitening import cholesky_whitener
 from zoo.errors import ZooError
@@ -265,6 +265,31 @@ def test_float64_and_float32_agree():
     a = factorize(w, gram, cr=0.3, dtype=torch.float64, iters=5)
     b = factorize(w, gram, cr=0.3, dtype=torch.float32, iters=5)
     assert b.objective[-1] == pytest.approx(a.objective[-1], rel=1e-3)
+
+
+def test_factorize_many_equals_single_threaded_factorize_calls():
+    jobs = {f"layers.{i}.proj": (*_layer(out_f=96 + 32 * i, seed=20 + i)[:2], 0.2 + 0.1 * i) for i in range(3)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = {name: factorize(w, gram, cr=cr, iters=6, name=name) for name, (w, gram, cr) in jobs.items()}
+    finally:
+        torch.set_num_threads(threads)
+    heard = []
+    got = factorize_many(jobs, workers=2, iters=6, on_done=lambda name, f: heard.append(name))
+    assert list(got) == list(jobs) and sorted(heard) == sorted(jobs)
+    for name, f in got.items():
+        assert f.k == expected[name].k and torch.equal(f.reconstruct(), expected[name].reconstruct())
+    assert torch.get_num_threads() == threads  # the caller's thread count is restored
+
+
+def test_factorize_many_stops_at_a_bad_matrix_and_names_it():
+    w, gram, _ = _layer()
+    jobs = {"layers.0.q_proj": (w, gram, 0.3), "layers.0.k_proj": (w, gram[:63, :63], 0.3)}
+    threads = torch.get_num_threads()
+    with pytest.raises(ZooError, match="layers.0.k_proj: Gram shape"):
+        factorize_many(jobs, workers=2)
+    assert torch.get_num_threads() == threads
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

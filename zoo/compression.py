@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zoo.calibrate import GramStat, block_grams, capture_block_inputs
-from zoo.engine import allocate, factorize
+from zoo.engine import allocate, factorize_many
 from zoo.engine.storage import dense_bits
 from zoo.errors import ZooError
 from zoo.layer import CompotLinear
@@ -106,29 +106,33 @@ def compress_model(model: nn.Module, adapter: Adapter, calibration: CalibrationD
             for prefix, block in stack.blocks:
                 bar.set_postfix_str(prefix)
                 stats, stack_inputs = block_grams(block, stack.groups, stack_inputs)
-                for group in stack.groups:
-                    for name in group:
-                        full = f"{prefix}.{name}"
-                        reports.append(_compress_linear(block, name, full, targets[full], crs[full],
-                                                        stats[group[0]], config, storage_dtype))
-                        bar.update()
+                names = {f"{prefix}.{name}": (name, stats[group[0]]) for group in stack.groups for name in group}
+                reports += _compress_block(block, names, targets, crs, config, storage_dtype, bar)
     return reports
 
 
-def _compress_linear(block: nn.Module, name: str, full: str, linear: nn.Linear, cr: float, stat: GramStat,
-                     config: CompressionConfig, storage_dtype: torch.dtype) -> LayerReport:
-    """Factorize one projection and swap it in, unless allocation or the engine keeps it dense."""
-    report = dict(name=full, shape=tuple(linear.weight.shape), target_cr=cr,
-                  gram_tokens=stat.tokens, nonfinite_batches=stat.nonfinite_batches)
-    if cr == 0.0:
-        return _dense_report(linear, report, "allocation kept it dense")
-    f = factorize(linear.weight.detach(), stat.gram, cr=cr, method=config.method, ks_ratio=config.ks_ratio,
-                  iters=config.iters, tol=config.tol, device=config.device, name=full)
-    if f.is_dense:
-        return _dense_report(linear, report, f.reason)
-    block.set_submodule(name, CompotLinear.from_factorization(f, linear.bias, storage_dtype))
-    return LayerReport(method=f.method, cr=f.cr, k=f.k, s=f.s, bits=f.bits, damping=f.damping,
-                       relative_error=f.relative_error, **report)
+def _compress_block(block: nn.Module, names: dict[str, tuple[str, GramStat]], targets: dict[str, nn.Linear],
+                    crs: dict[str, float], config: CompressionConfig, storage_dtype: torch.dtype,
+                    bar: tqdm) -> list[LayerReport]:
+    """Factorize a block's projections side by side, then swap each in unless it stays dense."""
+    jobs = {full: (targets[full].weight.detach(), stat.gram, crs[full])
+            for full, (_, stat) in names.items() if crs[full] != 0.0}
+    factors = factorize_many(jobs, method=config.method, ks_ratio=config.ks_ratio, iters=config.iters,
+                             tol=config.tol, device=config.device, on_done=lambda *_: bar.update())
+    bar.update(len(names) - len(jobs))
+    reports = []
+    for full, (name, stat) in names.items():
+        linear = targets[full]
+        report = dict(name=full, shape=tuple(linear.weight.shape), target_cr=crs[full],
+                      gram_tokens=stat.tokens, nonfinite_batches=stat.nonfinite_batches)
+        f = factors.get(full)
+        if f is None or f.is_dense:
+            reports.append(_dense_report(linear, report, f.reason if f else "allocation kept it dense"))
+            continue
+        block.set_submodule(name, CompotLinear.from_factorization(f, linear.bias, storage_dtype))
+        reports.append(LayerReport(method=f.method, cr=f.cr, k=f.k, s=f.s, bits=f.bits, damping=f.damping,
+                                   relative_error=f.relative_error, **report))
+    return reports
 
 
 def _dense_report(linear: nn.Linear, report: dict, note: str) -> LayerReport:
