@@ -101,7 +101,7 @@ def compot(w: torch.Tensor, k: int, s: int, iters: int, tol: float = 0.0) -> Ort
     every product n/m as large.
     """
     m, n = w.shape
-    total = w.double().square().sum().item()
+    total = torch.linalg.vector_norm(w, dtype=torch.float64).item() ** 2
     basis = None
     if m > n >= k:
         basis, w = torch.linalg.qr(w)

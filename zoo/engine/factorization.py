@@ -125,7 +125,7 @@ def factorize(weight: torch.Tensor, gram: torch.Tensor, cr: float = 0.2, method:
     whitener = cholesky_whitener(gram.to(device), name=name)
     w = whitener.whiten(weight.to(device).mT).to(dtype)
     result.damping = whitener.damping
-    result.whitened_norm_sq = w.double().square().sum().item()
+    result.whitened_norm_sq = torch.linalg.vector_norm(w, dtype=torch.float64).item() ** 2
     if method == "compot":
         result.k, result.s = shape
         f = compot(w, result.k, result.s, iters, tol)

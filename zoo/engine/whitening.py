@@ -33,16 +33,19 @@ class Whitener:
 
 
 def cholesky_whitener(gram: torch.Tensor, name: str = "matrix") -> Whitener:
-    """Cholesky of the symmetrised Gram, damped by growing multiples of its scale if needed."""
+    """Cholesky of the Gram's lower triangle (LAPACK's convention: an accumulated X^T X is
+    symmetric up to rounding), damped by growing multiples of its scale if needed."""
     g = gram.to(torch.float64)
-    g = (g + g.mT) / 2
     scale = g.diagonal().mean().item()
     if not scale > 0:
         raise ZooError(f"{name}: Gram matrix has no positive diagonal (mean {scale:g}); "
                        "its layer saw no calibration signal")
-    eye = torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
     for eps in DAMPING_SCHEDULE:
-        L, info = torch.linalg.cholesky_ex(g + (eps * scale) * eye if eps else g)
+        damped = g
+        if eps:
+            damped = g.clone()
+            damped.diagonal().add_(eps * scale)
+        L, info = torch.linalg.cholesky_ex(damped)
         if info.item() == 0:
             return Whitener(L=L, damping=eps)
     raise ZooError(f"{name}: Gram matrix stays indefinite after damping up to "
