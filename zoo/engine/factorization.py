@@ -149,7 +149,8 @@ def factorize_many(jobs: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]],
     On CPU the per-iteration eigendecomposition (LAPACK) and the partition (numpy) keep one
     core busy but not two, while independent matrices share nothing: `workers` matrices (the
     intra-op thread count by default) run side by side on one thread each, largest first so
-    that no big one runs alone at the end. Results equal single-threaded `factorize` calls.
+    that no big one runs alone at the end (torch's intra-op thread count, which is process-wide,
+    is 1 meanwhile). Results equal single-threaded `factorize` calls.
     On CUDA they run one after another. `options` are `factorize`'s keyword arguments.
     """
     def run(name: str) -> Factorization:
