@@ -47,7 +47,7 @@ def test_codes_are_recomputed_after_last_dictionary_update():
     w, gram, _ = _layer(seed=2)
     wt = cholesky_whitener(gram).whiten(w.T).float()
     f = compot(wt, k=32, s=10, iters=3)
-    expected, _ = hard_threshold(wt.T @ f.dictionary, 10)
+    expected, _, _ = hard_threshold(wt.T @ f.dictionary, 10)
     assert torch.equal(f.codes_t, expected)
 
 
@@ -59,7 +59,7 @@ def test_tall_matrix_iterates_on_its_r_factor():
     f = compot(wt, k=k, s=s, iters=iters)
     d, total, plain = leading_basis(wt, k), wt.double().square().sum().item(), []
     for step in range(iters + 1):
-        codes, _ = hard_threshold(wt.T @ d, s)
+        codes, _, _ = hard_threshold(wt.T @ d, s)
         plain.append(total - codes.double().square().sum().item())
         if step < iters:
             d = polar_factor(wt @ codes)
@@ -75,12 +75,13 @@ def test_tall_matrix_iterates_on_its_r_factor():
 def test_hard_threshold_keeps_exactly_s_largest_even_with_ties(dtype):
     g = torch.Generator().manual_seed(17)
     z = torch.randn(200, 40, generator=g, dtype=dtype)
-    codes, support = hard_threshold(z, 15)
+    codes, support, kept = hard_threshold(z, 15)
+    assert kept == pytest.approx(codes.double().square().sum().item(), rel=1e-6)
     idx = z.abs().topk(15, dim=1).indices
     assert torch.equal(support, torch.zeros_like(support).scatter_(1, idx, True))
     assert torch.equal(codes, z * support)
     tied = torch.randint(-3, 4, (200, 40), generator=g).to(dtype)  # many equal magnitudes
-    codes, support = hard_threshold(tied, 15)
+    codes, support, _ = hard_threshold(tied, 15)
     assert torch.equal(support.sum(dim=1), torch.full((200,), 15))
     kept = tied.abs().masked_fill(~support, float("inf")).min(dim=1).values
     dropped = tied.abs().masked_fill(support, -1.0).max(dim=1).values

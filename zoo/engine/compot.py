@@ -20,8 +20,9 @@ class OrthogonalSparseFactors:
     objective: list[float]  # ||W~ - D S||_F^2 after each sparse-coding step
 
 
-def _top_s(z_t: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """H_s along rows of Z^T: codes, the bool support, and the kept energy ||S||^2.
+def hard_threshold(z_t: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """H_s along rows of Z^T (eq. 22): codes keeping the s largest magnitudes, exactly s per row,
+    the bool support, and the kept energy ||S||^2.
 
     On CPU numpy's SIMD partition finds each row's (s+1)-th largest |z| several times
     faster than torch.topk, and leaves the kept magnitudes in its last s columns, so the
@@ -41,12 +42,6 @@ def _top_s(z_t: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor, float
     support = torch.zeros_like(a, dtype=torch.bool).scatter_(1, idx, True)
     codes = z_t * support
     return codes, support, torch.linalg.vector_norm(codes, dtype=torch.float64).item() ** 2
-
-
-def hard_threshold(z_t: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """H_s along rows of Z^T: keep the s largest magnitudes, exactly s per row (eq. 22)."""
-    codes, support, _ = _top_s(z_t, s)
-    return codes, support
 
 
 # Below this ratio of extreme eigenvalues of M^T M (M's condition number above ~3e5) the
@@ -109,7 +104,7 @@ def compot(w: torch.Tensor, k: int, s: int, iters: int, tol: float = 0.0) -> Ort
     d = leading_basis(w, k)
     objective: list[float] = []
     for step in range(iters + 1):
-        codes_t, support_t, kept = _top_s(w_t @ d, s)
+        codes_t, support_t, kept = hard_threshold(w_t @ d, s)
         objective.append(total - kept)
         converged = step > 0 and objective[-2] - objective[-1] <= tol * abs(objective[-2])
         if step == iters or (tol > 0 and converged):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -163,7 +163,7 @@ def factorize_many(jobs: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]],
     workers = min(workers or torch.get_num_threads(), len(jobs)) if device.type == "cpu" else 1
     order = sorted(jobs, key=lambda name: -jobs[name][0].numel())
     results = {}
-    with _intra_op_threads(1 if workers > 1 else torch.get_num_threads()), \
+    with _intra_op_threads(1) if workers > 1 else nullcontext(), \
             ThreadPoolExecutor(workers, thread_name_prefix="factorize") as pool:
         futures = {pool.submit(run, name): name for name in order}
         try:
