@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from zoo.errors import ZooError
-from zoo.publishers import publisher_for
+from zoo.publishers import publish_scored, publisher_for
 
 
 class _ZooGroup(click.Group):
@@ -110,10 +110,7 @@ def compress(model: str, cr: float, method: str, static: bool, ks_ratio: float, 
 
 
 def _publish(publisher, folder: Path) -> None:
-    from zoo.card import write_card
-
-    write_card(folder, f"{publisher.organization}/{folder.name}")
-    published = publisher.publish(folder, folder.name)
+    published = publish_scored(publisher, folder, folder.name)
     click.echo(f"Published {published.repo_id} to {publisher!r}: {published.url}")
 
 

@@ -28,7 +28,7 @@ import tomllib
 from zoo.atomic import write_text
 from zoo.compression import VARIANT_KINDS, CompressionConfig
 from zoo.errors import ZooError
-from zoo.publishers import Publisher
+from zoo.publishers import Publisher, publish_scored
 from zoo.scorecard import SCORECARD, Scorecard
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,6 @@ class _ModelContext:
                                e.get("eval_limit"), e.get("modality"))
 
     def build(self, variant: Variant, outcome: Outcome, publisher: Publisher, workdir: Path) -> None:
-        from zoo.card import write_card
         from zoo.pipeline import compress_variant, fingerprint
 
         out = workdir / variant.name
@@ -191,8 +190,7 @@ class _ModelContext:
             loaded = dataclasses.replace(self.loaded, model=copy.deepcopy(self.loaded.model))
             compress_variant(self.adapter, loaded, self.spec, self.calibration, req, out, self.base_metrics)
             outcome.reason = "not published before" if previous is None else "inputs changed (fingerprint differs)"
-        write_card(out, f"{publisher.organization}/{variant.name}")
-        published = publisher.publish(out, variant.name)
+        published = publish_scored(publisher, out, variant.name)
         shutil.rmtree(out)
         outcome.status, outcome.repo_id, outcome.url = "rebuilt", published.repo_id, published.url
         outcome.achieved_cr = published.scorecard.achieved_cr

@@ -57,6 +57,14 @@ def check_folder(folder: Path, card: bool = True) -> Scorecard:
     return scorecard
 
 
+def publish_scored(publisher: Publisher, folder: Path, variant: str) -> PublishedVariant:
+    """Rewrite the folder's model card for the repository's name, then publish the folder."""
+    from zoo.card import write_card
+
+    write_card(folder, f"{publisher.organization}/{variant}")
+    return publisher.publish(folder, variant)
+
+
 def check_names(organization: str, variants: list[str], kind: str) -> None:
     """Repository names the Hub accepts (a local registry keeps to them too, so it can be mirrored)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
