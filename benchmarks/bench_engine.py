@@ -22,18 +22,18 @@ import time
 import torch
 
 from benchmarks.reference import plain_compot
-from zoo.calibrate import block_grams, capture_block_inputs
+from zoo.compression.grams import block_grams, capture_block_inputs
 from zoo.engine import factorize, factorize_many
-from zoo.modality import get_adapter
-from zoo.models import resolve
+from zoo.modalities.base import get_adapter
+from zoo.sources.catalogue import resolve
 
 
 def real_layers(model_name: str, blocks: list[int], n_samples: int, seq_len: int):
     """(name, weight, Gram) for every target linear of the chosen blocks."""
     spec = resolve(model_name)
     adapter = get_adapter(spec.modality)
-    loaded = adapter.load(spec)
-    calibration = adapter.calibration(loaded, "wiki-offline", n_samples, seq_len, seed=0)
+    loaded = adapter.load(spec, online=False)
+    calibration = adapter.calibration(loaded, "wiki-offline", n_samples, seq_len, seed=0, online=False)
     (stack,) = adapter.stacks(loaded.model)
     groups = stack.groups
     inputs = capture_block_inputs(loaded.model, stack.blocks[0][1], calibration.batches)

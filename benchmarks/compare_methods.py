@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 
-from zoo.compression import VARIANT_KINDS, CompressionConfig, achieved_cr, compress_model
-from zoo.modality import get_adapter
-from zoo.models import resolve
-from zoo.pipeline import calibrate
+from zoo.compression.apply import compress_model
+from zoo.compression.config import VARIANT_KINDS, CompressionConfig
+from zoo.compression.report import achieved_cr
+from zoo.pipeline import CompressRequest, evaluate, prepare
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,14 +32,14 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=None, help="items per task or utterances per set")
     args = parser.parse_args()
 
-    spec = resolve(args.model)
-    adapter = get_adapter(spec.modality)
-    loaded = adapter.load(spec)
-    calibration = calibrate(adapter, loaded, spec, args.calibration, args.n_samples, args.seq_len, seed=0)
-    base_model = loaded.model
+    eval_settings = {k: v for k, v in (("eval_windows", args.eval_windows), ("eval_limit", args.eval_limit))
+                     if v is not None}
+    prepared = prepare(CompressRequest(args.model, CompressionConfig(), calibration=args.calibration,
+                                       n_samples=args.n_samples, seq_len=args.seq_len, eval_settings=eval_settings))
+    loaded, calibration, base_model = prepared.loaded, prepared.calibration, prepared.loaded.model
 
     def scores() -> dict[str, float]:
-        results = adapter.evaluate(loaded, spec, args.eval_windows, args.eval_limit)
+        results = evaluate(prepared)
         return {f"{task} {metric}": value for task, metrics in results.items() for metric, value in metrics.items()}
 
     base = scores()
@@ -50,10 +51,11 @@ def main() -> None:
     print("| base | - | - | " + " | ".join(f"{base[c]:.4g}" for c in columns) + " | - |", flush=True)
     for cr in args.cr:
         for name in args.variants:
-            loaded.model = copy.deepcopy(base_model)
+            prepared.loaded = dataclasses.replace(loaded, model=copy.deepcopy(base_model))
+            config = CompressionConfig(cr=cr, iters=args.iters, **VARIANT_KINDS[name])
             start = time.perf_counter()
-            reports = compress_model(loaded.model, adapter, calibration,
-                                     CompressionConfig(cr=cr, iters=args.iters, **VARIANT_KINDS[name]))
+            reports = compress_model(prepared.loaded.model, prepared.adapter.stacks(prepared.loaded.model), calibration,
+                                     config)
             seconds = time.perf_counter() - start
             row = scores()
             print(f"| {name} | {cr:g} | {achieved_cr(reports):.4f} | " + " | ".join(f"{row[c]:.4g}" for c in columns)

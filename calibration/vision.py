@@ -13,7 +13,6 @@ is opened at load time, so a missing or corrupt file fails before any model work
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -21,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from zoo.calibration.speech import seeded_pick
+from zoo.calibration.subsets import seeded_pick
+from zoo.digest import digest
 from zoo.errors import ZooError
 
 log = logging.getLogger(__name__)
@@ -100,19 +100,22 @@ def open_image(path: Path) -> Image.Image:
 
 def skimage_photo(name: str) -> Image.Image:
     """One photograph of scikit-image's data folder (fetched once with pip into the cache)."""
-    from zoo.assets import fetch_asset
+    from zoo.sources.assets import fetch_asset
 
     return open_image(fetch_asset(PHOTOS_ASSET) / name)
 
 
-def load_visual_questions(source: str, n: int | None, seed: int = 0) -> list[VisualQuestion]:
-    """`n` pairs of `source` in a seeded order (all when None): a name of HUB_SETS, OFFLINE, or a
-    local folder / .jsonl file. The offline set gives all it has when asked for more."""
+def load_visual_questions(source: str, n: int | None, seed: int = 0, online: bool = True) -> list[VisualQuestion]:
+    """`n` pairs of `source` in a seeded order (all when None): a name of HUB_SETS (needs `online`),
+    OFFLINE, or a local folder / .jsonl file. The offline set gives all it has when asked for more."""
     if source == OFFLINE:
         return _offline(n, seed)
     path = Path(source).expanduser()
     if path.exists():
         return _local(path, n, seed)
+    if source in HUB_SETS and not online:
+        raise ZooError(f"{source} needs the Hugging Face Hub, which is unreachable from here (HF_HUB_OFFLINE or "
+                       f"no network); pass a local folder of images with {QUESTIONS_FILE} or {OFFLINE!r}")
     if source in HUB_SETS:
         return _hub(source, n, seed)
     raise ZooError(f"unknown image-question set {source!r}: not a folder or .jsonl file, nor one of "
@@ -120,27 +123,14 @@ def load_visual_questions(source: str, n: int | None, seed: int = 0) -> list[Vis
 
 
 def visual_fingerprint(items: list[VisualQuestion]) -> str:
-    """sha256 of the ids, texts and exact pixels, so a checkpoint records what it was calibrated on."""
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(f"{item.id}\0{item.question}\0{item.answer}\0{item.image.size}\0".encode())
-        digest.update(item.image.tobytes())
-    return "sha256:" + digest.hexdigest()
-
-
-def _pick(ids: list[str], n: int | None, seed: int, source: str, at_most: bool = False) -> list[str]:
-    if n is not None and n > len(ids):
-        if not at_most:
-            raise ZooError(f"{source} has {len(ids)} image-question pairs, fewer than the {n} requested")
-        log.warning("%s has %d image-question pairs, fewer than the %d requested: using all of them",
-                    source, len(ids), n)
-        n = None
-    return seeded_pick(ids, n, seed, source)
+    """A digest of the ids, texts and exact pixels, so a checkpoint records what it was calibrated on."""
+    return digest(part for item in items for part in (
+        f"{item.id}\0{item.question}\0{item.answer}\0{item.image.size}\0".encode(), item.image.tobytes()))
 
 
 def _offline(n: int | None, seed: int) -> list[VisualQuestion]:
     pairs = {f"{name}#{i}": (name, q, a) for name, qa in PHOTO_QUESTIONS.items() for i, (q, a) in enumerate(qa)}
-    chosen = _pick(list(pairs), n, seed, OFFLINE, at_most=True)
+    chosen = seeded_pick(pairs, n, seed, OFFLINE, at_most=True, what="image-question pairs")
     return [VisualQuestion(key, skimage_photo(pairs[key][0]), pairs[key][1], pairs[key][2]) for key in chosen]
 
 
@@ -154,7 +144,7 @@ def _local(path: Path, n: int | None, seed: int) -> list[VisualQuestion]:
             records[f"{file.name}:{number}"] = _record(file, number, line)
     if not records:
         raise ZooError(f"{file} holds no questions")
-    chosen = _pick(list(records), n, seed, str(file))
+    chosen = seeded_pick(records, n, seed, str(file), what="image-question pairs")
     return [VisualQuestion(key, open_image(records[key][0]), records[key][1], records[key][2]) for key in chosen]
 
 
@@ -187,7 +177,7 @@ def _hub(name: str, n: int | None, seed: int) -> list[VisualQuestion]:
         raise ZooError(f"cannot load {name} ({hub_id}, {config}/{split}) from the Hub: {exc}") from exc
     row_of = {str(sid): i for i, sid in enumerate(data["sample_index"])}
     items = []
-    for sid in _pick(list(row_of), n, seed, name):
+    for sid in seeded_pick(row_of, n, seed, name, what="image-question pairs"):
         row = data[row_of[sid]]
         if row.get("image") is None:
             raise ZooError(f"{name} sample {sid}: question has no image")

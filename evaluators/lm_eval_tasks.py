@@ -9,7 +9,6 @@ two lm-eval task folders from caller-given texts: a LAMBADA-style last-word task
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from zoo.errors import ZooError
+from zoo.files import write_text
 
 LAMBADA_TASK = "zoo_lambada_local"
 CLOZE_MC_TASK = "zoo_cloze_mc_local"
@@ -118,12 +118,6 @@ def cloze_mc_items(texts: list[str], max_items: int = MAX_ITEMS) -> list[dict]:
     return items
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def build_local_tasks(texts: list[str], out_dir: Path, max_items: int = MAX_ITEMS) -> Path:
     """Write the offline tasks (YAML + JSONL) into `out_dir` and return it as lm-eval's include_path."""
     out_dir = Path(out_dir).resolve()
@@ -134,8 +128,8 @@ def build_local_tasks(texts: list[str], out_dir: Path, max_items: int = MAX_ITEM
             raise ZooError(f"no {task} items could be built from the {len(texts)} texts given "
                            "(they need paragraphs of several well-formed English sentences)")
         data = out_dir / f"{task}.jsonl"
-        _write_atomic(data, "".join(json.dumps(item) + "\n" for item in items))
-        _write_atomic(out_dir / f"{task}.yaml", template.format(task=task, data=json.dumps(str(data))))
+        write_text(data, "".join(json.dumps(item) + "\n" for item in items))
+        write_text(out_dir / f"{task}.yaml", template.format(task=task, data=json.dumps(str(data))))
     return out_dir
 
 

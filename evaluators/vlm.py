@@ -35,9 +35,10 @@ import torch
 from transformers.utils import is_torchvision_available
 from transformers.utils import logging as hf_logging
 
-from zoo.assets import cache_dir
+from zoo.sources.assets import cache_dir
 from zoo.calibration.vision import open_image, skimage_photo
 from zoo.errors import ZooError
+from zoo.files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,7 @@ def build_photo_benchmark(root: Path) -> Path:
     text = pd.DataFrame(rows).to_csv(sep="\t", index=False)
     path = root / f"{LOCAL_BENCHMARK}.tsv"
     if not path.is_file() or path.read_text() != text:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text(path, text)
         images = root / "images" / LOCAL_BENCHMARK
         for old in images.glob("*") if images.is_dir() else []:
             old.unlink()

@@ -13,12 +13,11 @@ from collections.abc import Sequence
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from zoo.assets import cache_dir
+from zoo.sources.assets import cache_dir
 from zoo.errors import ZooError
-from zoo.hub import hub_reachable
-from zoo.modalities.sources import load_model
-from zoo.modality import CalibrationData, LoadedModel, Stack
-from zoo.models import ModelSpec
+from zoo.compression.targets import CalibrationData, Stack
+from zoo.sources.catalogue import ModelSpec
+from zoo.sources.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +57,10 @@ class DecoderLLM:
     modality = "llm"
     auto_class = "AutoModelForCausalLM"
 
-    def load(self, spec: ModelSpec) -> LoadedModel:
-        from zoo.modalities.gguf import packaged_llm_dir
+    def load(self, spec: ModelSpec, online: bool) -> LoadedModel:
+        from zoo.sources.converters.gguf import packaged_llm_dir
 
-        return load_model(spec, AutoModelForCausalLM, AutoTokenizer, self.stacks, packaged_llm_dir,
+        return load_model(spec, online, AutoModelForCausalLM, AutoTokenizer, self.stacks, packaged_llm_dir,
                           "4-bit GGUF, dequantized")
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
@@ -75,11 +74,11 @@ class DecoderLLM:
         blocks = [(f"{path}.{i}", block) for i, block in enumerate(model.get_submodule(path))]
         return [Stack("decoder", blocks, TARGET_GROUPS[model_type])]
 
-    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int,
-                    seed: int) -> CalibrationData:
+    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int,
+                    online: bool) -> CalibrationData:
         from zoo.calibration.text import calibration_batches, dataset_fingerprint
 
-        ids = calibration_batches(loaded.processor, source, n_samples, seq_len, seed)
+        ids = calibration_batches(loaded.processor, source, n_samples, seq_len, seed, online)
         batches = [{"input_ids": ids[i:i + CALIBRATION_ROWS], "use_cache": False}
                    for i in range(0, len(ids), CALIBRATION_ROWS)]
         return CalibrationData(batches, source, dataset_fingerprint(ids), ids.numel())
@@ -87,18 +86,16 @@ class DecoderLLM:
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
         loaded.processor.save_pretrained(out_dir)
 
-    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, windows: int | None = None,
-                 limit: int | None = None) -> dict[str, dict[str, float]]:
-        """Perplexity on held-out text (WikiText-2 test, or the offline articles' test split), then
-        the zero-shot lm-eval tasks of the manifest; offline, the Hub tasks give way to local ones."""
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> dict[str, dict[str, float]]:
+        """Perplexity on held-out text (WikiText-2 test, or the offline articles' test split; at most
+        `eval_windows` windows), then the zero-shot lm-eval tasks of the catalogue (at most
+        `eval_limit` items each); offline, the Hub tasks give way to local ones."""
         from zoo.evaluators.lm_eval_tasks import LOCAL_TASKS, build_local_tasks, run_lm_eval
         from zoo.evaluators.perplexity import perplexity
 
-        online = hub_reachable()
         source = spec.defaults.get("eval_text") or ("wikitext2" if online else OFFLINE_TEXT)
-        windows = windows if windows is not None else spec.defaults.get("eval_windows")
-        result = perplexity(loaded.model, loaded.processor, _evaluation_text(source),
-                            seq_len=spec.defaults.get("eval_seq_len", 2048), max_windows=windows)
+        result = perplexity(loaded.model, loaded.processor, _evaluation_text(source, online),
+                            seq_len=spec.defaults.get("eval_seq_len", 2048), max_windows=spec.defaults.get("eval_windows"))
         metrics = {f"perplexity/{source}": {"perplexity": result["perplexity"]}}
         tasks = list(spec.defaults.get("eval_tasks", []))
         if not online and any(t not in LOCAL_TASKS for t in tasks):
@@ -109,15 +106,15 @@ class DecoderLLM:
             if any(t in LOCAL_TASKS for t in tasks):
                 include = str(build_local_tasks(_evaluation_texts(), cache_dir() / "lm-eval-tasks"))
             metrics.update(run_lm_eval(loaded.model, loaded.processor, tasks, include_path=include,
-                                       limit=limit if limit is not None else spec.defaults.get("eval_limit")))
+                                       limit=spec.defaults.get("eval_limit")))
         return metrics
 
 
 @functools.cache
-def _evaluation_text(source: str) -> str:
+def _evaluation_text(source: str, online: bool) -> str:
     from zoo.calibration.text import evaluation_text
 
-    return evaluation_text(source)
+    return evaluation_text(source, online)
 
 
 @functools.cache

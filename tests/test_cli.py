@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 import zoo
 from zoo.cli import main
-from zoo.layer import CompotLinear
+from zoo.compression.layer import CompotLinear
 
 
 def _compress(*args):
@@ -21,10 +21,11 @@ def test_compress_a_local_folder_end_to_end(tmp_path, model_dir, text_file):
                        "--iters", 3, "--out", out)
     assert result.exit_code == 0, result.output
     assert "achieved" in result.output and "Saved to" in result.output
-    manifest = json.loads((out / "compot_manifest.json").read_text())
-    assert manifest["calibration"]["tokens"] == 64 and manifest["method"] == "compot"
-    assert abs(manifest["achieved_cr_stored"] - 0.3) < 0.05
-    assert manifest["peak_memory_mb"] > 0 and manifest["compression_seconds"] > 0
+    record = json.loads((out / "compot_record.json").read_text())
+    assert record["calibration"]["tokens"] == 64 and record["method"] == "compot"
+    assert abs(record["achieved_cr"] - 0.3) < 0.05 and abs(record["eq11_cr"] - record["achieved_cr"]) < 1e-3
+    assert record["peak_memory_mb"] > 0 and record["compression_seconds"] > 0
+    assert len(record["layers"]) == 14 and record["config"]["iters"] == 3
     model = zoo.load(out)
     assert sum(isinstance(m, CompotLinear) for m in model.modules()) == 14
     from transformers import AutoTokenizer
@@ -33,7 +34,7 @@ def test_compress_a_local_folder_end_to_end(tmp_path, model_dir, text_file):
     assert torch.isfinite(model(ids).logits).all()
 
     again = _compress(model_dir, "--calibration", text_file, "--out", out)
-    assert again.exit_code == 1 and "exists; pass --overwrite" in again.output
+    assert again.exit_code == 1 and "exists; pass overwrite=True (--overwrite)" in again.output
 
 
 def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
@@ -51,11 +52,24 @@ def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
     assert "| perplexity" in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["smollm-135m"], "Did you mean: smollm2-135m"),
-    (["smollm2-135m", "--cr", "1.5"], "CR must lie in (0, 1)"),
-    (["smollm2-135m", "--cr", "0"], "CR must lie in (0, 1)"),
+@pytest.mark.parametrize("args, code, message", [
+    (["smollm-135m"], 1, "Did you mean: smollm2-135m"),
+    (["smollm2-135m", "--cr", "1.5"], 2, "1.5 must lie in (0, 1). Compression ratio: the share"),
+    (["smollm2-135m", "--cr", "0"], 2, "0 must lie in (0, 1)"),
+    (["smollm2-135m", "--ks-ratio", "0.5"], 1, "ks_ratio 0.5 must be at least 1"),
+    (["smollm2-135m", "--min-cr", "0.3"], 1, "allocation guards must bracket the target"),
+    (["smollm2-135m", "--method", "gptq"], 2, "'gptq' is not one of 'compot', 'svd-llm'"),
 ])
-def test_bad_input_is_a_one_line_error(args, message):
+def test_bad_input_is_a_one_line_error(args, code, message):
     result = _compress(*args)
-    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert result.exit_code == code and message in result.output and "Traceback" not in result.output
+
+
+def test_cli_options_come_from_the_config():
+    """Every compression setting has its flag, with the config's help; the CLI writes none of its own."""
+    from zoo.compression.config import CompressionConfig
+
+    command = main.commands["compress"]
+    by_name = {p.name: p for p in command.params}
+    for f in CompressionConfig.settings():
+        assert by_name[f.name].help == f.metadata["help"] + (" Comma-separated." if f.name == "components" else "")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from zoo.assets import fetch_asset
+from zoo.sources.assets import fetch_asset
 from zoo.errors import ZooError
-from zoo.modalities import gguf
-from zoo.modalities.gguf import PACKAGED_LLMS, materialize_gguf, packaged_llm_dir
+from zoo.sources.converters import gguf
+from zoo.sources.converters.gguf import PACKAGED_LLMS, materialize_gguf, packaged_llm_dir
 
 
 def _refuse_loading(monkeypatch):

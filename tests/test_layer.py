@@ -3,7 +3,7 @@
 import torch
 
 from zoo.engine import factorize
-from zoo.layer import CompotLinear, pack_mask, unpack_mask
+from zoo.compression.layer import CompotLinear, pack_mask, unpack_mask
 
 
 def test_mask_packing_round_trips_exactly():

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 import zoo
-from zoo.checkpoint import save_compressed
-from zoo.compression import CompressionConfig, compress_model
+from zoo.format.checkpoint import save_compressed
+from zoo.compression.apply import compress_model
+from zoo.compression.config import CompressionConfig
 from zoo.evaluators.perplexity import perplexity
 from zoo.modalities.decoder_llm import ADAPTER, _evaluation_text
-from zoo.models import resolve
+from zoo.sources.catalogue import resolve
 
 pytestmark = pytest.mark.slow
 
@@ -17,12 +18,12 @@ pytestmark = pytest.mark.slow
 def calibrated():
     spec = resolve("smollm2-135m")
     loaded = ADAPTER.load(spec)
-    return spec, ADAPTER.calibration(loaded, "wiki-offline", n_samples=8, seq_len=512, seed=0)
+    return spec, ADAPTER.calibration(loaded, "wiki-offline", n_samples=8, seq_len=512, seed=0, online=False)
 
 
 def _compressed_ppl(spec, calibration, **config):
     loaded = ADAPTER.load(spec)
-    compress_model(loaded.model, ADAPTER, calibration, CompressionConfig(cr=0.2, iters=8, **config))
+    compress_model(loaded.model, ADAPTER.stacks(loaded.model), calibration, CompressionConfig(cr=0.2, iters=8, **config))
     text = _evaluation_text("wiki-offline")
     return loaded, perplexity(loaded.model, loaded.processor, text, seq_len=1024, max_windows=3)["perplexity"]
 

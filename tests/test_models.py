@@ -5,7 +5,7 @@ import json
 import pytest
 
 from zoo.errors import ZooError
-from zoo.models import aliases, resolve
+from zoo.sources.catalogue import aliases, resolve
 
 
 def test_paper_models_resolve_to_hub_ids():

@@ -15,16 +15,16 @@ from click.testing import CliRunner
 
 from zoo.cli import main
 from zoo.errors import ZooError
-from zoo.models import aliases
-from zoo.nightly import compare, read_manifest
-from zoo.publishers import LocalRegistry
-from zoo.scorecard import MetricResult, Scorecard
+from zoo.sources.catalogue import aliases
+from zoo.nightly import compare, read_plan
+from zoo.publish.publishers import LocalRegistry
+from zoo.publish.scorecard import MetricResult, Scorecard
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "nightly.yml"
 
 
-def _manifest(path: Path, model_dir: Path, text_file: Path, crs, extra: str = "") -> Path:
+def _plan(path: Path, model_dir: Path, text_file: Path, crs, extra: str = "") -> Path:
     path.write_text(f"""
 [[models]]
 model = "{model_dir}"
@@ -40,8 +40,8 @@ eval_tasks = []
     return path
 
 
-def _nightly(manifest: Path, tmp_path: Path, *more):
-    args = ["nightly", "--manifest", manifest, "--target", tmp_path / "registry", "--workdir", tmp_path / "work",
+def _nightly(plan: Path, tmp_path: Path, *more):
+    args = ["nightly", "--plan", plan, "--target", tmp_path / "registry", "--workdir", tmp_path / "work",
             "--report-dir", tmp_path / "report", *more]
     return CliRunner().invoke(main, [*map(str, args)], catch_exceptions=False)
 
@@ -56,8 +56,8 @@ def _statuses(tmp_path: Path) -> dict[str, str]:
 
 
 def test_nightly_publishes_skips_and_rebuilds_only_what_changed(tmp_path, model_dir, text_file):
-    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.2, 0.4])
-    first = _nightly(manifest, tmp_path)
+    plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, [0.2, 0.4])
+    first = _nightly(plan, tmp_path)
     assert first.exit_code == 0, first.output
     names = ["tiny-llama-compot-dynamic-cr0.2", "tiny-llama-compot-dynamic-cr0.4"]
     assert _statuses(tmp_path) == dict.fromkeys(names, "rebuilt")
@@ -67,19 +67,19 @@ def test_nightly_publishes_skips_and_rebuilds_only_what_changed(tmp_path, model_
     assert [p for p in (tmp_path / "work").iterdir()] == []  # built variants leave the work folder once published
     assert "# compot-zoo nightly: 2 rebuilt, 0 skipped, 0 failed" in first.output
 
-    second = _nightly(manifest, tmp_path)
+    second = _nightly(plan, tmp_path)
     assert second.exit_code == 0 and _statuses(tmp_path) == dict.fromkeys(names, "skipped")
     assert {v.repo_id: v.scorecard for v in registry.published()} == published  # untouched
 
-    _manifest(manifest, model_dir, text_file, [0.2, 0.3])
-    third = _nightly(manifest, tmp_path)
+    _plan(plan, model_dir, text_file, [0.2, 0.3])
+    third = _nightly(plan, tmp_path)
     assert third.exit_code == 0
     assert _statuses(tmp_path) == {names[0]: "skipped", "tiny-llama-compot-dynamic-cr0.3": "rebuilt"}
 
     # An input that changes a published variant's fingerprint (another calibration seed) rebuilds it and
     # compares its metrics with what was published before.
-    _manifest(manifest, model_dir, text_file, [0.2, 0.3], "seed = 1")
-    fourth = _nightly(manifest, tmp_path)
+    _plan(plan, model_dir, text_file, [0.2, 0.3], "seed = 1")
+    fourth = _nightly(plan, tmp_path)
     report = _report(tmp_path)
     assert fourth.exit_code == 0 and {v["status"] for v in report.values()} == {"rebuilt"}
     assert report[names[0]]["reason"] == "inputs changed (fingerprint differs)"
@@ -94,9 +94,9 @@ def test_nightly_publishes_skips_and_rebuilds_only_what_changed(tmp_path, model_
 
 
 def test_one_failing_model_does_not_stop_the_others(tmp_path, model_dir, text_file):
-    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.25])
-    manifest.write_text(manifest.read_text() + '\n[[models]]\nmodel = "no-such-model"\ncrs = [0.2]\n')
-    result = _nightly(manifest, tmp_path)
+    plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, [0.25])
+    plan.write_text(plan.read_text() + '\n[[models]]\nmodel = "no-such-model"\ncrs = [0.2]\n')
+    result = _nightly(plan, tmp_path)
     assert result.exit_code == 1 and "1 of 2 variants failed: no-such-model-compot-dynamic-cr0.2" in result.output
     report = _report(tmp_path)
     assert report["tiny-llama-compot-dynamic-cr0.25"]["status"] == "rebuilt"
@@ -106,18 +106,18 @@ def test_one_failing_model_does_not_stop_the_others(tmp_path, model_dir, text_fi
 
 def test_a_variant_built_but_not_published_is_published_without_recompressing(tmp_path, model_dir, text_file,
                                                                             monkeypatch):
-    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.3])
+    plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, [0.3])
 
     def unreachable(self, folder, variant):
         raise ConnectionError("registry unreachable")
 
     with monkeypatch.context() as patch:
         patch.setattr(LocalRegistry, "publish", unreachable)
-        failed = _nightly(manifest, tmp_path)
+        failed = _nightly(plan, tmp_path)
     assert failed.exit_code == 1 and "ConnectionError: registry unreachable" in _report(tmp_path)[
         "tiny-llama-compot-dynamic-cr0.3"]["reason"]
     monkeypatch.setattr("zoo.pipeline.compress_model", lambda *a: pytest.fail("compressed again"))
-    resumed = _nightly(manifest, tmp_path)
+    resumed = _nightly(plan, tmp_path)
     variant = _report(tmp_path)["tiny-llama-compot-dynamic-cr0.3"]
     assert resumed.exit_code == 0 and variant["status"] == "rebuilt"
     assert variant["reason"] == "finished in an interrupted run; published now"
@@ -125,8 +125,8 @@ def test_a_variant_built_but_not_published_is_published_without_recompressing(tm
 
 def test_a_killed_run_resumes_without_redoing_finished_variants(tmp_path, model_dir, text_file):
     crs = [0.15, 0.2, 0.25, 0.3]
-    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, crs)
-    command = [sys.executable, "-c", "from zoo.cli import main; main()", "nightly", "--manifest", str(manifest),
+    plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, crs)
+    command = [sys.executable, "-c", "from zoo.cli import main; main()", "nightly", "--plan", str(plan),
                "--target", str(tmp_path / "registry"), "--workdir", str(tmp_path / "work"),
                "--report-dir", str(tmp_path / "report")]
     org = tmp_path / "registry" / "compot-zoo"
@@ -166,20 +166,20 @@ def test_compare_flags_changes_in_each_metric_s_bad_direction():
     ('[[models]]\nmodel = "m"\ncrs = [0.2]\nmethods = ["compot-global"]\n', r"unknown methods \['compot-global'\]"),
     ('[[models]]\nmodel = "m"\n', "needs `model` and a non-empty `crs`"),
     ('[[models]]\nmodel = "m"\ncrs = [0.2, 0.2]\n', "variants listed twice: m-compot-dynamic-cr0.2"),
-    ('[[models]]\nmodel = "m"\ncrs = [1.2]\n', r"CR must lie in \(0, 1\), got 1.2"),
+    ('[[models]]\nmodel = "m"\ncrs = [1.2]\n', r"cr 1.2 must lie in \(0, 1\)"),
     ("", "lists no variants"),
-    ("[[models]\n", "cannot read nightly manifest"),
+    ("[[models]\n", "cannot read nightly plan"),
 ])
-def test_manifest_errors_name_the_file_and_the_problem(tmp_path, text, message):
+def test_plan_errors_name_the_file_and_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ZooError, match=message):
-        read_manifest(path)
+        read_plan(path)
 
 
 @pytest.mark.parametrize("name", ["nightly.toml", "demo.toml"])
-def test_the_shipped_manifests_name_known_models(name):
-    variants, settings = read_manifest(ROOT / "ci" / name)
+def test_the_shipped_plans_name_known_models(name):
+    variants, settings = read_plan(ROOT / "ci" / name)
     assert {v.entry["model"] for v in variants} <= set(aliases())
     assert name != "nightly.toml" or settings["target"] == "hub"
 
@@ -204,7 +204,7 @@ def test_a_hub_run_without_a_token_fails_before_loading_anything(tmp_path, model
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setattr("zoo.pipeline.prepare", lambda *a, **k: pytest.fail("work started before the check"))
-    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.2])
-    args = ["nightly", "--manifest", manifest, "--target", "hub", "--report-dir", tmp_path / "report"]
+    plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, [0.2])
+    args = ["nightly", "--plan", plan, "--target", "hub", "--report-dir", tmp_path / "report"]
     result = CliRunner().invoke(main, [*map(str, args)])
     assert result.exit_code == 1 and "needs a token: set HF_TOKEN" in result.output

@@ -1,5 +1,6 @@
 """Model cards, the local registry and the Hub publisher (real huggingface_hub client, fake Hub server)."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,12 +15,13 @@ import zoo
 from tests.conftest import TEXT
 from tests.fake_hub import TOKEN, FakeHub
 from tests.tiny_models import tiny_llama, tiny_tokenizer
-from zoo.card import ALLOCATION_PLOT, CARD, card_data, inherited_license
+from zoo.publish.card import ALLOCATION_PLOT, CARD, card_data, inherited_license
 from zoo.cli import main
 from zoo.errors import ZooError
-from zoo.models import resolve
-from zoo.publishers import HubPublisher, LocalRegistry, publisher_for
-from zoo.scorecard import SCORECARD, Scorecard
+from zoo.format.record import read_record
+from zoo.sources.catalogue import resolve
+from zoo.publish.publishers import HubPublisher, LocalRegistry, publisher_for
+from zoo.publish.scorecard import SCORECARD, Scorecard
 
 
 def _invoke(*args):
@@ -72,20 +74,20 @@ def test_card_carries_hub_metadata_the_scorecard_and_the_allocation_plot(scored)
 
 
 def test_card_names_a_hub_base_model_and_its_relation(scored):
-    manifest = json.loads((scored / "compot_manifest.json").read_text())
+    record = read_record(scored)
     scorecard = Scorecard.load(scored / SCORECARD)
-    data = card_data({**manifest, "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"},
-                     scorecard, "compot-zoo/x")
+    on_hub = dataclasses.replace(record, hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0")
+    data = card_data(on_hub, scorecard, "compot-zoo/x")
     assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and data.base_model_relation == "quantized"
     assert data.license == "apache-2.0"
-    assert card_data(manifest, scorecard, "compot-zoo/x").base_model is None  # a local base is no Hub id
+    assert card_data(record, scorecard, "compot-zoo/x").base_model is None  # a local base is no Hub id
 
 
-def test_license_is_inherited_from_the_manifest_or_the_base_card(tmp_path, model_dir):
-    assert inherited_license(resolve("smollm2-135m")) == "apache-2.0"
-    assert inherited_license(resolve(str(model_dir))) == "other"
+def test_license_is_inherited_from_the_catalogue_or_the_base_card(tmp_path, model_dir):
+    assert inherited_license(resolve("smollm2-135m"), online=False) == "apache-2.0"
+    assert inherited_license(resolve(str(model_dir)), online=False) == "other"
     (model_dir / "README.md").write_text("---\nlicense: mit\n---\n# tiny\n")
-    assert inherited_license(resolve(str(model_dir))) == "mit"
+    assert inherited_license(resolve(str(model_dir)), online=False) == "mit"
 
 
 def test_local_registry_round_trip(tmp_path, scored):
@@ -93,7 +95,12 @@ def test_local_registry_round_trip(tmp_path, scored):
     published = registry.publish(scored, "tiny-compot")
     target = tmp_path / "registry" / "compot-zoo" / "tiny-compot"
     assert published.repo_id == "compot-zoo/tiny-compot" and published.url == target.resolve().as_uri()
-    assert _files(target) == _files(scored)
+    before = _files(scored)
+    card_files = {CARD, ALLOCATION_PLOT}
+    assert {k: v for k, v in _files(target).items() if k not in card_files} == \
+        {k: v for k, v in before.items() if k not in card_files}
+    assert ModelCard.load(target / CARD).data.model_name == "compot-zoo/tiny-compot"  # the card names its repository
+    assert ModelCard.load(scored / CARD).data.model_name == "tiny-compot" and _files(scored) == before  # source untouched
     assert published.scorecard == Scorecard.load(scored / SCORECARD)
     assert torch.equal(_logits(zoo.load(target)), _logits(zoo.load(scored)))
     # Republishing replaces the folder whole and leaves no temporaries behind.
@@ -171,7 +178,11 @@ def test_hub_publisher_uploads_through_huggingface_hub_and_retries(fake_hub, sco
     published = publisher.publish(scored, "tiny-compot")
     assert published.repo_id == "compot-zoo/tiny-compot"
     stored = fake_hub.repos["compot-zoo/tiny-compot"]
-    assert {name: hashlib.sha256(data).hexdigest() for name, data in stored.items()} == _files(scored)
+    uploaded = {name: hashlib.sha256(data).hexdigest() for name, data in stored.items()}
+    before = _files(scored)
+    assert uploaded.keys() == before.keys() and uploaded[SCORECARD] == before[SCORECARD]
+    assert "compot-zoo/tiny-compot" in stored[CARD].decode()  # the uploaded card names its repository ...
+    assert _files(scored) == before and not list(scored.parent.glob(".*upload*"))  # ... the source is untouched
     assert sum(p == "/api/repos/create" for _, p in fake_hub.requests) == 2
     assert any("model-index" in content for content in fake_hub.validated)  # the card's metadata was checked
     assert f"Bearer {TOKEN}" in fake_hub.authorizations  # the token travels only in the header ...
@@ -197,7 +208,7 @@ def test_publisher_for_reads_targets_and_configuration(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPOT_ZOO_REGISTRY", str(tmp_path / "default"))
     default = publisher_for(None)
     assert isinstance(default, LocalRegistry) and default.root == tmp_path / "default"
-    assert default.organization == "compot-zoo"  # zoo.toml [publish]
+    assert default.organization == "compot-zoo"  # the catalogue's [publish]
     hub = publisher_for("hub:my-org", private=True)
     assert isinstance(hub, HubPublisher) and (hub.organization, hub.private) == ("my-org", True)
     (tmp_path / "file").write_text("")

@@ -10,14 +10,16 @@ from transformers import AutoModelForImageTextToText
 
 import zoo
 from tests.tiny_vlm import GENERATIONS, photo, save_tiny_vlm
-from zoo.calibrate import block_grams, capture_block_inputs
-from zoo.checkpoint import save_compressed
-from zoo.compression import CompressionConfig, compress_model
+from zoo.compression.grams import block_grams, capture_block_inputs
+from tests.records import make_record
+from zoo.format.checkpoint import save_compressed
+from zoo.compression.apply import compress_model
+from zoo.compression.config import CompressionConfig
 from zoo.errors import ZooError
-from zoo.layer import CompotLinear
+from zoo.compression.layer import CompotLinear
 from zoo.modalities.qwen_vl import ADAPTER, chat_inputs
-from zoo.modality import get_adapter
-from zoo.models import resolve
+from zoo.modalities.base import get_adapter
+from zoo.sources.catalogue import resolve
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def questions(tmp_path_factory):
 
 
 def _load(folder):
-    return ADAPTER.load(resolve(str(folder)))
+    return ADAPTER.load(resolve(str(folder)), online=False)
 
 
 def test_the_registry_and_a_local_folder_find_the_adapter(folders):
@@ -69,7 +71,7 @@ def test_replayed_blocks_see_exactly_what_the_whole_model_feeds_them(folders, qu
     """Inputs captured at each stack's first block and replayed block by block equal the hidden
     states every block receives in a full forward pass: vision tokens, mrope and DeepStack included."""
     loaded = _load(folders[generation])
-    data = ADAPTER.calibration(loaded, str(questions), n_samples=3, seq_len=256, seed=0)
+    data = ADAPTER.calibration(loaded, str(questions), n_samples=3, seq_len=256, seed=0, online=False)
     layers = loaded.model.model.language_model.layers
     seen = {i: [] for i in range(len(layers))}
     hooks = [layer.register_forward_pre_hook(lambda m, a, kw, i=i: seen[i].append(a[0].clone()), with_kwargs=True)
@@ -94,7 +96,7 @@ def test_replayed_blocks_see_exactly_what_the_whole_model_feeds_them(folders, qu
 
 def test_calibration_feeds_image_tokens_and_caps_the_sample(folders, questions):
     loaded = _load(folders["qwen2_vl"])
-    data = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=256, seed=0)
+    data = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=256, seed=0, online=False)
     image_id = loaded.model.config.image_token_id
     assert len(data.batches) == 4 and data.tokens == sum(b["input_ids"].shape[1] for b in data.batches)
     for batch in data.batches:
@@ -103,19 +105,19 @@ def test_calibration_feeds_image_tokens_and_caps_the_sample(folders, questions):
         assert batch["pixel_values"].dtype == loaded.model.dtype and batch["use_cache"] is False
     text = loaded.processor.tokenizer.decode(data.batches[0]["input_ids"][0])
     assert "<|vision_start|>" in text and text.rstrip().endswith(("<|im_end|>", "assistant"))
-    again = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=256, seed=0)
+    again = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=256, seed=0, online=False)
     assert again.fingerprint == data.fingerprint
-    assert len({ADAPTER.calibration(loaded, str(questions), 2, 256, seed=s).fingerprint for s in range(4)}) > 1
-    short = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=24, seed=0)
+    assert len({ADAPTER.calibration(loaded, str(questions), 2, 256, seed=s, online=False).fingerprint for s in range(4)}) > 1
+    short = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=24, seed=0, online=False)
     assert all(b["input_ids"].shape[1] <= 24 and int((b["input_ids"] == image_id).sum()) <= 12
                for b in short.batches)
     with pytest.raises(ZooError, match="would lose image tokens"):
-        ADAPTER.calibration(loaded, str(questions), n_samples=1, seq_len=8, seed=0)
+        ADAPTER.calibration(loaded, str(questions), n_samples=1, seq_len=8, seed=0, online=False)
 
 
 def test_offline_photo_set_gives_what_it_has(folders):
     loaded = _load(folders["qwen2_vl"])
-    data = ADAPTER.calibration(loaded, "skimage-photos", n_samples=1000, seq_len=256, seed=0)
+    data = ADAPTER.calibration(loaded, "skimage-photos", n_samples=1000, seq_len=256, seed=0, online=False)
     assert data.name == "skimage-photos" and len(data.batches) > 20
 
 
@@ -123,8 +125,8 @@ def test_offline_photo_set_gives_what_it_has(folders):
 def test_compress_save_reload_answers_the_same(folders, questions, tmp_path, generation):
     loaded = _load(folders[generation])
     vision = {k: v.clone() for k, v in loaded.model.state_dict().items() if k.startswith("model.visual.")}
-    data = ADAPTER.calibration(loaded, str(questions), n_samples=5, seq_len=256, seed=0)
-    reports = compress_model(loaded.model, ADAPTER, data, CompressionConfig(cr=0.3, iters=4))
+    data = ADAPTER.calibration(loaded, str(questions), n_samples=5, seq_len=256, seed=0, online=False)
+    reports = compress_model(loaded.model, ADAPTER.stacks(loaded.model), data, CompressionConfig(cr=0.3, iters=4))
     assert {r.name.rsplit(".", 3)[0] for r in reports} == {"model.language_model.layers"}
     assert sum(isinstance(m, CompotLinear) for m in loaded.model.modules()) == len(reports) > 0
     after = loaded.model.state_dict()
@@ -135,7 +137,7 @@ def test_compress_save_reload_answers_the_same(folders, questions, tmp_path, gen
         expected_logits = loaded.model(**inputs).logits
         expected_ids = loaded.model.generate(**inputs, max_new_tokens=6, do_sample=False)
     out = tmp_path / "ckpt"
-    save_compressed(loaded.model, out, {"auto_class": ADAPTER.auto_class, "modality": "vlm"},
+    save_compressed(loaded.model, out, make_record(loaded.model, modality="vlm", auto_class=ADAPTER.auto_class),
                     extra_files=lambda tmp: ADAPTER.save_processor(loaded, tmp))
     assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "compot"
     for model in (zoo.load(out), AutoModelForImageTextToText.from_pretrained(out).eval()):
@@ -143,7 +145,7 @@ def test_compress_save_reload_answers_the_same(folders, questions, tmp_path, gen
         with torch.no_grad():
             assert torch.equal(model(**inputs).logits, expected_logits)
             assert torch.equal(model.generate(**inputs, max_new_tokens=6, do_sample=False), expected_ids)
-    reloaded = ADAPTER.load(resolve(str(out), "vlm"))  # the saved processor builds the same inputs
+    reloaded = ADAPTER.load(resolve(str(out), "vlm"), online=False)  # the saved processor builds the same inputs
     again = chat_inputs(reloaded.processor, [photo(7), "what is in the picture"])
     assert all(torch.equal(again[k], v) for k, v in inputs.items())
 
@@ -155,12 +157,12 @@ def test_bad_inputs_are_named(folders, tmp_path):
     (tmp_path / "questions.jsonl").write_text(json.dumps({"image": "broken.png", "question": "what is it"}) + "\n")
     loaded = _load(folders["qwen2_vl"])
     with pytest.raises(ZooError, match=r"cannot open image .*broken\.png"):
-        ADAPTER.calibration(loaded, str(tmp_path), n_samples=1, seq_len=256, seed=0)
+        ADAPTER.calibration(loaded, str(tmp_path), n_samples=1, seq_len=256, seed=0, online=False)
     (tmp_path / "questions.jsonl").write_text(json.dumps({"question": "what is it"}) + "\n")
     with pytest.raises(ZooError, match=r"questions\.jsonl line 1: question 'what is it' has no image"):
-        ADAPTER.calibration(loaded, str(tmp_path), n_samples=1, seq_len=256, seed=0)
+        ADAPTER.calibration(loaded, str(tmp_path), n_samples=1, seq_len=256, seed=0, online=False)
     with pytest.raises(ZooError, match="fewer than the 5 requested"):
         (tmp_path / "questions.jsonl").write_text(json.dumps({"image": "x.png", "question": "q"}) + "\n")
-        ADAPTER.calibration(loaded, str(tmp_path), n_samples=5, seq_len=256, seed=0)
+        ADAPTER.calibration(loaded, str(tmp_path), n_samples=5, seq_len=256, seed=0, online=False)
     with pytest.raises(ZooError, match=r"cannot find the language tower of LlamaForCausalLM \(model_type 'llama'\)"):
         ADAPTER.stacks(tiny_llama())

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from zoo import site
+from zoo.publish import site
 from zoo.errors import ZooError
-from zoo.publishers import PublishedVariant
-from zoo.scorecard import MetricResult, Scorecard
-from zoo.site import group_by_model, render_site, slugify
+from zoo.publish.publishers import PublishedVariant
+from zoo.publish.scorecard import MetricResult, Scorecard
+from zoo.publish.site import group_by_model, render_site, slugify
 
 SMOL = "HuggingFaceTB/SmolLM2-135M"
 WHISPER = "openai/whisper-tiny.en"
@@ -48,7 +48,7 @@ def _zoo() -> list[PublishedVariant]:
 
 
 def _expected_row(variant: PublishedVariant, columns: list[tuple[str, str]]) -> list[str]:
-    """The table row as a reader should see it, formatted here independently of zoo.site."""
+    """The table row as a reader should see it, formatted here independently of zoo.publish.site."""
     card = variant.scorecard
     cells = [card.variant, {"compot": "COMPOT", "svd-llm": "SVD-LLM"}[card.method], card.allocation,
              f"{card.target_cr:.3f}", f"{card.achieved_cr:.3f}"]

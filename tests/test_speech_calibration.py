@@ -11,8 +11,9 @@ import pytest
 
 from zoo.calibration import speech
 from zoo.calibration.speech import (SAMPLE_RATE, Utterance, decode_audio, load_speech, local_folder, packaged_speech,
-                                    resample, seeded_pick, speakable_sentences, speech_fingerprint,
+                                    resample, speakable_sentences, speech_fingerprint,
                                     synthesized_speech)
+from zoo.calibration.subsets import seeded_pick
 from zoo.errors import ZooError
 
 
@@ -173,7 +174,7 @@ def test_seeded_subsets_are_deterministic_nested_and_bounded(tmp_path):
     assert a != seeded_pick(ids, 10, seed=1, source="x")
     assert seeded_pick(ids, None, seed=3, source="x") == ids
     with pytest.raises(ZooError, match="40 utterances, fewer than the 41"):
-        seeded_pick(ids, 41, seed=0, source="x")
+        seeded_pick(ids, 41, seed=0, source="x", what="utterances")
     with pytest.raises(ZooError, match="at least 1"):
         seeded_pick(ids, 0, seed=0, source="x")
 
@@ -200,7 +201,7 @@ def test_load_speech_by_name_and_path(tmp_path, monkeypatch):
                                        "librispeech-test-other, tts-wiki-train, tts-wiki-test, librivox-offline"):
         load_speech("libri-speech")
     asked = []
-    monkeypatch.setattr(speech, "librispeech", lambda split, n, seed, at_most: asked.append((split, n, seed)))
+    monkeypatch.setattr(speech, "librispeech", lambda split, n, seed, at_most, online: asked.append((split, n, seed)))
     for name in ("librispeech", "librispeech-other", "librispeech-test-clean", "librispeech-test-other"):
         load_speech(name, 7, 3)
     assert asked == [("validation.clean", 7, 3), ("validation.other", 7, 3), ("test.clean", 7, 3),
@@ -208,9 +209,10 @@ def test_load_speech_by_name_and_path(tmp_path, monkeypatch):
 
 
 def test_librispeech_offline_says_to_pass_a_folder(monkeypatch):
-    monkeypatch.setattr(speech, "hub_reachable", lambda: False)
     with pytest.raises(ZooError, match="openslr/librispeech_asr.*unreachable.*local folder"):
-        speech.librispeech("test.other")
+        speech.librispeech("test.other", online=False)
+    with pytest.raises(ZooError, match="openslr/librispeech_asr.*unreachable.*local folder"):
+        load_speech("librispeech", online=False)
     with pytest.raises(ZooError, match="known: validation.clean, test.clean, validation.other, test.other"):
         speech.librispeech("dev.clean")
 
@@ -279,7 +281,6 @@ def test_librispeech_from_the_hub_decodes_the_seeded_pick(monkeypatch):
         asked.append((path, name, split))
         return table
 
-    monkeypatch.setattr(speech, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     got = load_speech("librispeech-test-other", n=3, seed=2)
     assert asked == [("openslr/librispeech_asr", "other", "test")]

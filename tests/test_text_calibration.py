@@ -119,12 +119,11 @@ def test_local_folders_saved_datasets_and_other_formats(tmp_path, docs):
 
 def test_hub_sets_fail_offline_with_the_way_out(monkeypatch):
     with pytest.raises(ZooError, match="wikitext2 .*unreachable.*'wiki-offline'.*local path"):
-        load_texts("wikitext2", "test")
+        load_texts("wikitext2", "test", online=False)
 
     def no_connection(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'allenai/c4' on the Hub (LocalEntryNotFoundError)")
 
-    monkeypatch.setattr(text, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", no_connection)
     with pytest.raises(ZooError, match="cannot load c4 \\(allenai/c4\\).*Couldn't reach.*'wiki-offline'"):
         load_texts("c4", "test")
@@ -139,7 +138,6 @@ def test_hub_loading_uses_each_protocols_source(monkeypatch):
         return datasets.IterableDataset.from_generator(lambda: iter(rows)) if kwargs.get("streaming") \
             else datasets.Dataset.from_list(rows)
 
-    monkeypatch.setattr(text, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     assert load_texts("refinedweb", "train") == ["doc 0", "doc 1", "doc 2"]
     load_texts("wikitext2", "test")

@@ -106,13 +106,13 @@ def test_compress_eval_writes_a_scorecard_for_base_and_compressed(lmu, tmp_path)
     """`zoo compress <tiny Qwen2-VL folder> --eval` offline: calibrated on the shipped photographs,
     scored on the local benchmark before and after, the scorecard saved beside the checkpoint."""
     from tests.tiny_vlm import save_tiny_vlm
-    from zoo.compression import CompressionConfig
+    from zoo.compression.apply import CompressionConfig
     from zoo.pipeline import CompressRequest, run_compress
-    from zoo.scorecard import Scorecard
+    from zoo.publish.scorecard import Scorecard
 
     folder = save_tiny_vlm(tmp_path / "tiny", "qwen2_vl")
     result = run_compress(CompressRequest(model=str(folder), config=CompressionConfig(cr=0.3, iters=3),
-                                          out=tmp_path / "out", n_samples=6, seq_len=256, evaluate=True, eval_limit=4))
+                                          out=tmp_path / "out", n_samples=6, seq_len=256, evaluate=True, eval_settings={"eval_limit": 4}))
     card = Scorecard.load(tmp_path / "out" / "scorecard.json")
     assert card.modality == "vlm" and card.calibration_set == "skimage-photos"
     (metric,) = card.metrics

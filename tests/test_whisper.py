@@ -9,14 +9,16 @@ import torch
 from transformers import AutoModelForSpeechSeq2Seq, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
 import zoo
-from zoo.calibrate import block_grams, capture_block_inputs
-from zoo.checkpoint import save_compressed
-from zoo.compression import CompressionConfig, compress_model
+from zoo.compression.grams import block_grams, capture_block_inputs
+from tests.records import make_record
+from zoo.format.checkpoint import save_compressed
+from zoo.compression.apply import compress_model
+from zoo.compression.config import CompressionConfig
 from zoo.errors import ZooError
-from zoo.layer import CompotLinear
+from zoo.compression.layer import CompotLinear
 from zoo.modalities.whisper import ADAPTER, sentence_case, task_prefix
-from zoo.modalities.whisper_ct2 import packaged_whisper_dir, save_processor
-from zoo.modality import LoadedModel
+from zoo.sources.converters.whisper_ct2 import packaged_whisper_dir, save_processor
+from zoo.modalities.base import LoadedModel
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
 
@@ -52,9 +54,9 @@ def speech_folder(tmp_path_factory):
 
 
 def _load(folder):
-    from zoo.models import resolve
+    from zoo.sources.catalogue import resolve
 
-    return ADAPTER.load(resolve(str(folder)))
+    return ADAPTER.load(resolve(str(folder)), online=False)
 
 
 def test_default_stack_is_the_decoder_and_the_encoder_joins_on_request(tiny):
@@ -71,7 +73,7 @@ def test_default_stack_is_the_decoder_and_the_encoder_joins_on_request(tiny):
 
 def test_calibration_teacher_forces_the_transcript_after_the_task_prefix(tiny, speech_folder):
     loaded = _load(tiny)
-    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0)
+    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0, online=False)
     assert len(data.batches) == 4
     prefix = task_prefix(loaded.model.generation_config)
     tokenizer = loaded.processor.tokenizer
@@ -83,9 +85,9 @@ def test_calibration_teacher_forces_the_transcript_after_the_task_prefix(tiny, s
     assert tokenizer.decode(ids[len(prefix):]).strip() == expected
     assert first["input_features"].shape == (1, 80, 3000)
     assert data.tokens == sum(b["decoder_input_ids"].shape[1] for b in data.batches)
-    again = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0)
+    again = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0, online=False)
     assert again.fingerprint == data.fingerprint
-    short = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=3, seed=0)
+    short = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=3, seed=0, online=False)
     assert all(b["decoder_input_ids"].shape[1] <= 3 for b in short.batches)
 
 
@@ -96,7 +98,7 @@ def test_sentence_case_only_touches_all_caps_transcripts():
 
 def test_cross_attention_grams_come_from_the_encoder_output(tiny, speech_folder):
     loaded = _load(tiny)
-    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0)
+    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0, online=False)
     (decoder,) = ADAPTER.stacks(loaded.model)
     inputs = capture_block_inputs(loaded.model, decoder.blocks[0][1], data.batches)
     stats, _ = block_grams(decoder.blocks[0][1], decoder.groups, inputs)
@@ -113,8 +115,9 @@ def test_cross_attention_grams_come_from_the_encoder_output(tiny, speech_folder)
 @pytest.mark.parametrize("components", [None, ["encoder", "decoder"]])
 def test_compress_save_reload_transcribes_the_same(tiny, speech_folder, tmp_path, components):
     loaded = _load(tiny)
-    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0)
-    reports = compress_model(loaded.model, ADAPTER, data, CompressionConfig(cr=0.3, iters=4, components=components))
+    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0, online=False)
+    reports = compress_model(loaded.model, ADAPTER.stacks(loaded.model, components), data,
+                             CompressionConfig(cr=0.3, iters=4, components=components))
     compressed = sum(isinstance(m, CompotLinear) for m in loaded.model.modules())
     assert compressed == len(reports) == (20 if components is None else 32)
     assert all(r.name.startswith("model.decoder") for r in reports) == (components is None)
@@ -124,7 +127,7 @@ def test_compress_save_reload_transcribes_the_same(tiny, speech_folder, tmp_path
         expected_logits = loaded.model(input_features=features, decoder_input_ids=data.batches[1]["decoder_input_ids"]).logits
         expected_ids = loaded.model.generate(features, max_new_tokens=6, do_sample=False)
     out = tmp_path / "ckpt"
-    save_compressed(loaded.model, out, {"auto_class": ADAPTER.auto_class, "modality": "whisper"},
+    save_compressed(loaded.model, out, make_record(loaded.model, modality="whisper", auto_class=ADAPTER.auto_class),
                     extra_files=lambda tmp: ADAPTER.save_processor(loaded, tmp))
     assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "compot"
     for model in (zoo.load(out), AutoModelForSpeechSeq2Seq.from_pretrained(out).eval()):

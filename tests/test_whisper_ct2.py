@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoProcessor, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
-from zoo.assets import fetch_asset
+from zoo.sources.assets import fetch_asset
 from zoo.errors import ZooError
-from zoo.modalities import whisper_ct2
-from zoo.modalities.whisper_ct2 import convert_ct2_whisper, packaged_whisper_dir, read_ct2_model
+from zoo.sources.converters import whisper_ct2
+from zoo.sources.converters.whisper_ct2 import convert_ct2_whisper, packaged_whisper_dir, read_ct2_model
 
 F32, I8, I16, F16, BF16 = 0, 1, 2, 4, 5
 _CODES = {np.dtype("int8"): I8, np.dtype("int16"): I16}

@@ -7,11 +7,12 @@ from transformers import AutoModelForSpeechSeq2Seq
 
 import zoo
 from zoo.calibration.speech import load_speech
-from zoo.checkpoint import save_compressed
-from zoo.compression import CompressionConfig, compress_model
+from zoo.format.checkpoint import save_compressed
+from zoo.compression.apply import compress_model
+from zoo.compression.config import CompressionConfig
 from zoo.evaluators.wer import evaluate_wer, transcribe
 from zoo.modalities.whisper import ADAPTER
-from zoo.models import resolve
+from zoo.sources.catalogue import resolve
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +28,9 @@ def test_speech():
 def _compressed(method: str, cr: float = 0.2):
     spec = resolve("whisper-tiny.en")
     loaded = ADAPTER.load(spec)
-    calibration = ADAPTER.calibration(loaded, "tts-wiki-train", n_samples=48, seq_len=448, seed=0)
-    compress_model(loaded.model, ADAPTER, calibration, CompressionConfig(cr=cr, method=method, static=True, iters=10))
+    calibration = ADAPTER.calibration(loaded, "tts-wiki-train", n_samples=48, seq_len=448, seed=0, online=False)
+    compress_model(loaded.model, ADAPTER.stacks(loaded.model), calibration,
+                   CompressionConfig(cr=cr, method=method, static=True, iters=10))
     return loaded
 
 

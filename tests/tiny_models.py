@@ -38,6 +38,6 @@ def tiny_tokenizer():
 
 
 def tiny_calibration(n: int = 6, seq_len: int = 24, seed: int = 0):
-    from zoo.modality import CalibrationData
+    from zoo.modalities.base import CalibrationData
 
     return CalibrationData(token_batches(n, seq_len, seed), "random-tokens", f"seed{seed}", n * seq_len)

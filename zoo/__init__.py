@@ -1,13 +1,30 @@
 """compot-zoo: training-free compression of Transformers with COMPOT.
 
-Importing zoo registers the "compot" quantization method with transformers, so
-`AutoModelForCausalLM.from_pretrained(checkpoint)` rebuilds compressed layers.
+`import zoo` is cheap (no torch, no transformers): the "compot" quantization method is
+registered with transformers when transformers loads its quantizers, so after `import zoo`,
+`AutoModelForCausalLM.from_pretrained(checkpoint)` rebuilds compressed layers; `zoo.compress`
+and `zoo.load` import what they need when first used.
 """
 
+from __future__ import annotations
+
+import wrapt
+
 __version__ = "0.1.0"
-
-from zoo import hf_quantizer as _hf_quantizer  # noqa: E402,F401  (registration side effect)
-from zoo.checkpoint import load_compressed as load  # noqa: E402
-from zoo.compression import compress  # noqa: E402
-
 __all__ = ["__version__", "compress", "load"]
+
+_LAZY = {"compress": ("zoo.pipeline", "compress"), "load": ("zoo.format.checkpoint", "load_compressed")}
+
+
+@wrapt.when_imported("transformers.quantizers.auto")
+def _register_quantizer(_module) -> None:
+    import zoo.format.quantizer  # noqa: F401  (registers "compot" with transformers)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    return getattr(importlib.import_module(module), attr)

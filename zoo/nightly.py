@@ -1,4 +1,4 @@
-"""`zoo nightly`: rebuild every variant of the nightly manifest whose inputs changed, publish it,
+"""`zoo nightly`: rebuild every variant of the nightly plan whose inputs changed, publish it,
 and report what happened.
 
 A variant is skipped when the publisher already holds it with the same fingerprint (base
@@ -25,26 +25,29 @@ from pathlib import Path
 
 import tomllib
 
-from zoo.atomic import write_text
-from zoo.compression import VARIANT_KINDS, CompressionConfig
+from zoo.compression.config import VARIANT_KINDS, CompressionConfig
 from zoo.errors import ZooError
-from zoo.publishers import Publisher, publish_scored
-from zoo.scorecard import SCORECARD, Scorecard
+from zoo.files import write_text
+from zoo.pipeline import EVAL_SETTINGS, CompressRequest, Prepared, compress_variant, default_out_dir, evaluate, \
+    fingerprint, prepare
+from zoo.publish.publishers import Publisher
+from zoo.publish.scorecard import SCORECARD, Scorecard
 
 log = logging.getLogger(__name__)
 
+# Compression settings a [[models]] entry may set for all its variants: every CompressionConfig
+# field but those its `crs` and `methods` set, and where the engine runs.
+CONFIG_KEYS = {f.name for f in CompressionConfig.settings()} - {"cr", "method", "static", "device"}
 # Keys of a [[models]] entry; any other is a typo and an error.
-ENTRY_KEYS = {"model", "modality", "crs", "methods", "components", "iters", "seed", "calibration",
-              "n_samples", "seq_len", "eval_windows", "eval_limit"}
-# zoo.toml defaults a nightly entry may override: which evaluation suites to run and how.
-SUITE_KEYS = {"eval_tasks", "eval_sets", "offline_eval_sets", "eval_seq_len", "eval_text", "eval_image_tokens",
-              "eval_max_new_tokens"}
+ENTRY_KEYS = {"model", "modality", "crs", "methods", "seed", "calibration", "n_samples", "seq_len",
+              *CONFIG_KEYS, *EVAL_SETTINGS}
+PUBLISH_KEYS = {"target", "organization", "private"}
 REGRESSION_TOLERANCE = 0.01  # relative change of a metric, in its bad direction, flagged as a regression
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One (model, CR, method) cell of the nightly manifest."""
+    """One (model, CR, method) cell of the nightly plan."""
 
     entry: dict
     cr: float
@@ -52,14 +55,11 @@ class Variant:
 
     @property
     def config(self) -> CompressionConfig:
-        components = self.entry.get("components")
-        return CompressionConfig(cr=self.cr, iters=self.entry.get("iters", 20), components=components,
-                                 **VARIANT_KINDS[self.kind])
+        settings = {k: v for k, v in self.entry.items() if k in CONFIG_KEYS}
+        return CompressionConfig(cr=self.cr, **settings, **VARIANT_KINDS[self.kind])
 
     @property
     def name(self) -> str:
-        from zoo.pipeline import default_out_dir
-
         return default_out_dir(self.entry["model"], self.config).name
 
 
@@ -82,28 +82,37 @@ class Outcome:
         return [c for c in self.changes if c["regression"]]
 
 
-def read_manifest(path: Path) -> tuple[list[Variant], dict]:
-    """The variants of a nightly manifest, and its [publish] table; errors name the file and entry."""
+def _unknown(where: str, keys: set, known: set) -> None:
+    if keys - known:
+        raise ZooError(f"{where}: unknown keys {', '.join(sorted(keys - known))}; known: {', '.join(sorted(known))}")
+
+
+def read_plan(path: Path) -> tuple[list[Variant], dict]:
+    """The variants of a nightly plan, and its [publish] table; errors name the file and entry."""
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ZooError(f"cannot read nightly manifest {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ZooError(f"cannot read nightly plan {path}: {exc}") from exc
+    _unknown(str(path), set(data), {"models", "publish"})
+    _unknown(f"{path}: [publish]", set(data.get("publish", {})), PUBLISH_KEYS)
     variants = []
     for i, entry in enumerate(data.get("models", [])):
         where = f"{path}: [[models]] #{i + 1}"
-        unknown = set(entry) - ENTRY_KEYS - SUITE_KEYS
-        if unknown:
-            raise ZooError(f"{where}: unknown keys {', '.join(sorted(unknown))}; known: "
-                           f"{', '.join(sorted(ENTRY_KEYS | SUITE_KEYS))}")
+        _unknown(where, set(entry), ENTRY_KEYS)
         if "model" not in entry or not entry.get("crs"):
             raise ZooError(f"{where}: needs `model` and a non-empty `crs` list")
         kinds = entry.get("methods", ["compot-dynamic"])
         bad = [k for k in kinds if k not in VARIANT_KINDS]
         if bad:
             raise ZooError(f"{where}: unknown methods {bad}; known: {', '.join(VARIANT_KINDS)}")
-        variants += [Variant(entry, float(cr), kind) for cr in entry["crs"] for kind in kinds]
+        try:
+            variants += [Variant(entry, float(cr), kind) for cr in entry["crs"] for kind in kinds]
+            for v in variants:
+                v.config  # noqa: B018  (checks every setting now, not when the variant's turn comes)
+        except (ZooError, TypeError, ValueError) as exc:
+            raise ZooError(f"{where}: {exc}") from exc
     if not variants:
-        raise ZooError(f"nightly manifest {path} lists no variants ([[models]] with model and crs)")
+        raise ZooError(f"nightly plan {path} lists no variants ([[models]] with model and crs)")
     names = [v.name for v in variants]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -152,31 +161,24 @@ def _fail(outcome: Outcome, exc: Exception) -> None:
 
 
 class _ModelContext:
-    """One manifest entry's model, calibration and (lazily) base scores, shared by its variants."""
+    """One plan entry's model, calibration and (lazily) base scores, shared by its variants."""
 
     def __init__(self, entry: dict) -> None:
-        from zoo.pipeline import prepare
-
         self.entry = entry
-        self.spec, self.adapter, self.loaded, self.calibration = prepare(self.request(CompressionConfig()),
-                                                                         suite_overrides(entry))
+        self.prepared: Prepared = prepare(self.request(CompressionConfig()))
         self.base_metrics: dict | None = None
 
-    def request(self, config: CompressionConfig, out: Path | None = None):
+    def request(self, config: CompressionConfig, out: Path | None = None) -> CompressRequest:
         """The entry as a `zoo compress --eval --overwrite` request: the same for calibrating and building."""
-        from zoo.pipeline import CompressRequest
-
         e = self.entry
         return CompressRequest(e["model"], config, out, True, e.get("calibration"), e.get("n_samples"),
-                               e.get("seq_len"), e.get("seed", 0), True, e.get("eval_windows"),
-                               e.get("eval_limit"), e.get("modality"))
+                               e.get("seq_len"), e.get("seed", 0), True,
+                               {k: v for k, v in e.items() if k in EVAL_SETTINGS}, e.get("modality"))
 
     def build(self, variant: Variant, outcome: Outcome, publisher: Publisher, workdir: Path) -> None:
-        from zoo.pipeline import compress_variant, fingerprint
-
         out = workdir / variant.name
         req = self.request(variant.config, out)
-        expected = fingerprint(self.spec, self.loaded, self.calibration, req)
+        expected = fingerprint(self.prepared, req)
         previous = publisher.get(variant.name)
         if previous is not None and previous.scorecard.fingerprint == expected:
             outcome.status, outcome.reason = "skipped", "published fingerprint matches"
@@ -186,20 +188,17 @@ class _ModelContext:
             outcome.reason = "finished in an interrupted run; published now"
         else:
             if self.base_metrics is None:
-                self.base_metrics = self.adapter.evaluate(self.loaded, self.spec, req.eval_windows, req.eval_limit)
-            loaded = dataclasses.replace(self.loaded, model=copy.deepcopy(self.loaded.model))
-            compress_variant(self.adapter, loaded, self.spec, self.calibration, req, out, self.base_metrics)
+                self.base_metrics = evaluate(self.prepared)
+            loaded = dataclasses.replace(self.prepared.loaded, model=copy.deepcopy(self.prepared.loaded.model))
+            compress_variant(dataclasses.replace(self.prepared, loaded=loaded), req, self.base_metrics,
+                             f"{publisher.organization}/{variant.name}")
             outcome.reason = "not published before" if previous is None else "inputs changed (fingerprint differs)"
-        published = publish_scored(publisher, out, variant.name)
+        published = publisher.publish(out, variant.name)
         shutil.rmtree(out)
         outcome.status, outcome.repo_id, outcome.url = "rebuilt", published.repo_id, published.url
         outcome.achieved_cr = published.scorecard.achieved_cr
         if previous is not None:
             outcome.changes = compare(previous.scorecard, published.scorecard)
-
-
-def suite_overrides(entry: dict) -> dict:
-    return {k: v for k, v in entry.items() if k in SUITE_KEYS}
 
 
 def _finished(out: Path, expected: str) -> bool:

@@ -1,4 +1,8 @@
-"""`zoo compress` end to end: resolve, load, calibrate, (score base), compress, save, score."""
+"""`zoo compress` end to end: resolve, load, calibrate, (score base), compress, save, score.
+
+The one module besides the CLI and the nightly job that sees every layer. Whether the Hub can
+be reached is decided once per run, here, and passed down.
+"""
 
 from __future__ import annotations
 
@@ -13,76 +17,95 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from zoo import __version__
-from zoo.compression import CompressionConfig, LayerReport, achieved_cr, compress_model
+from zoo.compression.apply import compress_model
+from zoo.compression.config import CompressionConfig
+from zoo.compression.report import LayerRecord
+from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
 from zoo.errors import ZooError
-from zoo.fingerprint import variant_fingerprint
-from zoo.hub import hub_reachable
-from zoo.modality import Adapter, CalibrationData, LoadedModel, get_adapter
-from zoo.models import ModelSpec, resolve
-from zoo.scorecard import SCORECARD, Scorecard, metrics_from_results
+from zoo.format.checkpoint import check_target, save_compressed
+from zoo.format.record import CalibrationInfo, VariantRecord
+from zoo.modalities.base import Adapter, get_adapter
+from zoo.modality import DEFAULT, modality_of
+from zoo.publish.card import inherited_license, write_card
+from zoo.publish.fingerprint import variant_fingerprint
+from zoo.publish.scorecard import SCORECARD, Scorecard, metrics_from_results
+from zoo.sources.catalogue import ModelSpec, modality_defaults, resolve
+from zoo.sources.hub import hub_reachable
+from zoo.sources.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
+# Evaluation settings a run may override over the catalogue's (the nightly plan sets the suites too).
+EVAL_SETTINGS = ("eval_windows", "eval_limit", "eval_tasks", "eval_sets", "offline_eval_sets", "eval_seq_len",
+                 "eval_text", "eval_image_tokens", "eval_max_new_tokens")
+# Those with a `zoo compress` flag, in the order the recorded command spells them.
+EVAL_FLAGS = {"eval_windows": "--eval-windows", "eval_limit": "--eval-limit"}
 
-@dataclass
+
+@dataclass(frozen=True)
 class CompressRequest:
-    model: str
+    model: str  # an alias, a local folder or a Hub id
     config: CompressionConfig
-    out: Path | None = None
+    out: Path | None = None  # default: default_out_dir
     overwrite: bool = False
-    calibration: str | None = None
+    calibration: str | None = None  # a set's name or a local path; None: the catalogue's for the modality
     n_samples: int | None = None
     seq_len: int | None = None
     seed: int = 0
     evaluate: bool = False
-    eval_windows: int | None = None
-    eval_limit: int | None = None
-    modality: str | None = None
+    eval_settings: dict = field(default_factory=dict)  # EVAL_SETTINGS keys over the catalogue's
+    modality: str | None = None  # overrides what the catalogue or the model's config says
+
+    def __post_init__(self) -> None:
+        unknown = set(self.eval_settings) - set(EVAL_SETTINGS)
+        if unknown:
+            raise ZooError(f"unknown evaluation settings {', '.join(sorted(unknown))}; known: {', '.join(EVAL_SETTINGS)}")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else default_out_dir(self.model, self.config)
+
+
+@dataclass
+class Prepared:
+    """A model loaded and calibrated once, from which any number of variants are compressed."""
+
+    spec: ModelSpec
+    adapter: Adapter
+    loaded: LoadedModel
+    calibration: CalibrationData
+    online: bool
 
 
 @dataclass
 class CompressResult:
     out_dir: Path
-    layers: list[LayerReport]
-    achieved_cr: float
-    seconds: float
-    peak_memory_mb: float
-    scorecard: object | None = None
-    notes: list[str] = field(default_factory=list)
+    record: VariantRecord
+    scorecard: Scorecard | None = None
 
 
 def default_out_dir(model: str, config: CompressionConfig) -> Path:
-    alloc = "static" if config.static else "dynamic"
-    return Path(f"{Path(model).name}-{config.method}-{alloc}-cr{config.cr:g}")
+    return Path(f"{Path(model).name}-{config.method}-{config.allocation}-cr{config.cr:g}")
 
 
-def pick_calibration(requested: str | None, defaults: dict) -> str:
-    """The requested set, else the model's default, else its offline stand-in when the Hub is unreachable."""
-    if requested:
-        return requested
-    default, offline = defaults.get("calibration"), defaults.get("offline_calibration")
-    if offline and (default is None or (default != offline and not hub_reachable())):
-        if default:
-            log.warning("Hub offline: calibrating on %s instead of %s", offline, default)
-        return offline
-    if default is None:
-        raise ZooError("the zoo manifest names no calibration set for this model; pass --calibration")
-    return default
-
-
-def calibration_settings(spec: ModelSpec, source: str | None, n_samples: int | None,
-                         seq_len: int | None) -> tuple[str, int, int]:
-    """The calibration set, sample count and length as asked, with the model's manifest defaults filling the rest."""
-    return (pick_calibration(source, spec.defaults), n_samples or spec.defaults.get("n_samples", 256),
-            seq_len or spec.defaults.get("seq_len", 1024))
-
-
-def calibrate(adapter: Adapter, loaded: LoadedModel, spec: ModelSpec, source: str | None,
-              n_samples: int | None, seq_len: int | None, seed: int) -> CalibrationData:
-    return adapter.calibration(loaded, *calibration_settings(spec, source, n_samples, seq_len), seed)
+def calibration_settings(spec: ModelSpec, source: str | None, n_samples: int | None, seq_len: int | None,
+                         online: bool) -> tuple[str, int, int]:
+    """The calibration set, sample count and length as asked, the catalogue's defaults filling the
+    rest; offline, a set on the Hub gives way to the modality's offline stand-in."""
+    defaults = spec.defaults
+    if source is None:
+        source, offline = defaults.get("calibration"), defaults.get("offline_calibration")
+        if offline and (source is None or (source != offline and not online)):
+            if source:
+                log.warning("Hub offline: calibrating on %s instead of %s", offline, source)
+            source = offline
+        if source is None:
+            raise ZooError("the zoo catalogue names no calibration set for this model; pass --calibration")
+    return source, n_samples or defaults.get("n_samples", 256), seq_len or defaults.get("seq_len", 1024)
 
 
 def peak_memory_mb() -> float:
@@ -97,124 +120,120 @@ def hardware() -> str:
     return f"{platform.machine()} CPU x{os.cpu_count()} ({platform.processor() or platform.system()})"
 
 
-def command_line(spec: ModelSpec, req: CompressRequest) -> str:
+def command_line(prepared: Prepared, req: CompressRequest) -> str:
     """The `zoo compress` command that rebuilds this variant, every setting that shapes it spelled out."""
-    config, defaults = req.config, CompressionConfig()
-    args = ["zoo", "compress", spec.name, "--cr", f"{config.cr:g}"]
-    if spec.local is None and spec.hub == spec.name and spec.modality != "llm":
+    spec = prepared.spec
+    args = ["zoo", "compress", spec.name, "--cr", f"{req.config.cr:g}"]
+    if spec.local is None and spec.hub == spec.name and spec.modality != DEFAULT:
         args += ["--modality", spec.modality]
-    if config.method != defaults.method:
-        args += ["--method", config.method]
-    if config.static:
-        args.append("--static")
-    for flag, name in (("--ks-ratio", "ks_ratio"), ("--iters", "iters"), ("--tol", "tol"), ("--min-cr", "min_cr"),
-                       ("--max-cr", "max_cr"), ("--storage-dtype", "storage_dtype")):
-        if getattr(config, name) != getattr(defaults, name):
-            args += [flag, f"{getattr(config, name):g}" if isinstance(getattr(config, name), float)
-                     else str(getattr(config, name))]
-    if config.components:
-        args += ["--components", ",".join(config.components)]
-    source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len)
+    for name, value in req.config.changed().items():
+        if name == "cr":
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        else:
+            args += [flag, ",".join(value) if isinstance(value, list) else f"{value:g}" if isinstance(value, float)
+                     else str(value)]
+    source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len,
+                                                      prepared.online)
     args += ["--calibration", source, "--n-samples", str(n_samples), "--seq-len", str(seq_len),
              "--seed", str(req.seed), "--eval"]
-    if req.eval_windows is not None:
-        args += ["--eval-windows", str(req.eval_windows)]
-    if req.eval_limit is not None:
-        args += ["--eval-limit", str(req.eval_limit)]
+    for name, flag in EVAL_FLAGS.items():
+        if req.eval_settings.get(name) is not None:
+            args += [flag, str(req.eval_settings[name])]
     return shlex.join(args)
 
 
-def fingerprint(spec: ModelSpec, loaded: LoadedModel, calibration: CalibrationData, req: CompressRequest) -> str:
+def fingerprint(prepared: Prepared, req: CompressRequest) -> str:
     """What determines the variant and its scores; the evaluation depends on whether the Hub's sets
     are reachable, so that is part of it too."""
-    evaluation = {"windows": req.eval_windows, "limit": req.eval_limit, "hub": hub_reachable(),
-                  **{k: v for k, v in spec.defaults.items() if k.startswith("eval") or k.startswith("offline_eval")}}
-    return variant_fingerprint(loaded.base_model, loaded.revision, ENGINE_VERSION, req.config.to_dict(),
+    evaluation = {"hub": prepared.online, **{k: v for k, v in prepared.spec.defaults.items()
+                                             if k.startswith("eval") or k.startswith("offline_eval")}}
+    calibration = prepared.calibration
+    return variant_fingerprint(prepared.loaded.base_model, prepared.loaded.revision, ENGINE_VERSION,
+                               req.config.determining(),
                                {"name": calibration.name, "fingerprint": calibration.fingerprint,
                                 "samples": len(calibration.batches), "seed": req.seed}, evaluation)
 
 
-def prepare(req: CompressRequest, overrides: dict | None = None) -> tuple[ModelSpec, Adapter, LoadedModel,
-                                                                           CalibrationData]:
+def prepare(req: CompressRequest, online: bool | None = None) -> Prepared:
     """Everything before compression: resolve, load, calibrate; each error here costs no compression work.
-    `overrides` replace the manifest's defaults for this model (e.g. its evaluation suites)."""
+    `online` (default: whether the Hub answers now) is decided once for the whole run."""
+    online = hub_reachable() if online is None else online
     spec = resolve(req.model, req.modality)
-    if overrides:
-        spec = dataclasses.replace(spec, defaults={**spec.defaults, **overrides})
+    spec = dataclasses.replace(spec, defaults={**spec.defaults, **req.eval_settings})
     adapter = get_adapter(spec.modality)
-    loaded = adapter.load(spec)
-    calibration = calibrate(adapter, loaded, spec, req.calibration, req.n_samples, req.seq_len, req.seed)
-    return spec, adapter, loaded, calibration
+    loaded = adapter.load(spec, online)
+    source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
+    calibration = adapter.calibration(loaded, source, n_samples, seq_len, req.seed, online)
+    return Prepared(spec, adapter, loaded, calibration, online)
 
 
-def run_compress(req: CompressRequest) -> CompressResult:
-    """`zoo compress`: one variant, compressed in place in the loaded model."""
-    out = Path(req.out) if req.out else default_out_dir(req.model, req.config)
-    if out.exists() and not req.overwrite:
-        raise ZooError(f"output directory {out} exists; pass --overwrite to replace it")
-    spec, adapter, loaded, calibration = prepare(req)
-    base_metrics = adapter.evaluate(loaded, spec, req.eval_windows, req.eval_limit) if req.evaluate else None
-    return compress_variant(adapter, loaded, spec, calibration, req, out, base_metrics)
+def evaluate(prepared: Prepared) -> dict[str, dict[str, float]]:
+    """The model's scores as it is now, on the evaluation its catalogue entry and the request name."""
+    return prepared.adapter.evaluate(prepared.loaded, prepared.spec, prepared.online)
 
 
-def compress_variant(adapter: Adapter, loaded: LoadedModel, spec: ModelSpec, calibration: CalibrationData,
-                     req: CompressRequest, out: Path, base_metrics: dict | None) -> CompressResult:
-    """Compress `loaded.model` in place, save the checkpoint, and with `base_metrics` score it,
-    writing scorecard.json and the model card beside it."""
-    from zoo.card import inherited_license, write_card
-    from zoo.checkpoint import save_compressed
+def run_compress(req: CompressRequest, repo_id: str | None = None) -> CompressResult:
+    """`zoo compress`: one variant, compressed in place in the loaded model; `repo_id` is the
+    repository the card names (default: the variant's folder name)."""
+    check_target(req.out_dir, req.overwrite)
+    prepared = prepare(req)
+    base_metrics = evaluate(prepared) if req.evaluate else None
+    return compress_variant(prepared, req, base_metrics, repo_id)
 
-    config = req.config
+
+def compress_variant(prepared: Prepared, req: CompressRequest, base_metrics: dict | None,
+                     repo_id: str | None = None) -> CompressResult:
+    """Compress `prepared`'s model in place and save the checkpoint at `req.out_dir`; with
+    `base_metrics`, score it and write scorecard.json and the model card (naming `repo_id`)."""
+    out = req.out_dir
     start = time.perf_counter()
-    layers = compress_model(loaded.model, adapter, calibration, config)
+    stacks = prepared.adapter.stacks(prepared.loaded.model, req.config.components)
+    layers = compress_model(prepared.loaded.model, stacks, prepared.calibration, req.config)
     seconds = time.perf_counter() - start
-    peak = peak_memory_mb()
-    cr = achieved_cr(layers)
-    manifest = {
-        "format": "compot-zoo/1",
-        "zoo_version": __version__,
-        "engine_version": ENGINE_VERSION,
-        "auto_class": adapter.auto_class,
-        "modality": spec.modality,
-        "base_model": loaded.base_model,
-        "hub_id": spec.hub,
-        "base_revision": loaded.revision,
-        "base_notes": loaded.notes,
-        "license": inherited_license(spec),
-        "alias": spec.name,
-        "variant": out.name,
-        "method": config.method,
-        "allocation": "static" if config.static else "dynamic",
-        "config": config.to_dict(),
-        "target_cr": config.cr,
-        "achieved_cr_eq11": cr,
-        "calibration": {"name": calibration.name, "fingerprint": calibration.fingerprint,
-                        "tokens": calibration.tokens, "samples": len(calibration.batches), "seed": req.seed},
-        "fingerprint": fingerprint(spec, loaded, calibration, req),
-        "command": command_line(spec, req),
-        "compression_seconds": seconds,
-        "peak_memory_mb": peak,
-        "hardware": hardware(),
-        "layer_reports": [vars(r) for r in layers],
-    }
-    save_compressed(loaded.model, out, manifest, overwrite=req.overwrite,
-                    extra_files=lambda tmp: adapter.save_processor(loaded, tmp))
-    result = CompressResult(out, layers, cr, seconds, peak, notes=list(loaded.notes))
+    record = build_record(prepared, req, out.name, layers, seconds)
+    save_compressed(prepared.loaded.model, out, record, overwrite=req.overwrite,
+                    extra_files=lambda tmp: prepared.adapter.save_processor(prepared.loaded, tmp))
+    result = CompressResult(out, record)
     if base_metrics is not None:
-        compressed_metrics = adapter.evaluate(loaded, spec, req.eval_windows, req.eval_limit)
-        result.scorecard = build_scorecard(manifest, metrics_from_results(base_metrics, compressed_metrics))
+        result.scorecard = Scorecard.from_record(record, metrics_from_results(base_metrics, evaluate(prepared)))
         result.scorecard.save(out / SCORECARD)
-        write_card(out)
+        write_card(out, record, result.scorecard, repo_id or out.name)
     return result
 
 
-def build_scorecard(manifest: dict, metrics: list) -> Scorecard:
-    return Scorecard(base_model=manifest["base_model"], base_revision=manifest["base_revision"],
-                     variant=manifest["variant"], modality=manifest["modality"], method=manifest["method"],
-                     allocation=manifest["allocation"], engine_version=manifest["engine_version"],
-                     target_cr=manifest["target_cr"], achieved_cr=manifest["achieved_cr_eq11"],
-                     calibration_set=manifest["calibration"]["name"],
-                     calibration_hash=manifest["calibration"]["fingerprint"], metrics=metrics,
-                     compression_seconds=manifest["compression_seconds"],
-                     peak_memory_mb=manifest["peak_memory_mb"], hardware=manifest["hardware"],
-                     fingerprint=manifest["fingerprint"], command=manifest["command"])
+def build_record(prepared: Prepared, req: CompressRequest, variant: str, layers: list[LayerRecord],
+                 seconds: float) -> VariantRecord:
+    spec, loaded, calibration = prepared.spec, prepared.loaded, prepared.calibration
+    return VariantRecord(
+        variant=variant, modality=spec.modality, auto_class=prepared.adapter.auto_class, alias=spec.name,
+        base_model=loaded.base_model, base_revision=loaded.revision, hub_id=spec.hub,
+        license=inherited_license(spec, prepared.online), base_notes=tuple(loaded.notes), config=req.config,
+        calibration=CalibrationInfo(calibration.name, calibration.fingerprint, calibration.tokens,
+                                    len(calibration.batches), req.seed),
+        layers=tuple(layers), fingerprint=fingerprint(prepared, req), command=command_line(prepared, req),
+        compression_seconds=seconds, peak_memory_mb=peak_memory_mb(), hardware=hardware(),
+        zoo_version=__version__, engine_version=ENGINE_VERSION)
+
+
+def compress(model: nn.Module, processor, cr: float = 0.2, *, modality: str | None = None,
+             calibration: str | None = None, n_samples: int | None = None, seq_len: int | None = None,
+             seed: int = 0, **settings) -> list[LayerRecord]:
+    """Python entry point: compress an in-memory model in place, calibrated as `zoo compress`
+    would calibrate it (the catalogue's set and sizes for its modality unless given).
+
+    `processor` is its tokenizer or processor; `settings` are the other CompressionConfig fields
+    (method, static, ks_ratio, iters, ...). Returns one record per target projection.
+    """
+    config = CompressionConfig(cr=cr, **settings)
+    kind = modality or modality_of(getattr(model.config, "model_type", ""))
+    name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    online = hub_reachable()
+    adapter = get_adapter(kind)
+    spec = ModelSpec(name, kind, defaults=modality_defaults(kind))
+    loaded = LoadedModel(model, processor, name)
+    source, n_samples, seq_len = calibration_settings(spec, calibration, n_samples, seq_len, online)
+    data = adapter.calibration(loaded, source, n_samples, seq_len, seed, online)
+    return compress_model(model, adapter.stacks(model, config.components), data, config)

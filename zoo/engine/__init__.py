@@ -1,8 +1,9 @@
 """The COMPOT engine: tensors in, factors out. It knows nothing of transformers models."""
 
 from zoo.engine.allocation import Allocation, allocate, default_guards
+from zoo.engine.errors import EngineError
 from zoo.engine.factorization import METHODS, Factorization, factorize, factorize_many, functional_error
 
 ENGINE_VERSION = "0.1.0"
 
-__all__ = ["Allocation", "allocate", "default_guards", "ENGINE_VERSION", "METHODS", "Factorization", "factorize", "factorize_many", "functional_error"]
+__all__ = ["Allocation", "allocate", "default_guards", "ENGINE_VERSION", "EngineError", "METHODS", "Factorization", "factorize", "factorize_many", "functional_error"]

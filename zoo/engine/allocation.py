@@ -14,16 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zoo.errors import ZooError
+from zoo.engine.errors import EngineError
 
 
 @dataclass
 class Allocation:
-    """Per-matrix CR (0.0 for DENSE), retained ranks, and the guards that bounded them."""
+    """Per-matrix CR (0.0 for a matrix kept DENSE) and the guards that bounded them."""
 
     cr: dict[str, float]
-    rank: dict[str, int]
-    dense: list[str]
     min_cr: float
     max_cr: float
 
@@ -45,15 +43,15 @@ def allocate(weights: Mapping[str, torch.Tensor], cr: float, min_cr: float | Non
              max_cr: float | None = None, device: torch.device | str | None = None) -> Allocation:
     """Per-matrix compression ratios whose low-rank storage meets `cr` model-wide."""
     if not 0.0 < cr < 1.0:
-        raise ZooError(f"compression ratio must lie in (0, 1), got {cr!r}")
+        raise EngineError(f"compression ratio must lie in (0, 1), got {cr!r}")
     lo, hi = default_guards(cr)
     min_cr = lo if min_cr is None else min_cr
     max_cr = hi if max_cr is None else max_cr
     if not 0.0 <= min_cr <= cr <= max_cr < 1.0:
-        raise ZooError(f"guards must satisfy 0 <= min_cr <= cr <= max_cr < 1, got "
+        raise EngineError(f"guards must satisfy 0 <= min_cr <= cr <= max_cr < 1, got "
                        f"min_cr={min_cr}, cr={cr}, max_cr={max_cr}")
     if not weights:
-        raise ZooError("nothing to allocate: no matrices given")
+        raise EngineError("nothing to allocate: no matrices given")
 
     names = list(weights)
     sizes, sigmas, r_lo, r_hi, dense = [], [], [], [], set()
@@ -74,7 +72,7 @@ def allocate(weights: Mapping[str, torch.Tensor], cr: float, min_cr: float | Non
     target = (1 - cr) * total
     active = [i for i, name in enumerate(names) if name not in dense]
     if not active:
-        raise ZooError(f"no matrix can be made smaller within max_cr={max_cr}: all {len(names)} stay dense")
+        raise EngineError(f"no matrix can be made smaller within max_cr={max_cr}: all {len(names)} stay dense")
     stored = sum(sizes[i][0] for i in range(len(names)) if names[i] in dense)
     stored += sum(r_hi[i] * sizes[i][1] for i in active)
 
@@ -94,18 +92,14 @@ def allocate(weights: Mapping[str, torch.Tensor], cr: float, min_cr: float | Non
     if needed > 0:
         reach = savings.cumsum(0)
         if reach[-1] < needed:
-            raise ZooError(f"CR {cr} is not reachable within max_cr={max_cr}: at the guard the "
+            raise EngineError(f"CR {cr} is not reachable within max_cr={max_cr}: at the guard the "
                            f"model still stores {1 - (stored - reach[-1].item()) / total:.3f} less")
         cut = int(torch.searchsorted(reach, torch.tensor(needed, dtype=torch.float64)).item()) + 1
     truncated = torch.bincount(owners[order[:cut]], minlength=len(names))
 
-    ranks, crs = {}, {}
+    crs = {}
     for i, name in enumerate(names):
         p, c = sizes[i]
         r = r_hi[i] - int(truncated[i])
-        if name in dense or r * c >= p:
-            dense.add(name)
-            ranks[name], crs[name] = min(weights[name].shape), 0.0
-        else:
-            ranks[name], crs[name] = r, 1 - r * c / p
-    return Allocation(cr=crs, rank=ranks, dense=sorted(dense), min_cr=min_cr, max_cr=max_cr)
+        crs[name] = 0.0 if name in dense or r * c >= p else 1 - r * c / p
+    return Allocation(cr=crs, min_cr=min_cr, max_cr=max_cr)

@@ -14,7 +14,7 @@ from zoo.engine import storage
 from zoo.engine.compot import compot
 from zoo.engine.svd_llm import truncated_svd
 from zoo.engine.whitening import cholesky_whitener
-from zoo.errors import ZooError
+from zoo.engine.errors import EngineError
 
 METHODS = ("compot", "svd-llm")
 
@@ -82,22 +82,22 @@ class Factorization:
 def _validate(weight: torch.Tensor, gram: torch.Tensor, cr: float, ks_ratio: float,
               iters: int, method: str, name: str) -> None:
     if method not in METHODS:
-        raise ZooError(f"{name}: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise EngineError(f"{name}: unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0.0 < cr < 1.0:
-        raise ZooError(f"{name}: compression ratio must lie in (0, 1), got {cr!r}")
+        raise EngineError(f"{name}: compression ratio must lie in (0, 1), got {cr!r}")
     if not ks_ratio >= 1.0:
-        raise ZooError(f"{name}: k/s ratio must be >= 1, got {ks_ratio!r}")
+        raise EngineError(f"{name}: k/s ratio must be >= 1, got {ks_ratio!r}")
     if iters < 0:
-        raise ZooError(f"{name}: iterations must be >= 0, got {iters!r}")
+        raise EngineError(f"{name}: iterations must be >= 0, got {iters!r}")
     if weight.ndim != 2:
-        raise ZooError(f"{name}: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+        raise EngineError(f"{name}: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     if gram.shape != (weight.shape[1], weight.shape[1]):
-        raise ZooError(f"{name}: Gram shape {tuple(gram.shape)} does not match in_features="
+        raise EngineError(f"{name}: Gram shape {tuple(gram.shape)} does not match in_features="
                        f"{weight.shape[1]} of weight {tuple(weight.shape)}")
     for label, t in (("weight", weight), ("Gram", gram)):
         bad = (~torch.isfinite(t)).sum().item()
         if bad:
-            raise ZooError(f"{name}: {label} holds {bad} NaN/Inf value(s)")
+            raise EngineError(f"{name}: {label} holds {bad} NaN/Inf value(s)")
 
 
 def factorize(weight: torch.Tensor, gram: torch.Tensor, cr: float = 0.2, method: str = "compot",

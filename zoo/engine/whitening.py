@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.errors import ZooError
+from zoo.engine.errors import EngineError
 
 # Damping tried in turn, relative to mean(diag G); 0 first so a healthy Gram is untouched.
 DAMPING_SCHEDULE = (0.0, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -38,7 +38,7 @@ def cholesky_whitener(gram: torch.Tensor, name: str = "matrix") -> Whitener:
     g = gram.to(torch.float64)
     scale = g.diagonal().mean().item()
     if not scale > 0:
-        raise ZooError(f"{name}: Gram matrix has no positive diagonal (mean {scale:g}); "
+        raise EngineError(f"{name}: Gram matrix has no positive diagonal (mean {scale:g}); "
                        "its layer saw no calibration signal")
     for eps in DAMPING_SCHEDULE:
         damped = g
@@ -48,5 +48,5 @@ def cholesky_whitener(gram: torch.Tensor, name: str = "matrix") -> Whitener:
         L, info = torch.linalg.cholesky_ex(damped)
         if info.item() == 0:
             return Whitener(L=L, damping=eps)
-    raise ZooError(f"{name}: Gram matrix stays indefinite after damping up to "
+    raise EngineError(f"{name}: Gram matrix stays indefinite after damping up to "
                    f"{DAMPING_SCHEDULE[-1]:g} x mean(diag G); the calibration statistics are broken")

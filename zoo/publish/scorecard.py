@@ -1,6 +1,7 @@
 """One scorecard schema for every modality: base vs compressed, with recovery.
 
-Free of torch and transformers, so cards, the site and `zoo browse` read scorecards cheaply.
+Derived from the variant record and the evaluators' results; free of torch and transformers,
+so cards, the site and `zoo browse` read scorecards cheaply.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from zoo.atomic import write_text
+from zoo.compression.config import METHODS
+from zoo.files import write_text
+from zoo.format.record import VariantRecord
+from zoo.modality import MODALITIES
 from zoo.errors import ZooError
 
 SCHEMA_VERSION = 2  # 2: fingerprint and command
@@ -20,6 +24,15 @@ SCORECARD = "scorecard.json"  # its file name in a checkpoint and a published re
 # Metric names (lm-eval's and ours) where smaller is better; any other is higher-is-better.
 LOWER_IS_BETTER = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte",
                              "nll", "loss", "wer", "cer"})
+
+
+def schema() -> dict:
+    """The JSON Schema of scorecard.json: the documented file, with the modalities and methods
+    this version knows filled in from their one definition."""
+    data = json.loads(SCHEMA_FILE.read_text())
+    data["properties"]["modality"]["enum"] = list(MODALITIES)
+    data["properties"]["method"]["enum"] = list(METHODS)
+    return data
 
 
 def higher_is_better(name: str) -> bool:
@@ -63,7 +76,7 @@ class Scorecard:
     compression_seconds: float
     peak_memory_mb: float
     hardware: str
-    fingerprint: str  # sha256 of everything that determines the variant (zoo.fingerprint)
+    fingerprint: str  # sha256 of everything that determines the variant (zoo.publish.fingerprint)
     command: str  # the `zoo compress` command that rebuilds it
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
@@ -71,6 +84,18 @@ class Scorecard:
     def __post_init__(self) -> None:
         if self.allocation not in ("static", "dynamic"):
             raise ZooError(f"scorecard allocation must be 'static' or 'dynamic', got {self.allocation!r}")
+        if self.modality not in MODALITIES:
+            raise ZooError(f"scorecard modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
+
+    @classmethod
+    def from_record(cls, record: VariantRecord, metrics: list[MetricResult]) -> Scorecard:
+        return cls(base_model=record.base_model, base_revision=record.base_revision, variant=record.variant,
+                   modality=record.modality, method=record.method, engine_version=record.engine_version,
+                   target_cr=record.target_cr, achieved_cr=record.achieved_cr, allocation=record.allocation,
+                   calibration_set=record.calibration.name, calibration_hash=record.calibration.fingerprint,
+                   metrics=metrics, compression_seconds=record.compression_seconds,
+                   peak_memory_mb=record.peak_memory_mb, hardware=record.hardware, fingerprint=record.fingerprint,
+                   command=record.command)
 
     def to_dict(self) -> dict:
         """Plain JSON data; each metric carries its recovery for readers without this class."""
@@ -119,20 +144,16 @@ class Scorecard:
         return "\n".join(rows)
 
 
-def metrics_from_results(base: dict[str, dict[str, float]], compressed: dict[str, dict[str, float]],
-                         higher_is_better_overrides: dict[str, bool] | None = None) -> list[MetricResult]:
+def metrics_from_results(base: dict[str, dict[str, float]], compressed: dict[str, dict[str, float]]) -> list[MetricResult]:
     """Pair evaluator outputs {task: {metric: value}} of the base and the compressed model.
 
     Every base metric must exist for the compressed model: a missing one means the two were
     not evaluated alike, and a scorecard that silently dropped it would mislead.
-    `higher_is_better_overrides` maps a metric name to its direction where the name misleads.
     """
-    overrides = higher_is_better_overrides or {}
     results = []
     for task, values in base.items():
         for name, value in values.items():
             if name not in compressed.get(task, {}):
                 raise ZooError(f"metric {name!r} of task {task!r} is in the base results but not the compressed ones")
-            direction = overrides.get(name, higher_is_better(name))
-            results.append(MetricResult(name, task, float(value), float(compressed[task][name]), direction))
+            results.append(MetricResult(name, task, float(value), float(compressed[task][name]), higher_is_better(name)))
     return results

@@ -21,10 +21,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
-from zoo.atomic import staged_dir
-from zoo.errors import ZooError
-from zoo.publishers import PublishedVariant
-from zoo.scorecard import MetricResult, Scorecard
+from zoo.files import check_replaceable, staged_dir
+from zoo.publish.publishers import PublishedVariant
+from zoo.publish.scorecard import MetricResult, Scorecard
 
 # Marks a folder as one of our sites: only such a folder (or an empty one) is ever replaced.
 SITE_MARKER = ".compot-zoo-site"
@@ -177,7 +176,7 @@ def render_site(variants: Sequence[PublishedVariant], out_dir: Path, title: str 
     so a reader sees the old site or the new one, never a mix or half a page.
     """
     out_dir = Path(out_dir)
-    _check_target(out_dir)
+    check_replaceable(out_dir, SITE_MARKER, "a site rendered by `zoo site`")
     groups = group_by_model(variants)
     with staged_dir(out_dir) as tmp:
         (tmp / SITE_MARKER).write_text("rendered by compot-zoo's `zoo site`; replaced on every run\n")
@@ -190,12 +189,3 @@ def render_site(variants: Sequence[PublishedVariant], out_dir: Path, title: str 
     return out_dir / "index.html"
 
 
-def _check_target(out_dir: Path) -> None:
-    """Never replace a folder that is not one of our sites (e.g. `--out ~` by mistake)."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise ZooError(f"site output {out_dir} exists and is not a directory")
-    if any(out_dir.iterdir()) and not (out_dir / SITE_MARKER).is_file():
-        raise ZooError(f"refusing to replace {out_dir}: it is not empty and holds no {SITE_MARKER}, "
-                       "so it is not a site rendered by `zoo site`")

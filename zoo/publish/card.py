@@ -9,19 +9,18 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from zoo.atomic import write_file
-from zoo.checkpoint import read_manifest
+from zoo.compression.report import LayerRecord
 from zoo.errors import ZooError
-from zoo.hub import hub_reachable
-from zoo.models import ModelSpec
-from zoo.scorecard import SCORECARD, Scorecard
+from zoo.files import write_file
+from zoo.format.record import VariantRecord, read_record
+from zoo.modality import MODALITIES
+from zoo.publish.scorecard import SCORECARD, Scorecard
+from zoo.sources.catalogue import ModelSpec
 
 log = logging.getLogger(__name__)
 
 CARD = "README.md"
 ALLOCATION_PLOT = "allocation.png"
-# modality -> the Hub's pipeline tag, also the model-index task type.
-PIPELINE_TAGS = {"llm": "text-generation", "whisper": "automatic-speech-recognition", "vlm": "image-text-to-text"}
 
 TEMPLATE = """---
 {{ card_data }}
@@ -72,11 +71,12 @@ Variant fingerprint: `{{ scorecard.fingerprint }}`.
 """
 
 
-def inherited_license(spec: ModelSpec) -> str:
-    """The base model's license: the zoo manifest's, else the base card's (local folder or Hub), else "other"."""
+def inherited_license(spec: ModelSpec, online: bool) -> str:
+    """The base model's license: the catalogue's, else the base card's (local folder, or the Hub
+    when `online`), else "other"."""
     if "license" in spec.defaults:
         return spec.defaults["license"]
-    source = spec.local / CARD if spec.local is not None else spec.hub if spec.hub and hub_reachable() else None
+    source = spec.local / CARD if spec.local is not None else spec.hub if spec.hub and online else None
     if source is not None and (spec.local is None or Path(source).is_file()):
         try:
             license_ = ModelCard.load(source).data.license
@@ -88,12 +88,12 @@ def inherited_license(spec: ModelSpec) -> str:
     return "other"
 
 
-def card_data(manifest: dict, scorecard: Scorecard, repo_id: str) -> ModelCardData:
+def card_data(record: VariantRecord, scorecard: Scorecard, repo_id: str) -> ModelCardData:
     """The Hub metadata: the base model relation, license and model-index results of this variant."""
-    task = PIPELINE_TAGS[scorecard.modality]
+    task = MODALITIES[scorecard.modality].pipeline_tag
     results = [EvalResult(task_type=task, dataset_type=m.task, dataset_name=m.task, metric_type=m.name,
                           metric_value=m.compressed) for m in scorecard.metrics]
-    base = manifest.get("hub_id")  # None for a local base: the Hub's base_model must be a Hub id
+    base = record.hub_id  # None for a local base: the Hub's base_model must be a Hub id
     return ModelCardData(
         model_name=repo_id,
         base_model=base,
@@ -101,78 +101,75 @@ def card_data(manifest: dict, scorecard: Scorecard, repo_id: str) -> ModelCardDa
         base_model_relation="quantized" if base else None,
         library_name="transformers",
         pipeline_tag=task,
-        license=manifest.get("license", "other"),
+        license=record.license,
         tags=["compot", "compressed", f"cr-{scorecard.target_cr:g}", scorecard.method, scorecard.modality],
         eval_results=results or None,
     )
 
 
-def read_scored(folder: Path) -> tuple[dict, Scorecard]:
-    """The manifest and scorecard of a scored checkpoint; a checkpoint without a scorecard is an error."""
-    manifest = read_manifest(folder)
+def read_scored(folder: Path) -> tuple[VariantRecord, Scorecard]:
+    """The record and scorecard of a scored checkpoint; a checkpoint without a scorecard is an error."""
+    record = read_record(folder)
     if not (folder / SCORECARD).is_file():
         raise ZooError(f"{folder} has no {SCORECARD}: compress with --eval so it is scored before publishing")
-    return manifest, Scorecard.load(folder / SCORECARD)
+    return record, Scorecard.load(folder / SCORECARD)
 
 
-def write_card(folder: Path, repo_id: str | None = None) -> Path:
-    """README.md and the allocation plot from the folder's manifest and scorecard, written atomically."""
-    manifest, scorecard = read_scored(folder)
-    repo_id = repo_id or manifest["variant"]
-    write_file(folder / ALLOCATION_PLOT, lambda tmp: plot_allocation(manifest["layer_reports"], tmp,
-                                                                  f"{repo_id}: CR per matrix"))
+def card_repo_id(folder: Path) -> str | None:
+    """The repository a folder's card was written for (its `model_name`), None without a card."""
+    return ModelCard.load(folder / CARD).data.model_name if (folder / CARD).is_file() else None
+
+
+def write_card(folder: Path, record: VariantRecord, scorecard: Scorecard, repo_id: str) -> Path:
+    """README.md and the allocation plot for the repository `repo_id`, written atomically into `folder`."""
+    layers = list(record.layers)
+    write_file(folder / ALLOCATION_PLOT, lambda tmp: plot_allocation(layers, tmp, f"{repo_id}: CR per matrix"))
     card = ModelCard.from_template(
-        card_data(manifest, scorecard, repo_id), template_str=TEMPLATE, repo_id=repo_id,
-        base_model=manifest["base_model"], scorecard=scorecard, table=scorecard.to_markdown_table(),
-        plot=ALLOCATION_PLOT, allocation_summary=allocation_summary(manifest["layer_reports"]),
-        auto_class=manifest["auto_class"])
+        card_data(record, scorecard, repo_id), template_str=TEMPLATE, repo_id=repo_id,
+        base_model=record.base_model, scorecard=scorecard, table=scorecard.to_markdown_table(),
+        plot=ALLOCATION_PLOT, allocation_summary=allocation_summary(layers), auto_class=record.auto_class)
     return write_file(folder / CARD, card.save)
 
 
 _BLOCK = re.compile(r"^(?P<stack>.*?)\.(?P<index>\d+)\.(?P<proj>.+)$")
 
 
-def allocation_grid(reports: list[dict]) -> dict[str, dict[str, dict[int, dict]]]:
-    """{stack: {projection: {block index: report}}} from per-layer reports; a name without a block
-    index is a stack of its own."""
-    grid: dict[str, dict[str, dict[int, dict]]] = {}
-    for r in reports:
-        match = _BLOCK.match(r["name"])
-        stack, proj, index = (match["stack"], match["proj"], int(match["index"])) if match else (r["name"], "", 0)
+def allocation_grid(layers: list[LayerRecord]) -> dict[str, dict[str, dict[int, LayerRecord]]]:
+    """{stack: {projection: {block index: layer}}}; a name without a block index is a stack of its own."""
+    grid: dict[str, dict[str, dict[int, LayerRecord]]] = {}
+    for r in layers:
+        match = _BLOCK.match(r.name)
+        stack, proj, index = (match["stack"], match["proj"], int(match["index"])) if match else (r.name, "", 0)
         grid.setdefault(stack, {}).setdefault(proj, {})[index] = r
     return grid
 
 
-def matrix_cr(report: dict) -> float:
-    return 0.0 if report["method"] == "dense" else report["cr"]
-
-
-def allocation_summary(reports: list[dict]) -> str:
+def allocation_summary(layers: list[LayerRecord]) -> str:
     """A row per projection type: mean CR and its range across blocks, for readers of the plain text."""
     lines = ["| stack | projection | mean CR | min | max | kept dense |", "| --- | --- | --- | --- | --- | --- |"]
-    for stack, projections in allocation_grid(reports).items():
+    for stack, projections in allocation_grid(layers).items():
         for proj, by_block in projections.items():
-            crs = [matrix_cr(r) for r in by_block.values()]
-            dense = sum(r["method"] == "dense" for r in by_block.values())
+            crs = [r.cr for r in by_block.values()]
+            dense = sum(r.method == "dense" for r in by_block.values())
             lines.append(f"| {stack} | {proj or '-'} | {sum(crs) / len(crs):.3f} | {min(crs):.3f} | "
                          f"{max(crs):.3f} | {dense} |")
     return "\n".join(lines)
 
 
-def plot_allocation(reports: list[dict], path: Path, title: str) -> None:
+def plot_allocation(layers: list[LayerRecord], path: Path, title: str) -> None:
     """A heatmap per stack: projections by blocks, coloured by the CR each matrix received."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = allocation_grid(reports)
+    grid = allocation_grid(layers)
     fig, axes = plt.subplots(len(grid), 1, figsize=(10, 1.2 + 0.45 * max(len(p) for p in grid.values())
                                                     * len(grid)), squeeze=False)
     image = None
     for ax, (stack, projections) in zip(axes[:, 0], grid.items()):
         blocks = sorted({i for by_block in projections.values() for i in by_block})
-        values = [[matrix_cr(by_block[i]) if i in by_block else float("nan") for i in blocks]
+        values = [[by_block[i].cr if i in by_block else float("nan") for i in blocks]
                   for by_block in projections.values()]
         image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_yticks(range(len(projections)), list(projections))

