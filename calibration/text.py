@@ -27,28 +27,25 @@ OFFLINE = "wiki-offline"
 
 @dataclass(frozen=True)
 class TextSet:
-    """A Hub text set and the sampling its protocol uses by default."""
+    """A Hub text set: where its text is. How much of it calibrates a model is the catalogue's
+    n_samples and seq_len (the paper: 256 x 1024 of RefinedWeb; SVD-LLM: 256 x 2048 of WikiText-2)."""
 
     hub_id: str
     config: str | None
     text_field: str
     splits: dict[str, str]  # "train"/"test" -> the set's split, or a data file in its repository
-    n_samples: int
-    seq_len: int
     max_docs: int | None = None  # streamed sets: read only the first documents
 
 
 CALIBRATION_SETS: dict[str, TextSet] = {
-    # The COMPOT paper's default calibration set: 256 sequences x 1024 tokens.
-    "refinedweb": TextSet("tiiuae/falcon-refinedweb", None, "content", {"train": "train"}, 256, 1024,
-                          max_docs=5000),
-    # The SVD-LLM protocol: 256 x 2048 from train, perplexity on the whole test split.
-    "wikitext2": TextSet("Salesforce/wikitext", "wikitext-2-raw-v1", "text", {"train": "train", "test": "test"},
-                         256, 2048),
+    # The COMPOT paper's default calibration set.
+    "refinedweb": TextSet("tiiuae/falcon-refinedweb", None, "content", {"train": "train"}, max_docs=5000),
+    # The SVD-LLM protocol: calibration from train, perplexity on the whole test split.
+    "wikitext2": TextSet("Salesforce/wikitext", "wikitext-2-raw-v1", "text", {"train": "train", "test": "test"}),
     # The GPTQ / SVD-LLM C4 shards: the first train shard, the first validation shard.
     "c4": TextSet("allenai/c4", None, "text", {"train": "en/c4-train.00000-of-01024.json.gz",
                                                "test": "en/c4-validation.00000-of-00008.json.gz"},
-                  256, 2048, max_docs=5000),
+                  max_docs=5000),
 }
 SPLITS = ("train", "test")
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}

@@ -58,7 +58,7 @@ def test_card_carries_hub_metadata_the_scorecard_and_the_allocation_plot(scored)
     card = ModelCard.load(scored / CARD)
     data = card.data
     assert data.library_name == "transformers" and data.pipeline_tag == "text-generation"
-    assert data.license == "other"  # the tiny base has no card, and no manifest entry names one
+    assert data.license == "other"  # the tiny base has no card, and no catalogue entry names one
     assert {"compot", "compressed", "cr-0.3"} <= set(data.tags)
     results = {(r.dataset_type, r.metric_type): r.metric_value for r in data.eval_results}
     assert results == {(m.task, m.name): pytest.approx(m.compressed) for m in scorecard.metrics}

@@ -264,7 +264,7 @@ def test_packaged_whisper_dir_converts_once_into_the_cache(tmp_path, monkeypatch
         raise AssertionError("a complete folder must be reused")
 
     monkeypatch.setattr(whisper_ct2, "convert_ct2_whisper", refuse)
-    assert packaged_whisper_dir("whisper-tiny.en") == out  # the manifest's alias names the same folder
+    assert packaged_whisper_dir("whisper-tiny.en") == out  # the catalogue's alias names the same folder
     assert packaged_whisper_dir("whisper-tiny.en-ct2") == out and fetched == ["whisper-tiny.en-ct2", "whisper-english-spelling"]
     with pytest.raises(ZooError, match=re.escape("no packaged CTranslate2 Whisper 'whisper-large'; packaged: "
                                                  "whisper-tiny.en (whisper-tiny.en-ct2), whisper-base")):

@@ -1,4 +1,4 @@
-"""The zoo manifest resolves aliases, folders and Hub ids, and names what it cannot."""
+"""The zoo catalogue resolves aliases, folders and Hub ids, and names what it cannot."""
 
 import json
 
