@@ -45,9 +45,9 @@ def real_layers(model_name: str, blocks: list[int], n_samples: int, seq_len: int
                     yield f"{prefix}.{name}", block.get_submodule(name).weight.detach(), stats[group[0]].gram
 
 
-def _timed(fn):
+def _timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
@@ -69,7 +69,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
-    print(f"{'matrix':42s} {'cr':>4s} {'k':>5s} {'s':>5s} {'engine s':>9s} {'plain s':>9s} {'speedup':>8s} {'err ratio':>9s}")
+    print(
+        f"{'matrix':42s} {'cr':>4s} {'k':>5s} {'s':>5s} {'engine s':>9s} {'plain s':>9s} {'speedup':>8s} "
+        f"{'err ratio':>9s}"
+    )
     layers = list(real_layers(args.model, args.blocks, args.n_samples, args.seq_len))
     totals = {"engine": 0.0, "plain": 0.0}
     errors = {"engine": 0.0, "plain": 0.0}
@@ -79,25 +82,32 @@ def main() -> None:
             jobs[f"{name}@{cr}"] = (weight, gram, cr)
             t_engine = t_plain = float("inf")
             for _ in range(args.repeat):
-                f, t = _timed(lambda: factorize(weight, gram, cr=cr, iters=args.iters, device=args.device))
+                f, t = _timed(factorize, weight, gram, cr=cr, iters=args.iters, device=args.device)
                 t_engine = min(t_engine, t)
-                (_, objective), t = _timed(lambda: plain_compot(weight, gram, f.k, f.s, args.iters))
+                (_, objective), t = _timed(plain_compot, weight, gram, f.k, f.s, args.iters)
                 t_plain = min(t_plain, t)
             totals["engine"] += t_engine
             totals["plain"] += t_plain
             errors["engine"] += f.objective[-1]
             errors["plain"] += objective[-1]
-            print(f"{name:42s} {cr:4.2f} {f.k:5d} {f.s:5d} {t_engine:9.3f} {t_plain:9.3f} "
-                  f"{t_plain / t_engine:7.2f}x {f.objective[-1] / objective[-1]:9.4f}")
-    print(f"TOTAL engine {totals['engine']:.2f} s, plain float64 reading {totals['plain']:.2f} s: "
-          f"{totals['plain'] / totals['engine']:.2f}x faster; summed whitened error ratio "
-          f"engine/plain {errors['engine'] / errors['plain']:.4f}")
-    runs = [_timed(lambda: factorize_many(jobs, iters=args.iters, device=args.device)) for _ in range(args.repeat)]
+            print(
+                f"{name:42s} {cr:4.2f} {f.k:5d} {f.s:5d} {t_engine:9.3f} {t_plain:9.3f} "
+                f"{t_plain / t_engine:7.2f}x {f.objective[-1] / objective[-1]:9.4f}"
+            )
+    print(
+        f"TOTAL engine {totals['engine']:.2f} s, plain float64 reading {totals['plain']:.2f} s: "
+        f"{totals['plain'] / totals['engine']:.2f}x faster; summed whitened error ratio "
+        f"engine/plain {errors['engine'] / errors['plain']:.4f}"
+    )
+    runs = [_timed(factorize_many, jobs, iters=args.iters, device=args.device) for _ in range(args.repeat)]
     t_many = min(t for _, t in runs)
     error = sum(f.objective[-1] for f in runs[0][0].values())
-    print(f"ALL AT ONCE factorize_many {t_many:.2f} s ({torch.get_num_threads()} workers on CPU): "
-          f"{totals['plain'] / t_many:.2f}x faster than the plain reading; summed whitened error ratio "
-          f"{error / errors['plain']:.4f}")
+    print(
+        f"ALL AT ONCE factorize_many {t_many:.2f} s ({torch.get_num_threads()} workers on CPU): "
+        f"{totals['plain'] / t_many:.2f}x faster than the plain reading; summed whitened error ratio "
+        f"{error / errors['plain']:.4f}"
+    )
+
 
 if __name__ == "__main__":
     main()

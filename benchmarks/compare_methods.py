@@ -19,6 +19,7 @@ from zoo.compression.config import VARIANT_KINDS, CompressionConfig
 from zoo.compression.report import achieved_cr
 from zoo.pipeline import CompressRequest, evaluate, prepare
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -32,10 +33,19 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=None, help="items per task or utterances per set")
     args = parser.parse_args()
 
-    eval_settings = {k: v for k, v in (("eval_windows", args.eval_windows), ("eval_limit", args.eval_limit))
-                     if v is not None}
-    prepared = prepare(CompressRequest(args.model, CompressionConfig(), calibration=args.calibration,
-                                       n_samples=args.n_samples, seq_len=args.seq_len, eval_settings=eval_settings))
+    eval_settings = {
+        k: v for k, v in (("eval_windows", args.eval_windows), ("eval_limit", args.eval_limit)) if v is not None
+    }
+    prepared = prepare(
+        CompressRequest(
+            args.model,
+            CompressionConfig(),
+            calibration=args.calibration,
+            n_samples=args.n_samples,
+            seq_len=args.seq_len,
+            eval_settings=eval_settings,
+        )
+    )
     loaded, calibration, base_model = prepared.loaded, prepared.calibration, prepared.loaded.model
 
     def scores() -> dict[str, float]:
@@ -44,8 +54,10 @@ def main() -> None:
 
     base = scores()
     columns = list(base)
-    print(f"{args.model} ({loaded.base_model}), calibration {calibration.name}: {len(calibration.batches)} samples, "
-          f"{calibration.tokens} tokens, {calibration.fingerprint}")
+    print(
+        f"{args.model} ({loaded.base_model}), calibration {calibration.name}: {len(calibration.batches)} samples, "
+        f"{calibration.tokens} tokens, {calibration.fingerprint}"
+    )
     print("| variant | target CR | achieved CR | " + " | ".join(columns) + " | compress s |")
     print("|---" * (len(columns) + 4) + "|")
     print("| base | - | - | " + " | ".join(f"{base[c]:.4g}" for c in columns) + " | - |", flush=True)
@@ -54,12 +66,17 @@ def main() -> None:
             prepared.loaded = dataclasses.replace(loaded, model=copy.deepcopy(base_model))
             config = CompressionConfig(cr=cr, iters=args.iters, **VARIANT_KINDS[name])
             start = time.perf_counter()
-            reports = compress_model(prepared.loaded.model, prepared.adapter.stacks(prepared.loaded.model), calibration,
-                                     config)
+            reports = compress_model(
+                prepared.loaded.model, prepared.adapter.stacks(prepared.loaded.model), calibration, config
+            )
             seconds = time.perf_counter() - start
             row = scores()
-            print(f"| {name} | {cr:g} | {achieved_cr(reports):.4f} | " + " | ".join(f"{row[c]:.4g}" for c in columns)
-                  + f" | {seconds:.0f} |", flush=True)
+            print(
+                f"| {name} | {cr:g} | {achieved_cr(reports):.4f} | "
+                + " | ".join(f"{row[c]:.4g}" for c in columns)
+                + f" | {seconds:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ def _code(d: torch.Tensor, wt: torch.Tensor, s: int) -> torch.Tensor:
     return torch.zeros_like(z).scatter_(0, idx, z.gather(0, idx))
 
 
-def plain_compot(weight: torch.Tensor, gram: torch.Tensor, k: int, s: int,
-                 iters: int = 20) -> tuple[torch.Tensor, list[float]]:
+def plain_compot(
+    weight: torch.Tensor, gram: torch.Tensor, k: int, s: int, iters: int = 20
+) -> tuple[torch.Tensor, list[float]]:
     """Algorithm 1 line by line in float64, with the per-iteration objective the engine reports.
 
     Full SVD for the initial basis and for every Procrustes step; the objective is the

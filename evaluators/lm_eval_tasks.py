@@ -100,8 +100,9 @@ def cloze_mc_items(texts: list[str], max_items: int = MAX_ITEMS) -> list[dict]:
     """A sentence, its true next sentence, and 3 distractor sentences from other documents."""
     paragraphs = _paragraphs(texts)
     docs = [{s for sents in doc for s in sents} for doc in paragraphs]
-    pairs = [(d, sents[i], sents[i + 1]) for d, doc in enumerate(paragraphs)
-             for sents in doc for i in range(len(sents) - 1)]
+    pairs = [
+        (d, sents[i], sents[i + 1]) for d, doc in enumerate(paragraphs) for sents in doc for i in range(len(sents) - 1)
+    ]
     rng = random.Random(SEED)
     others: dict[int, list[str]] = {}
     items = []
@@ -109,8 +110,10 @@ def cloze_mc_items(texts: list[str], max_items: int = MAX_ITEMS) -> list[dict]:
         if d not in others:
             others[d] = sorted(set().union(*(doc for e, doc in enumerate(docs) if e != d)))
             if len(others[d]) < 4:
-                raise ZooError(f"the cloze task draws distractors from other documents, but the texts other "
-                               f"than text {d} hold only {len(others[d])} usable sentences (need at least 4)")
+                raise ZooError(
+                    f"the cloze task draws distractors from other documents, but the texts other "
+                    f"than text {d} hold only {len(others[d])} usable sentences (need at least 4)"
+                )
         choices = [s for s in rng.sample(others[d], 4) if s != answer][:3]
         label = rng.randrange(4)
         choices.insert(label, answer)
@@ -122,11 +125,15 @@ def build_local_tasks(texts: list[str], out_dir: Path, max_items: int = MAX_ITEM
     """Write the offline tasks (YAML + JSONL) into `out_dir` and return it as lm-eval's include_path."""
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for task, items, template in ((LAMBADA_TASK, lambada_items(texts, max_items), _LAMBADA_YAML),
-                                  (CLOZE_MC_TASK, cloze_mc_items(texts, max_items), _CLOZE_MC_YAML)):
+    for task, items, template in (
+        (LAMBADA_TASK, lambada_items(texts, max_items), _LAMBADA_YAML),
+        (CLOZE_MC_TASK, cloze_mc_items(texts, max_items), _CLOZE_MC_YAML),
+    ):
         if not items:
-            raise ZooError(f"no {task} items could be built from the {len(texts)} texts given "
-                           "(they need paragraphs of several well-formed English sentences)")
+            raise ZooError(
+                f"no {task} items could be built from the {len(texts)} texts given "
+                "(they need paragraphs of several well-formed English sentences)"
+            )
         data = out_dir / f"{task}.jsonl"
         write_text(data, "".join(json.dumps(item) + "\n" for item in items))
         write_text(out_dir / f"{task}.yaml", template.format(task=task, data=json.dumps(str(data))))
@@ -153,14 +160,18 @@ def _load_tasks(tasks: list[str], include_path: str | None):
     loaded = []
     for name in tqdm(tasks, desc="lm-eval tasks", unit="task", leave=False):
         if name not in manager.all_tasks:
-            raise ZooError(f"{name!r} is neither an lm-eval task nor in include_path {include_path}; "
-                           f"offline, build local tasks ({', '.join(LOCAL_TASKS)}) with build_local_tasks()")
+            raise ZooError(
+                f"{name!r} is neither an lm-eval task nor in include_path {include_path}; "
+                f"offline, build local tasks ({', '.join(LOCAL_TASKS)}) with build_local_tasks()"
+            )
         try:
             result = manager.load([name])
         except Exception as exc:  # lm-eval and datasets raise many types for an unreachable Hub
-            raise ZooError(f"lm-eval task {name!r} could not load its data ({type(exc).__name__}: {exc}); "
-                           "its dataset comes from the Hugging Face Hub, so offline use the local tasks "
-                           f"({', '.join(LOCAL_TASKS)}) from build_local_tasks() with include_path") from exc
+            raise ZooError(
+                f"lm-eval task {name!r} could not load its data ({type(exc).__name__}: {exc}); "
+                "its dataset comes from the Hugging Face Hub, so offline use the local tasks "
+                f"({', '.join(LOCAL_TASKS)}) from build_local_tasks() with include_path"
+            ) from exc
         if name in result["groups"]:
             loaded.append(result["groups"][name])
         else:  # a task, or a tag that expands to tasks
@@ -183,8 +194,15 @@ def _metrics(task_results: dict) -> dict[str, float]:
     return out
 
 
-def run_lm_eval(model, tokenizer, tasks: list[str], include_path: str | None = None, limit: int | None = None,
-                batch_size: int = 8, num_fewshot: int = 0) -> dict[str, dict[str, float]]:
+def run_lm_eval(
+    model,
+    tokenizer,
+    tasks: list[str],
+    include_path: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    num_fewshot: int = 0,
+) -> dict[str, dict[str, float]]:
     """Evaluate a transformers causal LM on lm-eval tasks; returns {task: {metric: value}}."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -193,6 +211,13 @@ def run_lm_eval(model, tokenizer, tasks: list[str], include_path: str | None = N
         raise ZooError("run_lm_eval needs at least one task name")
     manager, loaded = _load_tasks(tasks, include_path)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    results = lm_eval.simple_evaluate(model=lm, tasks=loaded, task_manager=manager, limit=limit,
-                                      num_fewshot=num_fewshot, bootstrap_iters=0, log_samples=False)
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=loaded,
+        task_manager=manager,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        bootstrap_iters=0,
+        log_samples=False,
+    )
     return {task: _metrics(values) for task, values in results["results"].items()}

@@ -35,14 +35,23 @@ def _clip_seq_len(model: torch.nn.Module, seq_len: int) -> int:
     """
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is not None and seq_len > limit:
-        warnings.warn(f"perplexity seq_len {seq_len} exceeds the model's max_position_embeddings "
-                      f"{limit}; using windows of {limit} tokens", stacklevel=3)
+        warnings.warn(
+            f"perplexity seq_len {seq_len} exceeds the model's max_position_embeddings "
+            f"{limit}; using windows of {limit} tokens",
+            stacklevel=3,
+        )
         return int(limit)
     return seq_len
 
 
-def perplexity(model: torch.nn.Module, tokenizer, text: str, seq_len: int = 2048,
-               max_windows: int | None = None, batch_size: int = 1) -> dict:
+def perplexity(
+    model: torch.nn.Module,
+    tokenizer,
+    text: str,
+    seq_len: int = 2048,
+    max_windows: int | None = None,
+    batch_size: int = 1,
+) -> dict:
     """Perplexity of `model` on `text` in windows of `seq_len` tokens.
 
     Returns {"perplexity", "nll" (mean per predicted token), "tokens" (predicted tokens),

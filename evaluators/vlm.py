@@ -35,10 +35,10 @@ import torch
 from transformers.utils import is_torchvision_available
 from transformers.utils import logging as hf_logging
 
-from zoo.sources.assets import cache_dir
 from zoo.calibration.vision import open_image, skimage_photo
 from zoo.errors import ZooError
 from zoo.files import write_text
+from zoo.sources.assets import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +50,41 @@ SCORED_SPLITS = {"MMMU_DEV_VAL": "validation"}
 PHOTO_MCQ = [
     ("chelsea.png", "What animal is in the photo?", ["a dog", "a cat", "a horse", "a rabbit"], "B"),
     ("chelsea.png", "What colour are the animal's eyes?", ["blue", "brown", "yellow-green", "red"], "C"),
-    ("hubble_deep_field.jpg", "What does this image show?",
-     ["many distant galaxies", "a city at night", "a field of flowers", "stained tissue"], "A"),
+    (
+        "hubble_deep_field.jpg",
+        "What does this image show?",
+        ["many distant galaxies", "a city at night", "a field of flowers", "stained tissue"],
+        "A",
+    ),
     ("hubble_deep_field.jpg", "What colour is most of the background?", ["white", "green", "yellow", "black"], "D"),
     ("motorcycle_left.png", "What vehicle is shown?", ["a bicycle", "a car", "a motorcycle", "a truck"], "C"),
     ("motorcycle_left.png", "What colour is its fuel tank?", ["red", "blue", "green", "yellow"], "A"),
-    ("motorcycle_left.png", "Where is it parked?",
-     ["on a beach", "indoors, in a garage or workshop", "on a highway", "in a forest"], "B"),
-    ("retina.jpg", "What does this image show?",
-     ["the surface of Mars", "a slice of orange", "a sunset", "the retina at the back of an eye"], "D"),
+    (
+        "motorcycle_left.png",
+        "Where is it parked?",
+        ["on a beach", "indoors, in a garage or workshop", "on a highway", "in a forest"],
+        "B",
+    ),
+    (
+        "retina.jpg",
+        "What does this image show?",
+        ["the surface of Mars", "a slice of orange", "a sunset", "the retina at the back of an eye"],
+        "D",
+    ),
     ("retina.jpg", "What is the dominant colour?", ["orange-red", "green", "blue", "purple"], "A"),
-    ("text.png", "What is written on the surface?",
-     ["a printed newspaper", "handwritten mathematical formulas", "a street sign", "nothing"], "B"),
+    (
+        "text.png",
+        "What is written on the surface?",
+        ["a printed newspaper", "handwritten mathematical formulas", "a street sign", "nothing"],
+        "B",
+    ),
     ("grass.png", "What texture is shown?", ["water", "sand", "grass", "clouds"], "C"),
-    ("clock_motion.png", "Why is the object in the middle hard to make out?",
-     ["it is blurred by motion", "it is behind bars", "it is covered by text", "it is cut off at the edge"], "A"),
+    (
+        "clock_motion.png",
+        "Why is the object in the middle hard to make out?",
+        ["it is blurred by motion", "it is behind bars", "it is covered by text", "it is cut off at the edge"],
+        "A",
+    ),
     ("horse.png", "What animal does the silhouette show?", ["a dog", "a horse", "a cat", "a bird"], "B"),
 ]
 
@@ -149,7 +169,7 @@ def _model_class() -> type:
                     ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
             finally:
                 hf_logging.set_verbosity(verbosity)
-            new = ids[:, inputs["input_ids"].shape[1]:]
+            new = ids[:, inputs["input_ids"].shape[1] :]
             return self.processor.batch_decode(new, skip_special_tokens=True)[0].strip()
 
     return ZooVLM
@@ -190,8 +210,16 @@ def build_photo_benchmark(root: Path) -> Path:
 
     rows = []
     for i, (photo, question, options, answer) in enumerate(PHOTO_MCQ):
-        rows.append({"index": i, "image": encode_image_to_base64(skimage_photo(photo)), "question": question,
-                     **dict(zip("ABCD", options, strict=True)), "answer": answer, "category": Path(photo).stem})
+        rows.append(
+            {
+                "index": i,
+                "image": encode_image_to_base64(skimage_photo(photo)),
+                "question": question,
+                **dict(zip("ABCD", options, strict=True)),
+                "answer": answer,
+                "category": Path(photo).stem,
+            }
+        )
     text = pd.DataFrame(rows).to_csv(sep="\t", index=False)
     path = root / f"{LOCAL_BENCHMARK}.tsv"
     if not path.is_file() or path.read_text() != text:
@@ -211,8 +239,9 @@ def _build(name: str, root: Path):
         try:
             dataset = build_dataset(name)
         except Exception as exc:  # VLMEvalKit raises bare Exceptions for failed downloads
-            raise ZooError(f"VLMEvalKit could not build {name}: {exc}. Offline, place its official "
-                           f"{name}.tsv in {root} ($LMUData)") from exc
+            raise ZooError(
+                f"VLMEvalKit could not build {name}: {exc}. Offline, place its official {name}.tsv in {root} ($LMUData)"
+            ) from exc
     if dataset is None:
         raise ZooError(f"VLMEvalKit knows no benchmark {name!r} and {root / (name + '.tsv')} does not exist")
     return dataset
@@ -238,8 +267,14 @@ def _accuracy(name: str, result) -> float:
     return float(result["Overall"].iloc[0])
 
 
-def evaluate_vlm(model, processor, to_inputs: Callable[[list], dict], benchmarks: Sequence[str],
-                 limit: int | None = None, max_new_tokens: int = 32) -> dict[str, dict[str, float]]:
+def evaluate_vlm(
+    model,
+    processor,
+    to_inputs: Callable[[list], dict],
+    benchmarks: Sequence[str],
+    limit: int | None = None,
+    max_new_tokens: int = 32,
+) -> dict[str, dict[str, float]]:
     """{"vlmeval/<benchmark>": {"accuracy": fraction}} for each benchmark, the model as it is now.
 
     `to_inputs` turns interleaved content (texts, PIL images) into model inputs: the model's

@@ -49,8 +49,9 @@ def _generate(model, processor, audio: list, long_form: bool, max_new_tokens: in
     return [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
 
 
-def transcribe(model, processor, utterances: list[Utterance], batch_size: int = 8,
-               max_new_tokens: int = 128) -> list[str]:
+def transcribe(
+    model, processor, utterances: list[Utterance], batch_size: int = 8, max_new_tokens: int = 128
+) -> list[str]:
     """Greedy transcripts, one per utterance, in order.
 
     Utterances up to 30 s and longer ones are batched apart, so how an utterance is decoded
@@ -63,8 +64,12 @@ def transcribe(model, processor, utterances: list[Utterance], batch_size: int = 
     long = [i for i, u in enumerate(utterances) if len(u.audio) > window]
     texts = [""] * len(utterances)
     with torch.inference_mode():
-        for batch, long_form in tqdm(_batches(short, batch_size, False) + _batches(long, batch_size, True),
-                                     desc="transcribing", unit="batch", leave=False):
+        for batch, long_form in tqdm(
+            _batches(short, batch_size, False) + _batches(long, batch_size, True),
+            desc="transcribing",
+            unit="batch",
+            leave=False,
+        ):
             audio = [utterances[i].audio for i in batch]
             for i, text in zip(batch, _generate(model, processor, audio, long_form, max_new_tokens), strict=True):
                 texts[i] = text
@@ -97,18 +102,27 @@ def corpus_wer(references: list[str], hypotheses: list[str], spelling: dict[str,
     out = jiwer.process_words([r for r, _ in kept], [h for _, h in kept])
     words = out.hits + out.substitutions + out.deletions
     errors = out.substitutions + out.deletions + out.insertions
-    return {"wer": errors / words, "substitutions": out.substitutions, "deletions": out.deletions,
-            "insertions": out.insertions, "words": words, "utterances": len(kept),
-            "empty_references": len(pairs) - len(kept)}
+    return {
+        "wer": errors / words,
+        "substitutions": out.substitutions,
+        "deletions": out.deletions,
+        "insertions": out.insertions,
+        "words": words,
+        "utterances": len(kept),
+        "empty_references": len(pairs) - len(kept),
+    }
 
 
-def evaluate_wer(model, processor, sets: dict[str, list[Utterance]], batch_size: int = 8,
-                 max_new_tokens: int = 128) -> dict[str, dict[str, float]]:
+def evaluate_wer(
+    model, processor, sets: dict[str, list[Utterance]], batch_size: int = 8, max_new_tokens: int = 128
+) -> dict[str, dict[str, float]]:
     """{set name: corpus_wer metrics}: each set (e.g. test-clean, test-other) scored on its own."""
     spelling = getattr(getattr(processor, "tokenizer", None), "english_spelling_normalizer", None)
     if spelling is None:
-        log.warning("the tokenizer has no English spelling table (normalizer.json); British and American "
-                    "spellings count as different words")
+        log.warning(
+            "the tokenizer has no English spelling table (normalizer.json); British and American "
+            "spellings count as different words"
+        )
     results = {}
     for name, utterances in sets.items():
         if not utterances:

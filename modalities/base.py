@@ -31,8 +31,9 @@ class Adapter(Protocol):
         """The stacks to compress, in calibration order; `components` picks them by name
         (None: the adapter's default). Unknown names or architectures are a ZooError."""
 
-    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int,
-                    online: bool) -> CalibrationData:
+    def calibration(
+        self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int, online: bool
+    ) -> CalibrationData:
         """`n_samples` inputs of at most `seq_len` tokens from `source` (a set's name or a local
         path), picked with `seed`; Hub sets need `online`."""
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from zoo.sources.assets import cache_dir
-from zoo.errors import ZooError
 from zoo.compression.targets import CalibrationData, Stack
+from zoo.errors import ZooError
+from zoo.sources.assets import cache_dir
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel, load_model
 
@@ -60,27 +60,33 @@ class DecoderLLM:
     def load(self, spec: ModelSpec, online: bool) -> LoadedModel:
         from zoo.sources.converters.gguf import packaged_llm_dir
 
-        return load_model(spec, online, AutoModelForCausalLM, AutoTokenizer, self.stacks, packaged_llm_dir,
-                          "4-bit GGUF, dequantized")
+        return load_model(
+            spec, online, AutoModelForCausalLM, AutoTokenizer, self.stacks, packaged_llm_dir, "4-bit GGUF, dequantized"
+        )
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
         if components and list(components) != ["decoder"]:
             raise ZooError(f"a decoder LLM has one component, 'decoder'; got {', '.join(components)}")
         model_type = model.config.model_type
         if model_type not in TARGET_GROUPS:
-            raise ZooError(f"architecture {model_type!r} ({type(model).__name__}) has no compression "
-                           f"targets table; known: {', '.join(sorted(TARGET_GROUPS))}")
+            raise ZooError(
+                f"architecture {model_type!r} ({type(model).__name__}) has no compression "
+                f"targets table; known: {', '.join(sorted(TARGET_GROUPS))}"
+            )
         path = BLOCK_PATHS.get(model_type, "model.layers")
         blocks = [(f"{path}.{i}", block) for i, block in enumerate(model.get_submodule(path))]
         return [Stack("decoder", blocks, TARGET_GROUPS[model_type])]
 
-    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int,
-                    online: bool) -> CalibrationData:
+    def calibration(
+        self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int, online: bool
+    ) -> CalibrationData:
         from zoo.calibration.text import calibration_batches, dataset_fingerprint
 
         ids = calibration_batches(loaded.processor, source, n_samples, seq_len, seed, online)
-        batches = [{"input_ids": ids[i:i + CALIBRATION_ROWS], "use_cache": False}
-                   for i in range(0, len(ids), CALIBRATION_ROWS)]
+        batches = [
+            {"input_ids": ids[i : i + CALIBRATION_ROWS], "use_cache": False}
+            for i in range(0, len(ids), CALIBRATION_ROWS)
+        ]
         return CalibrationData(batches, source, dataset_fingerprint(ids), ids.numel())
 
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
@@ -94,8 +100,13 @@ class DecoderLLM:
         from zoo.evaluators.perplexity import perplexity
 
         source = spec.defaults.get("eval_text") or ("wikitext2" if online else OFFLINE_TEXT)
-        result = perplexity(loaded.model, loaded.processor, _evaluation_text(source, online),
-                            seq_len=spec.defaults.get("eval_seq_len", 2048), max_windows=spec.defaults.get("eval_windows"))
+        result = perplexity(
+            loaded.model,
+            loaded.processor,
+            _evaluation_text(source, online),
+            seq_len=spec.defaults.get("eval_seq_len", 2048),
+            max_windows=spec.defaults.get("eval_windows"),
+        )
         metrics = {f"perplexity/{source}": {"perplexity": result["perplexity"]}}
         tasks = list(spec.defaults.get("eval_tasks", []))
         if not online and any(t not in LOCAL_TASKS for t in tasks):
@@ -105,8 +116,11 @@ class DecoderLLM:
             include = None
             if any(t in LOCAL_TASKS for t in tasks):
                 include = str(build_local_tasks(_evaluation_texts(), cache_dir() / "lm-eval-tasks"))
-            metrics.update(run_lm_eval(loaded.model, loaded.processor, tasks, include_path=include,
-                                       limit=spec.defaults.get("eval_limit")))
+            metrics.update(
+                run_lm_eval(
+                    loaded.model, loaded.processor, tasks, include_path=include, limit=spec.defaults.get("eval_limit")
+                )
+            )
         return metrics
 
 

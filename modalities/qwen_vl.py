@@ -21,9 +21,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
+from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
 from zoo.modalities.decoder_llm import TARGET_GROUPS as LLM_TARGET_GROUPS
-from zoo.compression.targets import CalibrationData, Stack
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel, load_model
 
@@ -70,8 +70,9 @@ class QwenVLProcessor:
             return AutoProcessor.from_pretrained(source, revision=revision)
         model_type = AutoConfig.from_pretrained(source, revision=revision).model_type
         if model_type not in PROCESSORS:
-            raise ZooError(f"{source}: model_type {model_type!r} is not a Qwen-VL model; known: "
-                           f"{', '.join(sorted(PROCESSORS))}")
+            raise ZooError(
+                f"{source}: model_type {model_type!r} is not a Qwen-VL model; known: {', '.join(sorted(PROCESSORS))}"
+            )
         log.info("torchvision is not installed: %s loads image-only (no videos)", PROCESSORS[model_type])
         return image_only(PROCESSORS[model_type]).from_pretrained(source, revision=revision)
 
@@ -91,8 +92,13 @@ def fit_image(image: Image.Image, processor, max_tokens: int | None) -> Image.Im
     return image.resize((cols * side, rows * side), Image.Resampling.BICUBIC)
 
 
-def chat_inputs(processor, content: Sequence[str | Image.Image], answer: str | None = None,
-                max_tokens: int | None = None, max_image_tokens: int | None = None) -> dict:
+def chat_inputs(
+    processor,
+    content: Sequence[str | Image.Image],
+    answer: str | None = None,
+    max_tokens: int | None = None,
+    max_image_tokens: int | None = None,
+) -> dict:
     """Model inputs for one user turn of interleaved images and texts, through the model's chat
     template; with `answer`, the assistant's reply follows (teacher forcing), else the prompt
     ends where the assistant would start. `max_tokens` truncates the text after the images."""
@@ -107,8 +113,10 @@ def chat_inputs(processor, content: Sequence[str | Image.Image], answer: str | N
     if max_tokens is None or length <= max_tokens:
         return inputs
     if (inputs["input_ids"][0, max_tokens:] == processor.image_token_id).any():
-        raise ZooError(f"a {length}-token sample cut to {max_tokens} tokens would lose image tokens: "
-                       "raise seq_len or lower the image budget")
+        raise ZooError(
+            f"a {length}-token sample cut to {max_tokens} tokens would lose image tokens: "
+            "raise seq_len or lower the image budget"
+        )
     return {k: v[:, :max_tokens] if k in _PER_TOKEN else v for k, v in inputs.items()}
 
 
@@ -124,18 +132,23 @@ class QwenVL:
         plus the rest, each calibrated from inputs captured in the whole model."""
         model_type = getattr(model.config, "model_type", None)
         if model_type not in LANGUAGE_TOWERS:
-            raise ZooError(f"cannot find the language tower of {type(model).__name__} (model_type {model_type!r}): "
-                           f"known Qwen-VL architectures: {', '.join(sorted(LANGUAGE_TOWERS))}")
+            raise ZooError(
+                f"cannot find the language tower of {type(model).__name__} (model_type {model_type!r}): "
+                f"known Qwen-VL architectures: {', '.join(sorted(LANGUAGE_TOWERS))}"
+            )
         unknown = set(components or COMPONENTS) - set(COMPONENTS)
         if unknown:
-            raise ZooError(f"unknown Qwen-VL component(s) {', '.join(sorted(unknown))}; known: {', '.join(COMPONENTS)} "
-                           "(the vision tower stays dense)")
+            raise ZooError(
+                f"unknown Qwen-VL component(s) {', '.join(sorted(unknown))}; known: {', '.join(COMPONENTS)} "
+                "(the vision tower stays dense)"
+            )
         path, groups = LANGUAGE_TOWERS[model_type]
         try:
             layers = model.get_submodule(path)
         except AttributeError as exc:
-            raise ZooError(f"{type(model).__name__} (model_type {model_type!r}) has no language tower "
-                           f"at {path}") from exc
+            raise ZooError(
+                f"{type(model).__name__} (model_type {model_type!r}) has no language tower at {path}"
+            ) from exc
         blocks = [(f"{path}.{i}", block) for i, block in enumerate(layers)]
         injected = len(_config_attr(model.config, DEEPSTACK[model_type])) if model_type in DEEPSTACK else 0
         if not injected:
@@ -143,8 +156,9 @@ class QwenVL:
         bounds = sorted({*range(min(injected, len(blocks)) + 1), len(blocks)})  # a stack ends after each injection
         return [Stack(f"language[{a}:{b}]", blocks[a:b], groups) for a, b in itertools.pairwise(bounds)]
 
-    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int,
-                    online: bool) -> CalibrationData:
+    def calibration(
+        self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int, online: bool
+    ) -> CalibrationData:
         """One batch per image + question (+ answer, teacher-forced), so no padding enters a Gram.
         Images are downscaled to at most half of `seq_len` tokens; the text is cut at `seq_len`."""
         from zoo.calibration.vision import load_visual_questions, visual_fingerprint
@@ -171,10 +185,14 @@ class QwenVL:
         if not names:
             raise ZooError(f"{spec.name}: the zoo catalogue names no {key} for Qwen-VL")
         budget = spec.defaults.get("eval_image_tokens")
-        return evaluate_vlm(loaded.model, loaded.processor,
-                            functools.partial(chat_inputs, loaded.processor, max_image_tokens=budget), names,
-                            limit=spec.defaults.get("eval_limit"),
-                            max_new_tokens=spec.defaults.get("eval_max_new_tokens", 32))
+        return evaluate_vlm(
+            loaded.model,
+            loaded.processor,
+            functools.partial(chat_inputs, loaded.processor, max_image_tokens=budget),
+            names,
+            limit=spec.defaults.get("eval_limit"),
+            max_new_tokens=spec.defaults.get("eval_max_new_tokens", 32),
+        )
 
 
 def _config_attr(config, dotted: str):

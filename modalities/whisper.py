@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-from zoo.errors import ZooError
 from zoo.compression.targets import CalibrationData, Stack
+from zoo.errors import ZooError
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel, load_model
 
@@ -26,9 +26,17 @@ _ATTENTION = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["se
 # in calibration order. Cross-attention k/v read the encoder output: one Gram for both.
 STACKS = {
     "encoder": ("model.encoder.layers", [*_ATTENTION, ["fc1"], ["fc2"]]),
-    "decoder": ("model.decoder.layers", [*_ATTENTION, ["encoder_attn.q_proj"],
-                                         ["encoder_attn.k_proj", "encoder_attn.v_proj"],
-                                         ["encoder_attn.out_proj"], ["fc1"], ["fc2"]]),
+    "decoder": (
+        "model.decoder.layers",
+        [
+            *_ATTENTION,
+            ["encoder_attn.q_proj"],
+            ["encoder_attn.k_proj", "encoder_attn.v_proj"],
+            ["encoder_attn.out_proj"],
+            ["fc1"],
+            ["fc2"],
+        ],
+    ),
 }
 DEFAULT_COMPONENTS = ("decoder",)
 SAMPLING_RATE = 16_000
@@ -41,13 +49,22 @@ class Whisper:
     def load(self, spec: ModelSpec, online: bool) -> LoadedModel:
         from zoo.sources.converters.whisper_ct2 import packaged_whisper_dir
 
-        return load_model(spec, online, WhisperForConditionalGeneration, WhisperProcessor, self.stacks, packaged_whisper_dir,
-                          "CTranslate2 float16, converted")
+        return load_model(
+            spec,
+            online,
+            WhisperForConditionalGeneration,
+            WhisperProcessor,
+            self.stacks,
+            packaged_whisper_dir,
+            "CTranslate2 float16, converted",
+        )
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
         if getattr(model.config, "model_type", None) != "whisper":
-            raise ZooError(f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', None)!r}) "
-                           "is not a Whisper model")
+            raise ZooError(
+                f"{type(model).__name__} (model_type {getattr(model.config, 'model_type', None)!r}) "
+                "is not a Whisper model"
+            )
         wanted = set(components or DEFAULT_COMPONENTS)
         unknown = wanted - set(STACKS)
         if unknown:
@@ -59,8 +76,9 @@ class Whisper:
                 stacks.append(Stack(name, blocks, groups))
         return stacks
 
-    def calibration(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int,
-                    online: bool) -> CalibrationData:
+    def calibration(
+        self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int, online: bool
+    ) -> CalibrationData:
         """One teacher-forced batch per utterance, so no padding token enters a Gram.
 
         `seq_len` caps the decoder tokens of an utterance (Whisper's limit is 448).
@@ -69,8 +87,7 @@ class Whisper:
 
         utterances = load_speech(source, n_samples, seed, online=online)
         limit = min(seq_len, loaded.model.config.max_target_positions)
-        batches = [teacher_forced_inputs(loaded.processor, loaded.model, u.audio, u.text, limit)
-                   for u in utterances]
+        batches = [teacher_forced_inputs(loaded.processor, loaded.model, u.audio, u.text, limit) for u in utterances]
         tokens = sum(b["decoder_input_ids"].shape[1] for b in batches)
         return CalibrationData(batches, source, speech_fingerprint(utterances), tokens)
 
@@ -93,8 +110,16 @@ class Whisper:
         sets = {name: load_speech(name, limit, seed=0, at_most=True, online=online) for name in names}
         results = evaluate_wer(loaded.model, loaded.processor, sets)
         for name, m in results.items():
-            log.info("%s: WER %.4f over %d words of %d utterances (S %d, D %d, I %d)", name, m["wer"], m["words"],
-                     m["utterances"], m["substitutions"], m["deletions"], m["insertions"])
+            log.info(
+                "%s: WER %.4f over %d words of %d utterances (S %d, D %d, I %d)",
+                name,
+                m["wer"],
+                m["words"],
+                m["utterances"],
+                m["substitutions"],
+                m["deletions"],
+                m["insertions"],
+            )
         return {f"wer/{name}": {"wer": m["wer"]} for name, m in results.items()}
 
 

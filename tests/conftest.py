@@ -10,8 +10,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-TEXT = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches "
-        "in london and paris during cold winter evenings with hot tea ")
+TEXT = (
+    "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches "
+    "in london and paris during cold winter evenings with hot tea "
+)
 
 
 @pytest.fixture

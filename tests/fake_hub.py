@@ -69,8 +69,7 @@ class FakeHub:
         if path == "/api/whoami-v2":
             if not authorized:
                 return self._reply(h, 401, {"error": "Invalid credentials in Authorization header"})
-            return self._reply(h, 200, {"type": "user", "name": self.user,
-                                        "orgs": [{"name": o} for o in self.orgs]})
+            return self._reply(h, 200, {"type": "user", "name": self.user, "orgs": [{"name": o} for o in self.orgs]})
         if path == "/api/repos/create" and method == "POST":
             if not authorized:
                 return self._reply(h, 401, {"error": "Unauthorized"})
@@ -83,8 +82,9 @@ class FakeHub:
             return self._reply(h, 200, {"errors": [], "warnings": []})
         if path.startswith("/api/models/") and "/preupload/" in path:
             files = json.loads(body)["files"]
-            return self._reply(h, 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                                  for f in files]})
+            return self._reply(
+                h, 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+            )
         if path.startswith("/api/models/") and "/commit/" in path:
             if not authorized:
                 return self._reply(h, 401, {"error": "Unauthorized"})
@@ -97,8 +97,11 @@ class FakeHub:
             return self._reply(h, 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{oid}", "commitOid": oid})
         if path == "/api/models" and method == "GET":
             author = parse_qs(url.query).get("author", [""])[0]
-            return self._reply(h, 200, [{"id": r, "modelId": r, "private": False} for r in sorted(self.repos)
-                                        if r.startswith(f"{author}/")])
+            return self._reply(
+                h,
+                200,
+                [{"id": r, "modelId": r, "private": False} for r in sorted(self.repos) if r.startswith(f"{author}/")],
+            )
         if "/resolve/" in path:
             repo_id, _, rest = path.lstrip("/").partition("/resolve/")
             file = rest.partition("/")[2]
@@ -107,6 +110,5 @@ class FakeHub:
                 code = "EntryNotFound" if repo_id in self.repos else "RepoNotFound"
                 return self._reply(h, 404, {"error": code}, {"X-Error-Code": code}, head=method == "HEAD")
             etag = hashlib.sha1(content).hexdigest()
-            return self._reply(h, 200, content, {"ETag": f'"{etag}"', "X-Repo-Commit": "0" * 40},
-                               head=method == "HEAD")
+            return self._reply(h, 200, content, {"ETag": f'"{etag}"', "X-Repo-Commit": "0" * 40}, head=method == "HEAD")
         return self._reply(h, 404, {"error": f"no route {method} {path}"})

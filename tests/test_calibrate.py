@@ -14,10 +14,12 @@ def _reference_grams(model, batches, names):
     tokens = {n: 0 for n in names}
     hooks = []
     for n in names:
+
         def hook(_m, args, _o, n=n):
             x = args[0].reshape(-1, args[0].shape[-1]).double()
             grams[n] = grams[n] + x.T @ x
             tokens[n] += x.shape[0]
+
         hooks.append(model.get_submodule(n).register_forward_hook(hook))
     with torch.no_grad():
         for b in batches:

@@ -9,14 +9,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import zoo
-from tests.tiny_models import tiny_llama, tiny_qwen2
 from tests.records import make_record
-from zoo.format.checkpoint import WEIGHTS, save_compressed
-from zoo.format.record import RECORD, read_record
+from tests.tiny_models import tiny_llama, tiny_qwen2
+from zoo.compression.layer import CompotLinear, unpack_mask
 from zoo.engine import factorize
 from zoo.engine.storage import dense_bits
 from zoo.errors import ZooError
-from zoo.compression.layer import CompotLinear, unpack_mask
+from zoo.format.checkpoint import WEIGHTS, save_compressed
+from zoo.format.record import RECORD, read_record
 
 PROMPT = torch.tensor([[3, 17, 42, 9, 100, 5, 77, 1]])
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -38,8 +38,14 @@ def compress(make):
     factors = {}
     targets = [(n, m) for n, m in model.named_modules() if n.endswith(PROJECTIONS)]
     for i, (name, linear) in enumerate(targets):
-        f = factorize(linear.weight.detach(), random_gram(linear.in_features, g), cr=0.3,
-                      method=("compot", "svd-llm")[i % 2], iters=5, name=name)
+        f = factorize(
+            linear.weight.detach(),
+            random_gram(linear.in_features, g),
+            cr=0.3,
+            method=("compot", "svd-llm")[i % 2],
+            iters=5,
+            name=name,
+        )
         model.set_submodule(name, CompotLinear.from_factorization(f, linear.bias))
         factors[name] = f
     return model, factors
@@ -87,12 +93,18 @@ def test_stored_bytes_match_eq_11_and_the_record(compressed):
     model, factors, out = compressed
     tensors = safetensors.torch.load_file(out / WEIGHTS)
     for name, f in factors.items():
-        in_file = sum(8 * t.numel() * t.element_size() for k, t in tensors.items()
-                      if k.startswith(name + ".") and k.endswith((".dictionary", ".code_values", ".code_mask")))
+        in_file = sum(
+            8 * t.numel() * t.element_size()
+            for k, t in tensors.items()
+            if k.startswith(name + ".") and k.endswith((".dictionary", ".code_values", ".code_mask"))
+        )
         assert in_file == model.get_submodule(name).stored_bits(), name
         assert 0 <= in_file - f.bits < 8, name  # eq. 11 up to the mask's padding to whole bytes
-    stored = sum(8 * t.numel() * t.element_size() for k, t in tensors.items()
-                 if k.endswith((".dictionary", ".code_values", ".code_mask")))
+    stored = sum(
+        8 * t.numel() * t.element_size()
+        for k, t in tensors.items()
+        if k.endswith((".dictionary", ".code_values", ".code_mask"))
+    )
     eq11 = sum(f.bits for f in factors.values())
     dense = sum(dense_bits(f.in_features, f.out_features) for f in factors.values())
     record = read_record(out)
@@ -110,8 +122,7 @@ def test_stored_bytes_match_eq_11_and_the_record(compressed):
 
 def test_only_safetensors_and_json_are_written(compressed):
     _, _, out = compressed
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "generation_config.json",
-                                                RECORD}
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "generation_config.json", RECORD}
 
 
 def test_transformers_round_trip_keeps_the_layers(compressed, tmp_path):
@@ -143,7 +154,9 @@ def test_existing_directory_is_refused_unless_overwrite(tmp_path):
 
 def test_extra_files_land_in_the_checkpoint(tmp_path):
     model, _ = compress(tiny_llama)
-    out = save_compressed(model, tmp_path / "ckpt", make_record(model), extra_files=lambda d: (d / "tokenizer.json").write_text("{}"))
+    out = save_compressed(
+        model, tmp_path / "ckpt", make_record(model), extra_files=lambda d: (d / "tokenizer.json").write_text("{}")
+    )
     assert (out / "tokenizer.json").read_text() == "{}"
 
 

@@ -17,8 +17,21 @@ def _compress(*args):
 
 def test_compress_a_local_folder_end_to_end(tmp_path, model_dir, text_file):
     out = tmp_path / "out"
-    result = _compress(model_dir, "--cr", 0.3, "--calibration", text_file, "--n-samples", 4, "--seq-len", 16,
-                       "--iters", 3, "--out", out)
+    result = _compress(
+        model_dir,
+        "--cr",
+        0.3,
+        "--calibration",
+        text_file,
+        "--n-samples",
+        4,
+        "--seq-len",
+        16,
+        "--iters",
+        3,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "achieved" in result.output and "Saved to" in result.output
     record = json.loads((out / "compot_record.json").read_text())
@@ -39,8 +52,28 @@ def test_compress_a_local_folder_end_to_end(tmp_path, model_dir, text_file):
 
 def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
     out = tmp_path / "out"
-    result = _compress(model_dir, "--cr", 0.3, "--calibration", text_file, "--n-samples", 4, "--seq-len", 16,
-                       "--iters", 2, "--out", out, "--eval", "--eval-windows", 2, "--eval-limit", 10, "--method", "svd-llm")
+    result = _compress(
+        model_dir,
+        "--cr",
+        0.3,
+        "--calibration",
+        text_file,
+        "--n-samples",
+        4,
+        "--seq-len",
+        16,
+        "--iters",
+        2,
+        "--out",
+        out,
+        "--eval",
+        "--eval-windows",
+        2,
+        "--eval-limit",
+        10,
+        "--method",
+        "svd-llm",
+    )
     assert result.exit_code == 0, result.output
     card = json.loads((out / "scorecard.json").read_text())
     by_task = {(m["task"], m["name"]): m for m in card["metrics"]}
@@ -52,14 +85,17 @@ def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
     assert "| perplexity" in result.output
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["smollm-135m"], 1, "Did you mean: smollm2-135m"),
-    (["smollm2-135m", "--cr", "1.5"], 2, "1.5 must lie in (0, 1). Compression ratio: the share"),
-    (["smollm2-135m", "--cr", "0"], 2, "0 must lie in (0, 1)"),
-    (["smollm2-135m", "--ks-ratio", "0.5"], 1, "ks_ratio 0.5 must be at least 1"),
-    (["smollm2-135m", "--min-cr", "0.3"], 1, "allocation guards must bracket the target"),
-    (["smollm2-135m", "--method", "gptq"], 2, "'gptq' is not one of 'compot', 'svd-llm'"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["smollm-135m"], 1, "Did you mean: smollm2-135m"),
+        (["smollm2-135m", "--cr", "1.5"], 2, "1.5 must lie in (0, 1). Compression ratio: the share"),
+        (["smollm2-135m", "--cr", "0"], 2, "0 must lie in (0, 1)"),
+        (["smollm2-135m", "--ks-ratio", "0.5"], 1, "ks_ratio 0.5 must be at least 1"),
+        (["smollm2-135m", "--min-cr", "0.3"], 1, "allocation guards must bracket the target"),
+        (["smollm2-135m", "--method", "gptq"], 2, "'gptq' is not one of 'compot', 'svd-llm'"),
+    ],
+)
 def test_bad_input_is_a_one_line_error(args, code, message):
     result = _compress(*args)
     assert result.exit_code == code and message in result.output and "Traceback" not in result.output

@@ -11,17 +11,20 @@ def test_config_offers_exactly_the_engines_methods():
     assert METHODS == ENGINE_METHODS
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"cr": 1.0}, r"cr 1.0 must lie in \(0, 1\)"),
-    ({"cr": float("nan")}, r"cr nan must lie in \(0, 1\)"),
-    ({"method": "gptq"}, "method 'gptq' must be one of compot, svd-llm"),
-    ({"ks_ratio": 0.5}, "ks_ratio 0.5 must be at least 1"),
-    ({"iters": -1}, "iters -1 must be at least 0"),
-    ({"tol": -0.1}, "tol -0.1 must be at least 0"),
-    ({"max_cr": 1.0}, r"max_cr 1.0 must lie in \(0, 1\)"),
-    ({"cr": 0.2, "min_cr": 0.3}, "allocation guards must bracket the target"),
-    ({"storage_dtype": "float32"}, "storage_dtype 'float32' must be one of float16, bfloat16"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"cr": 1.0}, r"cr 1.0 must lie in \(0, 1\)"),
+        ({"cr": float("nan")}, r"cr nan must lie in \(0, 1\)"),
+        ({"method": "gptq"}, "method 'gptq' must be one of compot, svd-llm"),
+        ({"ks_ratio": 0.5}, "ks_ratio 0.5 must be at least 1"),
+        ({"iters": -1}, "iters -1 must be at least 0"),
+        ({"tol": -0.1}, "tol -0.1 must be at least 0"),
+        ({"max_cr": 1.0}, r"max_cr 1.0 must lie in \(0, 1\)"),
+        ({"cr": 0.2, "min_cr": 0.3}, "allocation guards must bracket the target"),
+        ({"storage_dtype": "float32"}, "storage_dtype 'float32' must be one of float16, bfloat16"),
+    ],
+)
 def test_bad_settings_name_the_setting_and_the_value(settings, message):
     with pytest.raises(ZooError, match=message):
         CompressionConfig(**settings)

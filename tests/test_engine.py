@@ -7,8 +7,8 @@ import torch
 
 from zoo.engine import allocate, factorize, factorize_many, functional_error, storage
 from zoo.engine.compot import compot, hard_threshold, leading_basis, polar_factor
-from zoo.engine.whitening import cholesky_whitener
 from zoo.engine.errors import EngineError
+from zoo.engine.whitening import cholesky_whitener
 
 
 def _layer(out_f=96, in_f=64, tokens=2000, seed=0):
@@ -156,7 +156,7 @@ def test_svd_llm_error_is_the_spectral_tail():
     w, gram, _ = _layer(seed=8)
     f = factorize(w, gram, cr=0.3, method="svd-llm", dtype=torch.float64)
     sv = torch.linalg.svdvals(cholesky_whitener(gram).whiten(w.T))
-    assert f.objective[-1] == pytest.approx(sv[f.k:].square().sum().item(), rel=1e-9)
+    assert f.objective[-1] == pytest.approx(sv[f.k :].square().sum().item(), rel=1e-9)
 
 
 def test_gram_scale_does_not_change_the_result():
@@ -307,7 +307,8 @@ def _model_weights(seed=14):
     shapes = {"q": (128, 128), "k": (32, 128), "up": (384, 128), "down": (128, 384)}
     return {
         f"layers.{i}.{t}": torch.randn(o, n, generator=g) @ torch.diag(torch.rand(n, generator=g) ** (i + 1))
-        for i in range(4) for t, (o, n) in shapes.items()
+        for i in range(4)
+        for t, (o, n) in shapes.items()
     }
 
 

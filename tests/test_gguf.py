@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from zoo.sources.assets import fetch_asset
 from zoo.errors import ZooError
+from zoo.sources.assets import fetch_asset
 from zoo.sources.converters import gguf
 from zoo.sources.converters.gguf import PACKAGED_LLMS, materialize_gguf, packaged_llm_dir
 
@@ -66,8 +66,9 @@ def test_converted_smollm2_matches_the_gguf_model(tmp_path):
     assert model.dtype == torch.float32
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
-    reference = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name,
-                                                     dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_pretrained(
+        str(source.parent), gguf_file=source.name, dtype=torch.float32
+    ).eval()
     reference_tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     prompt = "The capital of France is Paris. The capital of Italy is"
     ids = tokenizer(prompt, return_tensors="pt").input_ids

@@ -2,8 +2,8 @@
 
 import torch
 
-from zoo.engine import factorize
 from zoo.compression.layer import CompotLinear, pack_mask, unpack_mask
+from zoo.engine import factorize
 
 
 def test_mask_packing_round_trips_exactly():

@@ -4,10 +4,10 @@ pyproject.toml), and the modules that promise to be cheap load neither torch nor
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,8 +19,9 @@ def _assembled(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "zoo", tmp_path / "zoo", ignore=shutil.ignore_patterns("__pycache__"))
     for name, folder in package_dir.items():
         if name != "zoo":
-            shutil.copytree(ROOT / folder, tmp_path / name.replace(".", "/"),
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                ROOT / folder, tmp_path / name.replace(".", "/"), ignore=shutil.ignore_patterns("__pycache__")
+            )
     return tmp_path
 
 
@@ -28,9 +29,14 @@ def _lint(tree: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.skip("import-linter is not installed (pip install compot-zoo[test])")
-    return subprocess.run([exe, str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tree,
-                          env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [exe, str(ROOT / "pyproject.toml"), "--no-cache"],
+        cwd=tree,
+        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_layers_keep_their_contract(tmp_path):
@@ -39,14 +45,17 @@ def test_the_layers_keep_their_contract(tmp_path):
     assert "Contracts: 4 kept, 0 broken" in result.stdout
 
 
-@pytest.mark.parametrize("module, line, broken", [
-    ("zoo/publish/card.py", "import zoo.engine", "Publishing never imports the engine"),
-    ("zoo/publish/card.py", "import zoo.format.checkpoint", "Publishing never imports the engine"),
-    ("zoo/engine/storage.py", "import zoo.errors", "the engine imports nothing else"),
-    ("zoo/evaluators/wer.py", "import zoo.compression.config", "Evaluators know nothing of COMPOT"),
-    ("zoo/modalities/whisper.py", "import zoo.publish.card", "Each layer imports only the layers below it"),
-    ("zoo/format/record.py", "import zoo.pipeline", "Each layer imports only the layers below it"),
-])
+@pytest.mark.parametrize(
+    "module, line, broken",
+    [
+        ("zoo/publish/card.py", "import zoo.engine", "Publishing never imports the engine"),
+        ("zoo/publish/card.py", "import zoo.format.checkpoint", "Publishing never imports the engine"),
+        ("zoo/engine/storage.py", "import zoo.errors", "the engine imports nothing else"),
+        ("zoo/evaluators/wer.py", "import zoo.compression.config", "Evaluators know nothing of COMPOT"),
+        ("zoo/modalities/whisper.py", "import zoo.publish.card", "Each layer imports only the layers below it"),
+        ("zoo/format/record.py", "import zoo.pipeline", "Each layer imports only the layers below it"),
+    ],
+)
 def test_a_forbidden_import_breaks_the_contract(tmp_path, module, line, broken):
     tree = _assembled(tmp_path)
     path = tree / module
@@ -55,9 +64,21 @@ def test_a_forbidden_import_breaks_the_contract(tmp_path, module, line, broken):
     assert result.returncode != 0 and broken in result.stdout and "BROKEN" in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize("module", ["zoo", "zoo.cli", "zoo.files", "zoo.digest", "zoo.modality",
-                                    "zoo.compression.config", "zoo.format.record", "zoo.publish.scorecard",
-                                    "zoo.publish.publishers", "zoo.sources.catalogue"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "zoo",
+        "zoo.cli",
+        "zoo.files",
+        "zoo.digest",
+        "zoo.modality",
+        "zoo.compression.config",
+        "zoo.format.record",
+        "zoo.publish.scorecard",
+        "zoo.publish.publishers",
+        "zoo.sources.catalogue",
+    ],
+)
 def test_cheap_modules_load_neither_torch_nor_transformers(module):
     """`zoo --help`, `zoo list`, `zoo browse` and reading scorecards must not pay for torch."""
     code = f"import sys, {module}; print(sorted({{'torch', 'transformers'}} & set(sys.modules)))"
@@ -67,8 +88,10 @@ def test_cheap_modules_load_neither_torch_nor_transformers(module):
 
 
 def test_import_zoo_registers_the_quantizer_when_transformers_loads():
-    code = ("import zoo, sys; assert 'transformers' not in sys.modules\n"
-            "from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING\n"
-            "print('compot' in AUTO_QUANTIZER_MAPPING)")
+    code = (
+        "import zoo, sys; assert 'transformers' not in sys.modules\n"
+        "from transformers.quantizers.auto import AUTO_QUANTIZER_MAPPING\n"
+        "print('compot' in AUTO_QUANTIZER_MAPPING)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "True", result.stderr

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import zoo
-from zoo.format.checkpoint import save_compressed
 from zoo.compression.apply import compress_model
 from zoo.compression.config import CompressionConfig
 from zoo.evaluators.perplexity import perplexity
+from zoo.format.checkpoint import save_compressed
 from zoo.modalities.decoder_llm import ADAPTER, _evaluation_text
 from zoo.sources.catalogue import resolve
 
@@ -23,7 +23,9 @@ def calibrated():
 
 def _compressed_ppl(spec, calibration, **config):
     loaded = ADAPTER.load(spec)
-    compress_model(loaded.model, ADAPTER.stacks(loaded.model), calibration, CompressionConfig(cr=0.2, iters=8, **config))
+    compress_model(
+        loaded.model, ADAPTER.stacks(loaded.model), calibration, CompressionConfig(cr=0.2, iters=8, **config)
+    )
     text = _evaluation_text("wiki-offline")
     return loaded, perplexity(loaded.model, loaded.processor, text, seq_len=1024, max_windows=3)["perplexity"]
 
@@ -37,8 +39,12 @@ def test_compot_beats_svd_llm_and_round_trips(calibrated, tmp_path):
 
     ids = compot.processor("The history of the city begins", return_tensors="pt").input_ids
     expected = compot.model(ids).logits
-    save_compressed(compot.model, tmp_path / "ckpt", {"auto_class": "AutoModelForCausalLM"},
-                    extra_files=compot.processor.save_pretrained)
+    save_compressed(
+        compot.model,
+        tmp_path / "ckpt",
+        {"auto_class": "AutoModelForCausalLM"},
+        extra_files=compot.processor.save_pretrained,
+    )
     reloaded = zoo.load(tmp_path / "ckpt")
     assert torch.equal(reloaded(ids).logits, expected)
     text = compot.processor.decode(reloaded.generate(ids, max_new_tokens=8, do_sample=False)[0])

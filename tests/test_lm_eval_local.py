@@ -7,8 +7,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from zoo.errors import ZooError
-from zoo.evaluators.lm_eval_tasks import (CLOZE_MC_TASK, LAMBADA_TASK, build_local_tasks, cloze_mc_items,
-                                          lambada_items, run_lm_eval)
+from zoo.evaluators.lm_eval_tasks import (
+    CLOZE_MC_TASK,
+    LAMBADA_TASK,
+    build_local_tasks,
+    cloze_mc_items,
+    lambada_items,
+    run_lm_eval,
+)
 
 DOCS = [
     "The river rises in the northern hills and flows south through a wide valley. Farmers along its banks grow "
@@ -49,17 +55,29 @@ def tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(DOCS, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        DOCS,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -120,8 +138,9 @@ def test_local_tasks_load_through_task_manager(tmp_path):
 
 def test_run_lm_eval_on_tiny_model(tmp_path, model, tokenizer):
     path = build_local_tasks(DOCS, tmp_path)
-    results = run_lm_eval(model, tokenizer, [LAMBADA_TASK, CLOZE_MC_TASK], include_path=str(path),
-                          limit=6, batch_size=4)
+    results = run_lm_eval(
+        model, tokenizer, [LAMBADA_TASK, CLOZE_MC_TASK], include_path=str(path), limit=6, batch_size=4
+    )
     assert set(results) == {LAMBADA_TASK, CLOZE_MC_TASK}
     assert set(results[LAMBADA_TASK]) == {"acc", "perplexity"}
     assert set(results[CLOZE_MC_TASK]) == {"acc", "acc_norm"}

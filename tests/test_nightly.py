@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 from zoo.cli import main
 from zoo.errors import ZooError
-from zoo.sources.catalogue import aliases
 from zoo.nightly import compare, read_plan
 from zoo.publish.publishers import LocalRegistry
 from zoo.publish.scorecard import MetricResult, Scorecard
+from zoo.sources.catalogue import aliases
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "nightly.yml"
@@ -41,8 +41,18 @@ eval_tasks = []
 
 
 def _nightly(plan: Path, tmp_path: Path, *more):
-    args = ["nightly", "--plan", plan, "--target", tmp_path / "registry", "--workdir", tmp_path / "work",
-            "--report-dir", tmp_path / "report", *more]
+    args = [
+        "nightly",
+        "--plan",
+        plan,
+        "--target",
+        tmp_path / "registry",
+        "--workdir",
+        tmp_path / "work",
+        "--report-dir",
+        tmp_path / "report",
+        *more,
+    ]
     return CliRunner().invoke(main, [*map(str, args)], catch_exceptions=False)
 
 
@@ -104,8 +114,9 @@ def test_one_failing_model_does_not_stop_the_others(tmp_path, model_dir, text_fi
     assert "unknown model 'no-such-model'" in report["no-such-model-compot-dynamic-cr0.2"]["reason"]
 
 
-def test_a_variant_built_but_not_published_is_published_without_recompressing(tmp_path, model_dir, text_file,
-                                                                            monkeypatch):
+def test_a_variant_built_but_not_published_is_published_without_recompressing(
+    tmp_path, model_dir, text_file, monkeypatch
+):
     plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, [0.3])
 
     def unreachable(self, folder, variant):
@@ -114,8 +125,10 @@ def test_a_variant_built_but_not_published_is_published_without_recompressing(tm
     with monkeypatch.context() as patch:
         patch.setattr(LocalRegistry, "publish", unreachable)
         failed = _nightly(plan, tmp_path)
-    assert failed.exit_code == 1 and "ConnectionError: registry unreachable" in _report(tmp_path)[
-        "tiny-llama-compot-dynamic-cr0.3"]["reason"]
+    assert (
+        failed.exit_code == 1
+        and "ConnectionError: registry unreachable" in _report(tmp_path)["tiny-llama-compot-dynamic-cr0.3"]["reason"]
+    )
     monkeypatch.setattr("zoo.pipeline.compress_model", lambda *a: pytest.fail("compressed again"))
     resumed = _nightly(plan, tmp_path)
     variant = _report(tmp_path)["tiny-llama-compot-dynamic-cr0.3"]
@@ -126,9 +139,20 @@ def test_a_variant_built_but_not_published_is_published_without_recompressing(tm
 def test_a_killed_run_resumes_without_redoing_finished_variants(tmp_path, model_dir, text_file):
     crs = [0.15, 0.2, 0.25, 0.3]
     plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, crs)
-    command = [sys.executable, "-c", "from zoo.cli import main; main()", "nightly", "--plan", str(plan),
-               "--target", str(tmp_path / "registry"), "--workdir", str(tmp_path / "work"),
-               "--report-dir", str(tmp_path / "report")]
+    command = [
+        sys.executable,
+        "-c",
+        "from zoo.cli import main; main()",
+        "nightly",
+        "--plan",
+        str(plan),
+        "--target",
+        str(tmp_path / "registry"),
+        "--workdir",
+        str(tmp_path / "work"),
+        "--report-dir",
+        str(tmp_path / "report"),
+    ]
     org = tmp_path / "registry" / "compot-zoo"
     run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
@@ -150,9 +174,25 @@ def test_a_killed_run_resumes_without_redoing_finished_variants(tmp_path, model_
 
 def test_compare_flags_changes_in_each_metric_s_bad_direction():
     def card(ppl: float, acc: float) -> Scorecard:
-        return Scorecard("b", None, "v", "llm", "compot", "0.1", 0.2, 0.2, "dynamic", "c", "h",
-                         [MetricResult("perplexity", "ppl", 10.0, ppl, False), MetricResult("acc", "t", 0.5, acc, True)],
-                         1.0, 1.0, "cpu", "sha256:" + "0" * 64, "zoo compress b")
+        return Scorecard(
+            "b",
+            None,
+            "v",
+            "llm",
+            "compot",
+            "0.1",
+            0.2,
+            0.2,
+            "dynamic",
+            "c",
+            "h",
+            [MetricResult("perplexity", "ppl", 10.0, ppl, False), MetricResult("acc", "t", 0.5, acc, True)],
+            1.0,
+            1.0,
+            "cpu",
+            "sha256:" + "0" * 64,
+            "zoo compress b",
+        )
 
     changes = {c["metric"]: c for c in compare(card(20.0, 0.40), card(20.1, 0.41))}
     assert not changes["perplexity"]["regression"] and not changes["acc"]["regression"]  # within 1%, or better
@@ -161,15 +201,18 @@ def test_compare_flags_changes_in_each_metric_s_bad_direction():
     assert changes["perplexity"]["relative_change"] == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize("text, message", [
-    ('[[models]]\nmodel = "m"\ncrs = [0.2]\ncr = 0.3\n', "unknown keys cr"),
-    ('[[models]]\nmodel = "m"\ncrs = [0.2]\nmethods = ["compot-global"]\n', r"unknown methods \['compot-global'\]"),
-    ('[[models]]\nmodel = "m"\n', "needs `model` and a non-empty `crs`"),
-    ('[[models]]\nmodel = "m"\ncrs = [0.2, 0.2]\n', "variants listed twice: m-compot-dynamic-cr0.2"),
-    ('[[models]]\nmodel = "m"\ncrs = [1.2]\n', r"cr 1.2 must lie in \(0, 1\)"),
-    ("", "lists no variants"),
-    ("[[models]\n", "cannot read nightly plan"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[[models]]\nmodel = "m"\ncrs = [0.2]\ncr = 0.3\n', "unknown keys cr"),
+        ('[[models]]\nmodel = "m"\ncrs = [0.2]\nmethods = ["compot-global"]\n', r"unknown methods \['compot-global'\]"),
+        ('[[models]]\nmodel = "m"\n', "needs `model` and a non-empty `crs`"),
+        ('[[models]]\nmodel = "m"\ncrs = [0.2, 0.2]\n', "variants listed twice: m-compot-dynamic-cr0.2"),
+        ('[[models]]\nmodel = "m"\ncrs = [1.2]\n', r"cr 1.2 must lie in \(0, 1\)"),
+        ("", "lists no variants"),
+        ("[[models]\n", "cannot read nightly plan"),
+    ],
+)
 def test_plan_errors_name_the_file_and_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -186,8 +229,16 @@ def test_the_shipped_plans_name_known_models(name):
 
 def test_the_workflow_is_scheduled_publishes_with_the_secret_and_reports():
     text = WORKFLOW.read_text()
-    for needle in ("schedule:", "cron:", "workflow_dispatch:", "secrets.HF_TOKEN", "zoo nightly",
-                   "GITHUB_STEP_SUMMARY", "actions/cache@", "persist-credentials: false"):
+    for needle in (
+        "schedule:",
+        "cron:",
+        "workflow_dispatch:",
+        "secrets.HF_TOKEN",
+        "zoo nightly",
+        "GITHUB_STEP_SUMMARY",
+        "actions/cache@",
+        "persist-credentials: false",
+    ):
         assert needle in text, needle
 
 

@@ -10,8 +10,13 @@ from tests.tiny_models import tiny_llama, tiny_tokenizer
 from zoo.errors import ZooError
 from zoo.evaluators.perplexity import perplexity
 
-TEXT = " ".join(["the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches",
-                 "in london and paris during cold winter evenings with hot tea"] * 6)
+TEXT = " ".join(
+    [
+        "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches",
+        "in london and paris during cold winter evenings with hot tea",
+    ]
+    * 6
+)
 
 
 class ScriptedLM(torch.nn.Module):

@@ -15,13 +15,13 @@ import zoo
 from tests.conftest import TEXT
 from tests.fake_hub import TOKEN, FakeHub
 from tests.tiny_models import tiny_llama, tiny_tokenizer
-from zoo.publish.card import ALLOCATION_PLOT, CARD, card_data, inherited_license
 from zoo.cli import main
 from zoo.errors import ZooError
 from zoo.format.record import read_record
-from zoo.sources.catalogue import resolve
+from zoo.publish.card import ALLOCATION_PLOT, CARD, card_data, inherited_license
 from zoo.publish.publishers import HubPublisher, LocalRegistry, publisher_for
 from zoo.publish.scorecard import SCORECARD, Scorecard
+from zoo.sources.catalogue import resolve
 
 
 def _invoke(*args):
@@ -37,8 +37,27 @@ def scored(tmp_path_factory):
     tiny_tokenizer().save_pretrained(base)
     (root / "calib.jsonl").write_text("\n".join(json.dumps({"text": TEXT * 4}) for _ in range(20)))
     out = root / "tiny-compot"
-    result = _invoke("compress", base, "--cr", 0.3, "--calibration", root / "calib.jsonl", "--n-samples", 4,
-                     "--seq-len", 16, "--iters", 3, "--out", out, "--eval", "--eval-windows", 2, "--eval-limit", 5)
+    result = _invoke(
+        "compress",
+        base,
+        "--cr",
+        0.3,
+        "--calibration",
+        root / "calib.jsonl",
+        "--n-samples",
+        4,
+        "--seq-len",
+        16,
+        "--iters",
+        3,
+        "--out",
+        out,
+        "--eval",
+        "--eval-windows",
+        2,
+        "--eval-limit",
+        5,
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -97,10 +116,13 @@ def test_local_registry_round_trip(tmp_path, scored):
     assert published.repo_id == "compot-zoo/tiny-compot" and published.url == target.resolve().as_uri()
     before = _files(scored)
     card_files = {CARD, ALLOCATION_PLOT}
-    assert {k: v for k, v in _files(target).items() if k not in card_files} == \
-        {k: v for k, v in before.items() if k not in card_files}
+    assert {k: v for k, v in _files(target).items() if k not in card_files} == {
+        k: v for k, v in before.items() if k not in card_files
+    }
     assert ModelCard.load(target / CARD).data.model_name == "compot-zoo/tiny-compot"  # the card names its repository
-    assert ModelCard.load(scored / CARD).data.model_name == "tiny-compot" and _files(scored) == before  # source untouched
+    assert (
+        ModelCard.load(scored / CARD).data.model_name == "tiny-compot" and _files(scored) == before
+    )  # source untouched
     assert published.scorecard == Scorecard.load(scored / SCORECARD)
     assert torch.equal(_logits(zoo.load(target)), _logits(zoo.load(scored)))
     # Republishing replaces the folder whole and leaves no temporaries behind.
@@ -141,10 +163,13 @@ def test_zoo_publish_and_browse(tmp_path, scored):
     assert "team/tiny-compot" in _invoke("browse", registry, "--org", "team", "--base-model", "TINY").output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--push", "hub"], "needs a token: set HF_TOKEN"),
-    (["--push", "REGISTRY", "--org", "bad org!"], "invalid repository name bad org!/"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--push", "hub"], "needs a token: set HF_TOKEN"),
+        (["--push", "REGISTRY", "--org", "bad org!"], "invalid repository name bad org!/"),
+    ],
+)
 def test_push_fails_before_any_compression_work(tmp_path, monkeypatch, model_dir, text_file, args, message):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved login either

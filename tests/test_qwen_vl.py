@@ -9,16 +9,16 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 import zoo
-from tests.tiny_vlm import GENERATIONS, photo, save_tiny_vlm
-from zoo.compression.grams import block_grams, capture_block_inputs
 from tests.records import make_record
-from zoo.format.checkpoint import save_compressed
+from tests.tiny_vlm import GENERATIONS, photo, save_tiny_vlm
 from zoo.compression.apply import compress_model
 from zoo.compression.config import CompressionConfig
-from zoo.errors import ZooError
+from zoo.compression.grams import block_grams, capture_block_inputs
 from zoo.compression.layer import CompotLinear
-from zoo.modalities.qwen_vl import ADAPTER, chat_inputs
+from zoo.errors import ZooError
+from zoo.format.checkpoint import save_compressed
 from zoo.modalities.base import get_adapter
+from zoo.modalities.qwen_vl import ADAPTER, chat_inputs
 from zoo.sources.catalogue import resolve
 
 
@@ -35,8 +35,9 @@ def questions(tmp_path_factory):
     lines = []
     for i in range(5):
         photo(i, (80 + 10 * i, 120)).save(folder / f"img{i}.png")
-        lines.append({"image": f"img{i}.png", "question": "what is in the picture",
-                      **({"answer": "a cat"} if i % 2 else {})})
+        lines.append(
+            {"image": f"img{i}.png", "question": "what is in the picture", **({"answer": "a cat"} if i % 2 else {})}
+        )
     (folder / "questions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return folder
 
@@ -74,8 +75,10 @@ def test_replayed_blocks_see_exactly_what_the_whole_model_feeds_them(folders, qu
     data = ADAPTER.calibration(loaded, str(questions), n_samples=3, seq_len=256, seed=0, online=False)
     layers = loaded.model.model.language_model.layers
     seen = {i: [] for i in range(len(layers))}
-    hooks = [layer.register_forward_pre_hook(lambda m, a, kw, i=i: seen[i].append(a[0].clone()), with_kwargs=True)
-             for i, layer in enumerate(layers)]
+    hooks = [
+        layer.register_forward_pre_hook(lambda m, a, kw, i=i: seen[i].append(a[0].clone()), with_kwargs=True)
+        for i, layer in enumerate(layers)
+    ]
     with torch.no_grad():
         for batch in data.batches:
             loaded.model(**batch)
@@ -107,10 +110,12 @@ def test_calibration_feeds_image_tokens_and_caps_the_sample(folders, questions):
     assert "<|vision_start|>" in text and text.rstrip().endswith(("<|im_end|>", "assistant"))
     again = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=256, seed=0, online=False)
     assert again.fingerprint == data.fingerprint
-    assert len({ADAPTER.calibration(loaded, str(questions), 2, 256, seed=s, online=False).fingerprint for s in range(4)}) > 1
+    assert (
+        len({ADAPTER.calibration(loaded, str(questions), 2, 256, seed=s, online=False).fingerprint for s in range(4)})
+        > 1
+    )
     short = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=24, seed=0, online=False)
-    assert all(b["input_ids"].shape[1] <= 24 and int((b["input_ids"] == image_id).sum()) <= 12
-               for b in short.batches)
+    assert all(b["input_ids"].shape[1] <= 24 and int((b["input_ids"] == image_id).sum()) <= 12 for b in short.batches)
     with pytest.raises(ZooError, match="would lose image tokens"):
         ADAPTER.calibration(loaded, str(questions), n_samples=1, seq_len=8, seed=0, online=False)
 
@@ -137,8 +142,12 @@ def test_compress_save_reload_answers_the_same(folders, questions, tmp_path, gen
         expected_logits = loaded.model(**inputs).logits
         expected_ids = loaded.model.generate(**inputs, max_new_tokens=6, do_sample=False)
     out = tmp_path / "ckpt"
-    save_compressed(loaded.model, out, make_record(loaded.model, modality="vlm", auto_class=ADAPTER.auto_class),
-                    extra_files=lambda tmp: ADAPTER.save_processor(loaded, tmp))
+    save_compressed(
+        loaded.model,
+        out,
+        make_record(loaded.model, modality="vlm", auto_class=ADAPTER.auto_class),
+        extra_files=lambda tmp: ADAPTER.save_processor(loaded, tmp),
+    )
     assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "compot"
     for model in (zoo.load(out), AutoModelForImageTextToText.from_pretrained(out).eval()):
         assert type(model) is type(loaded.model)

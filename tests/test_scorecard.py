@@ -9,19 +9,30 @@ from zoo.errors import ZooError
 from zoo.publish.scorecard import SCHEMA_VERSION, MetricResult, Scorecard, metrics_from_results
 from zoo.publish.scorecard import schema as scorecard_schema
 
-BASE = {"perplexity/wiki-offline": {"perplexity": 20.0},
-        "zoo_cloze_mc_local": {"acc": 0.5, "acc_norm": 0.6}}
-COMPRESSED = {"perplexity/wiki-offline": {"perplexity": 25.0},
-              "zoo_cloze_mc_local": {"acc": 0.4, "acc_norm": 0.6}}
+BASE = {"perplexity/wiki-offline": {"perplexity": 20.0}, "zoo_cloze_mc_local": {"acc": 0.5, "acc_norm": 0.6}}
+COMPRESSED = {"perplexity/wiki-offline": {"perplexity": 25.0}, "zoo_cloze_mc_local": {"acc": 0.4, "acc_norm": 0.6}}
 
 
 def _card(**changes) -> Scorecard:
-    fields = dict(base_model="HuggingFaceTB/SmolLM2-135M-Instruct", base_revision="abc123", variant="smollm2-cr0.2",
-                  modality="llm", method="compot", engine_version="0.1.0", target_cr=0.2, achieved_cr=0.2013,
-                  allocation="dynamic", calibration_set="wiki-offline", calibration_hash="sha256:feed",
-                  metrics=metrics_from_results(BASE, COMPRESSED), compression_seconds=12.5,
-                  peak_memory_mb=812.0, hardware="cpu: 2 cores", fingerprint="sha256:" + "ab" * 32,
-                  command="zoo compress smollm2-135m --cr 0.2 --eval")
+    fields = dict(
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        base_revision="abc123",
+        variant="smollm2-cr0.2",
+        modality="llm",
+        method="compot",
+        engine_version="0.1.0",
+        target_cr=0.2,
+        achieved_cr=0.2013,
+        allocation="dynamic",
+        calibration_set="wiki-offline",
+        calibration_hash="sha256:feed",
+        metrics=metrics_from_results(BASE, COMPRESSED),
+        compression_seconds=12.5,
+        peak_memory_mb=812.0,
+        hardware="cpu: 2 cores",
+        fingerprint="sha256:" + "ab" * 32,
+        command="zoo compress smollm2-135m --cr 0.2 --eval",
+    )
     return Scorecard(**{**fields, **changes})
 
 
@@ -88,7 +99,11 @@ def test_written_scorecards_follow_the_documented_json_schema():
     jsonschema.validate(data, schema)
     nan_base = _card(metrics=[MetricResult("acc", "t", 0.0, 0.3, True)])
     jsonschema.validate(json.loads(nan_base.to_json()), schema)  # an undefined recovery is null, valid JSON
-    for broken in ({**data, "achieved_cr": "0.2"}, {k: v for k, v in data.items() if k != "fingerprint"},
-                   {**data, "extra": 1}, {**data, "modality": "video"}):
+    for broken in (
+        {**data, "achieved_cr": "0.2"},
+        {k: v for k, v in data.items() if k != "fingerprint"},
+        {**data, "extra": 1},
+        {**data, "modality": "video"},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(broken, schema)

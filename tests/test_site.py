@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from zoo.publish import site
 from zoo.errors import ZooError
+from zoo.publish import site
 from zoo.publish.publishers import PublishedVariant
 from zoo.publish.scorecard import MetricResult, Scorecard
 from zoo.publish.site import group_by_model, render_site, slugify
@@ -21,17 +21,38 @@ PPL, ACC = ("perplexity/wiki-offline", "perplexity"), ("arc_easy", "acc")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def _variant(base_model: str, name: str, method: str, cr: float, ppl: float, acc: float | None,
-             url: str | None = None, modality: str = "llm") -> PublishedVariant:
+def _variant(
+    base_model: str,
+    name: str,
+    method: str,
+    cr: float,
+    ppl: float,
+    acc: float | None,
+    url: str | None = None,
+    modality: str = "llm",
+) -> PublishedVariant:
     metrics = [MetricResult(PPL[1], PPL[0], 20.0, ppl, False)]
     if acc is not None:
         metrics.append(MetricResult(ACC[1], ACC[0], 0.6, acc, True))
-    card = Scorecard(base_model=base_model, base_revision="abc", variant=name, modality=modality, method=method,
-                     engine_version="0.1.0", target_cr=cr, achieved_cr=cr + 0.0013,
-                     allocation="dynamic" if method == "compot" else "static",
-                     calibration_set="wiki-offline", calibration_hash="sha256:feed", metrics=metrics,
-                     compression_seconds=12.5 + cr, peak_memory_mb=800.0, hardware="cpu", fingerprint="sha256:0",
-                     command=f"zoo compress {base_model} --cr {cr} --method {method}")
+    card = Scorecard(
+        base_model=base_model,
+        base_revision="abc",
+        variant=name,
+        modality=modality,
+        method=method,
+        engine_version="0.1.0",
+        target_cr=cr,
+        achieved_cr=cr + 0.0013,
+        allocation="dynamic" if method == "compot" else "static",
+        calibration_set="wiki-offline",
+        calibration_hash="sha256:feed",
+        metrics=metrics,
+        compression_seconds=12.5 + cr,
+        peak_memory_mb=800.0,
+        hardware="cpu",
+        fingerprint="sha256:0",
+        command=f"zoo compress {base_model} --cr {cr} --method {method}",
+    )
     return PublishedVariant(f"zoo/{name}", url or f"https://huggingface.co/zoo/{name}", card)
 
 
@@ -50,8 +71,13 @@ def _zoo() -> list[PublishedVariant]:
 def _expected_row(variant: PublishedVariant, columns: list[tuple[str, str]]) -> list[str]:
     """The table row as a reader should see it, formatted here independently of zoo.publish.site."""
     card = variant.scorecard
-    cells = [card.variant, {"compot": "COMPOT", "svd-llm": "SVD-LLM"}[card.method], card.allocation,
-             f"{card.target_cr:.3f}", f"{card.achieved_cr:.3f}"]
+    cells = [
+        card.variant,
+        {"compot": "COMPOT", "svd-llm": "SVD-LLM"}[card.method],
+        card.allocation,
+        f"{card.target_cr:.3f}",
+        f"{card.achieved_cr:.3f}",
+    ]
     metrics = {(m.task, m.name): m for m in card.metrics}
     for key in columns:
         m = metrics.get(key)
@@ -90,6 +116,7 @@ def _rows(page: Path) -> dict[str, list[str]]:
 
 # --- fast tests, no browser -------------------------------------------------------------------------
 
+
 def test_slugs_are_safe_file_names():
     assert slugify(SMOL) == "huggingfacetb-smollm2-135m"
     for name in (HOSTILE, "../../etc/passwd", "..", "", "名前/モデル", "a" * 300):
@@ -109,8 +136,13 @@ def test_grouping_orders_models_and_variants_and_picks_best():
 
 
 def test_colliding_slugs_get_distinct_page_names():
-    groups = group_by_model([_variant("a/b", "x", "compot", 0.2, 21, 0.5), _variant("a-b", "y", "compot", 0.2, 21, 0.5),
-                             _variant("c/d", "z", "compot", 0.2, 21, 0.5)])
+    groups = group_by_model(
+        [
+            _variant("a/b", "x", "compot", 0.2, 21, 0.5),
+            _variant("a-b", "y", "compot", 0.2, 21, 0.5),
+            _variant("c/d", "z", "compot", 0.2, 21, 0.5),
+        ]
+    )
     slugs = [g.slug for g in groups]
     assert len(set(slugs)) == 3 and slugs[0].startswith("a-b-") and slugs[2] == "c-d"
 
@@ -186,6 +218,7 @@ def test_same_scorecards_give_identical_pages(tmp_path):
 
 # --- the site in a real headless browser ------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).is_file():
@@ -205,7 +238,9 @@ def open_page(browser):
 
     def open_(path: Path):
         page = context.new_page()
-        page.on("console", lambda msg: errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None)
+        page.on(
+            "console", lambda msg: errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None
+        )
         page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
         response = page.goto(path.as_uri())
         assert response is None or response.ok
@@ -225,7 +260,9 @@ def _assert_inert(page) -> None:
 
 def test_site_in_a_browser(tmp_path, open_page):
     hostile = _variant(HOSTILE, "<b>pwn</b>", "compot", 0.2, 24.0, 0.5, url="javascript:window.pwned=3")
-    hostile.scorecard.metrics[0] = MetricResult("ppl</text></svg><script>window.pwned=4</script>", "t$x$", 20.0, 24.0, False)
+    hostile.scorecard.metrics[0] = MetricResult(
+        "ppl</text></svg><script>window.pwned=4</script>", "t$x$", 20.0, 24.0, False
+    )
     zoo = _zoo() + [hostile]
     index = render_site(zoo, tmp_path / "site")
     groups = group_by_model(zoo)
@@ -239,7 +276,9 @@ def test_site_in_a_browser(tmp_path, open_page):
         assert page.locator("h1").inner_text() == group.base_model
         rows = page.locator("table.scorecard tbody tr")
         columns = list(group.metric_columns)
-        assert [r.locator("td").all_inner_texts() for r in rows.all()] == [_expected_row(v, columns) for v in group.variants]
+        assert [r.locator("td").all_inner_texts() for r in rows.all()] == [
+            _expected_row(v, columns) for v in group.variants
+        ]
         _assert_inert(page)
         page.go_back()
     _assert_inert(page)
@@ -255,7 +294,11 @@ def test_site_in_a_browser(tmp_path, open_page):
         sizes = [s.evaluate("g => { const b = g.getBBox(); return [b.width, b.height]; }") for s in series.all()]
         assert all(w > 0 and h > 0 for w, h in sizes) and max(w for w, _ in sizes) > 50, sizes
         assert plot.locator("g#base path").evaluate("p => p.getBBox().width") > 100
-    assert set(smol.locator("figure.plot svg text").all_text_contents()) >= {"COMPOT (dynamic)", "SVD-LLM (static)", "base"}
+    assert set(smol.locator("figure.plot svg text").all_text_contents()) >= {
+        "COMPOT (dynamic)",
+        "SVD-LLM (static)",
+        "base",
+    }
 
     shot = tmp_path / "model.png"
     smol.screenshot(path=str(shot), full_page=True)

@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 
 from zoo.calibration import speech
-from zoo.calibration.speech import (SAMPLE_RATE, Utterance, decode_audio, load_speech, local_folder, packaged_speech,
-                                    resample, speakable_sentences, speech_fingerprint,
-                                    synthesized_speech)
+from zoo.calibration.speech import (
+    SAMPLE_RATE,
+    Utterance,
+    decode_audio,
+    load_speech,
+    local_folder,
+    packaged_speech,
+    resample,
+    speakable_sentences,
+    speech_fingerprint,
+    synthesized_speech,
+)
 from zoo.calibration.subsets import seeded_pick
 from zoo.errors import ZooError
 
@@ -118,14 +127,20 @@ def write_librispeech(root, chapters: dict[tuple[str, str], dict[str, str]], rat
 
 
 def test_librispeech_layout_parses_ids_and_texts(tmp_path):
-    write_librispeech(tmp_path, {
-        ("84", "121123"): {"84-121123-0000": "GO DO YOU HEAR", "84-121123-0001": "BUT IN LESS THAN FIVE MINUTES"},
-        ("174", "50561"): {"174-50561-0000": "FORGOTTEN TOO THE NAME OF GILLIAN"},
-    })
+    write_librispeech(
+        tmp_path,
+        {
+            ("84", "121123"): {"84-121123-0000": "GO DO YOU HEAR", "84-121123-0001": "BUT IN LESS THAN FIVE MINUTES"},
+            ("174", "50561"): {"174-50561-0000": "FORGOTTEN TOO THE NAME OF GILLIAN"},
+        },
+    )
     got = local_folder(tmp_path)
     assert [u.id for u in got] == ["174-50561-0000", "84-121123-0000", "84-121123-0001"]
-    assert [u.text for u in got] == ["FORGOTTEN TOO THE NAME OF GILLIAN", "GO DO YOU HEAR",
-                                     "BUT IN LESS THAN FIVE MINUTES"]
+    assert [u.text for u in got] == [
+        "FORGOTTEN TOO THE NAME OF GILLIAN",
+        "GO DO YOU HEAR",
+        "BUT IN LESS THAN FIVE MINUTES",
+    ]
     assert [round(u.seconds, 3) for u in got] == [0.25, 0.25, 0.5]
     assert all(u.audio.dtype == np.float32 for u in got)
 
@@ -197,15 +212,17 @@ def test_fingerprint_sees_the_samples():
 def test_load_speech_by_name_and_path(tmp_path, monkeypatch):
     write_librispeech(tmp_path, {("1", "2"): {"1-2-0000": "A B"}})
     assert [u.id for u in load_speech(str(tmp_path))] == ["1-2-0000"]
-    with pytest.raises(ZooError, match="librispeech, librispeech-other, librispeech-validation-clean, .*, "
-                                       "librispeech-test-other, tts-wiki-train, tts-wiki-test, librivox-offline"):
+    with pytest.raises(
+        ZooError,
+        match="librispeech, librispeech-other, librispeech-validation-clean, .*, "
+        "librispeech-test-other, tts-wiki-train, tts-wiki-test, librivox-offline",
+    ):
         load_speech("libri-speech")
     asked = []
     monkeypatch.setattr(speech, "librispeech", lambda split, n, seed, at_most, online: asked.append((split, n, seed)))
     for name in ("librispeech", "librispeech-other", "librispeech-test-clean", "librispeech-test-other"):
         load_speech(name, 7, 3)
-    assert asked == [("validation.clean", 7, 3), ("validation.other", 7, 3), ("test.clean", 7, 3),
-                     ("test.other", 7, 3)]
+    assert asked == [("validation.clean", 7, 3), ("validation.other", 7, 3), ("test.clean", 7, 3), ("test.other", 7, 3)]
 
 
 def test_librispeech_offline_says_to_pass_a_folder(monkeypatch):
@@ -270,11 +287,16 @@ def test_librispeech_from_the_hub_decodes_the_seeded_pick(monkeypatch):
 
     ids = [f"1-2-{k:04d}" for k in range(8)]
     rate = 8_000
-    table = datasets.Dataset.from_dict({
-        "id": ids, "text": [f"TEXT {k}" for k in range(8)],
-        "audio": [{"bytes": wav_bytes(sine(300, rate, 0.1 * (k + 1)), rate), "path": f"{uid}.wav"}
-                  for k, uid in enumerate(ids)],
-    }).cast_column("audio", datasets.Audio(sampling_rate=SAMPLE_RATE))
+    table = datasets.Dataset.from_dict(
+        {
+            "id": ids,
+            "text": [f"TEXT {k}" for k in range(8)],
+            "audio": [
+                {"bytes": wav_bytes(sine(300, rate, 0.1 * (k + 1)), rate), "path": f"{uid}.wav"}
+                for k, uid in enumerate(ids)
+            ],
+        }
+    ).cast_column("audio", datasets.Audio(sampling_rate=SAMPLE_RATE))
     asked = []
 
     def load_dataset(path, name, split):

@@ -8,12 +8,13 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from zoo.calibration.text import (CALIBRATION_SETS, calibration_batches, dataset_fingerprint, evaluation_text,
-                                  load_texts)
+from zoo.calibration.text import CALIBRATION_SETS, calibration_batches, dataset_fingerprint, evaluation_text, load_texts
 from zoo.errors import ZooError
 
-WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches "
-         "in london and paris during cold winter evenings with hot tea").split()
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches "
+    "in london and paris during cold winter evenings with hot tea"
+).split()
 
 
 def word_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
@@ -98,8 +99,12 @@ def test_local_folders_saved_datasets_and_other_formats(tmp_path, docs):
     assert load_texts(str(folder), "train") == docs[:20] and load_texts(str(folder), "test") == docs[20:]
 
     saved = tmp_path / "saved"
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": docs[:5]}),
-                          "validation": datasets.Dataset.from_dict({"text": docs[5:7]})}).save_to_disk(str(saved))
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": docs[:5]}),
+            "validation": datasets.Dataset.from_dict({"text": docs[5:7]}),
+        }
+    ).save_to_disk(str(saved))
     assert load_texts(str(saved), "train") == docs[:5]
     assert load_texts(str(saved), "test") == docs[5:7]  # validation stands in for a missing test split
 
@@ -134,8 +139,11 @@ def test_hub_loading_uses_each_protocols_source(monkeypatch):
     def fake_load(path, name=None, **kwargs):
         seen.append((path, name, kwargs))
         rows = [{"content": f"doc {i}", "text": f"doc {i}"} for i in range(3)]
-        return datasets.IterableDataset.from_generator(lambda: iter(rows)) if kwargs.get("streaming") \
+        return (
+            datasets.IterableDataset.from_generator(lambda: iter(rows))
+            if kwargs.get("streaming")
             else datasets.Dataset.from_list(rows)
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     assert load_texts("refinedweb", "train") == ["doc 0", "doc 1", "doc 2"]

@@ -20,23 +20,30 @@ def test_local_folder_and_jsonl_file(tmp_path):
     photo(0).save(tmp_path / "a.png")
     (tmp_path / "sub").mkdir()
     photo(1).convert("L").save(tmp_path / "sub" / "b.jpg")
-    _write(tmp_path, [{"image": "a.png", "question": "what is it", "answer": 3},
-                      {"image": "sub/b.jpg", "question": "and this"}])
+    _write(
+        tmp_path,
+        [{"image": "a.png", "question": "what is it", "answer": 3}, {"image": "sub/b.jpg", "question": "and this"}],
+    )
     items = load_visual_questions(str(tmp_path), None)
-    assert [(i.id, i.question, i.answer) for i in items] == [("questions.jsonl:1", "what is it", "3"),
-                                                             ("questions.jsonl:2", "and this", None)]
+    assert [(i.id, i.question, i.answer) for i in items] == [
+        ("questions.jsonl:1", "what is it", "3"),
+        ("questions.jsonl:2", "and this", None),
+    ]
     assert all(i.image.mode == "RGB" for i in items)
     same = load_visual_questions(str(tmp_path / "questions.jsonl"), None)
     assert visual_fingerprint(same) == visual_fingerprint(items)
     assert len(load_visual_questions(str(tmp_path), 1, seed=0)) == 1
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "line 1 is not JSON"),
-    ('["a list"]', "line 1 is not a JSON object"),
-    ('{"image": "a.png"}', "line 1 has no question"),
-    ('{"question": "where is the picture", "image": ""}', "question 'where is the picture' has no image"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "line 1 is not JSON"),
+        ('["a list"]', "line 1 is not a JSON object"),
+        ('{"image": "a.png"}', "line 1 has no question"),
+        ('{"question": "where is the picture", "image": ""}', "question 'where is the picture' has no image"),
+    ],
+)
 def test_bad_lines_are_named(tmp_path, line, message):
     (tmp_path / "questions.jsonl").write_text(line + "\n")
     with pytest.raises(ZooError, match=message):
@@ -63,10 +70,14 @@ def test_mathverse_fields_through_datasets(monkeypatch):
     question, the reference answer follows; rows are picked by sample_index."""
     import datasets
 
-    rows = {"sample_index": ["1", "2", "3"], "problem_version": ["Text Lite"] * 3,
-            "question": ["As shown, find x.", "Find y.", "Find z."],
-            "query_wo": ["Please answer.\nQuestion: As shown, find x.", "", "Please answer.\nQuestion: Find z."],
-            "answer": ["A", "5", "C"], "image": [photo(i) for i in range(3)]}
+    rows = {
+        "sample_index": ["1", "2", "3"],
+        "problem_version": ["Text Lite"] * 3,
+        "question": ["As shown, find x.", "Find y.", "Find z."],
+        "query_wo": ["Please answer.\nQuestion: As shown, find x.", "", "Please answer.\nQuestion: Find z."],
+        "answer": ["A", "5", "C"],
+        "image": [photo(i) for i in range(3)],
+    }
     calls = []
 
     def load_dataset(*args, **kwargs):
@@ -79,7 +90,8 @@ def test_mathverse_fields_through_datasets(monkeypatch):
     assert [(i.id, i.question, i.answer) for i in items] == [
         ("mathverse:1", "Please answer.\nQuestion: As shown, find x.", "A"),
         ("mathverse:2", "Find y.", "5"),  # no query_wo: the bare question
-        ("mathverse:3", "Please answer.\nQuestion: Find z.", "C")]
+        ("mathverse:3", "Please answer.\nQuestion: Find z.", "C"),
+    ]
     assert isinstance(items[0].image, Image.Image) and items[0].image.mode == "RGB"
     with pytest.raises(ZooError, match="mathverse has 3 image-question pairs, fewer than the 4 requested"):
         load_visual_questions("mathverse", 4)

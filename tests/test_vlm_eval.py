@@ -8,8 +8,9 @@ import sys
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vlmeval") is None,
-                                reason="VLMEvalKit (vlmeval) is not installed: the `vision` extra")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("vlmeval") is None, reason="VLMEvalKit (vlmeval) is not installed: the `vision` extra"
+)
 
 
 @pytest.fixture()
@@ -64,10 +65,14 @@ def test_ocrbench_scores_by_its_own_rule(tmp_path):
 
     from zoo.evaluators.vlm import _accuracy
 
-    rows = pd.DataFrame({"index": [0, 1, 2], "category": ["Regular Text Recognition", "Doc-oriented VQA",
-                                                          "Key Information Extraction"],
-                         "answer": ["['STOP']", "['1998', '1999']", "['Acme Ltd']"],
-                         "prediction": ["The sign says stop.", "It was 1999", "unknown"]})
+    rows = pd.DataFrame(
+        {
+            "index": [0, 1, 2],
+            "category": ["Regular Text Recognition", "Doc-oriented VQA", "Key Information Extraction"],
+            "answer": ["['STOP']", "['1998', '1999']", "['Acme Ltd']"],
+            "prediction": ["The sign says stop.", "It was 1999", "unknown"],
+        }
+    )
     dump(rows, str(tmp_path / "zoo_OCRBench.xlsx"))
     assert _accuracy("OCRBench", OCRBench.evaluate(str(tmp_path / "zoo_OCRBench.xlsx"))) == pytest.approx(2 / 3)
 
@@ -111,8 +116,17 @@ def test_compress_eval_writes_a_scorecard_for_base_and_compressed(lmu, tmp_path)
     from zoo.publish.scorecard import Scorecard
 
     folder = save_tiny_vlm(tmp_path / "tiny", "qwen2_vl")
-    result = run_compress(CompressRequest(model=str(folder), config=CompressionConfig(cr=0.3, iters=3),
-                                          out=tmp_path / "out", n_samples=6, seq_len=256, evaluate=True, eval_settings={"eval_limit": 4}))
+    result = run_compress(
+        CompressRequest(
+            model=str(folder),
+            config=CompressionConfig(cr=0.3, iters=3),
+            out=tmp_path / "out",
+            n_samples=6,
+            seq_len=256,
+            evaluate=True,
+            eval_settings={"eval_limit": 4},
+        )
+    )
     card = Scorecard.load(tmp_path / "out" / "scorecard.json")
     assert card.modality == "vlm" and card.calibration_set == "skimage-photos"
     (metric,) = card.metrics

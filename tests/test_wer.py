@@ -21,8 +21,15 @@ def test_hand_counted_errors_with_normalisation():
     # 2: "he was not an ill disposed young man" (8 words) vs "he was an ill disposed old young man":
     #    "not" deleted, "old" inserted -> 2 errors.
     got = corpus_wer(refs, hyps)
-    assert got == {"wer": 2 / 12, "substitutions": 0, "deletions": 1, "insertions": 1, "words": 12,
-                   "utterances": 2, "empty_references": 0}
+    assert got == {
+        "wer": 2 / 12,
+        "substitutions": 0,
+        "deletions": 1,
+        "insertions": 1,
+        "words": 12,
+        "utterances": 2,
+        "empty_references": 0,
+    }
 
 
 def test_normalisation_forgives_case_punctuation_numbers_and_fillers_only():
@@ -78,19 +85,37 @@ def word(token: int) -> str:
 @pytest.fixture(scope="module")
 def tiny_whisper():
     torch.manual_seed(0)
-    config = WhisperConfig(vocab_size=WORDS + 1 + 1501, num_mel_bins=80, d_model=32, encoder_layers=1,
-                           decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-                           encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=1500,
-                           max_target_positions=64, pad_token_id=1, bos_token_id=1, eos_token_id=1,
-                           decoder_start_token_id=2, suppress_tokens=None, begin_suppress_tokens=None,
-                           init_std=1.0)  # large weights: transcripts that depend on the audio
+    config = WhisperConfig(
+        vocab_size=WORDS + 1 + 1501,
+        num_mel_bins=80,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=1500,
+        max_target_positions=64,
+        pad_token_id=1,
+        bos_token_id=1,
+        eos_token_id=1,
+        decoder_start_token_id=2,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+        init_std=1.0,
+    )  # large weights: transcripts that depend on the audio
     return WhisperForConditionalGeneration(config).eval()
 
 
 def tones(seconds: list[float]) -> list[Utterance]:
     t = np.arange(int(SAMPLE_RATE * max(seconds))) / SAMPLE_RATE
-    return [Utterance(f"u{k}", (0.3 * np.sin(2 * np.pi * (200 + 150 * k) * t[: int(SAMPLE_RATE * s)]))
-                      .astype(np.float32), "a b") for k, s in enumerate(seconds)]
+    return [
+        Utterance(
+            f"u{k}", (0.3 * np.sin(2 * np.pi * (200 + 150 * k) * t[: int(SAMPLE_RATE * s)])).astype(np.float32), "a b"
+        )
+        for k, s in enumerate(seconds)
+    ]
 
 
 def test_transcribe_gives_one_string_per_utterance_whatever_the_batch(tiny_whisper):
@@ -109,8 +134,9 @@ def test_transcribe_casts_features_to_the_model_dtype(tiny_whisper):
     doubled.load_state_dict(tiny_whisper.state_dict())
     doubled.generation_config = tiny_whisper.generation_config
     doubled = doubled.double()
-    assert transcribe(doubled, TinyProcessor, utts, max_new_tokens=6) == \
-        transcribe(tiny_whisper, TinyProcessor, utts, max_new_tokens=6)
+    assert transcribe(doubled, TinyProcessor, utts, max_new_tokens=6) == transcribe(
+        tiny_whisper, TinyProcessor, utts, max_new_tokens=6
+    )
 
 
 def test_long_utterances_are_decoded_long_form_apart_from_short_ones(tiny_whisper):

@@ -9,16 +9,16 @@ import torch
 from transformers import AutoModelForSpeechSeq2Seq, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
 import zoo
-from zoo.compression.grams import block_grams, capture_block_inputs
 from tests.records import make_record
-from zoo.format.checkpoint import save_compressed
 from zoo.compression.apply import compress_model
 from zoo.compression.config import CompressionConfig
-from zoo.errors import ZooError
+from zoo.compression.grams import block_grams, capture_block_inputs
 from zoo.compression.layer import CompotLinear
+from zoo.errors import ZooError
+from zoo.format.checkpoint import save_compressed
+from zoo.modalities.base import LoadedModel
 from zoo.modalities.whisper import ADAPTER, sentence_case, task_prefix
 from zoo.sources.converters.whisper_ct2 import packaged_whisper_dir, save_processor
-from zoo.modalities.base import LoadedModel
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
 
@@ -28,8 +28,17 @@ def tiny(tmp_path_factory):
     """Real tokenizer, feature extractor and generation config; random weights at toy width."""
     real = packaged_whisper_dir("whisper-tiny.en")
     config = WhisperConfig.from_pretrained(real)
-    config.update(dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                       decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128))
+    config.update(
+        dict(
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+        )
+    )
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(config).eval()
     model.generation_config = WhisperForConditionalGeneration.from_pretrained(real).generation_config
@@ -49,7 +58,7 @@ def speech_folder(tmp_path_factory):
         with wave.open(str(folder / f"utt{i}.wav"), "wb") as w:
             w.setnchannels(1), w.setsampwidth(2), w.setframerate(22050)
             w.writeframes(samples.tobytes())
-        (folder / f"utt{i}.txt").write_text(" ".join(WORDS[i: i + 5 + i]).upper())
+        (folder / f"utt{i}.txt").write_text(" ".join(WORDS[i : i + 5 + i]).upper())
     return folder
 
 
@@ -62,8 +71,10 @@ def _load(folder):
 def test_default_stack_is_the_decoder_and_the_encoder_joins_on_request(tiny):
     loaded = _load(tiny)
     (decoder,) = ADAPTER.stacks(loaded.model)
-    assert decoder.name == "decoder" and [p for p, _ in decoder.blocks] == ["model.decoder.layers.0",
-                                                                            "model.decoder.layers.1"]
+    assert decoder.name == "decoder" and [p for p, _ in decoder.blocks] == [
+        "model.decoder.layers.0",
+        "model.decoder.layers.1",
+    ]
     assert sum(len(g) for g in decoder.groups) == 10  # q k v o, cross q k v o, fc1 fc2
     both = ADAPTER.stacks(loaded.model, ["decoder", "encoder"])
     assert [s.name for s in both] == ["encoder", "decoder"]  # calibration order, not request order
@@ -82,7 +93,7 @@ def test_calibration_teacher_forces_the_transcript_after_the_task_prefix(tiny, s
     ids = first["decoder_input_ids"][0].tolist()
     assert ids[: len(prefix)] == prefix
     expected = sentence_case((speech_folder / "utt0.txt").read_text())
-    assert tokenizer.decode(ids[len(prefix):]).strip() == expected
+    assert tokenizer.decode(ids[len(prefix) :]).strip() == expected
     assert first["input_features"].shape == (1, 80, 3000)
     assert data.tokens == sum(b["decoder_input_ids"].shape[1] for b in data.batches)
     again = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0, online=False)
@@ -116,19 +127,29 @@ def test_cross_attention_grams_come_from_the_encoder_output(tiny, speech_folder)
 def test_compress_save_reload_transcribes_the_same(tiny, speech_folder, tmp_path, components):
     loaded = _load(tiny)
     data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0, online=False)
-    reports = compress_model(loaded.model, ADAPTER.stacks(loaded.model, components), data,
-                             CompressionConfig(cr=0.3, iters=4, components=components))
+    reports = compress_model(
+        loaded.model,
+        ADAPTER.stacks(loaded.model, components),
+        data,
+        CompressionConfig(cr=0.3, iters=4, components=components),
+    )
     compressed = sum(isinstance(m, CompotLinear) for m in loaded.model.modules())
     assert compressed == len(reports) == (20 if components is None else 32)
     assert all(r.name.startswith("model.decoder") for r in reports) == (components is None)
 
     features = data.batches[1]["input_features"]
     with torch.no_grad():
-        expected_logits = loaded.model(input_features=features, decoder_input_ids=data.batches[1]["decoder_input_ids"]).logits
+        expected_logits = loaded.model(
+            input_features=features, decoder_input_ids=data.batches[1]["decoder_input_ids"]
+        ).logits
         expected_ids = loaded.model.generate(features, max_new_tokens=6, do_sample=False)
     out = tmp_path / "ckpt"
-    save_compressed(loaded.model, out, make_record(loaded.model, modality="whisper", auto_class=ADAPTER.auto_class),
-                    extra_files=lambda tmp: ADAPTER.save_processor(loaded, tmp))
+    save_compressed(
+        loaded.model,
+        out,
+        make_record(loaded.model, modality="whisper", auto_class=ADAPTER.auto_class),
+        extra_files=lambda tmp: ADAPTER.save_processor(loaded, tmp),
+    )
     assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "compot"
     for model in (zoo.load(out), AutoModelForSpeechSeq2Seq.from_pretrained(out).eval()):
         with torch.no_grad():

@@ -12,19 +12,29 @@ import pytest
 import torch
 from transformers import AutoProcessor, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
-from zoo.sources.assets import fetch_asset
 from zoo.errors import ZooError
+from zoo.sources.assets import fetch_asset
 from zoo.sources.converters import whisper_ct2
 from zoo.sources.converters.whisper_ct2 import convert_ct2_whisper, packaged_whisper_dir, read_ct2_model
 
 F32, I8, I16, F16, BF16 = 0, 1, 2, 4, 5
 _CODES = {np.dtype("int8"): I8, np.dtype("int16"): I16}
-_SPECIAL = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
-            "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+_SPECIAL = [
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|en|>",
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nocaptions|>",
+    "<|notimestamps|>",
+]
 _ROUND = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}
 
 
 # --- a CTranslate2 writer, independent of the module's name table --------------------------------
+
 
 def _string(text: str) -> bytes:
     data = text.encode() + b"\0"
@@ -42,8 +52,11 @@ def write_ct2(path: Path, variables: dict[str, np.ndarray], float_code: int = F3
     stored: dict[str, np.ndarray] = {}
     aliases: dict[str, str] = {}
     for name, value in variables.items():
-        same = [n for n, v in stored.items() if v.dtype == value.dtype and v.shape == value.shape
-                and np.array_equal(v, value)]
+        same = [
+            n
+            for n, v in stored.items()
+            if v.dtype == value.dtype and v.shape == value.shape and np.array_equal(v, value)
+        ]
         if same and value.ndim:
             aliases[name] = same[0]
         else:
@@ -52,8 +65,12 @@ def write_ct2(path: Path, variables: dict[str, np.ndarray], float_code: int = F3
     for name, value in stored.items():
         code = float_code if value.dtype.kind == "f" else _CODES[value.dtype]
         data = _encode(value, code)
-        parts += [_string(name), struct.pack(f"<B{value.ndim}I", value.ndim, *value.shape),
-                  struct.pack("<BI", code, len(data)), data]
+        parts += [
+            _string(name),
+            struct.pack(f"<B{value.ndim}I", value.ndim, *value.shape),
+            struct.pack("<BI", code, len(data)),
+            data,
+        ]
     parts.append(struct.pack("<I", len(aliases)))
     parts += [_string(a) + _string(t) for a, t in aliases.items()]
     path.write_bytes(b"".join(parts))
@@ -65,10 +82,14 @@ def ct2_variables(model: WhisperForConditionalGeneration) -> dict[str, np.ndarra
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
     config = model.config
     out: dict[str, np.ndarray] = {
-        "decoder/activation": np.int8(3), "decoder/alibi": np.int8(0),
-        "decoder/alignment_heads": np.int16(1), "decoder/alignment_layer": np.int16(-1),
-        "decoder/num_heads": np.int16(config.decoder_attention_heads), "decoder/pre_norm": np.int8(1),
-        "decoder/scale_embeddings": np.int8(0), "decoder/start_from_zero_embedding": np.int8(0),
+        "decoder/activation": np.int8(3),
+        "decoder/alibi": np.int8(0),
+        "decoder/alignment_heads": np.int16(1),
+        "decoder/alignment_layer": np.int16(-1),
+        "decoder/num_heads": np.int16(config.decoder_attention_heads),
+        "decoder/pre_norm": np.int8(1),
+        "decoder/scale_embeddings": np.int8(0),
+        "decoder/start_from_zero_embedding": np.int8(0),
         "encoder/num_heads": np.int16(config.encoder_attention_heads),
         "decoder/embeddings/weight": sd["model.decoder.embed_tokens.weight"],
     }
@@ -78,12 +99,14 @@ def ct2_variables(model: WhisperForConditionalGeneration) -> dict[str, np.ndarra
 
     def linear(ct2: str, *hf: str) -> None:  # fused along the output dim; k has no bias: zeros
         out[f"{ct2}/weight"] = np.concatenate([sd[f"{h}.weight"] for h in hf])
-        out[f"{ct2}/bias"] = np.concatenate([sd.get(f"{h}.bias", np.zeros(len(sd[f"{h}.weight"]), np.float32))
-                                             for h in hf])
+        out[f"{ct2}/bias"] = np.concatenate(
+            [sd.get(f"{h}.bias", np.zeros(len(sd[f"{h}.weight"]), np.float32)) for h in hf]
+        )
 
     for conv in ("conv1", "conv2"):
-        out[f"encoder/{conv}/weight"], out[f"encoder/{conv}/bias"] = (sd[f"model.encoder.{conv}.{p}"]
-                                                                      for p in ("weight", "bias"))
+        out[f"encoder/{conv}/weight"], out[f"encoder/{conv}/bias"] = (
+            sd[f"model.encoder.{conv}.{p}"] for p in ("weight", "bias")
+        )
     for stack, layers in (("encoder", config.encoder_layers), ("decoder", config.decoder_layers)):
         out[f"{stack}/position_encodings/encodings"] = sd[f"model.{stack}.embed_positions.weight"]
         norm(f"{stack}/layer_norm", f"model.{stack}.layer_norm")
@@ -119,10 +142,20 @@ def _tokenizer_json(path: Path) -> None:
 def tiny_whisper(vocab_size: int, dtype: torch.dtype, seed: int = 0) -> WhisperForConditionalGeneration:
     """Random weights everywhere (norms too, so a swapped name shows), exactly representable in `dtype`."""
     torch.manual_seed(seed)
-    config = WhisperConfig(vocab_size=vocab_size, d_model=8, encoder_layers=2, decoder_layers=3,
-                           encoder_attention_heads=2, decoder_attention_heads=4, encoder_ffn_dim=16,
-                           decoder_ffn_dim=24, pad_token_id=256, bos_token_id=256, eos_token_id=256,
-                           decoder_start_token_id=257)
+    config = WhisperConfig(
+        vocab_size=vocab_size,
+        d_model=8,
+        encoder_layers=2,
+        decoder_layers=3,
+        encoder_attention_heads=2,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=24,
+        pad_token_id=256,
+        bos_token_id=256,
+        eos_token_id=256,
+        decoder_start_token_id=257,
+    )
     model = WhisperForConditionalGeneration(config).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -132,22 +165,31 @@ def tiny_whisper(vocab_size: int, dtype: torch.dtype, seed: int = 0) -> WhisperF
     return model
 
 
-def ct2_folder(folder: Path, model: WhisperForConditionalGeneration, float_code: int = F32,
-               variables: dict[str, np.ndarray] | None = None) -> Path:
+def ct2_folder(
+    folder: Path,
+    model: WhisperForConditionalGeneration,
+    float_code: int = F32,
+    variables: dict[str, np.ndarray] | None = None,
+) -> Path:
     """A CTranslate2 Whisper folder as faster-whisper ships it: model.bin, config.json, tokenizer.json."""
     folder.mkdir(parents=True)
     write_ct2(folder / "model.bin", variables or ct2_variables(model), float_code)
     (folder / "config.json").write_text(
         '{"alignment_heads": [[1, 0], [2, 3]], "lang_ids": [258], "suppress_ids": [1, 2, 259],'
-        ' "suppress_ids_begin": [220, 256]}')
+        ' "suppress_ids_begin": [220, 256]}'
+    )
     _tokenizer_json(folder / "tokenizer.json")
     return folder
 
 
 # --- fast tests ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("vocab_size,float_code", [(300, F32), (300, BF16), (51865, F16)],
-                         ids=["english-f32", "english-bf16", "multilingual-f16"])
+
+@pytest.mark.parametrize(
+    "vocab_size,float_code",
+    [(300, F32), (300, BF16), (51865, F16)],
+    ids=["english-f32", "english-bf16", "multilingual-f16"],
+)
 def test_round_trip_is_exact(tmp_path, vocab_size, float_code):
     original = tiny_whisper(vocab_size, _ROUND[float_code])
     out = convert_ct2_whisper(ct2_folder(tmp_path / "ct2", original, float_code), tmp_path / "hf")
@@ -158,19 +200,36 @@ def test_round_trip_is_exact(tmp_path, vocab_size, float_code):
     expected, got = original.state_dict(), model.state_dict()
     assert sorted(got) == sorted(expected)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
-    for key in ("encoder_layers", "decoder_layers", "encoder_attention_heads", "decoder_attention_heads",
-                "encoder_ffn_dim", "decoder_ffn_dim", "d_model", "vocab_size", "num_mel_bins",
-                "max_source_positions", "max_target_positions", "decoder_start_token_id"):
+    for key in (
+        "encoder_layers",
+        "decoder_layers",
+        "encoder_attention_heads",
+        "decoder_attention_heads",
+        "encoder_ffn_dim",
+        "decoder_ffn_dim",
+        "d_model",
+        "vocab_size",
+        "num_mel_bins",
+        "max_source_positions",
+        "max_target_positions",
+        "decoder_start_token_id",
+    ):
         assert getattr(model.config, key) == getattr(original.config, key), key
     features = torch.randn(1, 80, 3000)
     decoder_ids = torch.tensor([[257, 264, 5, 6]])
     with torch.no_grad():
-        assert torch.equal(model(features, decoder_input_ids=decoder_ids).logits,
-                           original(features, decoder_input_ids=decoder_ids).logits)
+        assert torch.equal(
+            model(features, decoder_input_ids=decoder_ids).logits,
+            original(features, decoder_input_ids=decoder_ids).logits,
+        )
 
     generation = model.generation_config
-    assert (generation.decoder_start_token_id, generation.eos_token_id, generation.no_timestamps_token_id,
-            generation.prev_sot_token_id) == (257, 256, 264, 262)
+    assert (
+        generation.decoder_start_token_id,
+        generation.eos_token_id,
+        generation.no_timestamps_token_id,
+        generation.prev_sot_token_id,
+    ) == (257, 256, 264, 262)
     assert generation.suppress_tokens == [1, 2, 259] and generation.begin_suppress_tokens == [220, 256]
     assert generation.alignment_heads == [[1, 0], [2, 3]]
     multilingual = vocab_size >= 51865
@@ -196,7 +255,7 @@ def _tiny_ct2(tmp_path: Path) -> Path:
 def test_truncated_file_names_file_and_offset(tmp_path, keep):
     data = _tiny_ct2(tmp_path).read_bytes()
     cut = tmp_path / "cut.bin"
-    cut.write_bytes(data[:int(len(data) * keep) if isinstance(keep, float) else keep % len(data)])
+    cut.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep % len(data)])
     with pytest.raises(ZooError, match=rf"{re.escape(str(cut))}: truncated.* at offset \d+"):
         read_ct2_model(cut)
 
@@ -208,9 +267,12 @@ def test_corrupt_headers_are_refused(tmp_path):
     first = read_ct2_model(path).variables
     name, value = next(iter(first.items()))
     dtype_at = 4 + 2 + len("WhisperSpec") + 1 + 4 + 4 + 2 + len(name) + 1 + 1 + 4 * value.ndim
-    path.write_bytes(data[:dtype_at] + b"\x09" + data[dtype_at + 1:])
-    with pytest.raises(ZooError, match=rf"{re.escape(str(path))}: unknown dtype code 9 for variable {name} "
-                                       rf".*at offset {dtype_at}"):
+    path.write_bytes(data[:dtype_at] + b"\x09" + data[dtype_at + 1 :])
+    with pytest.raises(
+        ZooError,
+        match=rf"{re.escape(str(path))}: unknown dtype code 9 for variable {name} "
+        rf".*at offset {dtype_at}",
+    ):
         read_ct2_model(path)
     path.write_bytes(struct.pack("<I", 5) + data[4:])
     with pytest.raises(ZooError, match=r"unsupported CTranslate2 binary version 5 .*at offset 0"):
@@ -254,8 +316,11 @@ def test_packaged_whisper_dir_converts_once_into_the_cache(tmp_path, monkeypatch
     spelling = tmp_path / "english.json"
     spelling.write_text('{"colour": "color"}')
     fetched = []
-    monkeypatch.setattr(whisper_ct2, "fetch_asset",
-                        lambda name: fetched.append(name) or (spelling if name == "whisper-english-spelling" else source))
+    monkeypatch.setattr(
+        whisper_ct2,
+        "fetch_asset",
+        lambda name: fetched.append(name) or (spelling if name == "whisper-english-spelling" else source),
+    )
     out = packaged_whisper_dir("whisper-tiny.en-ct2")
     assert out == tmp_path / "cache" / "converted" / "whisper-tiny.en-ct2"
     assert WhisperProcessor.from_pretrained(out).tokenizer.english_spelling_normalizer == {"colour": "color"}
@@ -265,13 +330,22 @@ def test_packaged_whisper_dir_converts_once_into_the_cache(tmp_path, monkeypatch
 
     monkeypatch.setattr(whisper_ct2, "convert_ct2_whisper", refuse)
     assert packaged_whisper_dir("whisper-tiny.en") == out  # the catalogue's alias names the same folder
-    assert packaged_whisper_dir("whisper-tiny.en-ct2") == out and fetched == ["whisper-tiny.en-ct2", "whisper-english-spelling"]
-    with pytest.raises(ZooError, match=re.escape("no packaged CTranslate2 Whisper 'whisper-large'; packaged: "
-                                                 "whisper-tiny.en (whisper-tiny.en-ct2), whisper-base")):
+    assert packaged_whisper_dir("whisper-tiny.en-ct2") == out and fetched == [
+        "whisper-tiny.en-ct2",
+        "whisper-english-spelling",
+    ]
+    with pytest.raises(
+        ZooError,
+        match=re.escape(
+            "no packaged CTranslate2 Whisper 'whisper-large'; packaged: "
+            "whisper-tiny.en (whisper-tiny.en-ct2), whisper-base"
+        ),
+    ):
         packaged_whisper_dir("whisper-large")
 
 
 # --- slow: the real packaged models on real speech ------------------------------------------------
+
 
 def _read_wav(path: Path) -> np.ndarray:
     with wave.open(str(path)) as f:
@@ -284,10 +358,14 @@ def _words(text: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("asset,prompt,max_wer", [
-    ("whisper-tiny.en-ct2", ["<|startoftranscript|>", "<|notimestamps|>"], 0.10),
-    ("whisper-base-ct2", ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"], 0.10),
-], ids=["tiny.en", "base"])
+@pytest.mark.parametrize(
+    "asset,prompt,max_wer",
+    [
+        ("whisper-tiny.en-ct2", ["<|startoftranscript|>", "<|notimestamps|>"], 0.10),
+        ("whisper-base-ct2", ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"], 0.10),
+    ],
+    ids=["tiny.en", "base"],
+)
 def test_converted_model_transcribes_librivox(tmp_path, asset, prompt, max_wer):
     jiwer = pytest.importorskip("jiwer")
     source = fetch_asset(asset)
@@ -315,7 +393,7 @@ def test_converted_model_transcribes_librivox(tmp_path, asset, prompt, max_wer):
     eot = model.generation_config.eos_token_id
     with torch.no_grad():
         logits = model(features, decoder_input_ids=torch.cat([prompt_ids, generated[:, :-1]], 1)).logits
-    predicted = logits[:, len(prompt) - 1:].argmax(-1)
+    predicted = logits[:, len(prompt) - 1 :].argmax(-1)
     for row, tokens in zip(predicted, generated, strict=True):
         length = int((tokens == eot).nonzero()[0]) + 1 if (tokens == eot).any() else len(tokens)
         assert torch.equal(row[:length], tokens[:length])

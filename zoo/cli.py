@@ -45,8 +45,9 @@ def main(verbose: bool) -> None:
 
 
 def _publish_options(command):
-    command = click.option("--org", default=None,
-                           help="Organisation to publish under (default: the catalogue's [publish]).")(command)
+    command = click.option(
+        "--org", default=None, help="Organisation to publish under (default: the catalogue's [publish])."
+    )(command)
     return click.option("--private/--public", default=None, help="Visibility of new Hub repositories.")(command)
 
 
@@ -82,8 +83,9 @@ def _config_options(command):
             option = click.option(flag, name, default=None, metavar="NAMES", help=meta["help"] + " Comma-separated.")
         else:
             kind = click.Choice(meta["choices"]) if meta["choices"] else _value_type(name)
-            option = click.option(flag, name, type=kind, default=f.default, show_default=f.default is not None,
-                                  help=meta["help"])
+            option = click.option(
+                flag, name, type=kind, default=f.default, show_default=f.default is not None, help=meta["help"]
+            )
         command = option(command)
     return command
 
@@ -98,30 +100,74 @@ def _check_cr(_ctx, _param, value: float) -> float:
 
 @main.command()
 @click.argument("model")
-@click.option("--cr", type=float, default=SETTINGS["cr"].default, show_default=True, callback=_check_cr,
-              help=SETTINGS["cr"].metadata["help"])
+@click.option(
+    "--cr",
+    type=float,
+    default=SETTINGS["cr"].default,
+    show_default=True,
+    callback=_check_cr,
+    help=SETTINGS["cr"].metadata["help"],
+)
 @_config_options
-@click.option("--calibration", default=None, help="A calibration set (refinedweb, wikitext2, c4, wiki-offline, "
-                                                  "librispeech, mathverse, ...) or a local path.")
-@click.option("--n-samples", type=click.IntRange(min=1), default=None, help="Calibration samples (model default if unset).")
+@click.option(
+    "--calibration",
+    default=None,
+    help="A calibration set (refinedweb, wikitext2, c4, wiki-offline, librispeech, mathverse, ...) or a local path.",
+)
+@click.option(
+    "--n-samples", type=click.IntRange(min=1), default=None, help="Calibration samples (model default if unset)."
+)
 @click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Tokens per calibration sample.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Checkpoint directory.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--eval", "evaluate", is_flag=True, help="Score base and compressed model.")
-@click.option("--eval-windows", type=click.IntRange(min=1), default=None,
-              help="Cap on perplexity windows, LLMs (model default if unset).")
-@click.option("--eval-limit", type=click.IntRange(min=1), default=None,
-              help="Cap on items per evaluation task or set (model default if unset).")
-@click.option("--modality", type=click.Choice(list(MODALITIES)), default=None,
-              help="For Hub ids and folders whose config does not say.")
-@click.option("--push", "push", is_flag=False, flag_value="", default=None, metavar="[TARGET]",
-              help="Score (implies --eval) and publish: 'hub', 'hub:ORG' or a local registry folder "
-                   "(bare --push: the default local registry).")
+@click.option(
+    "--eval-windows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cap on perplexity windows, LLMs (model default if unset).",
+)
+@click.option(
+    "--eval-limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cap on items per evaluation task or set (model default if unset).",
+)
+@click.option(
+    "--modality",
+    type=click.Choice(list(MODALITIES)),
+    default=None,
+    help="For Hub ids and folders whose config does not say.",
+)
+@click.option(
+    "--push",
+    "push",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[TARGET]",
+    help="Score (implies --eval) and publish: 'hub', 'hub:ORG' or a local registry folder "
+    "(bare --push: the default local registry).",
+)
 @_publish_options
-def compress(model: str, calibration: str | None, n_samples: int | None, seq_len: int | None, seed: int,
-             out: Path | None, overwrite: bool, evaluate: bool, eval_windows: int | None, eval_limit: int | None,
-             modality: str | None, push: str | None, org: str | None, private: bool | None, **settings) -> None:
+def compress(
+    model: str,
+    calibration: str | None,
+    n_samples: int | None,
+    seq_len: int | None,
+    seed: int,
+    out: Path | None,
+    overwrite: bool,
+    evaluate: bool,
+    eval_windows: int | None,
+    eval_limit: int | None,
+    modality: str | None,
+    push: str | None,
+    org: str | None,
+    private: bool | None,
+    **settings,
+) -> None:
     """Compress MODEL (an alias, a Hub id or a local folder) and save a loadable checkpoint."""
     from zoo.pipeline import CompressRequest, run_compress
     from zoo.publish.publishers import publisher_for
@@ -130,8 +176,19 @@ def compress(model: str, calibration: str | None, n_samples: int | None, seq_len
         settings["components"] = [c.strip() for c in settings["components"].split(",")]
     config = CompressionConfig(**settings)
     eval_settings = {k: v for k, v in (("eval_windows", eval_windows), ("eval_limit", eval_limit)) if v is not None}
-    req = CompressRequest(model, config, out, overwrite, calibration, n_samples, seq_len, seed,
-                          evaluate or push is not None, eval_settings, modality)
+    req = CompressRequest(
+        model,
+        config,
+        out,
+        overwrite,
+        calibration,
+        n_samples,
+        seq_len,
+        seed,
+        evaluate or push is not None,
+        eval_settings,
+        modality,
+    )
     publisher, repo_id = None, None
     if push is not None:  # before any work: a missing token or bad name must not cost a compression
         publisher = publisher_for(push or None, org, private)
@@ -143,8 +200,10 @@ def compress(model: str, calibration: str | None, n_samples: int | None, seq_len
     click.echo(f"\nCompressed {len(record.layers)} projections ({', '.join(f'{n} {m}' for m, n in methods.items())})")
     for r in record.layers[:: max(1, len(record.layers) // 12)]:
         click.echo(f"  {r.name:45s} {r.method:8s} k={r.k:5d} s={r.s:5d} cr={r.cr:.3f} err={r.relative_error:.4f}")
-    click.echo(f"Target CR {config.cr:g}, achieved {record.achieved_cr:.4f} from stored bytes (eq. 11: "
-               f"{record.eq11_cr:.4f}), over every target projection, dense-kept ones included")
+    click.echo(
+        f"Target CR {config.cr:g}, achieved {record.achieved_cr:.4f} from stored bytes (eq. 11: "
+        f"{record.eq11_cr:.4f}), over every target projection, dense-kept ones included"
+    )
     click.echo(f"Time {record.compression_seconds:.1f} s, peak memory {record.peak_memory_mb:.0f} MiB")
     for note in record.base_notes:
         click.echo(f"Note: {note}")
@@ -176,31 +235,58 @@ def publish(checkpoint: Path, target: str | None, org: str | None, private: bool
 
 
 @main.command()
-@click.option("--plan", "plan_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Models x CRs x methods to keep fresh (default: the project's ci/nightly.toml).")
-@click.option("--target", default=None, help="'hub', 'hub:ORG' or a local registry folder (default: the plan's, "
-                                             "else the local registry).")
-@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where variants are built before publishing (default: the cache's nightly/).")
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("nightly-report"),
-              show_default=True, help="Where report.json and report.md go.")
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Models x CRs x methods to keep fresh (default: the project's ci/nightly.toml).",
+)
+@click.option(
+    "--target",
+    default=None,
+    help="'hub', 'hub:ORG' or a local registry folder (default: the plan's, else the local registry).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where variants are built before publishing (default: the cache's nightly/).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("nightly-report"),
+    show_default=True,
+    help="Where report.json and report.md go.",
+)
 @_publish_options
-def nightly(plan_path: Path | None, target: str | None, workdir: Path | None, report_dir: Path, org: str | None,
-            private: bool | None) -> None:
+def nightly(
+    plan_path: Path | None,
+    target: str | None,
+    workdir: Path | None,
+    report_dir: Path,
+    org: str | None,
+    private: bool | None,
+) -> None:
     """Rebuild, score and publish every variant whose inputs changed since it was published."""
     from zoo.nightly import read_plan, run_nightly
     from zoo.publish.publishers import publisher_for
     from zoo.sources.assets import cache_dir
 
     variants, settings = read_plan(plan_path or Path(str(resources.files("zoo.ci") / "nightly.toml")))
-    publisher = publisher_for(target or settings.get("target"), org or settings.get("organization"),
-                           settings.get("private") if private is None else private)
+    publisher = publisher_for(
+        target or settings.get("target"),
+        org or settings.get("organization"),
+        settings.get("private") if private is None else private,
+    )
     outcomes = run_nightly(variants, publisher, workdir or cache_dir() / "nightly", report_dir)
     click.echo((report_dir / "report.md").read_text())
     failed = [o.variant for o in outcomes if o.status == "failed"]
     if failed:
-        raise click.ClickException(f"{len(failed)} of {len(outcomes)} variants failed: {', '.join(failed)} "
-                                   f"(see {report_dir / 'report.md'})")
+        raise click.ClickException(
+            f"{len(failed)} of {len(outcomes)} variants failed: {', '.join(failed)} (see {report_dir / 'report.md'})"
+        )
 
 
 @main.command()
@@ -212,23 +298,33 @@ def browse(target: str | None, base_model: str | None, modality: str | None, org
     """List the published variants of TARGET with their scorecards."""
     from zoo.publish.publishers import publisher_for
 
-    variants = [v for v in publisher_for(target, org, None).published()
-                if (base_model is None or base_model.lower() in v.scorecard.base_model.lower())
-                and (modality is None or v.scorecard.modality == modality)]
+    variants = [
+        v
+        for v in publisher_for(target, org, None).published()
+        if (base_model is None or base_model.lower() in v.scorecard.base_model.lower())
+        and (modality is None or v.scorecard.modality == modality)
+    ]
     if not variants:
         click.echo("No published variants" + (" match" if base_model or modality else "") + ".")
         return
     for v in sorted(variants, key=lambda v: (v.scorecard.base_model, v.scorecard.method, v.scorecard.target_cr)):
         s = v.scorecard
-        click.echo(f"\n{v.repo_id}  [{s.modality}] {s.base_model}  {s.method} {s.allocation}  "
-                   f"CR {s.target_cr:g} (achieved {s.achieved_cr:.4f})  {v.url}")
+        click.echo(
+            f"\n{v.repo_id}  [{s.modality}] {s.base_model}  {s.method} {s.allocation}  "
+            f"CR {s.target_cr:g} (achieved {s.achieved_cr:.4f})  {v.url}"
+        )
         click.echo(s.to_markdown_table())
 
 
 @main.command()
 @click.argument("target", required=False)
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("site"), show_default=True,
-              help="Site folder (replaced whole; a non-empty folder that is not a site is refused).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("site"),
+    show_default=True,
+    help="Site folder (replaced whole; a non-empty folder that is not a site is refused).",
+)
 @click.option("--title", default="compot-zoo", show_default=True)
 @click.option("--org", default=None, help="Organisation (default: the catalogue's [publish]).")
 def site(target: str | None, out: Path, title: str, org: str | None) -> None:

@@ -32,6 +32,7 @@ def json_digest(data: object) -> str:
 
 def folder_digest(folder: Path) -> str:
     """The content hash of a folder's top-level files: the revision of a local or packaged model."""
+
     def parts() -> Iterator[bytes]:
         for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
             yield path.name.encode() + b"\0"

@@ -14,11 +14,14 @@ class Modality:
     model_types: tuple[str, ...] = ()  # transformers `model_type`s that are this modality
 
 
-MODALITIES: dict[str, Modality] = {m.name: m for m in (
-    Modality("llm", "zoo.modalities.decoder_llm:ADAPTER", "text-generation"),
-    Modality("whisper", "zoo.modalities.whisper:ADAPTER", "automatic-speech-recognition", ("whisper",)),
-    Modality("vlm", "zoo.modalities.qwen_vl:ADAPTER", "image-text-to-text", ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")),
-)}
+MODALITIES: dict[str, Modality] = {
+    m.name: m
+    for m in (
+        Modality("llm", "zoo.modalities.decoder_llm:ADAPTER", "text-generation"),
+        Modality("whisper", "zoo.modalities.whisper:ADAPTER", "automatic-speech-recognition", ("whisper",)),
+        Modality("vlm", "zoo.modalities.qwen_vl:ADAPTER", "image-text-to-text", ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")),
+    )
+}
 DEFAULT = "llm"  # a model whose type no other modality claims is read as a decoder LLM
 
 

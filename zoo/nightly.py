@@ -28,8 +28,16 @@ import tomllib
 from zoo.compression.config import VARIANT_KINDS, CompressionConfig
 from zoo.errors import ZooError
 from zoo.files import write_text
-from zoo.pipeline import EVAL_SETTINGS, CompressRequest, Prepared, compress_variant, default_out_dir, evaluate, \
-    fingerprint, prepare
+from zoo.pipeline import (
+    EVAL_SETTINGS,
+    CompressRequest,
+    Prepared,
+    compress_variant,
+    default_out_dir,
+    evaluate,
+    fingerprint,
+    prepare,
+)
 from zoo.publish.publishers import Publisher
 from zoo.publish.scorecard import SCORECARD, Scorecard
 
@@ -39,8 +47,18 @@ log = logging.getLogger(__name__)
 # field but those its `crs` and `methods` set, and where the engine runs.
 CONFIG_KEYS = {f.name for f in CompressionConfig.settings()} - {"cr", "method", "static", "device"}
 # Keys of a [[models]] entry; any other is a typo and an error.
-ENTRY_KEYS = {"model", "modality", "crs", "methods", "seed", "calibration", "n_samples", "seq_len",
-              *CONFIG_KEYS, *EVAL_SETTINGS}
+ENTRY_KEYS = {
+    "model",
+    "modality",
+    "crs",
+    "methods",
+    "seed",
+    "calibration",
+    "n_samples",
+    "seq_len",
+    *CONFIG_KEYS,
+    *EVAL_SETTINGS,
+}
 PUBLISH_KEYS = {"target", "organization", "private"}
 REGRESSION_TOLERANCE = 0.01  # relative change of a metric, in its bad direction, flagged as a regression
 
@@ -171,9 +189,19 @@ class _ModelContext:
     def request(self, config: CompressionConfig, out: Path | None = None) -> CompressRequest:
         """The entry as a `zoo compress --eval --overwrite` request: the same for calibrating and building."""
         e = self.entry
-        return CompressRequest(e["model"], config, out, True, e.get("calibration"), e.get("n_samples"),
-                               e.get("seq_len"), e.get("seed", 0), True,
-                               {k: v for k, v in e.items() if k in EVAL_SETTINGS}, e.get("modality"))
+        return CompressRequest(
+            e["model"],
+            config,
+            out,
+            True,
+            e.get("calibration"),
+            e.get("n_samples"),
+            e.get("seq_len"),
+            e.get("seed", 0),
+            True,
+            {k: v for k, v in e.items() if k in EVAL_SETTINGS},
+            e.get("modality"),
+        )
 
     def build(self, variant: Variant, outcome: Outcome, publisher: Publisher, workdir: Path) -> None:
         out = workdir / variant.name
@@ -182,7 +210,11 @@ class _ModelContext:
         previous = publisher.get(variant.name)
         if previous is not None and previous.scorecard.fingerprint == expected:
             outcome.status, outcome.reason = "skipped", "published fingerprint matches"
-            outcome.repo_id, outcome.url, outcome.achieved_cr = previous.repo_id, previous.url, previous.scorecard.achieved_cr
+            outcome.repo_id, outcome.url, outcome.achieved_cr = (
+                previous.repo_id,
+                previous.url,
+                previous.scorecard.achieved_cr,
+            )
             return
         if _finished(out, expected):
             outcome.reason = "finished in an interrupted run; published now"
@@ -190,8 +222,12 @@ class _ModelContext:
             if self.base_metrics is None:
                 self.base_metrics = evaluate(self.prepared)
             loaded = dataclasses.replace(self.prepared.loaded, model=copy.deepcopy(self.prepared.loaded.model))
-            compress_variant(dataclasses.replace(self.prepared, loaded=loaded), req, self.base_metrics,
-                             f"{publisher.organization}/{variant.name}")
+            compress_variant(
+                dataclasses.replace(self.prepared, loaded=loaded),
+                req,
+                self.base_metrics,
+                f"{publisher.organization}/{variant.name}",
+            )
             outcome.reason = "not published before" if previous is None else "inputs changed (fingerprint differs)"
         published = publisher.publish(out, variant.name)
         shutil.rmtree(out)
@@ -219,17 +255,29 @@ def compare(previous: Scorecard, current: Scorecard, tolerance: float = REGRESSI
             continue
         relative = (m.compressed - old.compressed) / abs(old.compressed) if old.compressed else math.inf
         worse = -relative if m.higher_is_better else relative
-        changes.append({"task": m.task, "metric": m.name, "previous": old.compressed, "current": m.compressed,
-                        "relative_change": relative, "regression": worse > tolerance})
+        changes.append(
+            {
+                "task": m.task,
+                "metric": m.name,
+                "previous": old.compressed,
+                "current": m.compressed,
+                "relative_change": relative,
+                "regression": worse > tolerance,
+            }
+        )
     return changes
 
 
 def write_report(outcomes: list[Outcome], report_dir: Path, publisher: Publisher, started: str) -> None:
     """report.json and report.md, each written under a temporary name and renamed."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    data = {"started": started, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "target": repr(publisher), "counts": _counts(outcomes),
-            "variants": [{**dataclasses.asdict(o), "regressions": o.regressions} for o in outcomes]}
+    data = {
+        "started": started,
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "target": repr(publisher),
+        "counts": _counts(outcomes),
+        "variants": [{**dataclasses.asdict(o), "regressions": o.regressions} for o in outcomes],
+    }
     write_text(report_dir / "report.json", json.dumps(data, indent=2))
     write_text(report_dir / "report.md", markdown_report(data))
 
@@ -245,11 +293,16 @@ def _counts(outcomes: list[Outcome]) -> dict[str, int]:
 def markdown_report(data: dict) -> str:
     """The run summary people read (the GitHub Actions job summary)."""
     c = data["counts"]
-    lines = [f"# compot-zoo nightly: {c['rebuilt']} rebuilt, {c['skipped']} skipped, {c['failed']} failed"
-             + (f", {c['pending']} not reached" if c["pending"] else "")
-             + (f", {c['regressions']} with regressions" if c["regressions"] else ""),
-             "", f"Target: {data['target']}. Started {data['started']}, updated {data['updated']}.", "",
-             "| variant | status | achieved CR | time s | why |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# compot-zoo nightly: {c['rebuilt']} rebuilt, {c['skipped']} skipped, {c['failed']} failed"
+        + (f", {c['pending']} not reached" if c["pending"] else "")
+        + (f", {c['regressions']} with regressions" if c["regressions"] else ""),
+        "",
+        f"Target: {data['target']}. Started {data['started']}, updated {data['updated']}.",
+        "",
+        "| variant | status | achieved CR | time s | why |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for v in data["variants"]:
         status = v["status"] + (" ⚠ regression" if v["regressions"] else "")
         cr = f"{v['achieved_cr']:.4f}" if v["achieved_cr"] is not None else "-"
@@ -258,11 +311,18 @@ def markdown_report(data: dict) -> str:
         lines.append(f"| {name} | {status} | {cr} | {v['seconds']:.0f} | {reason} |")
     changed = [v for v in data["variants"] if v["changes"]]
     if changed:
-        lines += ["", "## Against the previously published scorecards", "",
-                  "| variant | task | metric | previous | now | change |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## Against the previously published scorecards",
+            "",
+            "| variant | task | metric | previous | now | change |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for v in changed:
             for ch in v["changes"]:
                 flag = " ⚠" if ch["regression"] else ""
-                lines.append(f"| {v['variant']} | {ch['task']} | {ch['metric']} | {ch['previous']:.4g} | "
-                             f"{ch['current']:.4g} | {100 * ch['relative_change']:+.2f}%{flag} |")
+                lines.append(
+                    f"| {v['variant']} | {ch['task']} | {ch['metric']} | {ch['previous']:.4g} | "
+                    f"{ch['current']:.4g} | {100 * ch['relative_change']:+.2f}%{flag} |"
+                )
     return "\n".join(lines) + "\n"

@@ -40,8 +40,17 @@ from zoo.sources.loading import LoadedModel
 log = logging.getLogger(__name__)
 
 # Evaluation settings a run may override over the catalogue's (the nightly plan sets the suites too).
-EVAL_SETTINGS = ("eval_windows", "eval_limit", "eval_tasks", "eval_sets", "offline_eval_sets", "eval_seq_len",
-                 "eval_text", "eval_image_tokens", "eval_max_new_tokens")
+EVAL_SETTINGS = (
+    "eval_windows",
+    "eval_limit",
+    "eval_tasks",
+    "eval_sets",
+    "offline_eval_sets",
+    "eval_seq_len",
+    "eval_text",
+    "eval_image_tokens",
+    "eval_max_new_tokens",
+)
 # Those with a `zoo compress` flag, in the order the recorded command spells them.
 EVAL_FLAGS = {"eval_windows": "--eval-windows", "eval_limit": "--eval-limit"}
 
@@ -63,7 +72,9 @@ class CompressRequest:
     def __post_init__(self) -> None:
         unknown = set(self.eval_settings) - set(EVAL_SETTINGS)
         if unknown:
-            raise ZooError(f"unknown evaluation settings {', '.join(sorted(unknown))}; known: {', '.join(EVAL_SETTINGS)}")
+            raise ZooError(
+                f"unknown evaluation settings {', '.join(sorted(unknown))}; known: {', '.join(EVAL_SETTINGS)}"
+            )
 
     @property
     def out_dir(self) -> Path:
@@ -92,8 +103,9 @@ def default_out_dir(model: str, config: CompressionConfig) -> Path:
     return Path(f"{Path(model).name}-{config.method}-{config.allocation}-cr{config.cr:g}")
 
 
-def calibration_settings(spec: ModelSpec, source: str | None, n_samples: int | None, seq_len: int | None,
-                         online: bool) -> tuple[str, int, int]:
+def calibration_settings(
+    spec: ModelSpec, source: str | None, n_samples: int | None, seq_len: int | None, online: bool
+) -> tuple[str, int, int]:
     """The calibration set, sample count and length as asked, the catalogue's defaults filling the
     rest; offline, a set on the Hub gives way to the modality's offline stand-in."""
     defaults = spec.defaults
@@ -133,12 +145,28 @@ def command_line(prepared: Prepared, req: CompressRequest) -> str:
         if value is True:
             args.append(flag)
         else:
-            args += [flag, ",".join(value) if isinstance(value, list) else f"{value:g}" if isinstance(value, float)
-                     else str(value)]
-    source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len,
-                                                      prepared.online)
-    args += ["--calibration", source, "--n-samples", str(n_samples), "--seq-len", str(seq_len),
-             "--seed", str(req.seed), "--eval"]
+            args += [
+                flag,
+                ",".join(value)
+                if isinstance(value, list)
+                else f"{value:g}"
+                if isinstance(value, float)
+                else str(value),
+            ]
+    source, n_samples, seq_len = calibration_settings(
+        spec, req.calibration, req.n_samples, req.seq_len, prepared.online
+    )
+    args += [
+        "--calibration",
+        source,
+        "--n-samples",
+        str(n_samples),
+        "--seq-len",
+        str(seq_len),
+        "--seed",
+        str(req.seed),
+        "--eval",
+    ]
     for name, flag in EVAL_FLAGS.items():
         if req.eval_settings.get(name) is not None:
             args += [flag, str(req.eval_settings[name])]
@@ -148,13 +176,24 @@ def command_line(prepared: Prepared, req: CompressRequest) -> str:
 def fingerprint(prepared: Prepared, req: CompressRequest) -> str:
     """What determines the variant and its scores; the evaluation depends on whether the Hub's sets
     are reachable, so that is part of it too."""
-    evaluation = {"hub": prepared.online, **{k: v for k, v in prepared.spec.defaults.items()
-                                             if k.startswith("eval") or k.startswith("offline_eval")}}
+    evaluation = {
+        "hub": prepared.online,
+        **{k: v for k, v in prepared.spec.defaults.items() if k.startswith("eval") or k.startswith("offline_eval")},
+    }
     calibration = prepared.calibration
-    return variant_fingerprint(prepared.loaded.base_model, prepared.loaded.revision, ENGINE_VERSION,
-                               req.config.determining(),
-                               {"name": calibration.name, "fingerprint": calibration.fingerprint,
-                                "samples": len(calibration.batches), "seed": req.seed}, evaluation)
+    return variant_fingerprint(
+        prepared.loaded.base_model,
+        prepared.loaded.revision,
+        ENGINE_VERSION,
+        req.config.determining(),
+        {
+            "name": calibration.name,
+            "fingerprint": calibration.fingerprint,
+            "samples": len(calibration.batches),
+            "seed": req.seed,
+        },
+        evaluation,
+    )
 
 
 def prepare(req: CompressRequest, online: bool | None = None) -> Prepared:
@@ -184,8 +223,9 @@ def run_compress(req: CompressRequest, repo_id: str | None = None) -> CompressRe
     return compress_variant(prepared, req, base_metrics, repo_id)
 
 
-def compress_variant(prepared: Prepared, req: CompressRequest, base_metrics: dict | None,
-                     repo_id: str | None = None) -> CompressResult:
+def compress_variant(
+    prepared: Prepared, req: CompressRequest, base_metrics: dict | None, repo_id: str | None = None
+) -> CompressResult:
     """Compress `prepared`'s model in place and save the checkpoint at `req.out_dir`; with
     `base_metrics`, score it and write scorecard.json and the model card (naming `repo_id`)."""
     out = req.out_dir
@@ -194,8 +234,13 @@ def compress_variant(prepared: Prepared, req: CompressRequest, base_metrics: dic
     layers = compress_model(prepared.loaded.model, stacks, prepared.calibration, req.config)
     seconds = time.perf_counter() - start
     record = build_record(prepared, req, out.name, layers, seconds)
-    save_compressed(prepared.loaded.model, out, record, overwrite=req.overwrite,
-                    extra_files=lambda tmp: prepared.adapter.save_processor(prepared.loaded, tmp))
+    save_compressed(
+        prepared.loaded.model,
+        out,
+        record,
+        overwrite=req.overwrite,
+        extra_files=lambda tmp: prepared.adapter.save_processor(prepared.loaded, tmp),
+    )
     result = CompressResult(out, record)
     if base_metrics is not None:
         result.scorecard = Scorecard.from_record(record, metrics_from_results(base_metrics, evaluate(prepared)))
@@ -204,23 +249,47 @@ def compress_variant(prepared: Prepared, req: CompressRequest, base_metrics: dic
     return result
 
 
-def build_record(prepared: Prepared, req: CompressRequest, variant: str, layers: list[LayerRecord],
-                 seconds: float) -> VariantRecord:
+def build_record(
+    prepared: Prepared, req: CompressRequest, variant: str, layers: list[LayerRecord], seconds: float
+) -> VariantRecord:
     spec, loaded, calibration = prepared.spec, prepared.loaded, prepared.calibration
     return VariantRecord(
-        variant=variant, modality=spec.modality, auto_class=prepared.adapter.auto_class, alias=spec.name,
-        base_model=loaded.base_model, base_revision=loaded.revision, hub_id=spec.hub,
-        license=inherited_license(spec, prepared.online), base_notes=tuple(loaded.notes), config=req.config,
-        calibration=CalibrationInfo(calibration.name, calibration.fingerprint, calibration.tokens,
-                                    len(calibration.batches), req.seed),
-        layers=tuple(layers), fingerprint=fingerprint(prepared, req), command=command_line(prepared, req),
-        compression_seconds=seconds, peak_memory_mb=peak_memory_mb(), hardware=hardware(),
-        zoo_version=__version__, engine_version=ENGINE_VERSION)
+        variant=variant,
+        modality=spec.modality,
+        auto_class=prepared.adapter.auto_class,
+        alias=spec.name,
+        base_model=loaded.base_model,
+        base_revision=loaded.revision,
+        hub_id=spec.hub,
+        license=inherited_license(spec, prepared.online),
+        base_notes=tuple(loaded.notes),
+        config=req.config,
+        calibration=CalibrationInfo(
+            calibration.name, calibration.fingerprint, calibration.tokens, len(calibration.batches), req.seed
+        ),
+        layers=tuple(layers),
+        fingerprint=fingerprint(prepared, req),
+        command=command_line(prepared, req),
+        compression_seconds=seconds,
+        peak_memory_mb=peak_memory_mb(),
+        hardware=hardware(),
+        zoo_version=__version__,
+        engine_version=ENGINE_VERSION,
+    )
 
 
-def compress(model: nn.Module, processor, cr: float = 0.2, *, modality: str | None = None,
-             calibration: str | None = None, n_samples: int | None = None, seq_len: int | None = None,
-             seed: int = 0, **settings) -> list[LayerRecord]:
+def compress(
+    model: nn.Module,
+    processor,
+    cr: float = 0.2,
+    *,
+    modality: str | None = None,
+    calibration: str | None = None,
+    n_samples: int | None = None,
+    seq_len: int | None = None,
+    seed: int = 0,
+    **settings,
+) -> list[LayerRecord]:
     """Python entry point: compress an in-memory model in place, calibrated as `zoo compress`
     would calibrate it (the catalogue's set and sizes for its modality unless given).
 

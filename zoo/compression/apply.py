@@ -28,12 +28,16 @@ def compression_targets(model: nn.Module, stacks: list[Stack]) -> dict[str, nn.L
             for name in (n for g in stack.groups for n in g):
                 module = block.get_submodule(name)
                 if not isinstance(module, nn.Linear):
-                    raise ZooError(f"{prefix}.{name} is {type(module).__name__}, not nn.Linear: "
-                                   "already compressed, or the adapter table is wrong for this model")
+                    raise ZooError(
+                        f"{prefix}.{name} is {type(module).__name__}, not nn.Linear: "
+                        "already compressed, or the adapter table is wrong for this model"
+                    )
                 targets[f"{prefix}.{name}"] = module
     if not targets:
-        raise ZooError(f"{type(model).__name__} has no compressible linear projections "
-                       f"(stacks: {', '.join(s.name for s in stacks) or 'none'})")
+        raise ZooError(
+            f"{type(model).__name__} has no compressible linear projections "
+            f"(stacks: {', '.join(s.name for s in stacks) or 'none'})"
+        )
     return targets
 
 
@@ -45,8 +49,9 @@ def target_crs(targets: dict[str, nn.Linear], config: CompressionConfig) -> dict
     return allocate(weights, config.cr, config.min_cr, config.max_cr, device=config.device).cr
 
 
-def compress_model(model: nn.Module, stacks: list[Stack], calibration: CalibrationData,
-                   config: CompressionConfig) -> list[LayerRecord]:
+def compress_model(
+    model: nn.Module, stacks: list[Stack], calibration: CalibrationData, config: CompressionConfig
+) -> list[LayerRecord]:
     """Replace every target projection of `stacks` (the adapter's, for `config.components`) by a
     CompotLinear, calibrating on `calibration.batches` fed to `model`; one record per matrix."""
     targets = compression_targets(model, stacks)
@@ -66,21 +71,38 @@ def compress_model(model: nn.Module, stacks: list[Stack], calibration: Calibrati
     return records
 
 
-def _compress_block(block: nn.Module, names: dict[str, tuple[str, GramStat]], targets: dict[str, nn.Linear],
-                    crs: dict[str, float], config: CompressionConfig, storage_dtype: torch.dtype,
-                    bar: tqdm) -> list[LayerRecord]:
+def _compress_block(
+    block: nn.Module,
+    names: dict[str, tuple[str, GramStat]],
+    targets: dict[str, nn.Linear],
+    crs: dict[str, float],
+    config: CompressionConfig,
+    storage_dtype: torch.dtype,
+    bar: tqdm,
+) -> list[LayerRecord]:
     """Factorize a block's projections side by side, then swap each in unless it stays dense."""
-    jobs = {full: (targets[full].weight.detach(), stat.gram, crs[full])
-            for full, (_, stat) in names.items() if crs[full] != 0.0}
-    factors = factorize_many(jobs, method=config.method, ks_ratio=config.ks_ratio, iters=config.iters,
-                             tol=config.tol, device=config.device, on_done=lambda *_: bar.update())
+    jobs = {
+        full: (targets[full].weight.detach(), stat.gram, crs[full])
+        for full, (_, stat) in names.items()
+        if crs[full] != 0.0
+    }
+    factors = factorize_many(
+        jobs,
+        method=config.method,
+        ks_ratio=config.ks_ratio,
+        iters=config.iters,
+        tol=config.tol,
+        device=config.device,
+        on_done=lambda *_: bar.update(),
+    )
     bar.update(len(names) - len(jobs))
     records = []
     for full, (name, stat) in names.items():
         linear, f = targets[full], factors.get(full)
         if f is None or f.is_dense:
-            records.append(_record(full, linear, stat, crs[full], None, None,
-                                   f.reason if f else "allocation kept it dense"))
+            records.append(
+                _record(full, linear, stat, crs[full], None, None, f.reason if f else "allocation kept it dense")
+            )
             continue
         layer = CompotLinear.from_factorization(f, linear.bias, storage_dtype)
         block.set_submodule(name, layer)
@@ -88,15 +110,45 @@ def _compress_block(block: nn.Module, names: dict[str, tuple[str, GramStat]], ta
     return records
 
 
-def _record(name: str, linear: nn.Linear, stat: GramStat, target_cr: float, f: Factorization | None,
-            layer: CompotLinear | None, note: str = "") -> LayerRecord:
+def _record(
+    name: str,
+    linear: nn.Linear,
+    stat: GramStat,
+    target_cr: float,
+    f: Factorization | None,
+    layer: CompotLinear | None,
+    note: str = "",
+) -> LayerRecord:
     weight = linear.weight
-    common = dict(name=name, shape=tuple(weight.shape), target_cr=target_cr, gram_tokens=stat.tokens,
-                  nonfinite_batches=stat.nonfinite_batches, note=note)
+    common = dict(
+        name=name,
+        shape=tuple(weight.shape),
+        target_cr=target_cr,
+        gram_tokens=stat.tokens,
+        nonfinite_batches=stat.nonfinite_batches,
+        note=note,
+    )
     if layer is None:  # kept dense: stored as the weight is
         bits = 8 * weight.numel() * weight.element_size()
-        return LayerRecord(method="dense", k=0, s=0, storage_dtype=None, stored_bits=bits,
-                           eq11_bits=16 * weight.numel(), damping=0.0, relative_error=0.0, **common)
-    return LayerRecord(method=f.method, k=f.k, s=f.s, storage_dtype=str(layer.dictionary.dtype).removeprefix("torch."),
-                       stored_bits=layer.stored_bits(), eq11_bits=f.bits, damping=f.damping,
-                       relative_error=f.relative_error, **common)
+        return LayerRecord(
+            method="dense",
+            k=0,
+            s=0,
+            storage_dtype=None,
+            stored_bits=bits,
+            eq11_bits=16 * weight.numel(),
+            damping=0.0,
+            relative_error=0.0,
+            **common,
+        )
+    return LayerRecord(
+        method=f.method,
+        k=f.k,
+        s=f.s,
+        storage_dtype=str(layer.dictionary.dtype).removeprefix("torch."),
+        stored_bits=layer.stored_bits(),
+        eq11_bits=f.bits,
+        damping=f.damping,
+        relative_error=f.relative_error,
+        **common,
+    )

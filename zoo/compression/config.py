@@ -16,12 +16,18 @@ METHODS = ("compot", "svd-llm")  # the engine's factorizations (zoo.engine.METHO
 STORAGE_DTYPES = ("float16", "bfloat16")
 
 
-def setting(default: Any, help: str, check: Callable[[Any], str | None] | None = None,
-            choices: tuple[str, ...] | None = None, runtime: bool = False) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    check: Callable[[Any], str | None] | None = None,
+    choices: tuple[str, ...] | None = None,
+    runtime: bool = False,
+) -> Any:
     """A dataclass field with its help text; `check(value)` returns what is wrong or None;
     `runtime` settings (where it runs) change how fast, not what is computed."""
-    return dataclasses.field(default=default, metadata={"help": help, "check": check, "choices": choices,
-                                                        "runtime": runtime})
+    return dataclasses.field(
+        default=default, metadata={"help": help, "check": check, "choices": choices, "runtime": runtime}
+    )
 
 
 def between(lo: float, hi: float, lo_open: bool = True, hi_open: bool = True) -> Callable[[Any], str | None]:
@@ -31,6 +37,7 @@ def between(lo: float, hi: float, lo_open: bool = True, hi_open: bool = True) ->
         if isinstance(value, (int, float)) and math.isfinite(value) and above and below:
             return None
         return f"must lie in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
     return check
 
 
@@ -40,22 +47,30 @@ def at_least(lo: float) -> Callable[[Any], str | None]:
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    cr: float = setting(0.2, "Compression ratio: the share of the compressed projections' 16-bit storage "
-                             "removed (eq. 11); 0.2 keeps 80% of it.", between(0.0, 1.0))
+    cr: float = setting(
+        0.2,
+        "Compression ratio: the share of the compressed projections' 16-bit storage "
+        "removed (eq. 11); 0.2 keeps 80% of it.",
+        between(0.0, 1.0),
+    )
     method: str = setting("compot", "COMPOT, or the SVD-LLM baseline at the same storage.", choices=METHODS)
     static: bool = setting(False, "One CR for every matrix (COMPOT-dagger) instead of dynamic allocation.")
     ks_ratio: float = setting(2.0, "Dictionary size over sparsity, k/s.", at_least(1.0))
     iters: int = setting(20, "Alternating minimisation steps.", at_least(0))
     tol: float = setting(0.0, "Stop early at this relative objective change (0: off).", at_least(0.0))
-    min_cr: float | None = setting(None, "Allocation guard: least CR per matrix (default: half the target).",
-                                   between(0.0, 1.0, lo_open=False))
-    max_cr: float | None = setting(None, "Allocation guard: largest CR per matrix (default: twice the target, "
-                                         "at most 0.9).", between(0.0, 1.0))
+    min_cr: float | None = setting(
+        None, "Allocation guard: least CR per matrix (default: half the target).", between(0.0, 1.0, lo_open=False)
+    )
+    max_cr: float | None = setting(
+        None, "Allocation guard: largest CR per matrix (default: twice the target, at most 0.9).", between(0.0, 1.0)
+    )
     storage_dtype: str = setting("float16", "Dtype of the stored factors.", choices=STORAGE_DTYPES)
     components: tuple[str, ...] | None = setting(
-        None, "Stacks to compress, e.g. encoder,decoder for Whisper (default: the modality's).")
-    device: str | None = setting(None, "Where the engine runs (cpu, cuda); the model's device by default.",
-                                 runtime=True)
+        None, "Stacks to compress, e.g. encoder,decoder for Whisper (default: the modality's)."
+    )
+    device: str | None = setting(
+        None, "Where the engine runs (cpu, cuda); the model's device by default.", runtime=True
+    )
 
     def __post_init__(self) -> None:
         if self.components is not None:
@@ -70,8 +85,10 @@ class CompressionConfig:
             if problem:
                 raise ZooError(f"{f.name} {value!r} {problem}")
         if self.min_cr is not None and self.min_cr > self.cr or self.max_cr is not None and self.max_cr < self.cr:
-            raise ZooError(f"allocation guards must bracket the target: min_cr {self.min_cr} <= cr {self.cr} "
-                           f"<= max_cr {self.max_cr}")
+            raise ZooError(
+                f"allocation guards must bracket the target: min_cr {self.min_cr} <= cr {self.cr} "
+                f"<= max_cr {self.max_cr}"
+            )
 
     @classmethod
     def settings(cls) -> tuple[dataclasses.Field, ...]:
@@ -98,5 +115,8 @@ class CompressionConfig:
 
 
 # The variants of a model that the zoo publishes and compares, as CompressionConfig settings.
-VARIANT_KINDS = {"compot-dynamic": {}, "compot-static": {"static": True},
-                 "svd-llm": {"method": "svd-llm", "static": True}}
+VARIANT_KINDS = {
+    "compot-dynamic": {},
+    "compot-static": {"static": True},
+    "svd-llm": {"method": "svd-llm", "static": True},
+}

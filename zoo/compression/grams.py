@@ -35,8 +35,9 @@ class GramStat:
     nonfinite_batches: int
 
 
-def capture_block_inputs(model: nn.Module, first_block: nn.Module,
-                         batches: Iterable[dict[str, torch.Tensor]]) -> list[BlockInput]:
+def capture_block_inputs(
+    model: nn.Module, first_block: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
+) -> list[BlockInput]:
     """Run the model on each batch only up to `first_block` and keep what it receives."""
     captured: list[BlockInput] = []
 
@@ -64,8 +65,9 @@ def _block_output(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def block_grams(block: nn.Module, groups: Sequence[Sequence[str]], inputs: list[BlockInput],
-                dtype: torch.dtype = torch.float64) -> tuple[dict[str, GramStat], list[BlockInput]]:
+def block_grams(
+    block: nn.Module, groups: Sequence[Sequence[str]], inputs: list[BlockInput], dtype: torch.dtype = torch.float64
+) -> tuple[dict[str, GramStat], list[BlockInput]]:
     """Grams of each group's shared input, keyed by the group's first linear, and the block's outputs.
 
     Linears in one group read the same tensor (q/k/v, gate/up), so one Gram serves them all.
@@ -76,8 +78,9 @@ def block_grams(block: nn.Module, groups: Sequence[Sequence[str]], inputs: list[
     for group in groups:
         key = group[0]
         linear = block.get_submodule(key)
-        stats[key] = GramStat(torch.zeros(linear.in_features, linear.in_features, dtype=dtype,
-                                          device=linear.weight.device), 0, 0)
+        stats[key] = GramStat(
+            torch.zeros(linear.in_features, linear.in_features, dtype=dtype, device=linear.weight.device), 0, 0
+        )
 
         def accumulate(_module, args, _out, stat=stats[key]):
             x = args[0].detach().reshape(-1, args[0].shape[-1])

@@ -43,9 +43,18 @@ class CompotLinear(nn.Module):
     checkpoint; `from_factorization` builds a filled one from the engine's output.
     """
 
-    def __init__(self, in_features: int, out_features: int, k: int, s: int, method: str = "compot",
-                 bias: bool = False, storage_dtype: torch.dtype = torch.float16,
-                 device: torch.device | str | None = None, bias_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        k: int,
+        s: int,
+        method: str = "compot",
+        bias: bool = False,
+        storage_dtype: torch.dtype = torch.float16,
+        device: torch.device | str | None = None,
+        bias_dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         if method not in METHODS:
             raise ZooError(f"CompotLinear: unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -54,39 +63,57 @@ class CompotLinear(nn.Module):
         if not 1 <= s <= k:
             raise ZooError(f"CompotLinear: need 1 <= s <= k, got k={k}, s={s}")
         self.in_features, self.out_features, self.k, self.s, self.method = in_features, out_features, k, s, method
-        self.dictionary = nn.Parameter(torch.empty(k, in_features, dtype=storage_dtype, device=device),
-                                       requires_grad=False)
+        self.dictionary = nn.Parameter(
+            torch.empty(k, in_features, dtype=storage_dtype, device=device), requires_grad=False
+        )
         width = s if method == "compot" else k
-        self.code_values = nn.Parameter(torch.empty(out_features, width, dtype=storage_dtype, device=device),
-                                        requires_grad=False)
+        self.code_values = nn.Parameter(
+            torch.empty(out_features, width, dtype=storage_dtype, device=device), requires_grad=False
+        )
         if method == "compot":
-            self.register_buffer("code_mask", torch.empty(math.ceil(out_features * k / 8), dtype=torch.uint8,
-                                                          device=device))
+            self.register_buffer(
+                "code_mask", torch.empty(math.ceil(out_features * k / 8), dtype=torch.uint8, device=device)
+            )
         else:
             self.code_mask = None
-        self.bias = (nn.Parameter(torch.empty(out_features, dtype=bias_dtype, device=device), requires_grad=False)
-                     if bias else None)
+        self.bias = (
+            nn.Parameter(torch.empty(out_features, dtype=bias_dtype, device=device), requires_grad=False)
+            if bias
+            else None
+        )
         self._cache: tuple | None = None
 
     @classmethod
-    def from_factorization(cls, f: Factorization, bias: torch.Tensor | None,
-                           storage_dtype: torch.dtype = torch.float16) -> CompotLinear:
+    def from_factorization(
+        cls, f: Factorization, bias: torch.Tensor | None, storage_dtype: torch.dtype = torch.float16
+    ) -> CompotLinear:
         """Storage rounds the factors to 16 bits; float16 falls back to bfloat16 where values overflow it."""
         if f.is_dense:
             raise ZooError(f"a dense {f.out_features}x{f.in_features} matrix has no factors to store ({f.reason})")
         codes_t = f.codes.mT  # (out, k)
         if storage_dtype == torch.float16 and max(f.dictionary.abs().max(), codes_t.abs().max()) > FLOAT16_MAX:
             storage_dtype = torch.bfloat16
-        layer = cls(f.in_features, f.out_features, f.k, f.s, f.method, bias is not None, storage_dtype,
-                    device=f.dictionary.device, bias_dtype=None if bias is None else bias.dtype)
+        layer = cls(
+            f.in_features,
+            f.out_features,
+            f.k,
+            f.s,
+            f.method,
+            bias is not None,
+            storage_dtype,
+            device=f.dictionary.device,
+            bias_dtype=None if bias is None else bias.dtype,
+        )
         with torch.no_grad():
             layer.dictionary.copy_(f.dictionary.mT)
             if f.method == "compot":
                 support_t = f.support.mT
                 per_row = support_t.sum(dim=1)
                 if not bool((per_row == f.s).all()):
-                    raise ZooError(f"factorization support must keep exactly s={f.s} codes per output, "
-                                   f"found {per_row.min().item()}..{per_row.max().item()}")
+                    raise ZooError(
+                        f"factorization support must keep exactly s={f.s} codes per output, "
+                        f"found {per_row.min().item()}..{per_row.max().item()}"
+                    )
                 layer.code_values.copy_(codes_t[support_t].reshape(f.out_features, f.s))
                 layer.code_mask.copy_(pack_mask(support_t))
             else:
@@ -101,8 +128,10 @@ class CompotLinear(nn.Module):
             return self.code_values
         mask = unpack_mask(self.code_mask, (self.out_features, self.k))
         if mask.sum().item() != self.code_values.numel():
-            raise ZooError(f"{self}: code_mask marks {mask.sum().item()} codes but code_values holds "
-                           f"{self.code_values.numel()}; the checkpoint is corrupt")
+            raise ZooError(
+                f"{self}: code_mask marks {mask.sum().item()} codes but code_values holds "
+                f"{self.code_values.numel()}; the checkpoint is corrupt"
+            )
         codes = torch.zeros(self.out_features, self.k, dtype=self.code_values.dtype, device=self.code_values.device)
         codes[mask] = self.code_values.reshape(-1)
         return codes
@@ -128,6 +157,8 @@ class CompotLinear(nn.Module):
         return sum(8 * t.numel() * t.element_size() for t in tensors)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}, "
-                f"k={self.k}, s={self.s}, storage={str(self.dictionary.dtype).removeprefix('torch.')}, "
-                f"bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}, "
+            f"k={self.k}, s={self.s}, storage={str(self.dictionary.dtype).removeprefix('torch.')}, "
+            f"bias={self.bias is not None}"
+        )

@@ -6,4 +6,15 @@ from zoo.engine.factorization import METHODS, Factorization, factorize, factoriz
 
 ENGINE_VERSION = "0.1.0"
 
-__all__ = ["Allocation", "allocate", "default_guards", "ENGINE_VERSION", "EngineError", "METHODS", "Factorization", "factorize", "factorize_many", "functional_error"]
+__all__ = [
+    "Allocation",
+    "allocate",
+    "default_guards",
+    "ENGINE_VERSION",
+    "EngineError",
+    "METHODS",
+    "Factorization",
+    "factorize",
+    "factorize_many",
+    "functional_error",
+]

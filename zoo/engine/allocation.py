@@ -39,8 +39,13 @@ def _normalised_singular_values(w: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh(g / g.trace()).flip(0).clamp_min(0).sqrt().cpu()
 
 
-def allocate(weights: Mapping[str, torch.Tensor], cr: float, min_cr: float | None = None,
-             max_cr: float | None = None, device: torch.device | str | None = None) -> Allocation:
+def allocate(
+    weights: Mapping[str, torch.Tensor],
+    cr: float,
+    min_cr: float | None = None,
+    max_cr: float | None = None,
+    device: torch.device | str | None = None,
+) -> Allocation:
     """Per-matrix compression ratios whose low-rank storage meets `cr` model-wide."""
     if not 0.0 < cr < 1.0:
         raise EngineError(f"compression ratio must lie in (0, 1), got {cr!r}")
@@ -48,8 +53,9 @@ def allocate(weights: Mapping[str, torch.Tensor], cr: float, min_cr: float | Non
     min_cr = lo if min_cr is None else min_cr
     max_cr = hi if max_cr is None else max_cr
     if not 0.0 <= min_cr <= cr <= max_cr < 1.0:
-        raise EngineError(f"guards must satisfy 0 <= min_cr <= cr <= max_cr < 1, got "
-                       f"min_cr={min_cr}, cr={cr}, max_cr={max_cr}")
+        raise EngineError(
+            f"guards must satisfy 0 <= min_cr <= cr <= max_cr < 1, got min_cr={min_cr}, cr={cr}, max_cr={max_cr}"
+        )
     if not weights:
         raise EngineError("nothing to allocate: no matrices given")
 
@@ -92,8 +98,10 @@ def allocate(weights: Mapping[str, torch.Tensor], cr: float, min_cr: float | Non
     if needed > 0:
         reach = savings.cumsum(0)
         if reach[-1] < needed:
-            raise EngineError(f"CR {cr} is not reachable within max_cr={max_cr}: at the guard the "
-                           f"model still stores {1 - (stored - reach[-1].item()) / total:.3f} less")
+            raise EngineError(
+                f"CR {cr} is not reachable within max_cr={max_cr}: at the guard the "
+                f"model still stores {1 - (stored - reach[-1].item()) / total:.3f} less"
+            )
         cut = int(torch.searchsorted(reach, torch.tensor(needed, dtype=torch.float64)).item()) + 1
     truncated = torch.bincount(owners[order[:cut]], minlength=len(names))
 

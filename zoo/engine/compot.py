@@ -34,9 +34,9 @@ def hard_threshold(z_t: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tenso
     n, k = z_t.shape
     if z_t.device.type == "cpu" and s < k and z_t.dtype in (torch.float32, torch.float64):
         part = np.partition(a.detach().numpy(), k - s - 1, axis=1)
-        support = a > torch.from_numpy(part[:, k - s - 1:k - s])
+        support = a > torch.from_numpy(part[:, k - s - 1 : k - s])
         if torch.count_nonzero(support).item() == n * s:
-            kept = part[:, k - s:]
+            kept = part[:, k - s :]
             return z_t * support, support, float(np.einsum("ij,ij->", kept, kept, dtype=np.float64))
     idx = a.topk(s, dim=1, sorted=False).indices
     support = torch.zeros_like(a, dtype=torch.bool).scatter_(1, idx, True)

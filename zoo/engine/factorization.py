@@ -12,9 +12,9 @@ import torch
 
 from zoo.engine import storage
 from zoo.engine.compot import compot
+from zoo.engine.errors import EngineError
 from zoo.engine.svd_llm import truncated_svd
 from zoo.engine.whitening import cholesky_whitener
-from zoo.engine.errors import EngineError
 
 METHODS = ("compot", "svd-llm")
 
@@ -79,8 +79,9 @@ class Factorization:
         return self.codes.mT @ self.dictionary.mT
 
 
-def _validate(weight: torch.Tensor, gram: torch.Tensor, cr: float, ks_ratio: float,
-              iters: int, method: str, name: str) -> None:
+def _validate(
+    weight: torch.Tensor, gram: torch.Tensor, cr: float, ks_ratio: float, iters: int, method: str, name: str
+) -> None:
     if method not in METHODS:
         raise EngineError(f"{name}: unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if not 0.0 < cr < 1.0:
@@ -92,18 +93,28 @@ def _validate(weight: torch.Tensor, gram: torch.Tensor, cr: float, ks_ratio: flo
     if weight.ndim != 2:
         raise EngineError(f"{name}: weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     if gram.shape != (weight.shape[1], weight.shape[1]):
-        raise EngineError(f"{name}: Gram shape {tuple(gram.shape)} does not match in_features="
-                       f"{weight.shape[1]} of weight {tuple(weight.shape)}")
+        raise EngineError(
+            f"{name}: Gram shape {tuple(gram.shape)} does not match in_features="
+            f"{weight.shape[1]} of weight {tuple(weight.shape)}"
+        )
     for label, t in (("weight", weight), ("Gram", gram)):
         bad = (~torch.isfinite(t)).sum().item()
         if bad:
             raise EngineError(f"{name}: {label} holds {bad} NaN/Inf value(s)")
 
 
-def factorize(weight: torch.Tensor, gram: torch.Tensor, cr: float = 0.2, method: str = "compot",
-              ks_ratio: float = 2.0, iters: int = 20, tol: float = 0.0,
-              dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-              name: str = "matrix") -> Factorization:
+def factorize(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    cr: float = 0.2,
+    method: str = "compot",
+    ks_ratio: float = 2.0,
+    iters: int = 20,
+    tol: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    name: str = "matrix",
+) -> Factorization:
     """Compress one linear layer at compression ratio `cr` (eq. 11 storage).
 
     weight: (out_features, in_features) as nn.Linear stores it. gram: X^T X of the layer's
@@ -115,8 +126,7 @@ def factorize(weight: torch.Tensor, gram: torch.Tensor, cr: float = 0.2, method:
     device = torch.device(device) if device is not None else weight.device
     n, m = weight.shape
     result = Factorization(method=method, out_features=n, in_features=m, target_cr=cr)
-    shape = (storage.compot_shape(m, n, cr, ks_ratio) if method == "compot"
-             else storage.lowrank_rank(m, n, cr))
+    shape = storage.compot_shape(m, n, cr, ks_ratio) if method == "compot" else storage.lowrank_rank(m, n, cr)
     if shape is None:
         result.method, result.weight = "dense", weight
         result.reason = f"{method} cannot store a {n}x{m} matrix in {1 - cr:.0%} of its dense bits"
@@ -141,9 +151,12 @@ def factorize(weight: torch.Tensor, gram: torch.Tensor, cr: float = 0.2, method:
     return result
 
 
-def factorize_many(jobs: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]], workers: int | None = None,
-                   on_done: Callable[[str, Factorization], object] | None = None,
-                   **options) -> dict[str, Factorization]:
+def factorize_many(
+    jobs: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]],
+    workers: int | None = None,
+    on_done: Callable[[str, Factorization], object] | None = None,
+    **options,
+) -> dict[str, Factorization]:
     """Factorize independent matrices, `name -> (weight, gram, cr)`; `on_done` hears of each.
 
     On CPU the per-iteration eigendecomposition (LAPACK) and the partition (numpy) keep one
@@ -153,6 +166,7 @@ def factorize_many(jobs: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]],
     is 1 meanwhile). Results equal single-threaded `factorize` calls.
     On CUDA they run one after another. `options` are `factorize`'s keyword arguments.
     """
+
     def run(name: str) -> Factorization:
         weight, gram, cr = jobs[name]
         return factorize(weight, gram, cr=cr, name=name, **options)
@@ -163,8 +177,10 @@ def factorize_many(jobs: Mapping[str, tuple[torch.Tensor, torch.Tensor, float]],
     workers = min(workers or torch.get_num_threads(), len(jobs)) if device.type == "cpu" else 1
     order = sorted(jobs, key=lambda name: -jobs[name][0].numel())
     results = {}
-    with _intra_op_threads(1) if workers > 1 else nullcontext(), \
-            ThreadPoolExecutor(workers, thread_name_prefix="factorize") as pool:
+    with (
+        _intra_op_threads(1) if workers > 1 else nullcontext(),
+        ThreadPoolExecutor(workers, thread_name_prefix="factorize") as pool,
+    ):
         futures = {pool.submit(run, name): name for name in order}
         try:
             for future in as_completed(futures):
@@ -190,5 +206,5 @@ def _intra_op_threads(n: int) -> Iterator[None]:
 
 def functional_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor) -> float:
     """tr((W - W^) G (W - W^)^T) = ||X (W - W^)^T||^2 for weights in (out, in) layout."""
-    diff = (weight.double() - approx.double())
+    diff = weight.double() - approx.double()
     return math.fsum(((diff @ gram.double()) * diff).sum(dim=1).tolist())

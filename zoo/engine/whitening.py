@@ -38,8 +38,9 @@ def cholesky_whitener(gram: torch.Tensor, name: str = "matrix") -> Whitener:
     g = gram.to(torch.float64)
     scale = g.diagonal().mean().item()
     if not scale > 0:
-        raise EngineError(f"{name}: Gram matrix has no positive diagonal (mean {scale:g}); "
-                       "its layer saw no calibration signal")
+        raise EngineError(
+            f"{name}: Gram matrix has no positive diagonal (mean {scale:g}); its layer saw no calibration signal"
+        )
     for eps in DAMPING_SCHEDULE:
         damped = g
         if eps:
@@ -48,5 +49,7 @@ def cholesky_whitener(gram: torch.Tensor, name: str = "matrix") -> Whitener:
         L, info = torch.linalg.cholesky_ex(damped)
         if info.item() == 0:
             return Whitener(L=L, damping=eps)
-    raise EngineError(f"{name}: Gram matrix stays indefinite after damping up to "
-                   f"{DAMPING_SCHEDULE[-1]:g} x mean(diag G); the calibration statistics are broken")
+    raise EngineError(
+        f"{name}: Gram matrix stays indefinite after damping up to "
+        f"{DAMPING_SCHEDULE[-1]:g} x mean(diag G); the calibration statistics are broken"
+    )

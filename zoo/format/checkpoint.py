@@ -40,9 +40,15 @@ def compot_layers(model: nn.Module) -> dict[str, CompotLinear]:
 
 def layer_spec(layer: CompotLinear) -> dict:
     """What a loader needs to rebuild one compressed layer's empty shell."""
-    return {"in_features": layer.in_features, "out_features": layer.out_features, "k": layer.k, "s": layer.s,
-            "method": layer.method, "bias": layer.bias is not None,
-            "storage_dtype": str(layer.dictionary.dtype).removeprefix("torch.")}
+    return {
+        "in_features": layer.in_features,
+        "out_features": layer.out_features,
+        "k": layer.k,
+        "s": layer.s,
+        "method": layer.method,
+        "bias": layer.bias is not None,
+        "storage_dtype": str(layer.dictionary.dtype).removeprefix("torch."),
+    }
 
 
 def layer_table(model: nn.Module) -> dict[str, dict]:
@@ -67,8 +73,13 @@ def checkpoint_config(model: nn.Module):
     return config
 
 
-def save_compressed(model: nn.Module, out_dir: str | Path, record: VariantRecord, overwrite: bool = False,
-                    extra_files: Callable[[Path], None] | None = None) -> Path:
+def save_compressed(
+    model: nn.Module,
+    out_dir: str | Path,
+    record: VariantRecord,
+    overwrite: bool = False,
+    extra_files: Callable[[Path], None] | None = None,
+) -> Path:
     """Write the model, its config and record (and `extra_files`, e.g. the tokenizer) atomically."""
     out_dir = Path(out_dir)
     check_target(out_dir, overwrite)
@@ -101,17 +112,32 @@ def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
         except AttributeError as exc:
             raise ZooError(f"compressed layer {name} does not exist in {type(model).__name__}") from exc
         if not isinstance(old, nn.Linear):
-            raise ZooError(f"compressed layer {name} replaces an nn.Linear, but {type(model).__name__} "
-                           f"has a {type(old).__name__} there")
+            raise ZooError(
+                f"compressed layer {name} replaces an nn.Linear, but {type(model).__name__} "
+                f"has a {type(old).__name__} there"
+            )
         if (old.in_features, old.out_features) != (spec["in_features"], spec["out_features"]):
-            raise ZooError(f"compressed layer {name} is {spec['out_features']}x{spec['in_features']}, "
-                           f"but the architecture's linear is {old.out_features}x{old.in_features}")
+            raise ZooError(
+                f"compressed layer {name} is {spec['out_features']}x{spec['in_features']}, "
+                f"but the architecture's linear is {old.out_features}x{old.in_features}"
+            )
         storage_dtype = getattr(torch, spec["storage_dtype"], None)
         if not isinstance(storage_dtype, torch.dtype):
             raise ZooError(f"compressed layer {name}: unknown storage dtype {spec['storage_dtype']!r}")
-        model.set_submodule(name, CompotLinear(spec["in_features"], spec["out_features"], spec["k"], spec["s"],
-                                               spec["method"], spec["bias"], storage_dtype,
-                                               device=old.weight.device, bias_dtype=old.weight.dtype))
+        model.set_submodule(
+            name,
+            CompotLinear(
+                spec["in_features"],
+                spec["out_features"],
+                spec["k"],
+                spec["s"],
+                spec["method"],
+                spec["bias"],
+                storage_dtype,
+                device=old.weight.device,
+                bias_dtype=old.weight.dtype,
+            ),
+        )
 
 
 def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -151,8 +177,10 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
-        raise ZooError(f"{weights} does not match {type(model).__name__}: "
-                       f"missing {_listing(missing)}, unexpected {_listing(unexpected)}")
+        raise ZooError(
+            f"{weights} does not match {type(model).__name__}: "
+            f"missing {_listing(missing)}, unexpected {_listing(unexpected)}"
+        )
     model.tie_weights()
     if (path / GENERATION_CONFIG).is_file():  # Whisper's task tokens, LLM sampling defaults
         model.generation_config = transformers.GenerationConfig.from_pretrained(path)

@@ -74,10 +74,18 @@ class VariantRecord:
     def to_dict(self) -> dict:
         """Plain JSON data, the derived CRs spelled out for readers without this class."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {**data, "base_notes": list(self.base_notes), "config": self.config.to_dict(),
-                "calibration": asdict(self.calibration), "layers": [r.to_dict() for r in self.layers],
-                "method": self.method, "allocation": self.allocation, "target_cr": self.target_cr,
-                "achieved_cr": self.achieved_cr, "eq11_cr": self.eq11_cr}
+        return {
+            **data,
+            "base_notes": list(self.base_notes),
+            "config": self.config.to_dict(),
+            "calibration": asdict(self.calibration),
+            "layers": [r.to_dict() for r in self.layers],
+            "method": self.method,
+            "allocation": self.allocation,
+            "target_cr": self.target_cr,
+            "achieved_cr": self.achieved_cr,
+            "eq11_cr": self.eq11_cr,
+        }
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "record") -> VariantRecord:
@@ -88,10 +96,15 @@ class VariantRecord:
         if missing:
             raise ZooError(f"{where} is missing {', '.join(sorted(missing))}")
         try:
-            return cls(**{k: data[k] for k in names} | {
-                "base_notes": tuple(data["base_notes"]), "config": CompressionConfig(**data["config"]),
-                "calibration": CalibrationInfo(**data["calibration"]),
-                "layers": tuple(LayerRecord.from_dict(r) for r in data["layers"])})
+            return cls(
+                **{k: data[k] for k in names}
+                | {
+                    "base_notes": tuple(data["base_notes"]),
+                    "config": CompressionConfig(**data["config"]),
+                    "calibration": CalibrationInfo(**data["calibration"]),
+                    "layers": tuple(LayerRecord.from_dict(r) for r in data["layers"]),
+                }
+            )
         except (TypeError, KeyError) as exc:
             raise ZooError(f"{where} is malformed: {exc}") from exc
 

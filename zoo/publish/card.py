@@ -29,9 +29,10 @@ TEMPLATE = """---
 # {{ repo_id }}
 
 {{ base_model }} compressed with COMPOT (Calibration-Optimized Matrix Procrustes Orthogonalization:
-sparse codes over an orthogonal dictionary, training-free) to **{{ "%.1f" | format(100 * scorecard.achieved_cr) }}% less storage** in its
-compressed projections (target CR {{ scorecard.target_cr }}, {{ scorecard.allocation }} allocation, method
-`{{ scorecard.method }}`). The embeddings, norms and heads stay dense.
+sparse codes over an orthogonal dictionary, training-free) to
+**{{ "%.1f" | format(100 * scorecard.achieved_cr) }}% less storage** in its compressed projections
+(target CR {{ scorecard.target_cr }}, {{ scorecard.allocation }} allocation, method `{{ scorecard.method }}`).
+The embeddings, norms and heads stay dense.
 
 ## Scorecard
 
@@ -91,8 +92,12 @@ def inherited_license(spec: ModelSpec, online: bool) -> str:
 def card_data(record: VariantRecord, scorecard: Scorecard, repo_id: str) -> ModelCardData:
     """The Hub metadata: the base model relation, license and model-index results of this variant."""
     task = MODALITIES[scorecard.modality].pipeline_tag
-    results = [EvalResult(task_type=task, dataset_type=m.task, dataset_name=m.task, metric_type=m.name,
-                          metric_value=m.compressed) for m in scorecard.metrics]
+    results = [
+        EvalResult(
+            task_type=task, dataset_type=m.task, dataset_name=m.task, metric_type=m.name, metric_value=m.compressed
+        )
+        for m in scorecard.metrics
+    ]
     base = record.hub_id  # None for a local base: the Hub's base_model must be a Hub id
     return ModelCardData(
         model_name=repo_id,
@@ -125,9 +130,16 @@ def write_card(folder: Path, record: VariantRecord, scorecard: Scorecard, repo_i
     layers = list(record.layers)
     write_file(folder / ALLOCATION_PLOT, lambda tmp: plot_allocation(layers, tmp, f"{repo_id}: CR per matrix"))
     card = ModelCard.from_template(
-        card_data(record, scorecard, repo_id), template_str=TEMPLATE, repo_id=repo_id,
-        base_model=record.base_model, scorecard=scorecard, table=scorecard.to_markdown_table(),
-        plot=ALLOCATION_PLOT, allocation_summary=allocation_summary(layers), auto_class=record.auto_class)
+        card_data(record, scorecard, repo_id),
+        template_str=TEMPLATE,
+        repo_id=repo_id,
+        base_model=record.base_model,
+        scorecard=scorecard,
+        table=scorecard.to_markdown_table(),
+        plot=ALLOCATION_PLOT,
+        allocation_summary=allocation_summary(layers),
+        auto_class=record.auto_class,
+    )
     return write_file(folder / CARD, card.save)
 
 
@@ -151,8 +163,9 @@ def allocation_summary(layers: list[LayerRecord]) -> str:
         for proj, by_block in projections.items():
             crs = [r.cr for r in by_block.values()]
             dense = sum(r.method == "dense" for r in by_block.values())
-            lines.append(f"| {stack} | {proj or '-'} | {sum(crs) / len(crs):.3f} | {min(crs):.3f} | "
-                         f"{max(crs):.3f} | {dense} |")
+            lines.append(
+                f"| {stack} | {proj or '-'} | {sum(crs) / len(crs):.3f} | {min(crs):.3f} | {max(crs):.3f} | {dense} |"
+            )
     return "\n".join(lines)
 
 
@@ -164,13 +177,15 @@ def plot_allocation(layers: list[LayerRecord], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     grid = allocation_grid(layers)
-    fig, axes = plt.subplots(len(grid), 1, figsize=(10, 1.2 + 0.45 * max(len(p) for p in grid.values())
-                                                    * len(grid)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(grid), 1, figsize=(10, 1.2 + 0.45 * max(len(p) for p in grid.values()) * len(grid)), squeeze=False
+    )
     image = None
-    for ax, (stack, projections) in zip(axes[:, 0], grid.items()):
+    for ax, (stack, projections) in zip(axes[:, 0], grid.items(), strict=True):
         blocks = sorted({i for by_block in projections.values() for i in by_block})
-        values = [[by_block[i].cr if i in by_block else float("nan") for i in blocks]
-                  for by_block in projections.values()]
+        values = [
+            [by_block[i].cr if i in by_block else float("nan") for i in blocks] for by_block in projections.values()
+        ]
         image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_yticks(range(len(projections)), list(projections))
         ax.set_xticks(range(len(blocks)), [str(b) for b in blocks], fontsize=7)

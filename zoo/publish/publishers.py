@@ -62,6 +62,7 @@ def check_folder(folder: Path) -> Scorecard:
 def _copy_with_card(folder: Path, into: Path, repo_id: str, link: bool = False) -> None:
     """`folder` copied into `into` (hard links with `link`: nothing is written through them), with
     a card naming `repo_id` when the folder's own names another repository or is missing."""
+
     def copy(src: str, dst: str) -> None:
         if link:
             try:
@@ -150,8 +151,10 @@ class HubPublisher:
 
         check_names(self.organization, variants, "Hub repository")
         if not get_token():
-            raise ZooError("publishing to the Hub needs a token: set HF_TOKEN (a write token for "
-                           f"{self.organization}) or run `hf auth login`")
+            raise ZooError(
+                "publishing to the Hub needs a token: set HF_TOKEN (a write token for "
+                f"{self.organization}) or run `hf auth login`"
+            )
         try:
             user = self._retry(self.api.whoami, "check the token")
         except HfHubHTTPError as exc:
@@ -159,8 +162,10 @@ class HubPublisher:
             raise ZooError(f"the Hub rejected the token (HTTP {status}): set HF_TOKEN to a valid write token") from exc
         orgs = {o["name"] for o in user.get("orgs", [])} | {user.get("name")}
         if self.organization not in orgs:
-            raise ZooError(f"the token's user {user.get('name')!r} cannot publish to {self.organization!r}: "
-                           f"it belongs to {', '.join(sorted(o for o in orgs if o))}")
+            raise ZooError(
+                f"the token's user {user.get('name')!r} cannot publish to {self.organization!r}: "
+                f"it belongs to {', '.join(sorted(o for o in orgs if o))}"
+            )
 
     def _retry(self, call, what: str, *args, **kwargs):
         """Call, retrying 5xx, 429 and connection errors with exponential backoff; others fail at once."""
@@ -178,25 +183,37 @@ class HubPublisher:
             # huggingface_hub's HTTP client (httpx, or httpx2 in 2.x) raises a TransportError on
             # connection failures; matched by name so either client works.
             return isinstance(exc, (ConnectionError, TimeoutError)) or any(
-                c.__name__ == "TransportError" for c in type(exc).__mro__)
+                c.__name__ == "TransportError" for c in type(exc).__mro__
+            )
 
-        for attempt in Retrying(stop=stop_after_attempt(self.retries), reraise=True,
-                                wait=wait_exponential(multiplier=self.backoff, max=60),
-                                retry=retry_if_exception(transient),
-                                before_sleep=lambda state: log.warning(
-                                    "%s failed (%s), retrying", what, type(state.outcome.exception()).__name__)):
+        for attempt in Retrying(
+            stop=stop_after_attempt(self.retries),
+            reraise=True,
+            wait=wait_exponential(multiplier=self.backoff, max=60),
+            retry=retry_if_exception(transient),
+            before_sleep=lambda state: log.warning(
+                "%s failed (%s), retrying", what, type(state.outcome.exception()).__name__
+            ),
+        ):
             with attempt:
                 return call(*args, **kwargs)
 
     def publish(self, folder: Path, variant: str) -> PublishedVariant:
         scorecard = check_folder(folder)
         repo_id = f"{self.organization}/{variant}"
-        url = self._retry(self.api.create_repo, f"create {repo_id}", repo_id, private=self.private,
-                          exist_ok=True, repo_type="model")
+        url = self._retry(
+            self.api.create_repo, f"create {repo_id}", repo_id, private=self.private, exist_ok=True, repo_type="model"
+        )
         with self._upload_copy(folder, repo_id) as upload:
-            self._retry(self.api.upload_folder, f"upload {repo_id}", repo_id=repo_id, folder_path=str(upload),
-                        repo_type="model", commit_message=f"compot-zoo: {variant} ({scorecard.fingerprint})",
-                        ignore_patterns=[".*"])
+            self._retry(
+                self.api.upload_folder,
+                f"upload {repo_id}",
+                repo_id=repo_id,
+                folder_path=str(upload),
+                repo_type="model",
+                commit_message=f"compot-zoo: {variant} ({scorecard.fingerprint})",
+                ignore_patterns=[".*"],
+            )
         return PublishedVariant(repo_id, str(url), scorecard)
 
     @contextmanager
@@ -227,7 +244,7 @@ class HubPublisher:
 
 
 def publisher_for(target: str | None, organization: str | None = None, private: bool | None = None) -> Publisher:
-    """"hub" (or "hub:ORG") is the Hugging Face Hub; anything else a local registry path; None the
+    """ "hub" (or "hub:ORG") is the Hugging Face Hub; anything else a local registry path; None the
     default registry ($COMPOT_ZOO_REGISTRY, else the cache's registry/). The organisation and
     private flag default to the zoo catalogue's [publish] table."""
     settings = publish_settings()

