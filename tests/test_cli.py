@@ -109,3 +109,20 @@ def test_cli_options_come_from_the_config():
     by_name = {p.name: p for p in command.params}
     for f in CompressionConfig.settings():
         assert by_name[f.name].help == f.metadata["help"] + (" Comma-separated." if f.name == "components" else "")
+
+
+def test_python_compress_goes_through_the_pipeline(text_file):
+    """`zoo.compress` on an in-memory model: the catalogue's settings, the CLI's checks, records per matrix."""
+    from tests.tiny_models import tiny_llama, tiny_tokenizer
+    from zoo.errors import ZooError
+
+    model, tokenizer = tiny_llama(), tiny_tokenizer()
+    prompt = torch.tensor([[3, 17, 42, 9]])
+    before = model(prompt).logits
+    with pytest.raises(ZooError, match="cr 1.5 must lie in"):
+        zoo.compress(model, tokenizer, cr=1.5)
+    records = zoo.compress(model, tokenizer, cr=0.3, calibration=str(text_file), n_samples=4, seq_len=16, iters=2)
+    assert len(records) == 14 and {r.method for r in records} <= {"compot", "dense"}
+    assert sum(isinstance(m, CompotLinear) for m in model.modules()) == sum(r.method == "compot" for r in records)
+    after = model(prompt).logits
+    assert torch.isfinite(after).all() and not torch.equal(after, before)

@@ -46,7 +46,12 @@ def allocate(
     max_cr: float | None = None,
     device: torch.device | str | None = None,
 ) -> Allocation:
-    """Per-matrix compression ratios whose low-rank storage meets `cr` model-wide."""
+    """Per-matrix compression ratios whose low-rank storage meets `cr` model-wide (Algorithm 2).
+
+    weights: name -> (out_features, in_features) matrix. `min_cr` / `max_cr` bound each
+    matrix's ratio (default: `default_guards(cr)`); a matrix that cannot save storage within
+    them gets 0.0 (kept DENSE). `device` is where the spectra are computed (default: each weight's).
+    """
     if not 0.0 < cr < 1.0:
         raise EngineError(f"compression ratio must lie in (0, 1), got {cr!r}")
     lo, hi = default_guards(cr)
