@@ -33,3 +33,8 @@ def text_file(tmp_path):
     path = tmp_path / "calib.jsonl"
     path.write_text("\n".join(json.dumps({"text": TEXT * 4}) for _ in range(20)))
     return path
+
+
+# `zoo compress` arguments for a tiny model: a quick run at CR 0.3, and a quick evaluation.
+TINY_RUN = ("--cr", 0.3, "--n-samples", 4, "--seq-len", 16)
+TINY_EVAL = ("--eval", "--eval-windows", 2, "--eval-limit", 5)

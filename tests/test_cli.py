@@ -7,6 +7,7 @@ import torch
 from click.testing import CliRunner
 
 import zoo
+from tests.conftest import TINY_EVAL, TINY_RUN
 from zoo.cli import main
 from zoo.compression.layer import CompotLinear
 
@@ -17,21 +18,7 @@ def _compress(*args):
 
 def test_compress_a_local_folder_end_to_end(tmp_path, model_dir, text_file):
     out = tmp_path / "out"
-    result = _compress(
-        model_dir,
-        "--cr",
-        0.3,
-        "--calibration",
-        text_file,
-        "--n-samples",
-        4,
-        "--seq-len",
-        16,
-        "--iters",
-        3,
-        "--out",
-        out,
-    )
+    result = _compress(model_dir, *TINY_RUN, "--calibration", text_file, "--iters", 3, "--out", out)
     assert result.exit_code == 0, result.output
     assert "achieved" in result.output and "Saved to" in result.output
     record = json.loads((out / "compot_record.json").read_text())
@@ -53,26 +40,7 @@ def test_compress_a_local_folder_end_to_end(tmp_path, model_dir, text_file):
 def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
     out = tmp_path / "out"
     result = _compress(
-        model_dir,
-        "--cr",
-        0.3,
-        "--calibration",
-        text_file,
-        "--n-samples",
-        4,
-        "--seq-len",
-        16,
-        "--iters",
-        2,
-        "--out",
-        out,
-        "--eval",
-        "--eval-windows",
-        2,
-        "--eval-limit",
-        10,
-        "--method",
-        "svd-llm",
+        model_dir, *TINY_RUN, "--calibration", text_file, "--iters", 2, "--out", out, *TINY_EVAL, "--method", "svd-llm"
     )
     assert result.exit_code == 0, result.output
     card = json.loads((out / "scorecard.json").read_text())

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import zoo
+from tests.records import make_record
 from zoo.compression.apply import compress_model
 from zoo.compression.config import CompressionConfig
 from zoo.evaluators.perplexity import perplexity
@@ -17,16 +18,16 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def calibrated():
     spec = resolve("smollm2-135m")
-    loaded = ADAPTER.load(spec)
+    loaded = ADAPTER.load(spec, online=False)
     return spec, ADAPTER.calibration(loaded, "wiki-offline", n_samples=8, seq_len=512, seed=0, online=False)
 
 
 def _compressed_ppl(spec, calibration, **config):
-    loaded = ADAPTER.load(spec)
+    loaded = ADAPTER.load(spec, online=False)
     compress_model(
         loaded.model, ADAPTER.stacks(loaded.model), calibration, CompressionConfig(cr=0.2, iters=8, **config)
     )
-    text = _evaluation_text("wiki-offline")
+    text = _evaluation_text("wiki-offline", False)
     return loaded, perplexity(loaded.model, loaded.processor, text, seq_len=1024, max_windows=3)["perplexity"]
 
 
@@ -42,7 +43,7 @@ def test_compot_beats_svd_llm_and_round_trips(calibrated, tmp_path):
     save_compressed(
         compot.model,
         tmp_path / "ckpt",
-        {"auto_class": "AutoModelForCausalLM"},
+        make_record(compot.model),
         extra_files=compot.processor.save_pretrained,
     )
     reloaded = zoo.load(tmp_path / "ckpt")

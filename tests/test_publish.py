@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from huggingface_hub import ModelCard
 
 import zoo
-from tests.conftest import TEXT
+from tests.conftest import TEXT, TINY_EVAL, TINY_RUN
 from tests.fake_hub import TOKEN, FakeHub
 from tests.tiny_models import tiny_llama, tiny_tokenizer
 from zoo.cli import main
@@ -38,25 +38,7 @@ def scored(tmp_path_factory):
     (root / "calib.jsonl").write_text("\n".join(json.dumps({"text": TEXT * 4}) for _ in range(20)))
     out = root / "tiny-compot"
     result = _invoke(
-        "compress",
-        base,
-        "--cr",
-        0.3,
-        "--calibration",
-        root / "calib.jsonl",
-        "--n-samples",
-        4,
-        "--seq-len",
-        16,
-        "--iters",
-        3,
-        "--out",
-        out,
-        "--eval",
-        "--eval-windows",
-        2,
-        "--eval-limit",
-        5,
+        "compress", base, *TINY_RUN, "--calibration", root / "calib.jsonl", "--iters", 3, "--out", out, *TINY_EVAL
     )
     assert result.exit_code == 0, result.output
     return out

@@ -6,6 +6,7 @@ import pytest
 from transformers import AutoModelForSpeechSeq2Seq
 
 import zoo
+from tests.records import make_record
 from zoo.calibration.speech import load_speech
 from zoo.compression.apply import compress_model
 from zoo.compression.config import CompressionConfig
@@ -27,7 +28,7 @@ def test_speech():
 
 def _compressed(method: str, cr: float = 0.2):
     spec = resolve("whisper-tiny.en")
-    loaded = ADAPTER.load(spec)
+    loaded = ADAPTER.load(spec, online=False)
     calibration = ADAPTER.calibration(loaded, "tts-wiki-train", n_samples=48, seq_len=448, seed=0, online=False)
     compress_model(
         loaded.model,
@@ -53,7 +54,7 @@ def test_compot_degrades_wer_less_than_svd_llm_and_round_trips(test_speech, tmp_
     save_compressed(
         compot.model,
         out,
-        {"auto_class": ADAPTER.auto_class, "modality": "whisper"},
+        make_record(compot.model, modality="whisper", auto_class=ADAPTER.auto_class),
         extra_files=lambda tmp: ADAPTER.save_processor(compot, tmp),
     )
     for model in (zoo.load(out), AutoModelForSpeechSeq2Seq.from_pretrained(out).eval()):
