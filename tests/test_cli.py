@@ -89,8 +89,28 @@ def test_python_compress_goes_through_the_pipeline(text_file):
     before = model(prompt).logits
     with pytest.raises(ZooError, match="cr 1.5 must lie in"):
         zoo.compress(model, tokenizer, cr=1.5)
-    records = zoo.compress(model, tokenizer, cr=0.3, calibration=str(text_file), n_samples=4, seq_len=16, iters=2)
-    assert len(records) == 14 and {r.method for r in records} <= {"compot", "dense"}
-    assert sum(isinstance(m, CompotLinear) for m in model.modules()) == sum(r.method == "compot" for r in records)
+    record = zoo.compress(model, tokenizer, cr=0.3, calibration=str(text_file), n_samples=4, seq_len=16, iters=2)
+    layers = record.layers
+    assert len(layers) == 14 and {r.method for r in layers} <= {"compot", "dense"}
+    assert sum(isinstance(m, CompotLinear) for m in model.modules()) == sum(r.method == "compot" for r in layers)
     after = model(prompt).logits
     assert torch.isfinite(after).all() and not torch.equal(after, before)
+
+
+def test_python_compress_then_save_pretrained_reloads_identically(text_file, tmp_path):
+    """The HfQuantizer convention: after zoo.compress the model carries its quantization_config, so
+    save_pretrained (or push_to_hub) writes a folder that from_pretrained and zoo.load rebuild."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny_models import tiny_llama, tiny_tokenizer
+
+    model, tokenizer = tiny_llama(), tiny_tokenizer()
+    zoo.compress(model, tokenizer, cr=0.3, calibration=str(text_file), n_samples=4, seq_len=16, iters=2)
+    prompt = torch.tensor([[3, 17, 42, 9]])
+    expected = model(prompt).logits
+    model.save_pretrained(tmp_path / "plain")
+    for again in (AutoModelForCausalLM.from_pretrained(tmp_path / "plain"), zoo.load(tmp_path / "plain")):
+        assert torch.equal(again(prompt).logits, expected)
+    zoo.save(model, tmp_path / "variant", tokenizer)
+    assert torch.equal(zoo.load(tmp_path / "variant")(prompt).logits, expected)
+    assert json.loads((tmp_path / "variant" / "compot_record.json").read_text())["config"]["cr"] == 0.3

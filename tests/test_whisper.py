@@ -16,9 +16,9 @@ from zoo.compression.grams import block_grams, capture_block_inputs
 from zoo.compression.layer import CompotLinear
 from zoo.errors import ZooError
 from zoo.format.checkpoint import save_compressed
-from zoo.modalities.base import LoadedModel
 from zoo.modalities.whisper import ADAPTER, sentence_case, task_prefix
 from zoo.sources.converters.whisper_ct2 import packaged_whisper_dir, save_processor
+from zoo.sources.loading import LoadedModel
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
 
@@ -170,3 +170,23 @@ def test_a_model_that_is_not_whisper_is_refused(tiny):
     loaded = LoadedModel(tiny_llama(), None, "tiny-llama")
     with pytest.raises(ZooError, match="is not a Whisper model"):
         ADAPTER.stacks(loaded.model, ["decoder"])
+
+
+def test_python_compress_then_save_pretrained_reloads_identically(tiny, speech_folder, tmp_path):
+    """zoo.compress leaves a model whose own save_pretrained writes a folder transformers reloads."""
+    loaded = _load(tiny)
+    model, processor = loaded.model, loaded.processor
+    record = zoo.compress(model, processor, cr=0.3, calibration=str(speech_folder), n_samples=4, iters=2)
+    assert record.modality == "whisper" and model.compot_record is record
+    features = processor(np.zeros(16000, dtype="float32"), sampling_rate=16000, return_tensors="pt").input_features
+    decoder_ids = torch.tensor([[50257, 50362, 262, 2068]])
+    with torch.no_grad():
+        expected = model(input_features=features, decoder_input_ids=decoder_ids).logits
+    model.save_pretrained(tmp_path / "plain")
+    for again in (AutoModelForSpeechSeq2Seq.from_pretrained(tmp_path / "plain").eval(), zoo.load(tmp_path / "plain")):
+        with torch.no_grad():
+            assert torch.equal(again(input_features=features, decoder_input_ids=decoder_ids).logits, expected)
+    zoo.save(model, tmp_path / "variant", processor)
+    assert (tmp_path / "variant" / "compot_record.json").is_file() and (
+        tmp_path / "variant" / "normalizer.json"
+    ).is_file()

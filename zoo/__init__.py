@@ -11,9 +11,13 @@ from __future__ import annotations
 import wrapt
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "compress", "load"]
+__all__ = ["__version__", "compress", "load", "save"]
 
-_LAZY = {"compress": ("zoo.pipeline", "compress"), "load": ("zoo.format.checkpoint", "load_compressed")}
+_LAZY = {
+    "compress": ("zoo.pipeline", "compress"),
+    "save": ("zoo.pipeline", "save"),
+    "load": ("zoo.format.checkpoint", "load_compressed"),
+}
 
 
 @wrapt.when_imported("transformers.quantizers.auto")

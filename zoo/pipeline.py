@@ -26,7 +26,7 @@ from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
 from zoo.errors import ZooError
-from zoo.format.checkpoint import check_target, save_compressed
+from zoo.format.checkpoint import check_target, mark_compressed, save_compressed
 from zoo.format.record import CalibrationInfo, VariantRecord
 from zoo.modalities.base import Adapter, get_adapter
 from zoo.modality import DEFAULT, modality_of
@@ -223,17 +223,26 @@ def run_compress(req: CompressRequest, repo_id: str | None = None) -> CompressRe
     return compress_variant(prepared, req, base_metrics, repo_id)
 
 
+def compress_loaded(prepared: Prepared, req: CompressRequest, variant: str) -> VariantRecord:
+    """Compress `prepared`'s model in place and describe the result; the model's config then names
+    its compressed layers, so its own `save_pretrained` writes a folder that reloads."""
+    model = prepared.loaded.model
+    start = time.perf_counter()
+    layers = compress_model(
+        model, prepared.adapter.stacks(model, req.config.components), prepared.calibration, req.config
+    )
+    seconds = time.perf_counter() - start
+    mark_compressed(model)
+    return build_record(prepared, req, variant, layers, seconds)
+
+
 def compress_variant(
     prepared: Prepared, req: CompressRequest, base_metrics: dict | None, repo_id: str | None = None
 ) -> CompressResult:
     """Compress `prepared`'s model in place and save the checkpoint at `req.out_dir`; with
     `base_metrics`, score it and write scorecard.json and the model card (naming `repo_id`)."""
     out = req.out_dir
-    start = time.perf_counter()
-    stacks = prepared.adapter.stacks(prepared.loaded.model, req.config.components)
-    layers = compress_model(prepared.loaded.model, stacks, prepared.calibration, req.config)
-    seconds = time.perf_counter() - start
-    record = build_record(prepared, req, out.name, layers, seconds)
+    record = compress_loaded(prepared, req, out.name)
     save_compressed(
         prepared.loaded.model,
         out,
@@ -289,20 +298,37 @@ def compress(
     seq_len: int | None = None,
     seed: int = 0,
     **settings,
-) -> list[LayerRecord]:
+) -> VariantRecord:
     """Python entry point: compress an in-memory model in place, calibrated as `zoo compress`
     would calibrate it (the catalogue's set and sizes for its modality unless given).
 
     `processor` is its tokenizer or processor; `settings` are the other CompressionConfig fields
-    (method, static, ks_ratio, iters, ...). Returns one record per target projection.
+    (method, static, ks_ratio, iters, ...). Returns the variant's record (`.layers`: one row per
+    target projection), also kept as `model.compot_record` for `zoo.save`. Afterwards the model's
+    own `save_pretrained` / `push_to_hub` write folders that reload compressed.
     """
     config = CompressionConfig(cr=cr, **settings)
     kind = modality or modality_of(getattr(model.config, "model_type", ""))
     name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     online = hub_reachable()
-    adapter = get_adapter(kind)
     spec = ModelSpec(name, kind, defaults=modality_defaults(kind))
+    req = CompressRequest(name, config, calibration=calibration, n_samples=n_samples, seq_len=seq_len, seed=seed)
+    adapter = get_adapter(kind)
     loaded = LoadedModel(model, processor, name)
     source, n_samples, seq_len = calibration_settings(spec, calibration, n_samples, seq_len, online)
     data = adapter.calibration(loaded, source, n_samples, seq_len, seed, online)
-    return compress_model(model, adapter.stacks(model, config.components), data, config)
+    record = compress_loaded(Prepared(spec, adapter, loaded, data, online), req, req.out_dir.name)
+    model.compot_record = record
+    return record
+
+
+def save(model: nn.Module, out: str | Path, processor=None, overwrite: bool = False) -> Path:
+    """Save a model `compress` compressed as a checkpoint folder with its record (and `processor`'s
+    files), the same folder `zoo compress` writes without `--eval`."""
+    record = getattr(model, "compot_record", None)
+    if record is None:
+        raise ZooError(f"{type(model).__name__} was not compressed by zoo.compress: nothing to save as a variant")
+    adapter = get_adapter(record.modality)
+    loaded = LoadedModel(model, processor, record.base_model)
+    extra = None if processor is None else (lambda tmp: adapter.save_processor(loaded, tmp))
+    return save_compressed(model, Path(out), record, overwrite=overwrite, extra_files=extra)

@@ -60,8 +60,14 @@ class CompotLinear(nn.Module):
             raise ZooError(f"CompotLinear: unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if storage_dtype not in STORAGE_DTYPES:
             raise ZooError(f"CompotLinear: storage dtype must be float16 or bfloat16, got {storage_dtype}")
-        if not 1 <= s <= k:
-            raise ZooError(f"CompotLinear: need 1 <= s <= k, got k={k}, s={s}")
+        atoms = in_features if method == "compot" else min(in_features, out_features)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (in_features, out_features, k, s)):
+            raise ZooError(
+                f"CompotLinear: sizes must be integers, got in={in_features!r}, out={out_features!r}, k={k!r}, s={s!r}"
+            )
+        if not 1 <= s <= k <= atoms or min(in_features, out_features) < 1:
+            bound = "in_features" if method == "compot" else "min(in_features, out_features)"
+            raise ZooError(f"CompotLinear: need 1 <= s <= k <= {bound} = {atoms}, got k={k}, s={s}")
         self.in_features, self.out_features, self.k, self.s, self.method = in_features, out_features, k, s, method
         self.dictionary = nn.Parameter(
             torch.empty(k, in_features, dtype=storage_dtype, device=device), requires_grad=False

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.compression.layer import CompotLinear
+from zoo.compression.layer import CompotLinear, unpack_mask
 from zoo.errors import ZooError
 from zoo.files import check_replaceable, staged_dir
 from zoo.format.record import RECORD, VariantRecord
@@ -62,6 +62,13 @@ def state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
         if target in state and source in state and state[target].data_ptr() == state[source].data_ptr():
             del state[target]
     return {name: t.contiguous() for name, t in state.items()}
+
+
+def mark_compressed(model: nn.Module) -> None:
+    """Name the compressed layers in the model's config, as transformers' quantized models carry
+    their `quantization_config`: `save_pretrained` then writes a folder that `from_pretrained`
+    (after `import zoo`) and `zoo.load` rebuild."""
+    model.config.quantization_config = {"quant_method": "compot", "layers": layer_table(model)}
 
 
 def checkpoint_config(model: nn.Module):
@@ -104,9 +111,37 @@ def check_target(out_dir: Path, overwrite: bool) -> None:
     check_replaceable(out_dir, RECORD, "a compressed checkpoint")
 
 
+LAYER_SPEC = {
+    "in_features": int,
+    "out_features": int,
+    "k": int,
+    "s": int,
+    "method": str,
+    "bias": bool,
+    "storage_dtype": str,
+}
+
+
 def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
-    """Replace each named nn.Linear by an empty CompotLinear of the recorded shape, on its device."""
+    """Replace each named nn.Linear by an empty CompotLinear of the recorded shape, on its device.
+
+    Every entry is checked against the architecture before anything is allocated: a checkpoint's
+    metadata is input, and a wrong k must not try to allocate terabytes."""
+    if not isinstance(layers, dict) or not layers:
+        raise ZooError("quantization_config.layers must name at least one compressed layer")
     for name, spec in layers.items():
+        bad = [
+            key
+            for key, kind in LAYER_SPEC.items()
+            if not isinstance(spec, dict)
+            or not isinstance(spec.get(key), kind)
+            or (kind is int and isinstance(spec.get(key), bool))
+        ]
+        if bad:
+            raise ZooError(
+                f"compressed layer {name}: quantization_config entry lacks or mistypes "
+                f"{', '.join(f'{k} ({LAYER_SPEC[k].__name__})' for k in bad)}"
+            )
         try:
             old = model.get_submodule(name)
         except AttributeError as exc:
@@ -124,9 +159,8 @@ def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
         storage_dtype = getattr(torch, spec["storage_dtype"], None)
         if not isinstance(storage_dtype, torch.dtype):
             raise ZooError(f"compressed layer {name}: unknown storage dtype {spec['storage_dtype']!r}")
-        model.set_submodule(
-            name,
-            CompotLinear(
+        try:
+            shell = CompotLinear(
                 spec["in_features"],
                 spec["out_features"],
                 spec["k"],
@@ -136,8 +170,27 @@ def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
                 storage_dtype,
                 device=old.weight.device,
                 bias_dtype=old.weight.dtype,
-            ),
-        )
+            )
+        except ZooError as exc:
+            raise ZooError(f"compressed layer {name}: {exc}") from exc
+        model.set_submodule(name, shell)
+
+
+def check_factors(model: nn.Module, source: Path) -> None:
+    """Refuse loaded factors that cannot be right: NaN/Inf values, or a support mask that does not
+    keep exactly s codes per output. `source` names the file in the message."""
+    for name, layer in compot_layers(model).items():
+        tensors = {"dictionary": layer.dictionary, "code_values": layer.code_values, "bias": layer.bias}
+        for label, t in tensors.items():
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise ZooError(f"{source}: {name}.{label} holds NaN/Inf values; the checkpoint is corrupt")
+        if layer.code_mask is not None:
+            per_row = unpack_mask(layer.code_mask, (layer.out_features, layer.k)).sum(dim=1)
+            if not bool((per_row == layer.s).all()):
+                raise ZooError(
+                    f"{source}: {name}.code_mask keeps {int(per_row.min())}..{int(per_row.max())} codes "
+                    f"per output, not s={layer.s}; the checkpoint is corrupt"
+                )
 
 
 def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -172,6 +225,14 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.
         state = load_file(weights, device=str(device))
     except (SafetensorError, OSError) as exc:
         raise ZooError(f"{weights} is corrupt or truncated: {exc}") from exc
+    expected = model.state_dict()
+    wrong = [k for k, t in state.items() if k in expected and t.shape != expected[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise ZooError(
+            f"{weights}: {k} has shape {tuple(state[k].shape)}, the layer expects "
+            f"{tuple(expected[k].shape)}" + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
+        )
     # assign=True keeps every tensor exactly as saved (dtype included), so outputs match the saved model
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
@@ -182,6 +243,7 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.
             f"missing {_listing(missing)}, unexpected {_listing(unexpected)}"
         )
     model.tie_weights()
+    check_factors(model, weights)
     if (path / GENERATION_CONFIG).is_file():  # Whisper's task tokens, LLM sampling defaults
         model.generation_config = transformers.GenerationConfig.from_pretrained(path)
     model.config.quantization_config = quantization  # so save_pretrained keeps the layer table

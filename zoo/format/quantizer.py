@@ -13,7 +13,9 @@ from transformers.quantizers.auto import register_quantization_config, register_
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from zoo.format.checkpoint import swap_in_shells
+from zoo.compression.layer import CompotLinear
+from zoo.errors import ZooError
+from zoo.format.checkpoint import check_factors, swap_in_shells
 
 
 @register_quantization_config("compot")
@@ -36,6 +38,19 @@ class CompotQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         swap_in_shells(model, self.quantization_config.layers)
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        """transformers fills a tensor the checkpoint lacks with whatever memory held and only prints
+        a report; a compressed layer missing one of its factors is refused instead. Loaded tensors
+        are the ones transformers marks `_is_hf_initialized`."""
+        source = getattr(model.config, "_name_or_path", "the checkpoint")
+        for name, module in model.named_modules():
+            if isinstance(module, CompotLinear):
+                for label, t in [*module.named_parameters(), *module.named_buffers()]:
+                    if not getattr(t, "_is_hf_initialized", False):
+                        raise ZooError(f"{source}: the weights hold no {name}.{label} for compressed layer {name}")
+        check_factors(model, source)
         return model
 
     def is_serializable(self) -> bool:
