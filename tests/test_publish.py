@@ -44,6 +44,15 @@ def scored(tmp_path_factory):
     return out
 
 
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 def _files(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
 
@@ -115,6 +124,15 @@ def test_local_registry_round_trip(tmp_path, scored):
     assert registry.get("absent") is None
     # A copy another writer is still staging is not yet published.
     shutil.copytree(scored, tmp_path / "registry" / "compot-zoo" / f".other.partial-{os.getpid()}-x")
+    assert [v.repo_id for v in registry.published()] == ["compot-zoo/tiny-compot"]
+    # A republish killed between its renames left the variant aside: readers put it back.
+    aside = tmp_path / "registry" / "compot-zoo" / f".tiny-compot.old-{_dead_pid()}-y"
+    aside.mkdir()
+    os.replace(target, aside / "previous")
+    assert [v.repo_id for v in registry.published()] == ["compot-zoo/tiny-compot"]
+    # One corrupt scorecard is skipped with a warning, not fatal to listing the others.
+    registry.publish(scored, "other")
+    (tmp_path / "registry" / "compot-zoo" / "other" / SCORECARD).write_text("{not json")
     assert [v.repo_id for v in registry.published()] == ["compot-zoo/tiny-compot"]
 
 

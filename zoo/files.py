@@ -24,7 +24,7 @@ def staged_dir(target: Path) -> Iterator[Path]:
     """A fresh temporary sibling of `target` to fill; on success it takes `target`'s place (an old
     one is moved aside first and removed last), on any error it is removed and `target` is kept."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_abandoned(target)
+    recover(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-{os.getpid()}-"))
     try:
         yield tmp
@@ -57,14 +57,30 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     shutil.rmtree(old)
 
 
-def _sweep_abandoned(target: Path) -> None:
-    """Remove the temporary siblings a killed process left behind; each name carries its writer's
-    pid, so a folder another live process is still filling is left alone."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:partial|old)-(\d+)-")
-    for sibling in target.parent.iterdir():
-        match = pattern.match(sibling.name)
-        if match and not _alive(int(match.group(1))):
-            shutil.rmtree(sibling, ignore_errors=True)
+def recover(target: Path) -> None:
+    """Undo what a writer killed while replacing `target` left behind. A writer killed between its
+    two renames left `target` missing and the previous copy aside: that copy is put back (the new
+    one may be incomplete). Then the temporary siblings of dead writers are removed; each name
+    carries its writer's pid, so a folder another live process is still filling is left alone."""
+    if not target.parent.is_dir():
+        return
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(partial|old)-(\d+)-")
+    abandoned = sorted(
+        (match.group(1) != "old", sibling)  # the set-aside copies first, so one can be restored
+        for sibling in target.parent.iterdir()
+        if (match := pattern.match(sibling.name)) and not _alive(int(match.group(2)))
+    )
+    for is_partial, sibling in abandoned:
+        if not is_partial and not target.exists() and (sibling / "previous").exists():
+            os.replace(sibling / "previous", target)
+        shutil.rmtree(sibling, ignore_errors=True)
+
+
+def recover_all(folder: Path) -> None:
+    """`recover` every target in `folder` that a dead writer left temporaries for."""
+    pattern = re.compile(r"\.(.+)\.(?:partial|old)-\d+-")
+    for name in {m.group(1) for p in folder.iterdir() if (m := pattern.match(p.name))}:
+        recover(folder / name)
 
 
 def _alive(pid: int) -> bool:

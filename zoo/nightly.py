@@ -246,7 +246,7 @@ def _finished(out: Path, expected: str) -> bool:
 
 def compare(previous: Scorecard, current: Scorecard, tolerance: float = REGRESSION_TOLERANCE) -> list[dict]:
     """Each metric both scorecards hold, compressed value then and now; a change in the metric's
-    bad direction larger than `tolerance` (relative) is a regression."""
+    bad direction larger than `tolerance` (relative), or a value that is no number, is a regression."""
     before = {(m.task, m.name): m for m in previous.metrics}
     changes = []
     for m in current.metrics:
@@ -262,7 +262,7 @@ def compare(previous: Scorecard, current: Scorecard, tolerance: float = REGRESSI
                 "previous": old.compressed,
                 "current": m.compressed,
                 "relative_change": relative,
-                "regression": worse > tolerance,
+                "regression": not worse <= tolerance,  # a NaN is a regression too
             }
         )
     return changes

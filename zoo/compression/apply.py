@@ -7,6 +7,8 @@ factorization -> CompotLinear modules. Every block's Grams come from the origina
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -18,6 +20,12 @@ from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.engine import Factorization, allocate, factorize_many
 from zoo.errors import ZooError
+
+log = logging.getLogger(__name__)
+
+# Calibration batches that may reach a projection with NaN/Inf inputs (left out of its Gram) before
+# the run is refused: a few can be a bad sample, more means a broken model or data.
+MAX_NONFINITE_SHARE = 0.1
 
 
 def compression_targets(model: nn.Module, stacks: list[Stack]) -> dict[str, nn.Linear]:
@@ -66,9 +74,27 @@ def compress_model(
             for prefix, block in stack.blocks:
                 bar.set_postfix_str(prefix)
                 stats, stack_inputs = block_grams(block, stack.groups, stack_inputs)
+                _check_finite(prefix, stats, len(stack_inputs))
                 names = {f"{prefix}.{name}": (name, stats[group[0]]) for group in stack.groups for name in group}
                 records += _compress_block(block, names, targets, crs, config, storage_dtype, bar)
     return records
+
+
+def _check_finite(prefix: str, stats: dict[str, GramStat], batches: int) -> None:
+    for key, stat in stats.items():
+        if not stat.nonfinite_batches:
+            continue
+        share = stat.nonfinite_batches / batches
+        message = (
+            f"{prefix}.{key}: {stat.nonfinite_batches} of {batches} calibration batches reached it with "
+            "NaN/Inf inputs and were left out of its Gram"
+        )
+        if share > MAX_NONFINITE_SHARE:
+            raise ZooError(
+                f"{message}; more than {MAX_NONFINITE_SHARE:.0%} means the model or the calibration "
+                "data is broken (check the model's dtype and the calibration samples)"
+            )
+        log.warning(message)
 
 
 def _compress_block(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from zoo.errors import ZooError
-from zoo.files import staged_dir
+from zoo.files import recover, recover_all, staged_dir
 from zoo.publish.card import card_repo_id, read_scored, write_card
 from zoo.publish.scorecard import SCORECARD, Scorecard
 from zoo.sources.assets import cache_dir
@@ -118,16 +118,28 @@ class LocalRegistry:
         return found
 
     def get(self, variant: str) -> PublishedVariant | None:
+        recover(self._dir(variant))  # a publish killed between its renames leaves the old copy aside
         path = self._dir(variant) / SCORECARD
         if not path.is_file():
             return None
         return PublishedVariant(f"{self.organization}/{variant}", path.parent.resolve().as_uri(), Scorecard.load(path))
 
     def published(self) -> list[PublishedVariant]:
+        """Every readable variant; one with a corrupt scorecard is skipped with a warning naming it."""
         root = self.root / self.organization
-        found = root.glob(f"*/{SCORECARD}") if root.is_dir() else []
-        names = sorted(p.parent.name for p in found if not p.parent.name.startswith("."))  # skip folders being staged
-        return [v for v in map(self.get, names) if v is not None]
+        if not root.is_dir():
+            return []
+        recover_all(root)
+        variants = []
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                found = self.get(folder.name)
+            except ZooError as exc:
+                log.warning("skipping %s: %s", folder, exc)
+                continue
+            if found is not None:
+                variants.append(found)
+        return variants
 
 
 class HubPublisher:

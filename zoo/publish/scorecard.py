@@ -51,6 +51,15 @@ class MetricResult:
     compressed: float
     higher_is_better: bool
 
+    def __post_init__(self) -> None:
+        for label in ("base", "compressed"):
+            value = getattr(self, label)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ZooError(
+                    f"metric {self.name!r} of task {self.task!r}: the {label} model scored {value!r}, "
+                    "not a finite number; a scorecard cannot hold it"
+                )
+
     @property
     def recovery(self) -> float:
         """Percent of the base score kept: compressed/base for scores, base/compressed for errors."""
@@ -147,7 +156,12 @@ class Scorecard:
         path = Path(path)
         if not path.is_file():
             raise ZooError(f"no scorecard at {path}")
-        return cls.from_json(path.read_text())
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except ZooError as exc:
+            raise ZooError(f"{path}: {exc}") from exc
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # JSON, UTF-8 and shape errors
+            raise ZooError(f"{path} is not a valid scorecard: {exc}") from exc
 
     def to_markdown_table(self) -> str:
         """Base vs compressed vs recovery, one row per metric, for model cards and the CLI."""
