@@ -122,6 +122,8 @@ def decode_audio(data: bytes, name: str) -> np.ndarray:
         raise ZooError(f"cannot decode audio {name}: {exc}") from exc
     if samples.size == 0:
         raise ZooError(f"audio {name} is empty (no samples)")
+    if not rate > 0:
+        raise ZooError(f"audio {name} declares a sample rate of {rate} Hz")
     return resample(samples.mean(axis=1), rate)
 
 
@@ -157,7 +159,7 @@ def _librispeech_transcripts(root: Path) -> dict[str, str]:
     """Id -> text from LibriSpeech's `*.trans.txt` files (lines `<utterance-id> <TRANSCRIPT>`)."""
     texts: dict[str, str] = {}
     for path in sorted(root.rglob("*.trans.txt")):
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in _utf8(path).splitlines():
             if line.strip():
                 uid, _, text = line.strip().partition(" ")
                 texts[uid] = text.strip()
@@ -174,7 +176,14 @@ def _transcript(uid: str, audio: Path, listed: dict[str, str]) -> str:
             f"no transcript for utterance {uid!r} ({audio}): expected {beside.name} beside it "
             "or a line in a *.trans.txt file"
         )
-    return " ".join(beside.read_text(encoding="utf-8").split())
+    return " ".join(_utf8(beside).split())
+
+
+def _utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ZooError(f"transcript {path} is not UTF-8 text: {exc}") from exc
 
 
 def local_folder(path: str | Path, n: int | None = None, seed: int = 0, at_most: bool = False) -> list[Utterance]:

@@ -134,22 +134,32 @@ def _column(ds, source: str, split: str, field: str | None = None) -> list[str]:
         raise ZooError(
             f"{source} ({split}) has no {' or '.join(map(repr, wanted))} column; columns: {', '.join(names)}"
         )
-    return [t for t in ds[found] if t and t.strip()]
+    texts = ds[found]
+    bad = next((i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)), None)
+    if bad is not None:
+        raise ZooError(f"{source} ({split}): row {bad} of column {found!r} is {type(texts[bad]).__name__}, not text")
+    return [t for t in texts if t and t.strip()]
 
 
 def _local_texts(path: Path, split: str) -> list[str]:
     """A `save_to_disk` folder, a data file (serves every split), or a folder of data files
     whose names say their split (train.jsonl, test.jsonl, ...), read through `datasets`."""
     import datasets
+    from datasets.exceptions import DatasetsError
 
-    if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json")):
-        ds = datasets.load_from_disk(str(path))
-    elif path.is_file():
-        if path.suffix not in _BUILDERS:
-            raise ZooError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(_BUILDERS)}")
-        ds = datasets.load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
-    else:
-        ds = datasets.load_dataset(str(path))
+    if path.is_file() and path.suffix not in _BUILDERS:
+        raise ZooError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(_BUILDERS)}")
+    try:
+        if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json")):
+            ds = datasets.load_from_disk(str(path))
+        elif path.is_file():
+            ds = datasets.load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
+        else:
+            ds = datasets.load_dataset(str(path))
+    except (DatasetsError, ValueError, OSError, UnicodeDecodeError) as exc:  # pyarrow's errors are ValueErrors
+        cause = exc.__cause__ or exc  # datasets wraps the parser's error
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise ZooError(f"cannot read text from {path}: {reason}") from exc
     if isinstance(ds, datasets.DatasetDict):
         name = split if split in ds else "validation" if split == "test" and "validation" in ds else None
         if name is None:

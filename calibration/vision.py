@@ -94,7 +94,16 @@ def open_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+        raise ZooError(f"cannot open image {path}: {exc}") from exc
+
+
+def check_image(path: Path) -> None:
+    """Refuse a missing, unreadable or decompression-bomb image from its header, without decoding it."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise ZooError(f"cannot open image {path}: {exc}") from exc
 
 
@@ -145,12 +154,18 @@ def _local(path: Path, n: int | None, seed: int) -> list[VisualQuestion]:
     file = path / QUESTIONS_FILE if path.is_dir() else path
     if not file.is_file():
         raise ZooError(f"{path} holds no {QUESTIONS_FILE} (one JSON object per line: image, question[, answer])")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ZooError(f"{file} is not UTF-8 text: {exc}") from exc
     records = {}
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if line.strip():
             records[f"{file.name}:{number}"] = _record(file, number, line)
     if not records:
         raise ZooError(f"{file} holds no questions")
+    for image, _, _ in records.values():  # every image, not only the picked ones: errors must not depend on n
+        check_image(image)
     chosen = seeded_pick(records, n, seed, str(file), what="image-question pairs")
     return [VisualQuestion(key, open_image(records[key][0]), records[key][1], records[key][2]) for key in chosen]
 
@@ -169,7 +184,10 @@ def _record(file: Path, number: int, line: str) -> tuple[Path, str, str | None]:
         raise ZooError(f"{where} has no question")
     if not isinstance(image, str) or not image.strip():
         raise ZooError(f"{where}: question {question!r} has no image")
-    return file.parent / image, question, None if answer is None else str(answer)
+    path = (file.parent / image).resolve()
+    if not path.is_relative_to(file.parent.resolve()):
+        raise ZooError(f"{where}: image {image!r} lies outside {file.parent}; images must sit beside {file.name}")
+    return path, question, None if answer is None else str(answer)
 
 
 def _hub(name: str, n: int | None, seed: int) -> list[VisualQuestion]:

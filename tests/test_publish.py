@@ -22,6 +22,7 @@ from zoo.publish.card import ALLOCATION_PLOT, CARD, card_data, inherited_license
 from zoo.publish.publishers import HubPublisher, LocalRegistry, publisher_for
 from zoo.publish.scorecard import SCORECARD, Scorecard
 from zoo.sources.catalogue import resolve
+from zoo.sources.hub import hub_reachable
 
 
 def _invoke(*args):
@@ -192,8 +193,12 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    hub_reachable.cache_clear()
     yield hub
     hub.close()
+    hub_reachable.cache_clear()
 
 
 def test_hub_publisher_uploads_through_huggingface_hub_and_retries(fake_hub, scored, caplog):

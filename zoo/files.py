@@ -111,6 +111,18 @@ def write_text(path: Path, text: str) -> Path:
     return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def check_writable(target: Path) -> None:
+    """Refuse, before any work, a target that cannot be written: under a file, or in a folder
+    this process may not write into."""
+    ancestor = target.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ZooError(f"cannot write {target}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ZooError(f"cannot write {target}: {ancestor} is not writable")
+
+
 def check_replaceable(path: Path, marker: str, what: str) -> None:
     """Refuse to replace `path` unless it is absent, empty, or one of ours (it holds `marker`):
     a typo'd `--out ~` must never delete a home folder."""

@@ -59,7 +59,29 @@ ENTRY_KEYS = {
     *CONFIG_KEYS,
     *EVAL_SETTINGS,
 }
-PUBLISH_KEYS = {"target", "organization", "private"}
+PUBLISH_KEYS = {"target": str, "organization": str, "private": bool}
+# The type of each plan value that is not a compression setting (CompressionConfig checks those);
+# a tuple is a list of that type.
+VALUE_TYPES = {
+    "model": str,
+    "modality": str,
+    "crs": ((int, float),),
+    "methods": (str,),
+    "seed": int,
+    "calibration": str,
+    "n_samples": int,
+    "seq_len": int,
+    "components": (str,),
+    "eval_windows": int,
+    "eval_limit": int,
+    "eval_tasks": (str,),
+    "eval_sets": (str,),
+    "offline_eval_sets": (str,),
+    "eval_seq_len": int,
+    "eval_text": str,
+    "eval_image_tokens": int,
+    "eval_max_new_tokens": int,
+}
 REGRESSION_TOLERANCE = 0.01  # relative change of a metric, in its bad direction, flagged as a regression
 
 
@@ -105,6 +127,22 @@ def _unknown(where: str, keys: set, known: set) -> None:
         raise ZooError(f"{where}: unknown keys {', '.join(sorted(keys - known))}; known: {', '.join(sorted(known))}")
 
 
+def _check_types(where: str, table: dict, types: dict) -> None:
+    """Each value of the type `types` names (a tuple: a list of it); bools are no numbers."""
+    for key, value in table.items():
+        kind = types.get(key)
+        if kind is None:
+            continue
+        items, want = (value, kind[0]) if isinstance(kind, tuple) else ([value], kind)
+        ok = (not isinstance(kind, tuple) or isinstance(value, list)) and all(
+            isinstance(v, want) and (want is bool or not isinstance(v, bool)) for v in items
+        )
+        if not ok:
+            names = "/".join(t.__name__ for t in want) if isinstance(want, tuple) else want.__name__
+            expected = f"a list of {names}" if isinstance(kind, tuple) else f"a {names}"
+            raise ZooError(f"{where}: {key} = {value!r} should be {expected}")
+
+
 def read_plan(path: Path) -> tuple[list[Variant], dict]:
     """The variants of a nightly plan, and its [publish] table; errors name the file and entry."""
     try:
@@ -112,11 +150,17 @@ def read_plan(path: Path) -> tuple[list[Variant], dict]:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ZooError(f"cannot read nightly plan {path}: {exc}") from exc
     _unknown(str(path), set(data), {"models", "publish"})
-    _unknown(f"{path}: [publish]", set(data.get("publish", {})), PUBLISH_KEYS)
+    if not isinstance(data.get("models", []), list) or not all(isinstance(e, dict) for e in data.get("models", [])):
+        raise ZooError(f"{path}: models must be a list of [[models]] tables, got {data['models']!r}")
+    if not isinstance(data.get("publish", {}), dict):
+        raise ZooError(f"{path}: publish must be a [publish] table, got {data['publish']!r}")
+    _unknown(f"{path}: [publish]", set(data.get("publish", {})), set(PUBLISH_KEYS))
+    _check_types(f"{path}: [publish]", data.get("publish", {}), PUBLISH_KEYS)
     variants = []
     for i, entry in enumerate(data.get("models", [])):
         where = f"{path}: [[models]] #{i + 1}"
         _unknown(where, set(entry), ENTRY_KEYS)
+        _check_types(where, entry, VALUE_TYPES)
         if "model" not in entry or not entry.get("crs"):
             raise ZooError(f"{where}: needs `model` and a non-empty `crs` list")
         kinds = entry.get("methods", ["compot-dynamic"])

@@ -117,7 +117,12 @@ def calibration_settings(
             source = offline
         if source is None:
             raise ZooError("the zoo catalogue names no calibration set for this model; pass --calibration")
-    return source, n_samples or defaults.get("n_samples", 256), seq_len or defaults.get("seq_len", 1024)
+    n_samples = defaults.get("n_samples", 256) if n_samples is None else n_samples
+    seq_len = defaults.get("seq_len", 1024) if seq_len is None else seq_len
+    for name, value in (("n_samples", n_samples), ("seq_len", seq_len)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ZooError(f"{name} must be a positive integer, got {value!r}")
+    return source, n_samples, seq_len
 
 
 def peak_memory_mb() -> float:

@@ -26,7 +26,7 @@ from torch import nn
 
 from zoo.compression.layer import CompotLinear, unpack_mask
 from zoo.errors import ZooError
-from zoo.files import check_replaceable, staged_dir
+from zoo.files import check_replaceable, check_writable, staged_dir
 from zoo.format.record import RECORD, VariantRecord
 
 WEIGHTS = "model.safetensors"
@@ -109,6 +109,7 @@ def check_target(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not overwrite:
         raise ZooError(f"output directory {out_dir} exists; pass overwrite=True (--overwrite) to replace it")
     check_replaceable(out_dir, RECORD, "a compressed checkpoint")
+    check_writable(out_dir)
 
 
 LAYER_SPEC = {

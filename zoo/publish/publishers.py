@@ -20,10 +20,12 @@ from typing import Protocol
 
 from zoo.errors import ZooError
 from zoo.files import recover, recover_all, staged_dir
+from zoo.format.verify import verify_files
 from zoo.publish.card import card_repo_id, read_scored, write_card
 from zoo.publish.scorecard import SCORECARD, Scorecard
 from zoo.sources.assets import cache_dir
 from zoo.sources.catalogue import publish_settings
+from zoo.sources.hub import hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,11 @@ class Publisher(Protocol):
 
 
 def check_folder(folder: Path) -> Scorecard:
-    """A folder is publishable when it is a scored compressed checkpoint."""
-    return read_scored(folder)[1]
+    """A folder is publishable when it is a scored compressed checkpoint whose files hold what its
+    record says (and no links to files elsewhere)."""
+    record, scorecard = read_scored(folder)
+    verify_files(folder, record)
+    return scorecard
 
 
 def _copy_with_card(folder: Path, into: Path, repo_id: str, link: bool = False) -> None:
@@ -180,7 +185,11 @@ class HubPublisher:
             )
 
     def _retry(self, call, what: str, *args, **kwargs):
-        """Call, retrying 5xx, 429 and connection errors with exponential backoff; others fail at once."""
+        """Call, retrying 5xx and 429 answers with exponential backoff; others fail at once. A Hub that
+        cannot be reached at all is a ZooError at once: huggingface_hub already retried the
+        connection, and stacking our retries on its own only makes a user wait."""
+        if not hub_reachable():
+            raise ZooError(f"the Hugging Face Hub is unreachable (no network, or HF_HUB_OFFLINE): cannot {what}")
         from huggingface_hub.errors import HfHubHTTPError
         from tenacity import (
             Retrying,
@@ -192,23 +201,28 @@ class HubPublisher:
         def transient(exc: BaseException) -> bool:
             if isinstance(exc, HfHubHTTPError) and exc.response is not None:
                 return exc.response.status_code >= 500 or exc.response.status_code == 429
-            # huggingface_hub's HTTP client (httpx, or httpx2 in 2.x) raises a TransportError on
-            # connection failures; matched by name so either client works.
-            return isinstance(exc, (ConnectionError, TimeoutError)) or any(
-                c.__name__ == "TransportError" for c in type(exc).__mro__
-            )
+            return False
 
-        for attempt in Retrying(
-            stop=stop_after_attempt(self.retries),
-            reraise=True,
-            wait=wait_exponential(multiplier=self.backoff, max=60),
-            retry=retry_if_exception(transient),
-            before_sleep=lambda state: log.warning(
-                "%s failed (%s), retrying", what, type(state.outcome.exception()).__name__
-            ),
-        ):
-            with attempt:
-                return call(*args, **kwargs)
+        try:
+            for attempt in Retrying(
+                stop=stop_after_attempt(self.retries),
+                reraise=True,
+                wait=wait_exponential(multiplier=self.backoff, max=60),
+                retry=retry_if_exception(transient),
+                before_sleep=lambda state: log.warning(
+                    "%s failed (%s), retrying", what, type(state.outcome.exception()).__name__
+                ),
+            ):
+                with attempt:
+                    return call(*args, **kwargs)
+        except (ConnectionError, TimeoutError) as exc:
+            raise ZooError(f"the Hugging Face Hub is unreachable ({type(exc).__name__}): cannot {what}") from exc
+        except Exception as exc:
+            # huggingface_hub's HTTP client (httpx, or httpx2 in 2.x) raises a TransportError when it
+            # cannot connect; matched by name so either client works.
+            if any(c.__name__ == "TransportError" for c in type(exc).__mro__):
+                raise ZooError(f"the Hugging Face Hub is unreachable ({type(exc).__name__}): cannot {what}") from exc
+            raise
 
     def publish(self, folder: Path, variant: str) -> PublishedVariant:
         scorecard = check_folder(folder)

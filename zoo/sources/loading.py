@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from zoo.digest import folder_digest
@@ -47,8 +48,14 @@ def load_model(
     """
 
     def from_folder(source: str, label: str, revision: str | None = None) -> LoadedModel:
-        model = model_class.from_pretrained(source, revision=revision, dtype=torch.float32).eval()
-        processor = processor_class.from_pretrained(source, revision=revision)
+        try:
+            model = model_class.from_pretrained(source, revision=revision, dtype=torch.float32).eval()
+            processor = processor_class.from_pretrained(source, revision=revision)
+        except (OSError, ValueError, SafetensorError) as exc:  # missing or corrupt files, JSON errors
+            if not Path(source).is_dir():
+                raise
+            lines = str(exc).strip().splitlines()
+            raise ZooError(f"cannot load a model from {source}: {lines[0] if lines else type(exc).__name__}") from exc
         check(model)
         if Path(source).is_dir():  # local or packaged: what the files hold is the revision
             revision = folder_digest(Path(source))

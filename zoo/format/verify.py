@@ -1,0 +1,50 @@
+"""A checkpoint's files checked against its record before it is published: weights present,
+the safetensors header readable, every compressed layer's tensors there with the shapes and
+bytes the record states. Reads headers only (no torch), so publishing stays cheap."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+from zoo.errors import ZooError
+from zoo.format.record import VariantRecord
+
+WEIGHTS = "model.safetensors"
+BYTES = {"F16": 2, "BF16": 2, "F32": 4, "U8": 1, "F64": 8, "I64": 8}
+
+
+def verify_files(folder: Path, record: VariantRecord) -> None:
+    """Refuse a folder whose files do not hold what its record says, naming the file and layer."""
+    links = [p for p in folder.rglob("*") if p.is_symlink()]
+    if links:
+        raise ZooError(f"{links[0]} is a symbolic link: a published variant holds its own files only")
+    weights = folder / WEIGHTS
+    for required in (weights, folder / "config.json"):
+        if not required.is_file():
+            raise ZooError(f"{required} is missing: {folder} is not a complete checkpoint")
+    try:
+        with safe_open(weights, framework="numpy") as f:
+            header = {key: (f.get_slice(key).get_shape(), f.get_slice(key).get_dtype()) for key in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ZooError(f"{weights} is corrupt or truncated: {exc}") from exc
+    for layer in record.layers:
+        if layer.method == "dense":
+            continue
+        out_features, in_features = layer.shape
+        width = layer.s if layer.method == "compot" else layer.k
+        expected = {"dictionary": [layer.k, in_features], "code_values": [out_features, width]}
+        if layer.method == "compot":
+            expected["code_mask"] = [math.ceil(out_features * layer.k / 8)]
+        bits = 0
+        for part, shape in expected.items():
+            key = f"{layer.name}.{part}"
+            if key not in header:
+                raise ZooError(f"{weights} has no {key}, which the record lists for layer {layer.name}")
+            if list(header[key][0]) != shape:
+                raise ZooError(f"{weights}: {key} has shape {header[key][0]}, the record says {shape}")
+            bits += 8 * BYTES.get(header[key][1], 0) * math.prod(shape)
+        if bits != layer.stored_bits:
+            raise ZooError(f"{weights}: layer {layer.name} stores {bits} bits, the record says {layer.stored_bits}")
