@@ -134,7 +134,10 @@ def _column(ds, source: str, split: str, field: str | None = None) -> list[str]:
         raise ZooError(
             f"{source} ({split}) has no {' or '.join(map(repr, wanted))} column; columns: {', '.join(names)}"
         )
-    texts = ds[found]
+    try:
+        texts = list(ds[found])
+    except UnicodeDecodeError as exc:  # datasets decodes lazily
+        raise ZooError(f"{source} is not UTF-8 text: {exc}") from exc
     bad = next((i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)), None)
     if bad is not None:
         raise ZooError(f"{source} ({split}): row {bad} of column {found!r} is {type(texts[bad]).__name__}, not text")
@@ -149,6 +152,8 @@ def _local_texts(path: Path, split: str) -> list[str]:
 
     if path.is_file() and path.suffix not in _BUILDERS:
         raise ZooError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(_BUILDERS)}")
+    if path.is_file() and not path.read_bytes().strip():  # datasets' JSON reader fails on it obscurely
+        raise ZooError(f"{path} is empty: no text to read")
     try:
         if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json")):
             ds = datasets.load_from_disk(str(path))

@@ -1,0 +1,452 @@
+"""The catalogue of bad inputs a user can hand us: each ends in one line that names the file,
+layer or value at fault, with the right exit code, no traceback, and nothing left behind that
+looks complete. One row per class of bad input; add a row with every new one found."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+from click.testing import CliRunner
+
+from tests.conftest import TINY_EVAL, TINY_RUN
+from zoo.cli import main
+from zoo.errors import ZooError
+
+
+@dataclass
+class Case:
+    """`cli` arguments to run (exit `code` expected), or a Python `call` that must raise ZooError."""
+
+    pattern: str  # searched in the one-line message
+    cli: list | None = None
+    code: int = 1
+    call: Callable[[], object] | None = None
+    absent: list[Path] = field(default_factory=list)  # outputs that must not exist afterwards
+
+
+@dataclass
+class Inputs:
+    tmp: Path
+    model_dir: Path  # a tiny Llama folder
+    text_file: Path  # calibration text for it
+    checkpoint: Path  # a scored compressed checkpoint of it (copy before changing it)
+
+    def copy(self) -> Path:
+        return Path(shutil.copytree(self.checkpoint, self.tmp / "ckpt"))
+
+
+CASES: dict[str, Callable[[Inputs], Case]] = {}
+
+
+def case(fn: Callable[[Inputs], Case]) -> Callable[[Inputs], Case]:
+    CASES[fn.__name__] = fn
+    return fn
+
+
+# --- zoo compress: arguments and outputs ------------------------------------------------------
+
+
+@case
+def cr_out_of_range(i: Inputs) -> Case:
+    return Case(r"1\.5 must lie in \(0, 1\)\. Compression ratio", ["compress", i.model_dir, "--cr", 1.5], code=2)
+
+
+@case
+def zero_samples(i: Inputs) -> Case:
+    return Case("--n-samples.*0 is not in the range x>=1", ["compress", i.model_dir, "--n-samples", 0], code=2)
+
+
+@case
+def unknown_alias(i: Inputs) -> Case:
+    return Case("unknown model 'smollm-135m'.*Did you mean: smollm2-135m", ["compress", "smollm-135m"])
+
+
+@case
+def out_under_a_file(i: Inputs) -> Case:
+    (i.tmp / "file").write_text("x")
+    out = i.tmp / "file" / "ckpt"
+    return Case(r"cannot write .*file/ckpt: .*file is a file", _tiny_compress(i, out), absent=[out])
+
+
+@case
+def overwrite_a_folder_that_is_not_ours(i: Inputs) -> Case:
+    out = i.tmp / "notes"
+    out.mkdir()
+    (out / "mine.txt").write_text("x")
+    return Case(r"refusing to replace .*notes: .*not a compressed checkpoint", [*_tiny_compress(i, out), "--overwrite"])
+
+
+@case
+def corrupt_config_json(i: Inputs) -> Case:
+    (i.model_dir / "config.json").write_text("{not json")
+    return Case(r"tiny-llama/config\.json is not a valid JSON config", _tiny_compress(i, i.tmp / "out"))
+
+
+@case
+def model_folder_without_weights(i: Inputs) -> Case:
+    (i.model_dir / "model.safetensors").unlink()
+    return Case(r"cannot load a model from .*tiny-llama", _tiny_compress(i, i.tmp / "out"), absent=[i.tmp / "out"])
+
+
+@case
+def truncated_model_weights(i: Inputs) -> Case:
+    weights = i.model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    return Case(r"cannot load a model from .*tiny-llama", _tiny_compress(i, i.tmp / "out"), absent=[i.tmp / "out"])
+
+
+@case
+def invalid_jsonl(i: Inputs) -> Case:
+    i.text_file.write_text('{"text": "fine"}\n{not json\n')
+    return Case(r"cannot read text from .*calib\.jsonl", _tiny_compress(i, i.tmp / "out"))
+
+
+@case
+def empty_jsonl(i: Inputs) -> Case:
+    i.text_file.write_text("")
+    return Case(r"calib\.jsonl", _tiny_compress(i, i.tmp / "out"))
+
+
+@case
+def non_utf8_jsonl(i: Inputs) -> Case:
+    i.text_file.write_bytes(b'{"text": "caf\xe9 au lait"}\n')
+    return Case(r"calib\.jsonl is not UTF-8 text", _tiny_compress(i, i.tmp / "out"))
+
+
+@case
+def non_string_text(i: Inputs) -> Case:
+    i.text_file.write_text('{"text": 5}\n{"text": 6}\n')
+    return Case(r"calib\.jsonl \(train\): row 0 of column 'text' is int, not text", _tiny_compress(i, i.tmp / "out"))
+
+
+# --- the compressed checkpoint, loaded by zoo.load and by transformers -----------------------
+
+
+def _edit_layers(ckpt: Path, edit: Callable[[dict], None]) -> None:
+    config = json.loads((ckpt / "config.json").read_text())
+    edit(next(iter(config["quantization_config"]["layers"].values())))
+    (ckpt / "config.json").write_text(json.dumps(config))
+
+
+def _edit_tensors(ckpt: Path, edit: Callable[[dict], None]) -> None:
+    tensors = safetensors.torch.load_file(ckpt / "model.safetensors")
+    edit(tensors)
+    safetensors.torch.save_file(tensors, ckpt / "model.safetensors", metadata={"format": "pt"})
+
+
+def _zoo_load(path: Path) -> Callable[[], object]:
+    import zoo
+
+    return lambda: zoo.load(path)
+
+
+def _from_pretrained(path: Path) -> Callable[[], object]:
+    from transformers import AutoModelForCausalLM
+
+    import zoo  # noqa: F401  (registers the quantizer)
+
+    return lambda: AutoModelForCausalLM.from_pretrained(path)
+
+
+@case
+def truncated_checkpoint(i: Inputs) -> Case:
+    ckpt = i.copy()
+    (ckpt / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:-100])
+    return Case(r"ckpt/model\.safetensors is corrupt or truncated", call=_zoo_load(ckpt))
+
+
+@case
+def checkpoint_without_config(i: Inputs) -> Case:
+    ckpt = i.copy()
+    (ckpt / "config.json").unlink()
+    return Case(r"ckpt/config\.json is missing", call=_zoo_load(ckpt))
+
+
+@case
+def layer_entry_without_k(i: Inputs) -> Case:
+    ckpt = i.copy()
+    _edit_layers(ckpt, lambda layer: layer.pop("k"))
+    return Case(r"compressed layer model\.layers\.0\.\S+: .*lacks or mistypes k \(int\)", call=_zoo_load(ckpt))
+
+
+@case
+def layer_entry_of_the_wrong_type(i: Inputs) -> Case:
+    ckpt = i.copy()
+    _edit_layers(ckpt, lambda layer: layer.update(k="7"))
+    return Case(r"compressed layer model\.layers\.0\.\S+: .*mistypes k \(int\)", call=_from_pretrained(ckpt))
+
+
+@case
+def a_k_that_would_allocate_terabytes(i: Inputs) -> Case:
+    ckpt = i.copy()
+    _edit_layers(ckpt, lambda layer: layer.update(k=10**12))
+    return Case(
+        r"compressed layer model\.layers\.0\.\S+: .*k <= in_features = \d+, got k=1000000000000", call=_zoo_load(ckpt)
+    )
+
+
+@case
+def code_mask_of_the_wrong_shape(i: Inputs) -> Case:
+    ckpt = i.copy()
+
+    def cut(tensors):
+        key = next(k for k in tensors if k.endswith("code_mask"))
+        tensors[key] = tensors[key][:-1].clone()
+
+    _edit_tensors(ckpt, cut)
+    return Case(
+        r"model\.safetensors: model\.layers\.\S+\.code_mask has shape \(\d+,\), the layer expects", call=_zoo_load(ckpt)
+    )
+
+
+def _nan_dictionary(tensors):
+    key = next(k for k in tensors if k.endswith("dictionary"))
+    tensors[key][0, 0] = float("nan")
+
+
+@case
+def nan_factors_zoo_load(i: Inputs) -> Case:
+    ckpt = i.copy()
+    _edit_tensors(ckpt, _nan_dictionary)
+    return Case(r"model\.layers\.\S+\.dictionary holds NaN/Inf values", call=_zoo_load(ckpt))
+
+
+@case
+def nan_factors_from_pretrained(i: Inputs) -> Case:
+    ckpt = i.copy()
+    _edit_tensors(ckpt, _nan_dictionary)
+    return Case(r"model\.layers\.\S+\.dictionary holds NaN/Inf values", call=_from_pretrained(ckpt))
+
+
+@case
+def compressed_tensor_missing_from_pretrained(i: Inputs) -> Case:
+    ckpt = i.copy()
+    _edit_tensors(ckpt, lambda t: t.pop(next(k for k in t if k.endswith("code_values"))))
+    return Case(r"the weights hold no model\.layers\.\S+\.code_values", call=_from_pretrained(ckpt))
+
+
+# --- speech and image sets --------------------------------------------------------------------
+
+
+def _wav(rate: int = 16000) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(np.zeros(1600, "<i2").tobytes())
+    data = bytearray(buffer.getvalue())
+    data[24:28] = rate.to_bytes(4, "little")  # the header's sample rate, as a broken recorder writes it
+    return bytes(data)
+
+
+def _load_speech(folder: Path) -> Callable[[], object]:
+    from zoo.calibration.speech import load_speech
+
+    return lambda: load_speech(str(folder), 1)
+
+
+@case
+def audio_with_a_sample_rate_of_zero(i: Inputs) -> Case:
+    folder = i.tmp / "speech"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes(_wav(rate=0))
+    (folder / "a.txt").write_text("hello")
+    return Case(r"audio .*a\.wav declares a sample rate of 0 Hz", call=_load_speech(folder))
+
+
+@case
+def non_utf8_transcript(i: Inputs) -> Case:
+    folder = i.tmp / "speech"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes(_wav())
+    (folder / "a.txt").write_bytes(b"caf\xe9")
+    return Case(r"transcript .*a\.txt is not UTF-8", call=_load_speech(folder))
+
+
+def _questions(i: Inputs, lines: list[dict], good: int = 1) -> Callable[[], object]:
+    from PIL import Image
+
+    from zoo.calibration.vision import load_visual_questions
+
+    folder = i.tmp / "images"
+    folder.mkdir(exist_ok=True)
+    for k in range(good):
+        Image.new("RGB", (32, 32), (k * 40, 0, 0)).save(folder / f"good{k}.png")
+    lines = [{"image": f"good{k}.png", "question": "What colour?"} for k in range(good)] + lines
+    (folder / "questions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return lambda: load_visual_questions(str(folder), 1)
+
+
+@case
+def missing_image_with_one_sample(i: Inputs) -> Case:
+    return Case(
+        r"cannot open image .*images/absent\.png",
+        call=_questions(i, [{"image": "absent.png", "question": "What is it?"}], good=3),
+    )
+
+
+@case
+def unopenable_image_with_one_sample(i: Inputs) -> Case:
+    call = _questions(i, [{"image": "broken.png", "question": "What is it?"}], good=3)
+    (i.tmp / "images" / "broken.png").write_bytes(b"\x89PNG not really")
+    return Case(r"cannot open image .*images/broken\.png", call=call)
+
+
+@case
+def image_outside_its_folder(i: Inputs) -> Case:
+    (i.tmp / "outside.png").write_bytes(b"")
+    return Case(
+        r"questions\.jsonl line 2: image '\.\./outside\.png' lies outside",
+        call=_questions(i, [{"image": "../outside.png", "question": "What is it?"}]),
+    )
+
+
+@case
+def decompression_bomb_image(i: Inputs) -> Case:
+    from PIL import Image
+
+    call = _questions(i, [])
+    Image.new("RGB", (4000, 4000)).save(i.tmp / "images" / "good0.png")
+    limit = Image.MAX_IMAGE_PIXELS
+
+    def run():
+        Image.MAX_IMAGE_PIXELS = 1000  # 16 M pixels is then far past twice the limit: a bomb
+        try:
+            return call()
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+    return Case(r"cannot open image .*good0\.png: .*decompression bomb", call=run)
+
+
+@case
+def non_utf8_questions(i: Inputs) -> Case:
+    call = _questions(i, [])
+    (i.tmp / "images" / "questions.jsonl").write_bytes(b'{"image": "good0.png", "question": "caf\xe9?"}\n')
+    return Case(r"questions\.jsonl is not UTF-8", call=call)
+
+
+# --- the nightly plan -------------------------------------------------------------------------
+
+
+def _plan(i: Inputs, text: str) -> list:
+    path = i.tmp / "plan.toml"
+    path.write_text(text)
+    return ["nightly", "--plan", path, "--target", i.tmp / "registry", "--report-dir", i.tmp / "report"]
+
+
+_ENTRY = '[[models]]\nmodel = "smollm2-135m"\n'
+
+
+@case
+def plan_with_a_misspelt_publish_table(i: Inputs) -> Case:
+    return Case(r"plan\.toml: unknown keys publsh", _plan(i, f'[publsh]\norganization = "x"\n{_ENTRY}crs = [0.2]\n'))
+
+
+@case
+def plan_with_a_misspelt_publish_key(i: Inputs) -> Case:
+    return Case(
+        r"plan\.toml: \[publish\]: unknown keys organisation",
+        _plan(i, f'[publish]\norganisation = "x"\n{_ENTRY}crs = [0.2]\n'),
+    )
+
+
+@case
+def plan_crs_not_numbers(i: Inputs) -> Case:
+    return Case(
+        r"\[\[models\]\] #1: crs = \['abc'\] should be a list of int/float", _plan(i, f'{_ENTRY}crs = ["abc"]\n')
+    )
+
+
+@case
+def plan_crs_not_a_list(i: Inputs) -> Case:
+    return Case(r"\[\[models\]\] #1: crs = 0\.2 should be a list of int/float", _plan(i, f"{_ENTRY}crs = 0.2\n"))
+
+
+@case
+def plan_models_not_tables(i: Inputs) -> Case:
+    return Case(r"plan\.toml: models must be a list of \[\[models\]\] tables, got 5", _plan(i, "models = 5\n"))
+
+
+# --- publishing -------------------------------------------------------------------------------
+
+
+@case
+def publish_without_weights(i: Inputs) -> Case:
+    ckpt = i.copy()
+    (ckpt / "model.safetensors").unlink()
+    registry = i.tmp / "registry"
+    return Case(r"ckpt/model\.safetensors is missing", ["publish", ckpt, registry], absent=[registry / "compot-zoo"])
+
+
+@case
+def publish_a_symlink(i: Inputs) -> Case:
+    ckpt = i.copy()
+    (i.tmp / "secret.txt").write_text("not for publishing")
+    os.symlink(i.tmp / "secret.txt", ckpt / "notes.txt")
+    registry = i.tmp / "registry"
+    return Case(r"ckpt/notes\.txt is a symbolic link", ["publish", ckpt, registry], absent=[registry / "compot-zoo"])
+
+
+@case
+def push_to_an_unreachable_hub(i: Inputs) -> Case:
+    os.environ["HF_TOKEN"] = "hf_test_token_not_real"
+    return Case(
+        r"the Hugging Face Hub is unreachable .*cannot check the token",
+        [*_tiny_compress(i, i.tmp / "out"), "--push", "hub"],
+        absent=[i.tmp / "out"],
+    )
+
+
+def _tiny_compress(i: Inputs, out: Path) -> list:
+    return ["compress", i.model_dir, *TINY_RUN, "--calibration", i.text_file, "--iters", 2, "--out", out]
+
+
+@pytest.fixture(scope="module")
+def scored_checkpoint(tmp_path_factory) -> Path:
+    from tests.conftest import TEXT
+    from tests.tiny_models import tiny_llama, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("scored")
+    tiny_llama().save_pretrained(root / "tiny-llama")
+    tiny_tokenizer().save_pretrained(root / "tiny-llama")
+    (root / "calib.jsonl").write_text("\n".join(json.dumps({"text": TEXT * 4}) for _ in range(20)))
+    out = root / "tiny-compot"
+    args = ["compress", root / "tiny-llama", *TINY_RUN, "--calibration", root / "calib.jsonl", "--out", out, *TINY_EVAL]
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_gets_one_line_that_names_it(name, tmp_path, model_dir, text_file, scored_checkpoint, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", os.environ.get("HF_TOKEN", ""))  # a case may set it; restore afterwards
+    c = CASES[name](Inputs(tmp_path, model_dir, text_file, scored_checkpoint))
+    if c.cli is not None:
+        result = CliRunner().invoke(main, [str(a) for a in c.cli])
+        assert result.exception is None or isinstance(result.exception, SystemExit), (
+            f"{name} raised {result.exception!r}:\n{result.output}"
+        )
+        assert "Traceback" not in result.output
+        assert result.exit_code == c.code, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1, result.output
+        message = errors[0]
+    else:
+        with pytest.raises(ZooError) as info:
+            c.call()
+        message = str(info.value)
+        assert "\n" not in message, message
+    assert re.search(c.pattern, message), message
+    for path in c.absent:
+        assert not path.exists(), f"{name} left {path} behind"
