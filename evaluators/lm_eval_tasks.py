@@ -180,18 +180,22 @@ def _load_tasks(tasks: list[str], include_path: str | None):
 
 
 def _metrics(task_results: dict) -> dict[str, float]:
-    """lm-eval's {"acc,none": x, "acc_stderr,none": e, "alias": ...} as {"acc": x}.
+    """lm-eval's {"acc,none": x, "acc_stderr,none": e, "alias": ...} as {"acc": x, "acc_stderr": e}.
 
-    Stderr entries are dropped (scorecards compare point values); a filter other than
-    "none" stays in the name as "metric/filter".
+    A filter other than "none" stays in the name as "metric/filter"; a standard error lm-eval
+    could not compute ("N/A") is left out.
     """
     out = {}
     for key, value in task_results.items():
         metric, _, filt = key.partition(",")
-        if not filt or "_stderr" in metric or not isinstance(value, (int, float)):
+        if not filt or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        out[metric if filt == "none" else f"{metric}/{filt}"] = float(value)
+        base, stderr = (metric[: -len("_stderr")], "_stderr") if metric.endswith("_stderr") else (metric, "")
+        out[(base if filt == "none" else f"{base}/{filt}") + stderr] = float(value)  # "acc/flex_stderr"
     return out
+
+
+BOOTSTRAP_ITERS = 1000
 
 
 def run_lm_eval(
@@ -217,7 +221,9 @@ def run_lm_eval(
         task_manager=manager,
         limit=limit,
         num_fewshot=num_fewshot,
-        bootstrap_iters=0,
+        # Standard errors: closed form for means (acc), this many bootstrap resamples for the rest
+        # (perplexity); lm-eval's default of 100000 costs minutes on full tasks.
+        bootstrap_iters=BOOTSTRAP_ITERS,
         log_samples=False,
     )
     return {task: _metrics(values) for task, values in results["results"].items()}

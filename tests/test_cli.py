@@ -48,7 +48,12 @@ def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
     metric = by_task["perplexity/wiki-offline", "perplexity"]
     assert metric["base"] > 1 and metric["compressed"] > 1
     # Offline, the paper's zero-shot tasks give way to the local ones, scored by lm-eval.
-    assert 0 <= by_task["zoo_cloze_mc_local", "acc"]["base"] <= 1
+    acc = by_task["zoo_cloze_mc_local", "acc"]
+    assert 0 <= acc["base"] <= 1
+    # lm-eval's standard error travels with its score; the item limit is on the scorecard.
+    assert 0 < acc["base_stderr"] < 0.5 and 0 < acc["compressed_stderr"] < 0.5 and metric["base_stderr"] is None
+    assert card["eval_limit"] == 5 and card["schema_version"] == 3
+    assert "At most 5 items per task or set" in result.output and " ± " in result.output
     assert metric["recovery"] == pytest.approx(100 * metric["base"] / metric["compressed"])
     assert "| perplexity" in result.output
 

@@ -142,10 +142,12 @@ def test_run_lm_eval_on_tiny_model(tmp_path, model, tokenizer):
         model, tokenizer, [LAMBADA_TASK, CLOZE_MC_TASK], include_path=str(path), limit=6, batch_size=4
     )
     assert set(results) == {LAMBADA_TASK, CLOZE_MC_TASK}
-    assert set(results[LAMBADA_TASK]) == {"acc", "perplexity"}
-    assert set(results[CLOZE_MC_TASK]) == {"acc", "acc_norm"}
+    assert set(results[LAMBADA_TASK]) == {"acc", "perplexity", "acc_stderr", "perplexity_stderr"}
+    assert set(results[CLOZE_MC_TASK]) == {"acc", "acc_norm", "acc_stderr", "acc_norm_stderr"}
     for metrics in results.values():
         assert 0.0 <= metrics["acc"] <= 1.0
+        p = metrics["acc"]  # lm-eval's closed form for a mean over 6 items: the sample standard deviation / sqrt(6)
+        assert metrics["acc_stderr"] == pytest.approx((p * (1 - p) * 6 / 5) ** 0.5 / 6**0.5)
     # a random model over a ~400-token vocabulary is far from certain of the last word
     assert results[LAMBADA_TASK]["perplexity"] > 10
 

@@ -20,7 +20,7 @@ from zoo.errors import ZooError
 from zoo.format.record import read_record
 from zoo.publish.card import ALLOCATION_PLOT, CARD, card_data, inherited_license
 from zoo.publish.publishers import HubPublisher, LocalRegistry, publisher_for
-from zoo.publish.scorecard import SCORECARD, Scorecard
+from zoo.publish.scorecard import SCORECARD, MetricResult, Scorecard
 from zoo.sources.catalogue import resolve
 from zoo.sources.hub import hub_reachable
 
@@ -71,11 +71,13 @@ def test_card_carries_hub_metadata_the_scorecard_and_the_allocation_plot(scored)
     assert data.library_name == "transformers" and data.pipeline_tag == "text-generation"
     assert data.license == "other"  # the tiny base has no card, and no catalogue entry names one
     assert {"compot", "compressed", "cr-0.3"} <= set(data.tags)
-    results = {(r.dataset_type, r.metric_type): r.metric_value for r in data.eval_results}
+    results = {(r.dataset_name, r.metric_type): r.metric_value for r in data.eval_results}
     assert results == {(m.task, m.name): pytest.approx(m.compressed) for m in scorecard.metrics}
     assert scorecard.to_markdown_table() in card.text
     assert f"```bash\n{scorecard.command}\n```" in card.text
     assert scorecard.command.startswith("zoo compress ") and "--cr 0.3" in scorecard.command
+    for name in (CARD, SCORECARD, "compot_record.json"):  # made from absolute paths, published without them
+        assert str(scored.parent) not in (scored / name).read_text(), name
     assert f"![Per-matrix compression ratio]({ALLOCATION_PLOT})" in card.text
     # One summary row per projection type of the Llama block, and a real PNG of the heatmap.
     assert sum(line.startswith("| model.layers | ") for line in card.text.splitlines()) == 7
@@ -92,6 +94,11 @@ def test_card_names_a_hub_base_model_and_its_relation(scored):
     assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and data.base_model_relation == "quantized"
     assert data.license == "apache-2.0"
     assert card_data(record, scorecard, "compot-zoo/x").base_model is None  # a local base is no Hub id
+    wikitext = dataclasses.replace(
+        scorecard, metrics=[MetricResult("perplexity", "perplexity/wikitext2", 10, 12, False)]
+    )
+    (result,) = card_data(record, wikitext, "compot-zoo/x").eval_results
+    assert (result.dataset_type, result.dataset_name) == ("Salesforce/wikitext", "perplexity/wikitext2")
 
 
 def test_license_is_inherited_from_the_catalogue_or_the_base_card(tmp_path, model_dir):
@@ -244,3 +251,14 @@ def test_publisher_for_reads_targets_and_configuration(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     with pytest.raises(ZooError, match="is not a directory"):
         publisher_for(str(tmp_path / "file"))
+
+
+def test_a_hub_id_takes_the_modality_its_config_names(fake_hub):
+    """`zoo compress openai/whisper-small` is a Whisper, read from the repository's config.json."""
+    fake_hub.repos["openai/whisper-small"] = {"config.json": json.dumps({"model_type": "whisper"}).encode()}
+    fake_hub.repos["Qwen/Qwen2-VL-2B"] = {"config.json": json.dumps({"model_type": "qwen2_vl"}).encode()}
+    assert resolve("openai/whisper-small", online=True).modality == "whisper"
+    assert resolve("Qwen/Qwen2-VL-2B", online=True).modality == "vlm"
+    assert resolve("someone/absent", online=True).modality == "llm"  # unreadable: loading will say why
+    assert resolve("openai/whisper-small", "llm", online=True).modality == "llm"  # --modality decides
+    assert resolve("openai/whisper-small", online=False).modality == "llm"  # offline nothing is read

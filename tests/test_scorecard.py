@@ -107,3 +107,19 @@ def test_written_scorecards_follow_the_documented_json_schema():
     ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(broken, schema)
+
+
+def test_standard_errors_pair_with_their_metric_and_version_2_still_reads():
+    base = {"hellaswag": {"acc": 0.5, "acc_stderr": 0.02}}
+    compressed = {"hellaswag": {"acc": 0.45, "acc_stderr": 0.021}}
+    (metric,) = metrics_from_results(base, compressed)  # the stderr is no metric of its own
+    assert (metric.base_stderr, metric.compressed_stderr) == (0.02, 0.021)
+    card = _card(metrics=[metric], eval_limit=200)
+    assert "| hellaswag | acc ↑ | 0.5 ± 0.02 | 0.45 ± 0.021 | 90.0% |" in card.to_markdown_table()
+    assert "At most 200 items per task or set" in card.to_markdown_table()
+    old = json.loads(_card().to_json())
+    old["schema_version"] = 2
+    del old["eval_limit"]
+    for m in old["metrics"]:
+        del m["base_stderr"], m["compressed_stderr"]
+    assert Scorecard.from_dict(old).metrics == _card().metrics  # what the zoo published before reads on

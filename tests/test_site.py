@@ -12,7 +12,7 @@ from zoo.errors import ZooError
 from zoo.publish import site
 from zoo.publish.publishers import PublishedVariant
 from zoo.publish.scorecard import MetricResult, Scorecard
-from zoo.publish.site import group_by_model, render_site, slugify
+from zoo.publish.site import group_by_model, mean_recovery, render_site, slugify
 
 SMOL = "HuggingFaceTB/SmolLM2-135M"
 WHISPER = "openai/whisper-tiny.en"
@@ -305,3 +305,11 @@ def test_site_in_a_browser(tmp_path, open_page):
     data = shot.read_bytes()
     width, height = struct.unpack(">II", data[16:24])
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and width >= 1000 and height >= 600 and len(data) > 20_000
+
+
+def test_mean_recovery_never_averages_perplexity_ratios_with_accuracies():
+    # Perplexity kept at 50% (20 -> 40) and accuracy at 100%: the mean is the accuracy's alone.
+    both = _variant(SMOL, "both", "compot", 0.2, ppl=40.0, acc=0.6)
+    assert mean_recovery(both) == pytest.approx(100.0)
+    # Error metrics only (a Whisper's WER, an LLM scored on perplexity alone): their own mean.
+    assert mean_recovery(_variant(SMOL, "ppl-only", "compot", 0.2, ppl=40.0, acc=None)) == pytest.approx(50.0)

@@ -125,6 +125,13 @@ def calibration_settings(
     return source, n_samples, seq_len
 
 
+def shown(name: str) -> str:
+    """A model or data source as a published record names it: an absolute local path by its last
+    part only, so records, scorecards and cards never reveal a machine's folders."""
+    path = Path(name).expanduser()
+    return path.name if path.is_absolute() else name
+
+
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -140,7 +147,7 @@ def hardware() -> str:
 def command_line(prepared: Prepared, req: CompressRequest) -> str:
     """The `zoo compress` command that rebuilds this variant, every setting that shapes it spelled out."""
     spec = prepared.spec
-    args = ["zoo", "compress", spec.name, "--cr", f"{req.config.cr:g}"]
+    args = ["zoo", "compress", shown(spec.name), "--cr", f"{req.config.cr:g}"]
     if spec.local is None and spec.hub == spec.name and spec.modality != DEFAULT:
         args += ["--modality", spec.modality]
     for name, value in req.config.changed().items():
@@ -163,7 +170,7 @@ def command_line(prepared: Prepared, req: CompressRequest) -> str:
     )
     args += [
         "--calibration",
-        source,
+        shown(source),
         "--n-samples",
         str(n_samples),
         "--seq-len",
@@ -205,7 +212,7 @@ def prepare(req: CompressRequest, online: bool | None = None) -> Prepared:
     """Everything before compression: resolve, load, calibrate; each error here costs no compression work.
     `online` (default: whether the Hub answers now) is decided once for the whole run."""
     online = hub_reachable() if online is None else online
-    spec = resolve(req.model, req.modality)
+    spec = resolve(req.model, req.modality, online)
     spec = dataclasses.replace(spec, defaults={**spec.defaults, **req.eval_settings})
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec, online)
@@ -257,7 +264,8 @@ def compress_variant(
     )
     result = CompressResult(out, record)
     if base_metrics is not None:
-        result.scorecard = Scorecard.from_record(record, metrics_from_results(base_metrics, evaluate(prepared)))
+        metrics = metrics_from_results(base_metrics, evaluate(prepared))
+        result.scorecard = Scorecard.from_record(record, metrics, prepared.spec.defaults.get("eval_limit"))
         result.scorecard.save(out / SCORECARD)
         write_card(out, record, result.scorecard, repo_id or out.name)
     return result
@@ -271,15 +279,15 @@ def build_record(
         variant=variant,
         modality=spec.modality,
         auto_class=prepared.adapter.auto_class,
-        alias=spec.name,
-        base_model=loaded.base_model,
+        alias=shown(spec.name),
+        base_model=shown(loaded.base_model),
         base_revision=loaded.revision,
         hub_id=spec.hub,
         license=inherited_license(spec, prepared.online),
         base_notes=tuple(loaded.notes),
         config=req.config,
         calibration=CalibrationInfo(
-            calibration.name, calibration.fingerprint, calibration.tokens, len(calibration.batches), req.seed
+            shown(calibration.name), calibration.fingerprint, calibration.tokens, len(calibration.batches), req.seed
         ),
         layers=tuple(layers),
         fingerprint=fingerprint(prepared, req),

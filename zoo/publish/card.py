@@ -89,12 +89,39 @@ def inherited_license(spec: ModelSpec, online: bool) -> str:
     return "other"
 
 
+# Evaluation task or set -> the Hub dataset it scores on, for the model-index; one without a
+# Hub dataset (the offline stand-ins) is named by its task.
+DATASET_IDS = {
+    "perplexity/wikitext2": "Salesforce/wikitext",
+    "perplexity/c4": "allenai/c4",
+    "piqa": "ybisk/piqa",
+    "hellaswag": "Rowan/hellaswag",
+    "lambada_openai": "EleutherAI/lambada_openai",
+    "arc_easy": "allenai/ai2_arc",
+    "arc_challenge": "allenai/ai2_arc",
+    "sciq": "allenai/sciq",
+    "race": "EleutherAI/race",
+    "mmlu": "cais/mmlu",
+    "winogrande": "allenai/winogrande",
+    "wer/librispeech-test-clean": "openslr/librispeech_asr",
+    "wer/librispeech-test-other": "openslr/librispeech_asr",
+    "MMMU_DEV_VAL": "MMMU/MMMU",
+    "OCRBench": "echo840/OCRBench",
+    "RealWorldQA": "xai-org/RealworldQA",
+    "MMStar": "Lin-Chen/MMStar",
+}
+
+
 def card_data(record: VariantRecord, scorecard: Scorecard, repo_id: str) -> ModelCardData:
     """The Hub metadata: the base model relation, license and model-index results of this variant."""
     task = MODALITIES[scorecard.modality].pipeline_tag
     results = [
         EvalResult(
-            task_type=task, dataset_type=m.task, dataset_name=m.task, metric_type=m.name, metric_value=m.compressed
+            task_type=task,
+            dataset_type=DATASET_IDS.get(m.task, m.task),
+            dataset_name=m.task,
+            metric_type=m.name,
+            metric_value=m.compressed,
         )
         for m in scorecard.metrics
     ]

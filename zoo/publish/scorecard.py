@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,7 +18,9 @@ from zoo.files import write_text
 from zoo.format.record import VariantRecord
 from zoo.modality import MODALITIES
 
-SCHEMA_VERSION = 2  # 2: fingerprint and command
+SCHEMA_VERSION = 3  # 2: fingerprint and command; 3: standard errors and the evaluation's item limit
+READABLE_VERSIONS = (2, 3)  # a version-2 scorecard reads as one without standard errors or limit
+STDERR = "_stderr"  # evaluators report a metric's standard error as "<metric>_stderr" beside it
 SCHEMA_FILE = Path(__file__).with_name("scorecard.schema.json")
 SCORECARD = "scorecard.json"  # its file name in a checkpoint and a published repository
 # Metric names (lm-eval's and ours) where smaller is better; any other is higher-is-better.
@@ -50,10 +52,14 @@ class MetricResult:
     base: float
     compressed: float
     higher_is_better: bool
+    base_stderr: float | None = None  # the evaluator's standard error, where it gives one (lm-eval)
+    compressed_stderr: float | None = None
 
     def __post_init__(self) -> None:
-        for label in ("base", "compressed"):
+        for label in ("base", "compressed", "base_stderr", "compressed_stderr"):
             value = getattr(self, label)
+            if value is None and label.endswith(STDERR):
+                continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise ZooError(
                     f"metric {self.name!r} of task {self.task!r}: the {label} model scored {value!r}, "
@@ -88,6 +94,7 @@ class Scorecard:
     hardware: str
     fingerprint: str  # sha256 of everything that determines the variant (zoo.publish.fingerprint)
     command: str  # the `zoo compress` command that rebuilds it
+    eval_limit: int | None = None  # items per task or set the evaluation was capped at (None: all)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -98,7 +105,9 @@ class Scorecard:
             raise ZooError(f"scorecard modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
 
     @classmethod
-    def from_record(cls, record: VariantRecord, metrics: list[MetricResult]) -> Scorecard:
+    def from_record(
+        cls, record: VariantRecord, metrics: list[MetricResult], eval_limit: int | None = None
+    ) -> Scorecard:
         return cls(
             base_model=record.base_model,
             base_revision=record.base_revision,
@@ -117,6 +126,7 @@ class Scorecard:
             hardware=record.hardware,
             fingerprint=record.fingerprint,
             command=record.command,
+            eval_limit=eval_limit,
         )
 
     def to_dict(self) -> dict:
@@ -130,15 +140,17 @@ class Scorecard:
     @classmethod
     def from_dict(cls, data: dict) -> Scorecard:
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ZooError(f"scorecard schema_version {version!r} is not the supported {SCHEMA_VERSION}")
+        if version not in READABLE_VERSIONS:
+            raise ZooError(f"scorecard schema_version {version!r} is not one of the readable {READABLE_VERSIONS}")
+        optional = {f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
         names = {f.name for f in fields(cls)}
-        missing = names - data.keys()
+        missing = names - optional - data.keys()
         if missing:
             raise ZooError(f"scorecard is missing fields: {', '.join(sorted(missing))}")
         metric_names = {f.name for f in fields(MetricResult)}
-        metrics = [MetricResult(**{k: m[k] for k in metric_names}) for m in data["metrics"]]
-        return cls(**{**{k: data[k] for k in names}, "metrics": metrics})
+        metrics = [MetricResult(**{k: m[k] for k in metric_names if k in m}) for m in data["metrics"]]
+        known = {k: data[k] for k in names if k in data}
+        return cls(**{**known, "metrics": metrics, "schema_version": SCHEMA_VERSION})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -168,8 +180,15 @@ class Scorecard:
         rows = ["| task | metric | base | compressed | recovery |", "| --- | --- | --- | --- | --- |"]
         for m in self.metrics:
             arrow = "↑" if m.higher_is_better else "↓"
-            rows.append(f"| {m.task} | {m.name} {arrow} | {m.base:.4g} | {m.compressed:.4g} | {m.recovery:.1f}% |")
+            base, compressed = _with_stderr(m.base, m.base_stderr), _with_stderr(m.compressed, m.compressed_stderr)
+            rows.append(f"| {m.task} | {m.name} {arrow} | {base} | {compressed} | {m.recovery:.1f}% |")
+        if self.eval_limit is not None:
+            rows.append(f"\nAt most {self.eval_limit} items per task or set were scored (`--eval-limit`).")
         return "\n".join(rows)
+
+
+def _with_stderr(value: float, stderr: float | None) -> str:
+    return f"{value:.4g}" if stderr is None else f"{value:.4g} ± {stderr:.2g}"
 
 
 def metrics_from_results(
@@ -183,9 +202,11 @@ def metrics_from_results(
     results = []
     for task, values in base.items():
         for name, value in values.items():
+            if name.endswith(STDERR):
+                continue
             if name not in compressed.get(task, {}):
                 raise ZooError(f"metric {name!r} of task {task!r} is in the base results but not the compressed ones")
-            results.append(
-                MetricResult(name, task, float(value), float(compressed[task][name]), higher_is_better(name))
-            )
+            other = compressed[task]
+            stderrs = (values.get(name + STDERR), other.get(name + STDERR))
+            results.append(MetricResult(name, task, float(value), float(other[name]), higher_is_better(name), *stderrs))
     return results

@@ -57,7 +57,7 @@ class ModelGroup:
 
     @property
     def best(self) -> PublishedVariant | None:
-        """The variant keeping most of the base quality (mean recovery over its metrics)."""
+        """The variant keeping most of the base quality (`mean_recovery`)."""
         scored = [v for v in self.variants if not math.isnan(mean_recovery(v))]
         return max(scored, key=mean_recovery, default=None)
 
@@ -71,9 +71,12 @@ def metrics_by_key(card: Scorecard) -> dict[MetricKey, MetricResult]:
 
 
 def mean_recovery(variant: PublishedVariant) -> float:
-    """NaN when no metric has a defined recovery, so such variants never count as best."""
-    values = [m.recovery for m in variant.scorecard.metrics if not math.isnan(m.recovery)]
-    return statistics.fmean(values) if values else math.nan
+    """The mean recovery of the variant's scores (accuracies); of its error metrics (perplexity,
+    WER) only where it has no score, so ratios of perplexities are never averaged with
+    accuracies. NaN when no metric has a defined recovery: such variants never count as best."""
+    defined = [m for m in variant.scorecard.metrics if not math.isnan(m.recovery)]
+    kind = [m.recovery for m in defined if m.higher_is_better] or [m.recovery for m in defined]
+    return statistics.fmean(kind) if kind else math.nan
 
 
 def series_name(variant: PublishedVariant) -> str:

@@ -14,6 +14,7 @@ import tomllib
 
 from zoo.errors import ZooError
 from zoo.modality import MODALITIES, modality_of
+from zoo.sources.hub import hub_model_type
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,10 @@ def _local_modality(path: Path) -> str:
     return modality_of(model_type)
 
 
-def resolve(name: str, modality: str | None = None) -> ModelSpec:
+def resolve(name: str, modality: str | None = None, online: bool = False) -> ModelSpec:
     """An alias from the catalogue, a local model folder, or a Hub id ("org/name");
-    `modality` overrides what the folder's config or the catalogue says."""
+    `modality` overrides what the catalogue or the model's config says (a Hub repository's
+    config is read only when `online`; offline a Hub id is taken for a decoder LLM)."""
     if modality is not None and modality not in MODALITIES:
         raise ZooError(f"unknown modality {modality!r}; known: {', '.join(MODALITIES)}")
     table = catalogue()
@@ -83,7 +85,7 @@ def resolve(name: str, modality: str | None = None) -> ModelSpec:
         kind = modality or _local_modality(path)
         return ModelSpec(name, kind, local=path, defaults=modality_defaults(kind))
     if "/" in name and not name.startswith((".", "/")):
-        kind = modality or "llm"
+        kind = modality or modality_of((hub_model_type(name) if online else None) or "")
         return ModelSpec(name, kind, hub=name, defaults=modality_defaults(kind))
     close = difflib.get_close_matches(name, aliases(), n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
