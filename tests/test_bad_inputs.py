@@ -408,6 +408,11 @@ def push_to_an_unreachable_hub(i: Inputs) -> Case:
     )
 
 
+@case
+def browse_an_unreachable_hub(i: Inputs) -> Case:
+    return Case(r"the Hugging Face Hub is unreachable .*cannot list models", ["browse", "hub"])
+
+
 def _tiny_compress(i: Inputs, out: Path) -> list:
     return ["compress", i.model_dir, *TINY_RUN, "--calibration", i.text_file, "--iters", 2, "--out", out]
 

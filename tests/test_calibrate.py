@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from tests.tiny_models import tiny_llama, tiny_qwen2, token_batches
+from zoo.compression.apply import compress_model
+from zoo.compression.config import CompressionConfig
 from zoo.compression.grams import block_grams, capture_block_inputs
+from zoo.compression.targets import CalibrationData
 from zoo.errors import ZooError
 from zoo.modalities.decoder_llm import ADAPTER
 
@@ -57,6 +60,28 @@ def test_nonfinite_batches_are_counted_not_hidden():
     q = stats[groups[0][0]]
     assert q.nonfinite_batches == 1 and q.tokens == 2 * 24
     assert torch.isfinite(q.gram).all()
+
+
+def _poisoned(n: int, bad: int):
+    """A tiny Llama whose embedding of token 127 is NaN, and n batches of which only `bad` holds it."""
+    model, batches = tiny_llama(), token_batches(n=n)
+    model.model.embed_tokens.weight.data[127] = float("nan")
+    for k, batch in enumerate(batches):
+        batch["input_ids"][batch["input_ids"] == 127] = 0
+        if k == bad:
+            batch["input_ids"][0, 5] = 127
+    return model, CalibrationData(batches, "poisoned", "sha256:0", n * 24)
+
+
+def test_many_nonfinite_batches_stop_the_run_and_a_few_are_reported(caplog):
+    """One NaN batch in three is too many to calibrate on; one in twenty is a warning."""
+    model, data = _poisoned(3, bad=1)
+    with pytest.raises(ZooError, match=r"model\.layers\.0\.self_attn\.q_proj: 1 of 3 calibration batches .*NaN/Inf"):
+        compress_model(model, ADAPTER.stacks(model), data, CompressionConfig(cr=0.3, iters=1))
+    model, data = _poisoned(20, bad=1)
+    with caplog.at_level("WARNING"):
+        compress_model(model, ADAPTER.stacks(model), data, CompressionConfig(cr=0.3, iters=1))
+    assert "1 of 20 calibration batches reached it with NaN/Inf inputs" in caplog.text
 
 
 def test_empty_calibration_is_an_error():
