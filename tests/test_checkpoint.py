@@ -1,5 +1,6 @@
 """Factorize -> CompotLinear -> save -> load (zoo and transformers) gives the same model; saves are atomic."""
 
+import dataclasses
 import functools
 import json
 
@@ -54,7 +55,8 @@ def compress(make):
 @pytest.fixture(scope="module", params=[tiny_llama, tiny_qwen2], ids=["llama-tied", "qwen2-bias"])
 def compressed(request, tmp_path_factory):
     model, factors = compress(request.param)
-    out = save_compressed(model, tmp_path_factory.mktemp("ckpt") / "variant", make_record(model))
+    out = tmp_path_factory.mktemp("ckpt") / "variant"
+    save_compressed(model, out, make_record(model))
     return model, factors, out
 
 
@@ -108,7 +110,8 @@ def test_stored_bytes_match_eq_11_and_the_record(compressed):
     eq11 = sum(f.bits for f in factors.values())
     dense = sum(dense_bits(f.in_features, f.out_features) for f in factors.values())
     record = read_record(out)
-    assert record == make_record(model)  # the record round-trips through JSON
+    assert record.file_bytes == (out / WEIGHTS).stat().st_size
+    assert dataclasses.replace(record, file_bytes=None) == make_record(model)  # the record round-trips through JSON
     assert record.achieved_cr == pytest.approx(1 - stored / dense)
     assert record.eq11_cr == pytest.approx(1 - eq11 / dense)
     for layer in record.layers:
@@ -135,7 +138,8 @@ def test_transformers_round_trip_keeps_the_layers(compressed, tmp_path):
 
 def test_existing_directory_is_refused_unless_overwrite(tmp_path):
     model, _ = compress(tiny_llama)
-    out = save_compressed(model, tmp_path / "ckpt", make_record(model))
+    out = tmp_path / "ckpt"
+    save_compressed(model, out, make_record(model))
     (out / "stale.txt").write_text("x")
     with pytest.raises(ZooError, match="exists"):
         save_compressed(model, out, make_record(model))
@@ -154,9 +158,8 @@ def test_existing_directory_is_refused_unless_overwrite(tmp_path):
 
 def test_extra_files_land_in_the_checkpoint(tmp_path):
     model, _ = compress(tiny_llama)
-    out = save_compressed(
-        model, tmp_path / "ckpt", make_record(model), extra_files=lambda d: (d / "tokenizer.json").write_text("{}")
-    )
+    out = tmp_path / "ckpt"
+    save_compressed(model, out, make_record(model), extra_files=lambda d: (d / "tokenizer.json").write_text("{}"))
     assert (out / "tokenizer.json").read_text() == "{}"
 
 
@@ -176,7 +179,8 @@ def test_interrupted_save_leaves_nothing_that_looks_complete(tmp_path, monkeypat
 
 def test_interrupted_overwrite_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     model, _ = compress(tiny_llama)
-    out = save_compressed(model, tmp_path / "ckpt", make_record(model, variant="run-1"))
+    out = tmp_path / "ckpt"
+    save_compressed(model, out, make_record(model, variant="run-1"))
     monkeypatch.setattr("zoo.format.checkpoint.save_file", _interrupting_writer)
     with pytest.raises(KeyboardInterrupt):
         save_compressed(model, out, make_record(model, variant="run-2"), overwrite=True)
@@ -187,7 +191,8 @@ def test_interrupted_overwrite_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 
 def test_missing_and_corrupt_files_are_named(tmp_path):
     model, _ = compress(tiny_llama)
-    out = save_compressed(model, tmp_path / "ckpt", make_record(model))
+    out = tmp_path / "ckpt"
+    save_compressed(model, out, make_record(model))
     weights = out / WEIGHTS
     data = weights.read_bytes()
     for cut in (data[:1000], data[:-100]):  # inside the header, inside the tensors
@@ -203,7 +208,8 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
 
 def test_weights_that_do_not_fit_the_architecture_are_named(tmp_path):
     model, _ = compress(tiny_llama)
-    out = save_compressed(model, tmp_path / "ckpt", make_record(model))
+    out = tmp_path / "ckpt"
+    save_compressed(model, out, make_record(model))
     tensors = safetensors.torch.load_file(out / WEIGHTS)
     tensors["model.extra.weight"] = tensors.pop("model.norm.weight")
     safetensors.torch.save_file(tensors, out / WEIGHTS, metadata={"format": "pt"})

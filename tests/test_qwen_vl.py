@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 import zoo
@@ -170,8 +171,9 @@ def test_bad_inputs_are_named(folders, tmp_path):
     (tmp_path / "questions.jsonl").write_text(json.dumps({"question": "what is it"}) + "\n")
     with pytest.raises(ZooError, match=r"questions\.jsonl line 1: question 'what is it' has no image"):
         ADAPTER.calibration(loaded, str(tmp_path), n_samples=1, seq_len=256, seed=0, online=False)
+    Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
+    (tmp_path / "questions.jsonl").write_text(json.dumps({"image": "x.png", "question": "q"}) + "\n")
     with pytest.raises(ZooError, match="fewer than the 5 requested"):
-        (tmp_path / "questions.jsonl").write_text(json.dumps({"image": "x.png", "question": "q"}) + "\n")
         ADAPTER.calibration(loaded, str(tmp_path), n_samples=5, seq_len=256, seed=0, online=False)
     with pytest.raises(ZooError, match=r"cannot find the language tower of LlamaForCausalLM \(model_type 'llama'\)"):
         ADAPTER.stacks(tiny_llama())

@@ -52,6 +52,8 @@ def _variant(
         hardware="cpu",
         fingerprint="sha256:0",
         command=f"zoo compress {base_model} --cr {cr} --method {method}",
+        file_bytes=int(269e6 * (1 - 0.84 * cr)),
+        base_bytes=int(269e6),
     )
     return PublishedVariant(f"zoo/{name}", url or f"https://huggingface.co/zoo/{name}", card)
 
@@ -77,6 +79,7 @@ def _expected_row(variant: PublishedVariant, columns: list[tuple[str, str]]) -> 
         card.allocation,
         f"{card.target_cr:.3f}",
         f"{card.achieved_cr:.3f}",
+        f"{card.file_bytes / 1e6:.1f} MB (−{1 - card.file_bytes / card.base_bytes:.1%})",
     ]
     metrics = {(m.task, m.name): m for m in card.metrics}
     for key in columns:
@@ -160,7 +163,7 @@ def test_tables_hold_the_numbers_and_blank_cells_for_missing_metrics(tmp_path):
     for group in group_by_model(zoo):
         rows = _rows(tmp_path / "site" / "models" / f"{group.slug}.html")
         assert rows == {v.scorecard.variant: _expected_row(v, [PPL, ACC]) for v in group.variants}
-    assert _rows(tmp_path / "site" / "models" / "openai-whisper-tiny-en.html")["whisper-svd-0.2"][8:11] == ["", "", ""]
+    assert _rows(tmp_path / "site" / "models" / "openai-whisper-tiny-en.html")["whisper-svd-0.2"][9:12] == ["", "", ""]
 
 
 def test_a_single_cr_is_plotted_as_a_point(tmp_path):

@@ -169,6 +169,7 @@ def compress(
     **settings,
 ) -> None:
     """Compress MODEL (an alias, a Hub id or a local folder) and save a loadable checkpoint."""
+    from zoo.format.record import size_line
     from zoo.pipeline import CompressRequest, run_compress
     from zoo.publish.publishers import publisher_for
 
@@ -203,6 +204,9 @@ def compress(
     click.echo(
         f"Target CR {config.cr:g}, achieved {record.achieved_cr:.4f} from stored bytes (eq. 11: "
         f"{record.eq11_cr:.4f}), over every target projection, dense-kept ones included"
+    )
+    click.echo(
+        f"Size: {size_line(record.file_bytes, record.base_bytes)}; tensors not compressed in {record.config.dtype}"
     )
     click.echo(f"Time {record.compression_seconds:.1f} s, peak memory {record.peak_memory_mb:.0f} MiB")
     for note in record.base_notes:
@@ -296,6 +300,7 @@ def nightly(
 @click.option("--org", default=None, help="Organisation (default: the catalogue's [publish]).")
 def browse(target: str | None, base_model: str | None, modality: str | None, org: str | None) -> None:
     """List the published variants of TARGET with their scorecards."""
+    from zoo.format.record import size_line
     from zoo.publish.publishers import publisher_for
 
     variants = [
@@ -313,6 +318,7 @@ def browse(target: str | None, base_model: str | None, modality: str | None, org
             f"\n{v.repo_id}  [{s.modality}] {s.base_model}  {s.method} {s.allocation}  "
             f"CR {s.target_cr:g} (achieved {s.achieved_cr:.4f})  {v.url}"
         )
+        click.echo(f"Size: {size_line(s.file_bytes, s.base_bytes)}")
         click.echo(s.to_markdown_table())
 
 

@@ -227,7 +227,8 @@ class _ModelContext:
 
     def __init__(self, entry: dict) -> None:
         self.entry = entry
-        self.prepared: Prepared = prepare(self.request(CompressionConfig()))
+        settings = {k: v for k, v in entry.items() if k in CONFIG_KEYS}  # its dtype shapes the base as prepared
+        self.prepared: Prepared = prepare(self.request(CompressionConfig(**settings)))
         self.base_metrics: dict | None = None
 
     def request(self, config: CompressionConfig, out: Path | None = None) -> CompressRequest:

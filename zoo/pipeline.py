@@ -26,7 +26,7 @@ from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
 from zoo.errors import ZooError
-from zoo.format.checkpoint import check_target, mark_compressed, save_compressed
+from zoo.format.checkpoint import check_target, mark_compressed, round_weights, save_compressed, tensor_bytes
 from zoo.format.record import CalibrationInfo, VariantRecord
 from zoo.modalities.base import Adapter, get_adapter
 from zoo.modality import DEFAULT, modality_of
@@ -90,6 +90,8 @@ class Prepared:
     loaded: LoadedModel
     calibration: CalibrationData
     online: bool
+    dtype: str  # of the checkpoint's uncompressed tensors; the model holds values rounded to it
+    base_bytes: int  # the base's tensors in a 16-bit checkpoint
 
 
 @dataclass
@@ -146,6 +148,7 @@ def hardware() -> str:
 
 def command_line(prepared: Prepared, req: CompressRequest) -> str:
     """The `zoo compress` command that rebuilds this variant, every setting that shapes it spelled out."""
+    req = effective(prepared, req)
     spec = prepared.spec
     args = ["zoo", "compress", shown(spec.name), "--cr", f"{req.config.cr:g}"]
     if spec.local is None and spec.hub == spec.name and spec.modality != DEFAULT:
@@ -188,6 +191,7 @@ def command_line(prepared: Prepared, req: CompressRequest) -> str:
 def fingerprint(prepared: Prepared, req: CompressRequest) -> str:
     """What determines the variant and its scores; the evaluation depends on whether the Hub's sets
     are reachable, so that is part of it too."""
+    req = effective(prepared, req)
     evaluation = {
         "hub": prepared.online,
         **{k: v for k, v in prepared.spec.defaults.items() if k.startswith("eval") or k.startswith("offline_eval")},
@@ -216,9 +220,22 @@ def prepare(req: CompressRequest, online: bool | None = None) -> Prepared:
     spec = dataclasses.replace(spec, defaults={**spec.defaults, **req.eval_settings})
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec, online)
+    dtype = req.config.resolved(loaded.dtype, spec.defaults.get("dtype", "bfloat16")).dtype
+    base_bytes = tensor_bytes(loaded.model, "float16")
+    round_weights(loaded.model, dtype)  # calibrate and score the base as its checkpoint holds it
     source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
     calibration = adapter.calibration(loaded, source, n_samples, seq_len, req.seed, online)
-    return Prepared(spec, adapter, loaded, calibration, online)
+    return Prepared(spec, adapter, loaded, calibration, online, dtype, base_bytes)
+
+
+def effective(prepared: Prepared, req: CompressRequest) -> CompressRequest:
+    """The request with concrete dtypes: the checkpoint's is the one the model was prepared for."""
+    config = req.config.resolved(prepared.loaded.dtype, prepared.dtype)
+    if config.dtype != prepared.dtype:
+        raise ZooError(
+            f"the model was prepared for {prepared.dtype} checkpoints; a {config.dtype} checkpoint needs its own run"
+        )
+    return dataclasses.replace(req, config=config)
 
 
 def evaluate(prepared: Prepared) -> dict[str, dict[str, float]]:
@@ -238,6 +255,7 @@ def run_compress(req: CompressRequest, repo_id: str | None = None) -> CompressRe
 def compress_loaded(prepared: Prepared, req: CompressRequest, variant: str) -> VariantRecord:
     """Compress `prepared`'s model in place and describe the result; the model's config then names
     its compressed layers, so its own `save_pretrained` writes a folder that reloads."""
+    req = effective(prepared, req)
     model = prepared.loaded.model
     start = time.perf_counter()
     layers = compress_model(
@@ -255,7 +273,7 @@ def compress_variant(
     `base_metrics`, score it and write scorecard.json and the model card (naming `repo_id`)."""
     out = req.out_dir
     record = compress_loaded(prepared, req, out.name)
-    save_compressed(
+    record = save_compressed(
         prepared.loaded.model,
         out,
         record,
@@ -297,6 +315,7 @@ def build_record(
         hardware=hardware(),
         zoo_version=__version__,
         engine_version=ENGINE_VERSION,
+        base_bytes=prepared.base_bytes,
     )
 
 
@@ -330,7 +349,9 @@ def compress(
     loaded = LoadedModel(model, processor, name)
     source, n_samples, seq_len = calibration_settings(spec, calibration, n_samples, seq_len, online)
     data = adapter.calibration(loaded, source, n_samples, seq_len, seed, online)
-    record = compress_loaded(Prepared(spec, adapter, loaded, data, online), req, req.out_dir.name)
+    dtype = config.resolved(str(model.dtype).removeprefix("torch."), spec.defaults.get("dtype", "bfloat16")).dtype
+    prepared = Prepared(spec, adapter, loaded, data, online, dtype, tensor_bytes(model, "float16"))
+    record = compress_loaded(prepared, req, req.out_dir.name)
     model.compot_record = record
     return record
 
@@ -344,4 +365,5 @@ def save(model: nn.Module, out: str | Path, processor=None, overwrite: bool = Fa
     adapter = get_adapter(record.modality)
     loaded = LoadedModel(model, processor, record.base_model)
     extra = None if processor is None else (lambda tmp: adapter.save_processor(loaded, tmp))
-    return save_compressed(model, Path(out), record, overwrite=overwrite, extra_files=extra)
+    save_compressed(model, Path(out), record, overwrite=overwrite, extra_files=extra)
+    return Path(out)

@@ -64,7 +64,7 @@ def compress_model(
     CompotLinear, calibrating on `calibration.batches` fed to `model`; one record per matrix."""
     targets = compression_targets(model, stacks)
     crs = target_crs(targets, config)
-    storage_dtype = getattr(torch, config.storage_dtype)
+    storage_dtype = getattr(torch, config.storage_dtype or "float16")
     # Every stack's inputs come from the original model, before any layer is swapped.
     inputs = {stack.name: capture_block_inputs(model, stack.blocks[0][1], calibration.batches) for stack in stacks}
     records: list[LayerRecord] = []

@@ -14,6 +14,7 @@ from zoo.errors import ZooError
 
 METHODS = ("compot", "svd-llm")  # the engine's factorizations (zoo.engine.METHODS; torch-free here)
 STORAGE_DTYPES = ("float16", "bfloat16")
+DTYPES = ("bfloat16", "float16", "float32")
 
 
 def setting(
@@ -64,7 +65,17 @@ class CompressionConfig:
     max_cr: float | None = setting(
         None, "Allocation guard: largest CR per matrix (default: twice the target, at most 0.9).", between(0.0, 1.0)
     )
-    storage_dtype: str = setting("float16", "Dtype of the stored factors.", choices=STORAGE_DTYPES)
+    dtype: str | None = setting(
+        None,
+        "Dtype of the checkpoint's tensors that are not compressed (embeddings, norms, heads): the base's own "
+        "when it is 16-bit, else the modality's (bfloat16; float16 for Whisper); float32 for experiments.",
+        choices=DTYPES,
+    )
+    storage_dtype: str | None = setting(
+        None,
+        "Dtype of the stored factors (default: the checkpoint's dtype when 16-bit, else float16).",
+        choices=STORAGE_DTYPES,
+    )
     components: tuple[str, ...] | None = setting(
         None, "Stacks to compress, e.g. encoder,decoder for Whisper (default: the modality's)."
     )
@@ -108,6 +119,14 @@ class CompressionConfig:
         """The determining settings that differ from their defaults, in field order."""
         defaults = CompressionConfig().determining()
         return {k: v for k, v in self.determining().items() if v != defaults[k]}
+
+    def resolved(self, base_dtype: str | None, default_dtype: str) -> CompressionConfig:
+        """The config with concrete dtypes: the checkpoint's is the one asked for, else the base's own
+        when it is 16-bit (a float32 base is a copy for computing, not what was published), else
+        `default_dtype`; the factors' follows it when 16-bit, else float16."""
+        dtype = self.dtype or (base_dtype if base_dtype in STORAGE_DTYPES else default_dtype)
+        storage = self.storage_dtype or (dtype if dtype in STORAGE_DTYPES else "float16")
+        return dataclasses.replace(self, dtype=dtype, storage_dtype=storage)
 
     @property
     def allocation(self) -> str:

@@ -16,6 +16,7 @@ place only when complete, so an interrupted save never leaves a folder that look
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,13 +56,36 @@ def layer_table(model: nn.Module) -> dict[str, dict]:
     return {name: layer_spec(m) for name, m in compot_layers(model).items()}
 
 
-def state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict with each tied weight once (safetensors refuses shared tensors); loaders re-tie."""
+def state_to_save(model: nn.Module, dtype: str | None = None) -> dict[str, torch.Tensor]:
+    """The state dict with each tied weight once (safetensors refuses shared tensors; loaders
+    re-tie), its floating tensors in `dtype` (None: as they are) except the compressed layers'
+    factors, which keep their storage dtype."""
     state = model.state_dict()
     for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
         if target in state and source in state and state[target].data_ptr() == state[source].data_ptr():
             del state[target]
-    return {name: t.contiguous() for name, t in state.items()}
+    factors = {f"{name}.{part}" for name in compot_layers(model) for part in ("dictionary", "code_values")}
+    cast = getattr(torch, dtype) if dtype else None
+    return {
+        name: (t.to(cast) if cast is not None and t.is_floating_point() and name not in factors else t).contiguous()
+        for name, t in state.items()
+    }
+
+
+def tensor_bytes(model: nn.Module, dtype: str | None = None) -> int:
+    """The bytes of the tensors `save_compressed` (or a plain save in `dtype`) writes for `model`."""
+    return sum(t.numel() * t.element_size() for t in state_to_save(model, dtype).values())
+
+
+def round_weights(model: nn.Module, dtype: str) -> None:
+    """Round every floating parameter to `dtype` in place, keeping the dtype it computes in: the
+    model then holds exactly the values its checkpoint will, so the base is calibrated and scored
+    as its 16-bit checkpoint, and the compressed model as saved."""
+    target = getattr(torch, dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != target:
+                p.copy_(p.to(target))
 
 
 def mark_compressed(model: nn.Module) -> None:
@@ -71,12 +95,12 @@ def mark_compressed(model: nn.Module) -> None:
     model.config.quantization_config = {"quant_method": "compot", "layers": layer_table(model)}
 
 
-def checkpoint_config(model: nn.Module):
+def checkpoint_config(model: nn.Module, dtype: str | None = None):
     """A copy of the model's config that names the compressed layers, as save_pretrained would write it."""
     config = copy.deepcopy(model.config)
     config.quantization_config = {"quant_method": "compot", "layers": layer_table(model)}
     config.architectures = [type(model).__name__]
-    config.dtype = str(model.dtype).removeprefix("torch.")
+    config.dtype = dtype or str(model.dtype).removeprefix("torch.")  # what from_pretrained loads it as
     return config
 
 
@@ -86,21 +110,25 @@ def save_compressed(
     record: VariantRecord,
     overwrite: bool = False,
     extra_files: Callable[[Path], None] | None = None,
-) -> Path:
-    """Write the model, its config and record (and `extra_files`, e.g. the tokenizer) atomically."""
+) -> VariantRecord:
+    """Write the model, its config and record (and `extra_files`, e.g. the tokenizer) atomically;
+    tensors that are not compressed in `record.config.dtype` (None: as they are). Returns the
+    record as written, with the weights file's size."""
     out_dir = Path(out_dir)
     check_target(out_dir, overwrite)
     if not compot_layers(model):
         raise ZooError(f"{type(model).__name__} has no CompotLinear layers: nothing compressed to save")
+    dtype = record.config.dtype
     with staged_dir(out_dir) as tmp:
-        save_file(state_to_save(model), tmp / WEIGHTS, metadata={"format": "pt"})
-        checkpoint_config(model).to_json_file(tmp / CONFIG)
+        save_file(state_to_save(model, dtype), tmp / WEIGHTS, metadata={"format": "pt"})
+        record = dataclasses.replace(record, file_bytes=(tmp / WEIGHTS).stat().st_size)
+        checkpoint_config(model, dtype).to_json_file(tmp / CONFIG)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         record.save(tmp)
         if extra_files is not None:
             extra_files(tmp)
-    return out_dir
+    return record
 
 
 def check_target(out_dir: Path, overwrite: bool) -> None:

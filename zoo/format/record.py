@@ -47,6 +47,8 @@ class VariantRecord:
     hardware: str
     zoo_version: str
     engine_version: str
+    base_bytes: int | None = None  # the base's tensors as a 16-bit checkpoint holds them
+    file_bytes: int | None = None  # model.safetensors as written
     format: str = FORMAT
 
     @property
@@ -67,6 +69,11 @@ class VariantRecord:
         return achieved_cr(list(self.layers))
 
     @property
+    def file_saving(self) -> float | None:
+        """The share of the base's 16-bit checkpoint the compressed file saves."""
+        return 1.0 - self.file_bytes / self.base_bytes if self.file_bytes and self.base_bytes else None
+
+    @property
     def eq11_cr(self) -> float:
         """What eq. 11 predicts for the same projections: equal to achieved_cr up to mask padding."""
         return achieved_cr(list(self.layers), "eq11_bits")
@@ -85,6 +92,7 @@ class VariantRecord:
             "target_cr": self.target_cr,
             "achieved_cr": self.achieved_cr,
             "eq11_cr": self.eq11_cr,
+            "file_saving": self.file_saving,
         }
 
     @classmethod
@@ -92,12 +100,12 @@ class VariantRecord:
         if data.get("format") != FORMAT:
             raise ZooError(f"{where}: format {data.get('format')!r} is not the supported {FORMAT!r}")
         names = {f.name for f in fields(cls)}
-        missing = names - data.keys() - {"format"}
+        missing = names - data.keys() - {"format", "base_bytes", "file_bytes"}
         if missing:
             raise ZooError(f"{where} is missing {', '.join(sorted(missing))}")
         try:
             return cls(
-                **{k: data[k] for k in names}
+                **{k: data[k] for k in names if k in data}
                 | {
                     "base_notes": tuple(data["base_notes"]),
                     "config": CompressionConfig(**data["config"]),
@@ -110,6 +118,16 @@ class VariantRecord:
 
     def save(self, folder: Path) -> Path:
         return write_text(folder / RECORD, json.dumps(self.to_dict(), indent=2))
+
+
+def size_line(file_bytes: int | None, base_bytes: int | None) -> str:
+    """The checkpoint's file size against the base's 16-bit checkpoint, for people to read."""
+    if not file_bytes or not base_bytes:
+        return "checkpoint size not recorded"
+    return (
+        f"model.safetensors {file_bytes / 1e6:.1f} MB, {1 - file_bytes / base_bytes:.1%} smaller than the base "
+        f"as a 16-bit checkpoint ({base_bytes / 1e6:.1f} MB)"
+    )
 
 
 def read_record(folder: str | Path) -> VariantRecord:

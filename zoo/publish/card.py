@@ -12,7 +12,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from zoo.compression.report import LayerRecord
 from zoo.errors import ZooError
 from zoo.files import write_file
-from zoo.format.record import VariantRecord, read_record
+from zoo.format.record import VariantRecord, read_record, size_line
 from zoo.modality import MODALITIES
 from zoo.publish.scorecard import SCORECARD, Scorecard
 from zoo.sources.catalogue import ModelSpec
@@ -33,6 +33,10 @@ sparse codes over an orthogonal dictionary, training-free) to
 **{{ "%.1f" | format(100 * scorecard.achieved_cr) }}% less storage** in its compressed projections
 (target CR {{ scorecard.target_cr }}, {{ scorecard.allocation }} allocation, method `{{ scorecard.method }}`).
 The embeddings, norms and heads stay dense.
+
+**Size.** {{ size }}. "CR {{ scorecard.target_cr }}" is the share of the compressed projections'
+16-bit storage removed (eq. 11); the embeddings, norms and heads are kept whole, so the file as a
+whole shrinks by less.
 
 ## Scorecard
 
@@ -162,6 +166,7 @@ def write_card(folder: Path, record: VariantRecord, scorecard: Scorecard, repo_i
         repo_id=repo_id,
         base_model=record.base_model,
         scorecard=scorecard,
+        size=size_line(scorecard.file_bytes, scorecard.base_bytes),
         table=scorecard.to_markdown_table(),
         plot=ALLOCATION_PLOT,
         allocation_summary=allocation_summary(layers),

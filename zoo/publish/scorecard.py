@@ -18,7 +18,7 @@ from zoo.files import write_text
 from zoo.format.record import VariantRecord
 from zoo.modality import MODALITIES
 
-SCHEMA_VERSION = 3  # 2: fingerprint and command; 3: standard errors and the evaluation's item limit
+SCHEMA_VERSION = 3  # 2: fingerprint and command; 3: standard errors, the evaluation's item limit, file sizes
 READABLE_VERSIONS = (2, 3)  # a version-2 scorecard reads as one without standard errors or limit
 STDERR = "_stderr"  # evaluators report a metric's standard error as "<metric>_stderr" beside it
 SCHEMA_FILE = Path(__file__).with_name("scorecard.schema.json")
@@ -95,6 +95,8 @@ class Scorecard:
     fingerprint: str  # sha256 of everything that determines the variant (zoo.publish.fingerprint)
     command: str  # the `zoo compress` command that rebuilds it
     eval_limit: int | None = None  # items per task or set the evaluation was capped at (None: all)
+    file_bytes: int | None = None  # the checkpoint's model.safetensors
+    base_bytes: int | None = None  # the base's tensors in a 16-bit checkpoint
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -127,6 +129,8 @@ class Scorecard:
             fingerprint=record.fingerprint,
             command=record.command,
             eval_limit=eval_limit,
+            file_bytes=record.file_bytes,
+            base_bytes=record.base_bytes,
         )
 
     def to_dict(self) -> dict:

@@ -126,6 +126,14 @@ def fmt_recovery(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.1f}%"
 
 
+def fmt_file_size(card: Scorecard) -> str:
+    """ "215.3 MB (−20.0%)": the file, and how much smaller than the base's 16-bit checkpoint."""
+    if not card.file_bytes:
+        return "n/a"
+    saved = f" (−{1 - card.file_bytes / card.base_bytes:.1%})" if card.base_bytes else ""
+    return f"{card.file_bytes / 1e6:.1f} MB{saved}"
+
+
 def fmt_cr(value: float) -> str:
     return f"{value:.3f}"
 
@@ -178,6 +186,7 @@ _ENV.filters.update(
     value=fmt_value,
     recovery=fmt_recovery,
     cr=fmt_cr,
+    file_size=fmt_file_size,
     seconds=fmt_seconds,
     link_url=link_url,
     method_name=lambda method: METHOD_NAMES.get(method, method),

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from torch import nn
+from transformers import AutoConfig
 
 from zoo.digest import folder_digest
 from zoo.errors import ZooError
@@ -26,6 +27,7 @@ class LoadedModel:
     base_model: str  # what was actually loaded: Hub id, packaged asset or folder
     revision: str | None = None
     notes: list[str] = field(default_factory=list)
+    dtype: str | None = None  # what the base checkpoint stores (it is loaded in float32 regardless)
 
 
 def load_model(
@@ -49,6 +51,7 @@ def load_model(
 
     def from_folder(source: str, label: str, revision: str | None = None) -> LoadedModel:
         try:
+            saved = AutoConfig.from_pretrained(source, revision=revision).dtype
             model = model_class.from_pretrained(source, revision=revision, dtype=torch.float32).eval()
             processor = processor_class.from_pretrained(source, revision=revision)
         except (OSError, ValueError, SafetensorError) as exc:  # missing or corrupt files, JSON errors
@@ -61,7 +64,8 @@ def load_model(
             revision = folder_digest(Path(source))
         else:  # the Hub commit transformers resolved, even when no revision was asked for
             revision = getattr(model.config, "_commit_hash", None) or revision
-        return LoadedModel(model, processor, label, revision)
+        dtype = str(saved).removeprefix("torch.") if saved is not None else None
+        return LoadedModel(model, processor, label, revision, dtype=dtype)
 
     if spec.local is not None:
         return from_folder(str(spec.local), spec.name)
