@@ -131,6 +131,7 @@ def test_only_safetensors_and_json_are_written(compressed):
 def test_transformers_round_trip_keeps_the_layers(compressed, tmp_path):
     model, _, out = compressed
     loaded = AutoModelForCausalLM.from_pretrained(out)
+    loaded(PROMPT)  # layers now hold their runtime form; saving gathers the stored form back
     loaded.save_pretrained(tmp_path / "resaved")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "resaved")
     assert torch.equal(again(PROMPT).logits, model(PROMPT).logits)

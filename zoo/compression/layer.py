@@ -4,8 +4,8 @@ y = (x A) C + b. What is stored is what eq. 11 counts: the dictionary A^T (k, in
 bits, each output's s kept codes in 16 bits (in increasing atom order), and the (out, k)
 support bitmask, row-major, packed eight to a byte in little bit order (numpy's
 `packbits(..., bitorder="little")`: mask element i is bit i % 8 of byte i // 8). SVD-LLM
-layers store their codes dense and no mask. The dense code matrix the forward pass
-multiplies by is rebuilt from the stored tensors and cached, never saved.
+layers store their codes dense and no mask. The forward pass multiplies by the dense code
+matrix, built once from values + mask in place of the values (see `_unpacked_codes`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_mask(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Inverse of `pack_mask`: the bool (out, k) mask on the packed tensor's device."""
-    bits = np.unpackbits(packed.cpu().numpy(), count=shape[0] * shape[1], bitorder="little")
-    return torch.from_numpy(bits.reshape(shape).astype(bool)).to(packed.device)
+    """Inverse of `pack_mask`: the bool (out, k) mask, computed on the packed tensor's device."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(-1)[: shape[0] * shape[1]].reshape(shape).bool()
 
 
 class CompotLinear(nn.Module):
@@ -87,7 +88,7 @@ class CompotLinear(nn.Module):
             if bias
             else None
         )
-        self._cache: tuple | None = None
+        self._codes: torch.Tensor | None = None  # the dense (out, k) codes, once unpacked
 
     @classmethod
     def from_factorization(
@@ -132,6 +133,8 @@ class CompotLinear(nn.Module):
         """(out, k) codes in storage dtype: scattered from values + mask for COMPOT."""
         if self.code_mask is None:
             return self.code_values
+        if self._codes is not None:
+            return self._codes
         mask = unpack_mask(self.code_mask, (self.out_features, self.k))
         if mask.sum().item() != self.code_values.numel():
             raise ZooError(
@@ -139,28 +142,44 @@ class CompotLinear(nn.Module):
                 f"{self.code_values.numel()}; the checkpoint is corrupt"
             )
         codes = torch.zeros(self.out_features, self.k, dtype=self.code_values.dtype, device=self.code_values.device)
-        codes[mask] = self.code_values.reshape(-1)
-        return codes
+        return codes.masked_scatter_(mask, self.code_values)
 
-    def _factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """A^T and the dense codes in the compute dtype, rebuilt only when a stored tensor changed.
-
-        Tensors made under inference_mode cannot enter autograd, so the mode is part of the key.
-        """
-        stored = [self.dictionary, self.code_values] + ([] if self.code_mask is None else [self.code_mask])
-        key = (dtype, torch.is_inference_mode_enabled(), *((t.data_ptr(), t._version) for t in stored))
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.dictionary.to(dtype), self.dense_codes().to(dtype))
-        return self._cache[1], self._cache[2]
+    def _unpacked_codes(self) -> torch.Tensor:
+        """The dense codes the forward pass multiplies by, built once from values + mask; the values
+        are then dropped (a state dict gathers them back through the mask), so the layer holds A,
+        the dense codes and the 1-bit mask, about 2k(in + out) 16-bit numbers, instead of those plus
+        the values. Built outside inference mode, so they can enter autograd later."""
+        if self._codes is None:
+            with torch.inference_mode(False), torch.no_grad():
+                self._codes = self.dense_codes()
+            self.code_values = nn.Parameter(self.code_values.new_empty(0), requires_grad=False)
+        return self._codes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dictionary, codes = self._factors(x.dtype)
+        dictionary = self.dictionary
+        codes = self.code_values if self.code_mask is None else self._unpacked_codes()
+        if x.dtype != dictionary.dtype:  # converted per call, never kept: no copy wider than stored
+            dictionary, codes = dictionary.to(x.dtype), codes.to(x.dtype)
         return F.linear(F.linear(x, dictionary), codes, self.bias)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._codes is not None:  # the stored form, gathered back from the dense codes
+            mask = unpack_mask(self.code_mask, (self.out_features, self.k))
+            destination[prefix + "code_values"] = self._codes[mask].reshape(self.out_features, self.s)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self._codes is not None:  # back to the stored form, which the state dict fills
+            self.code_values = nn.Parameter(self._codes.new_empty(self.out_features, self.s), requires_grad=False)
+            self._codes = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def stored_bits(self) -> int:
         """Bits of the factors as stored (bias excluded, as for the dense layer it replaces)."""
-        tensors = [self.dictionary, self.code_values] + ([] if self.code_mask is None else [self.code_mask])
-        return sum(8 * t.numel() * t.element_size() for t in tensors)
+        width = self.s if self.method == "compot" else self.k
+        size = self.dictionary.element_size()
+        mask = 0 if self.code_mask is None else self.code_mask.numel()
+        return 8 * (size * (self.dictionary.numel() + self.out_features * width) + mask)
 
     def extra_repr(self) -> str:
         return (
