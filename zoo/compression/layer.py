@@ -5,7 +5,7 @@ bits, each output's s kept codes in 16 bits (in increasing atom order), and the 
 support bitmask, row-major, packed eight to a byte in little bit order (numpy's
 `packbits(..., bitorder="little")`: mask element i is bit i % 8 of byte i // 8). SVD-LLM
 layers store their codes dense and no mask. The forward pass multiplies by the dense code
-matrix, built once from values + mask in place of the values (see `_unpacked_codes`).
+matrix, rebuilt from the stored tensors in their 16-bit dtype and cached, never saved.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class CompotLinear(nn.Module):
             if bias
             else None
         )
-        self._codes: torch.Tensor | None = None  # the dense (out, k) codes, once unpacked
+        self._cache: tuple | None = None  # (key of the stored tensors, their dense codes)
 
     @classmethod
     def from_factorization(
@@ -133,8 +133,6 @@ class CompotLinear(nn.Module):
         """(out, k) codes in storage dtype: scattered from values + mask for COMPOT."""
         if self.code_mask is None:
             return self.code_values
-        if self._codes is not None:
-            return self._codes
         mask = unpack_mask(self.code_mask, (self.out_features, self.k))
         if mask.sum().item() != self.code_values.numel():
             raise ZooError(
@@ -144,35 +142,22 @@ class CompotLinear(nn.Module):
         codes = torch.zeros(self.out_features, self.k, dtype=self.code_values.dtype, device=self.code_values.device)
         return codes.masked_scatter_(mask, self.code_values)
 
-    def _unpacked_codes(self) -> torch.Tensor:
-        """The dense codes the forward pass multiplies by, built once from values + mask; the values
-        are then dropped (a state dict gathers them back through the mask), so the layer holds A,
-        the dense codes and the 1-bit mask, about 2k(in + out) 16-bit numbers, instead of those plus
-        the values. Built outside inference mode, so they can enter autograd later."""
-        if self._codes is None:
+    def _codes(self) -> torch.Tensor:
+        """The dense codes in storage dtype, rebuilt only when a stored tensor changed. Built outside
+        inference mode, so a later forward with autograd can use them."""
+        stored = (self.code_values, self.code_mask)
+        key = tuple((t.data_ptr(), t._version) for t in stored)
+        if self._cache is None or self._cache[0] != key:
             with torch.inference_mode(False), torch.no_grad():
-                self._codes = self.dense_codes()
-            self.code_values = nn.Parameter(self.code_values.new_empty(0), requires_grad=False)
-        return self._codes
+                self._cache = (key, self.dense_codes())
+        return self._cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dictionary = self.dictionary
-        codes = self.code_values if self.code_mask is None else self._unpacked_codes()
+        codes = self.code_values if self.code_mask is None else self._codes()
         if x.dtype != dictionary.dtype:  # converted per call, never kept: no copy wider than stored
             dictionary, codes = dictionary.to(x.dtype), codes.to(x.dtype)
         return F.linear(F.linear(x, dictionary), codes, self.bias)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self._codes is not None:  # the stored form, gathered back from the dense codes
-            mask = unpack_mask(self.code_mask, (self.out_features, self.k))
-            destination[prefix + "code_values"] = self._codes[mask].reshape(self.out_features, self.s)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if self._codes is not None:  # back to the stored form, which the state dict fills
-            self.code_values = nn.Parameter(self._codes.new_empty(self.out_features, self.s), requires_grad=False)
-            self._codes = None
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def stored_bits(self) -> int:
         """Bits of the factors as stored (bias excluded, as for the dense layer it replaces)."""
