@@ -57,18 +57,22 @@ def _replace_dir(tmp: Path, target: Path) -> None:
     shutil.rmtree(old)
 
 
+# A staging sibling's name: ".<target>.partial-<pid>-<random>" (being filled) or ".<target>.old-<pid>-<random>"
+# (the previous copy set aside); the pid says whether its writer still lives.
+_STAGING = re.compile(r"\.(?P<target>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)-")
+
+
 def recover(target: Path) -> None:
     """Undo what a writer killed while replacing `target` left behind. A writer killed between its
     two renames left `target` missing and the previous copy aside: that copy is put back (the new
-    one may be incomplete). Then the temporary siblings of dead writers are removed; each name
-    carries its writer's pid, so a folder another live process is still filling is left alone."""
+    one may be incomplete). Then the temporary siblings of dead writers are removed; a folder
+    another live process is still filling is left alone."""
     if not target.parent.is_dir():
         return
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(partial|old)-(\d+)-")
     abandoned = sorted(
-        (match.group(1) != "old", sibling)  # the set-aside copies first, so one can be restored
+        (match["kind"] != "old", sibling)  # the set-aside copies first, so one can be restored
         for sibling in target.parent.iterdir()
-        if (match := pattern.match(sibling.name)) and not _alive(int(match.group(2)))
+        if (match := _STAGING.match(sibling.name)) and match["target"] == target.name and not _alive(int(match["pid"]))
     )
     for is_partial, sibling in abandoned:
         if not is_partial and not target.exists() and (sibling / "previous").exists():
@@ -77,9 +81,8 @@ def recover(target: Path) -> None:
 
 
 def recover_all(folder: Path) -> None:
-    """`recover` every target in `folder` that a dead writer left temporaries for."""
-    pattern = re.compile(r"\.(.+)\.(?:partial|old)-\d+-")
-    for name in {m.group(1) for p in folder.iterdir() if (m := pattern.match(p.name))}:
+    """`recover` every target in `folder` that a writer left temporaries for."""
+    for name in {m["target"] for p in folder.iterdir() if (m := _STAGING.match(p.name))}:
         recover(folder / name)
 
 

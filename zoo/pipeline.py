@@ -90,6 +90,7 @@ class Prepared:
     loaded: LoadedModel
     calibration: CalibrationData
     online: bool
+    sampling: tuple[str, int, int]  # the calibration set, samples and length it was calibrated with
     dtype: str  # of the checkpoint's uncompressed tensors; the model holds values rounded to it
     base_bytes: int  # the base's tensors in a 16-bit checkpoint
 
@@ -146,6 +147,13 @@ def hardware() -> str:
     return f"{platform.machine()} CPU x{os.cpu_count()} ({platform.processor() or platform.system()})"
 
 
+def _as_argument(value: object) -> str:
+    """A setting as its flag takes it: components comma-separated, floats as short as they go."""
+    if isinstance(value, list):
+        return ",".join(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def command_line(prepared: Prepared, req: CompressRequest) -> str:
     """The `zoo compress` command that rebuilds this variant, every setting that shapes it spelled out."""
     req = effective(prepared, req)
@@ -160,17 +168,8 @@ def command_line(prepared: Prepared, req: CompressRequest) -> str:
         if value is True:
             args.append(flag)
         else:
-            args += [
-                flag,
-                ",".join(value)
-                if isinstance(value, list)
-                else f"{value:g}"
-                if isinstance(value, float)
-                else str(value),
-            ]
-    source, n_samples, seq_len = calibration_settings(
-        spec, req.calibration, req.n_samples, req.seq_len, prepared.online
-    )
+            args += [flag, _as_argument(value)]
+    source, n_samples, seq_len = prepared.sampling
     args += [
         "--calibration",
         shown(source),
@@ -223,9 +222,9 @@ def prepare(req: CompressRequest, online: bool | None = None) -> Prepared:
     dtype = req.config.resolved(loaded.dtype, spec.defaults.get("dtype", "bfloat16")).dtype
     base_bytes = tensor_bytes(loaded.model, "float16")
     round_weights(loaded.model, dtype)  # calibrate and score the base as its checkpoint holds it
-    source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
-    calibration = adapter.calibration(loaded, source, n_samples, seq_len, req.seed, online)
-    return Prepared(spec, adapter, loaded, calibration, online, dtype, base_bytes)
+    sampling = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
+    calibration = adapter.calibration(loaded, *sampling, req.seed, online)
+    return Prepared(spec, adapter, loaded, calibration, online, sampling, dtype, base_bytes)
 
 
 def effective(prepared: Prepared, req: CompressRequest) -> CompressRequest:
@@ -347,10 +346,10 @@ def compress(
     req = CompressRequest(name, config, calibration=calibration, n_samples=n_samples, seq_len=seq_len, seed=seed)
     adapter = get_adapter(kind)
     loaded = LoadedModel(model, processor, name)
-    source, n_samples, seq_len = calibration_settings(spec, calibration, n_samples, seq_len, online)
-    data = adapter.calibration(loaded, source, n_samples, seq_len, seed, online)
+    sampling = calibration_settings(spec, calibration, n_samples, seq_len, online)
+    data = adapter.calibration(loaded, *sampling, seed, online)
     dtype = config.resolved(str(model.dtype).removeprefix("torch."), spec.defaults.get("dtype", "bfloat16")).dtype
-    prepared = Prepared(spec, adapter, loaded, data, online, dtype, tensor_bytes(model, "float16"))
+    prepared = Prepared(spec, adapter, loaded, data, online, sampling, dtype, tensor_bytes(model, "float16"))
     record = compress_loaded(prepared, req, req.out_dir.name)
     model.compot_record = record
     return record

@@ -56,10 +56,10 @@ def layer_table(model: nn.Module) -> dict[str, dict]:
     return {name: layer_spec(m) for name, m in compot_layers(model).items()}
 
 
-def state_to_save(model: nn.Module, dtype: str | None = None) -> dict[str, torch.Tensor]:
-    """The state dict with each tied weight once (safetensors refuses shared tensors; loaders
-    re-tie), its floating tensors in `dtype` (None: as they are) except the compressed layers'
-    factors, which keep their storage dtype."""
+def _saved_tensors(model: nn.Module, dtype: str | None) -> dict[str, tuple[torch.Tensor, torch.dtype]]:
+    """Name -> (tensor, dtype it is saved in): each tied weight once (safetensors refuses shared
+    tensors; loaders re-tie), floating tensors in `dtype` (None: as they are) except the compressed
+    layers' factors, which keep their storage dtype."""
     state = model.state_dict()
     for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
         if target in state and source in state and state[target].data_ptr() == state[source].data_ptr():
@@ -67,14 +67,20 @@ def state_to_save(model: nn.Module, dtype: str | None = None) -> dict[str, torch
     factors = {f"{name}.{part}" for name in compot_layers(model) for part in ("dictionary", "code_values")}
     cast = getattr(torch, dtype) if dtype else None
     return {
-        name: (t.to(cast) if cast is not None and t.is_floating_point() and name not in factors else t).contiguous()
+        name: (t, cast if cast is not None and t.is_floating_point() and name not in factors else t.dtype)
         for name, t in state.items()
     }
 
 
+def state_to_save(model: nn.Module, dtype: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors `save_compressed` writes, in the dtypes `_saved_tensors` gives them."""
+    return {name: t.to(saved).contiguous() for name, (t, saved) in _saved_tensors(model, dtype).items()}
+
+
 def tensor_bytes(model: nn.Module, dtype: str | None = None) -> int:
-    """The bytes of the tensors `save_compressed` (or a plain save in `dtype`) writes for `model`."""
-    return sum(t.numel() * t.element_size() for t in state_to_save(model, dtype).values())
+    """The bytes of the tensors `save_compressed` (or a plain save in `dtype`) writes for `model`,
+    counted without making the copy."""
+    return sum(t.numel() * saved.itemsize for t, saved in _saved_tensors(model, dtype).values())
 
 
 def round_weights(model: nn.Module, dtype: str) -> None:

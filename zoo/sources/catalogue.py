@@ -68,8 +68,8 @@ def resolve(name: str, modality: str | None = None, online: bool = False) -> Mod
     table = catalogue()
     if name in table["models"]:
         entry = dict(table["models"][name])
-        kind = modality or entry.pop("modality")
-        entry.pop("modality", None)
+        listed = entry.pop("modality")
+        kind = modality or listed
         sources = {k: entry.pop(k, None) for k in ("hub", "packaged", "revision")}
         return ModelSpec(
             name,
