@@ -1,9 +1,11 @@
 """CompotLinear stores what eq. 11 counts and computes x A C + b."""
 
+import pytest
 import torch
 
-from zoo.compression.layer import CompotLinear, pack_mask, unpack_mask
+from zoo.compression.layer import ATOMS_MULTIPLE, CompotLinear, pack_mask, unpack_mask
 from zoo.engine import factorize
+from zoo.errors import ZooError
 
 
 def test_mask_packing_round_trips_exactly():
@@ -42,15 +44,42 @@ def test_values_that_overflow_float16_are_stored_in_bfloat16():
     assert torch.isfinite(layer(torch.randn(2, 20))).all()
 
 
-def test_cache_follows_in_place_updates_and_keeps_no_wider_copy():
+def test_stored_layout_keeps_only_the_stored_tensors_and_follows_in_place_updates():
     f = factorize(torch.randn(40, 20), torch.eye(20), cr=0.3)
     layer = CompotLinear.from_factorization(f, None, torch.bfloat16)
+    stored = {name: t.data_ptr() for name, t in [*layer.named_parameters(), *layer.named_buffers()]}
     x = torch.randn(2, 20)  # float32 input on bfloat16 factors: converted per call, not kept
     before = layer(x)
-    assert before.dtype == torch.float32 and layer._cache[1].dtype == torch.bfloat16
+    assert before.dtype == torch.float32
+    assert {name: t.data_ptr() for name, t in [*layer.named_parameters(), *layer.named_buffers()]} == stored
+    assert all(not isinstance(v, torch.Tensor) for v in vars(layer).values())  # no tensor kept beside them
     with torch.no_grad():
         layer.code_values.mul_(2)
     assert torch.allclose(layer(x), 2 * before, rtol=1e-2)
+
+
+def _held_bytes(layer: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*layer.parameters(), *layer.buffers()])
+
+
+@pytest.mark.parametrize("method", ["compot", "svd-llm"])
+@pytest.mark.parametrize(("shape", "cr", "layout"), [((1024, 640), 0.75, "factors"), ((96, 64), 0.3, "dense")])
+def test_inference_layout_computes_the_same_and_holds_no_more_than_the_weight(method, shape, cr, layout):
+    g = torch.Generator().manual_seed(2)
+    w, bias = torch.randn(*shape, generator=g), torch.randn(shape[0], generator=g)
+    layer = CompotLinear.from_factorization(factorize(w, torch.eye(shape[1]), cr=cr, method=method), bias)
+    layer = layer.to(torch.bfloat16)
+    x = torch.randn(3, shape[1], generator=g, dtype=torch.bfloat16)
+    expected = layer(x).float()
+    with torch.no_grad():
+        assert layer.to_inference() == layout
+    got = layer(x).float()
+    assert (got - expected).abs().max() <= 2e-2 * expected.abs().max()
+    assert _held_bytes(layer) - 2 * shape[0] <= 2 * shape[0] * shape[1]  # bias aside: at most the 16-bit weight
+    if layout == "factors":
+        assert layer.dictionary.shape[0] % ATOMS_MULTIPLE == 0 and layer.dictionary.shape[0] >= layer.k
+    with pytest.raises(ZooError, match="inference layout"):
+        layer.stored_bits()
 
 
 def test_layer_used_under_inference_mode_still_works_with_autograd_after():

@@ -22,6 +22,7 @@ from torch import nn
 from zoo import __version__
 from zoo.compression.apply import compress_model
 from zoo.compression.config import CompressionConfig
+from zoo.compression.layer import to_inference
 from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
@@ -281,6 +282,7 @@ def compress_variant(
     )
     result = CompressResult(out, record)
     if base_metrics is not None:
+        to_inference(prepared.loaded.model)  # scored as it runs once loaded
         metrics = metrics_from_results(base_metrics, evaluate(prepared))
         result.scorecard = Scorecard.from_record(record, metrics, prepared.spec.defaults.get("eval_limit"))
         result.scorecard.save(out / SCORECARD)

@@ -4,8 +4,13 @@ y = (x A) C + b. What is stored is what eq. 11 counts: the dictionary A^T (k, in
 bits, each output's s kept codes in 16 bits (in increasing atom order), and the (out, k)
 support bitmask, row-major, packed eight to a byte in little bit order (numpy's
 `packbits(..., bitorder="little")`: mask element i is bit i % 8 of byte i // 8). SVD-LLM
-layers store their codes dense and no mask. The forward pass multiplies by the dense code
-matrix, rebuilt from the stored tensors in their 16-bit dtype and cached, never saved.
+layers store their codes dense and no mask.
+
+A layer computes from the stored form (on CUDA through the sparse-codes kernel, elsewhere
+through dense codes rebuilt per call and dropped) until `to_inference` gives it the layout
+its device multiplies fastest that takes no more memory than the base layer's weight in the
+same dtype: the factors with dense 16-bit codes where they are clearly smaller than the
+weight, else the product itself. A layer in such a layout no longer holds its factors.
 """
 
 from __future__ import annotations
@@ -17,12 +22,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.compression import kernel
 from zoo.engine import Factorization
 from zoo.engine.factorization import METHODS
 from zoo.errors import ZooError
 
 FLOAT16_MAX = torch.finfo(torch.float16).max
 STORAGE_DTYPES = (torch.float16, torch.bfloat16)
+LAYOUTS = ("stored", "factors", "dense")
+# Dense codes are kept only where the pair takes at most this share of the weight's bytes:
+# two products on nearly as many bytes run slower than one.
+FACTORS_MAX_SHARE = 0.9
+# Atoms are padded (zero rows and columns) to a multiple of this: CPU GEMM libraries build and
+# keep code per distinct shape (about 1 MiB each with oneDNN), so a hundred distinct k would cost
+# more memory than the factors save.
+ATOMS_MULTIPLE = 64
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -88,7 +102,7 @@ class CompotLinear(nn.Module):
             if bias
             else None
         )
-        self._cache: tuple | None = None  # (key of the stored tensors, their dense codes)
+        self.layout = "stored"
 
     @classmethod
     def from_factorization(
@@ -131,6 +145,7 @@ class CompotLinear(nn.Module):
 
     def dense_codes(self) -> torch.Tensor:
         """(out, k) codes in storage dtype: scattered from values + mask for COMPOT."""
+        self.require_factors("dense_codes")
         if self.code_mask is None:
             return self.code_values
         mask = unpack_mask(self.code_mask, (self.out_features, self.k))
@@ -142,25 +157,51 @@ class CompotLinear(nn.Module):
         codes = torch.zeros(self.out_features, self.k, dtype=self.code_values.dtype, device=self.code_values.device)
         return codes.masked_scatter_(mask, self.code_values)
 
-    def _codes(self) -> torch.Tensor:
-        """The dense codes in storage dtype, rebuilt only when a stored tensor changed. Built outside
-        inference mode, so a later forward with autograd can use them."""
-        stored = (self.code_values, self.code_mask)
-        key = tuple((t.data_ptr(), t._version) for t in stored)
-        if self._cache is None or self._cache[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                self._cache = (key, self.dense_codes())
-        return self._cache[1]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dictionary = self.dictionary
-        codes = self.code_values if self.code_mask is None else self._codes()
-        if x.dtype != dictionary.dtype:  # converted per call, never kept: no copy wider than stored
-            dictionary, codes = dictionary.to(x.dtype), codes.to(x.dtype)
-        return F.linear(F.linear(x, dictionary), codes, self.bias)
+        if self.layout == "dense":
+            return F.linear(x, _as(self.weight, x), self.bias)
+        if self.layout == "factors":
+            return F.linear(F.linear(x, _as(self.dictionary, x)), _as(self.codes, x), self.bias)
+        hidden = F.linear(x, _as(self.dictionary, x))
+        if self.code_mask is not None and kernel.applies(hidden, self.code_values):
+            out = kernel.sparse_codes_matmul(hidden, self.code_values, self.code_mask, self.k)
+            return out if self.bias is None else out + _as(self.bias, out)
+        codes = self.code_values if self.code_mask is None else self.dense_codes()
+        return F.linear(hidden, _as(codes, x), self.bias)
+
+    def to_inference(self) -> str:
+        """Trade the stored form for the layout this layer's device runs best (see the module
+        docstring) and return its name. The factors are gone afterwards: nothing can save it."""
+        if self.layout != "stored":
+            return self.layout
+        if self.code_mask is not None and kernel.applies(self.dictionary, self.code_values):
+            return self.layout  # the kernel multiplies from the stored form itself
+        with torch.no_grad():
+            dictionary, codes = self.dictionary, self.dense_codes()
+            atoms = min(math.ceil(self.k / ATOMS_MULTIPLE) * ATOMS_MULTIPLE, self.in_features, self.out_features)
+            atoms = max(atoms, self.k)
+            factors_bytes = atoms * (self.in_features + self.out_features)
+            del self.dictionary, self.code_values, self.code_mask
+            if factors_bytes <= FACTORS_MAX_SHARE * self.in_features * self.out_features:
+                self.dictionary = nn.Parameter(F.pad(dictionary, (0, 0, 0, atoms - self.k)), requires_grad=False)
+                self.codes = nn.Parameter(F.pad(codes, (0, atoms - self.k)), requires_grad=False)
+                self.layout = "factors"
+            else:  # the product in float32, rounded once to the storage dtype
+                weight = (codes.float() @ dictionary.float()).to(dictionary.dtype)
+                self.weight = nn.Parameter(weight, requires_grad=False)
+                self.layout = "dense"
+        return self.layout
+
+    def require_factors(self, what: str) -> None:
+        if self.layout != "stored":
+            raise ZooError(
+                f"{what}: {self} runs from its {self.layout} inference layout and no longer holds its factors; "
+                "use the checkpoint it was loaded from (zoo.load(path, inference=False) keeps the factors)"
+            )
 
     def stored_bits(self) -> int:
         """Bits of the factors as stored (bias excluded, as for the dense layer it replaces)."""
+        self.require_factors("stored_bits")
         width = self.s if self.method == "compot" else self.k
         size = self.dictionary.element_size()
         mask = 0 if self.code_mask is None else self.code_mask.numel()
@@ -169,6 +210,20 @@ class CompotLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}, "
-            f"k={self.k}, s={self.s}, storage={str(self.dictionary.dtype).removeprefix('torch.')}, "
-            f"bias={self.bias is not None}"
+            f"k={self.k}, s={self.s}, layout={self.layout}, "
+            f"dtype={str(next(self.parameters()).dtype).removeprefix('torch.')}, bias={self.bias is not None}"
         )
+
+
+def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t` in `like`'s dtype for this call only: no copy wider than stored is ever kept."""
+    return t if t.dtype == like.dtype else t.to(like.dtype)
+
+
+def to_inference(model: nn.Module) -> dict[str, int]:
+    """Every CompotLinear of `model` in its inference layout; how many layers took each."""
+    counts = dict.fromkeys(LAYOUTS, 0)
+    for module in model.modules():
+        if isinstance(module, CompotLinear):
+            counts[module.to_inference()] += 1
+    return counts

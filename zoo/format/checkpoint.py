@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.compression.layer import CompotLinear, unpack_mask
+from zoo.compression.layer import CompotLinear, to_inference, unpack_mask
 from zoo.errors import ZooError
 from zoo.files import check_replaceable, check_writable, staged_dir
 from zoo.format.record import RECORD, VariantRecord
@@ -122,8 +122,11 @@ def save_compressed(
     record as written, with the weights file's size."""
     out_dir = Path(out_dir)
     check_target(out_dir, overwrite)
-    if not compot_layers(model):
+    layers = compot_layers(model)
+    if not layers:
         raise ZooError(f"{type(model).__name__} has no CompotLinear layers: nothing compressed to save")
+    for name, layer in layers.items():
+        layer.require_factors(f"saving {name}")
     dtype = record.config.dtype
     with staged_dir(out_dir) as tmp:
         save_file(state_to_save(model, dtype), tmp / WEIGHTS, metadata={"format": "pt"})
@@ -228,11 +231,13 @@ def check_factors(model: nn.Module, source: Path) -> None:
                 )
 
 
-def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_compressed(path: str | Path, device: str | torch.device = "cpu", inference: bool = True) -> nn.Module:
     """The compressed model from a folder or Hub repo, rebuilt with CompotLinear layers swapped in.
 
     What to rebuild is read from config.json: its architecture and its `quantization_config`
-    layer table, the same as transformers' `from_pretrained` reads through the quantizer.
+    layer table, the same as transformers' `from_pretrained` reads through the quantizer. With
+    `inference`, the layers then take their inference layout on `device` (`to_inference`), as
+    `from_pretrained` gives them; without, they keep their factors, and the model can be saved.
     """
     import transformers
 
@@ -282,7 +287,10 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu") -> nn.
     if (path / GENERATION_CONFIG).is_file():  # Whisper's task tokens, LLM sampling defaults
         model.generation_config = transformers.GenerationConfig.from_pretrained(path)
     model.config.quantization_config = quantization  # so save_pretrained keeps the layer table
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if inference:
+        to_inference(model)
+    return model
 
 
 def _listing(keys: list[str], limit: int = 5) -> str:

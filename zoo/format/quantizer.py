@@ -4,18 +4,24 @@ rebuilds a compressed checkpoint with its CompotLinear layers, like any pre-quan
 transformers builds the architecture on the meta device, calls
 `_process_model_before_weight_loading` (we swap the shells in there), then loads
 model.safetensors into whatever modules are present. Shell tensors carry their storage
-dtype, so the 16-bit factors and the uint8 mask load as saved.
+dtype, so the 16-bit factors and the uint8 mask load as saved. Once checked, the layers take
+their inference layout on the device they were loaded to (`CompotLinear.to_inference`), which
+no longer holds the factors: such a model runs, and refuses `save_pretrained`.
 """
 
 from __future__ import annotations
+
+import logging
 
 from transformers.quantizers.auto import register_quantization_config, register_quantizer
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from zoo.compression.layer import CompotLinear
+from zoo.compression.layer import CompotLinear, to_inference
 from zoo.errors import ZooError
 from zoo.format.checkpoint import check_factors, swap_in_shells
+
+logger = logging.getLogger(__name__)
 
 
 @register_quantization_config("compot")
@@ -36,6 +42,10 @@ class CompotQuantizer(HfQuantizer):
 
     requires_calibration = True
 
+    def __init__(self, quantization_config, **kwargs) -> None:
+        super().__init__(quantization_config, **kwargs)
+        self.layouts: dict[str, int] = {}  # how many layers took each layout, once loaded
+
     def _process_model_before_weight_loading(self, model, **kwargs):
         swap_in_shells(model, self.quantization_config.layers)
         return model
@@ -51,10 +61,19 @@ class CompotQuantizer(HfQuantizer):
                     if not getattr(t, "_is_hf_initialized", False):
                         raise ZooError(f"{source}: the weights hold no {name}.{label} for compressed layer {name}")
         check_factors(model, source)
+        self.layouts = to_inference(model)
         return model
 
     def is_serializable(self) -> bool:
-        return True
+        if self.layouts.get("stored", 0) == sum(self.layouts.values()):
+            return True
+        logger.warning(
+            "this compressed model was loaded for inference: %s of its layers multiply from a layout derived "
+            "from the factors and no longer hold them; save_pretrained cannot write it back. The folder it was "
+            "loaded from is its checkpoint (zoo.load(path, inference=False) keeps the factors).",
+            sum(self.layouts.values()) - self.layouts.get("stored", 0),
+        )
+        return False
 
     @property
     def is_trainable(self) -> bool:
