@@ -16,11 +16,9 @@ CUDA = torch.cuda.is_available()
 
 
 @pytest.fixture
-def device(monkeypatch):
-    if CUDA:
-        return "cuda"
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    return "cpu"
+def device():
+    assert CUDA or kernel.interpreted(), "conftest sets TRITON_INTERPRET=1 without a GPU"
+    return "cuda" if CUDA else "cpu"
 
 
 def _layer(out: int, inp: int, cr: float, seed: int, dtype: torch.dtype, bias: bool = False) -> CompotLinear:

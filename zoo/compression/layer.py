@@ -29,14 +29,18 @@ from zoo.errors import ZooError
 
 FLOAT16_MAX = torch.finfo(torch.float16).max
 STORAGE_DTYPES = (torch.float16, torch.bfloat16)
+POPCOUNT = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int32)
 LAYOUTS = ("stored", "factors", "dense")
 # Dense codes are kept only where the pair takes at most this share of the weight's bytes:
 # two products on nearly as many bytes run slower than one.
-FACTORS_MAX_SHARE = 0.9
+FACTORS_MAX_SHARE = 0.75
 # Atoms are padded (zero rows and columns) to a multiple of this: CPU GEMM libraries build and
 # keep code per distinct shape (about 1 MiB each with oneDNN), so a hundred distinct k would cost
 # more memory than the factors save.
 ATOMS_MULTIPLE = 64
+# Layouts are derived a few rows of codes at a time: temporaries of one size, reused, leave no
+# freed memory behind that the C allocator keeps resident.
+CHUNK_BYTES = 1 << 18
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -44,11 +48,12 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.packbits(mask.cpu().numpy().reshape(-1), bitorder="little"))
 
 
-def unpack_mask(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Inverse of `pack_mask`: the bool (out, k) mask, computed on the packed tensor's device."""
+def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...], skip: int = 0) -> torch.Tensor:
+    """Inverse of `pack_mask`: the bool mask of `shape` starting `skip` bits into `packed`,
+    computed on the packed tensor's device."""
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
     bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(-1)[: shape[0] * shape[1]].reshape(shape).bool()
+    return bits.reshape(-1)[skip : skip + math.prod(shape)].reshape(shape).bool()
 
 
 class CompotLinear(nn.Module):
@@ -146,16 +151,14 @@ class CompotLinear(nn.Module):
     def dense_codes(self) -> torch.Tensor:
         """(out, k) codes in storage dtype: scattered from values + mask for COMPOT."""
         self.require_factors("dense_codes")
-        if self.code_mask is None:
-            return self.code_values
-        mask = unpack_mask(self.code_mask, (self.out_features, self.k))
-        if mask.sum().item() != self.code_values.numel():
-            raise ZooError(
-                f"{self}: code_mask marks {mask.sum().item()} codes but code_values holds "
-                f"{self.code_values.numel()}; the checkpoint is corrupt"
-            )
-        codes = torch.zeros(self.out_features, self.k, dtype=self.code_values.dtype, device=self.code_values.device)
-        return codes.masked_scatter_(mask, self.code_values)
+        if self.code_mask is not None:
+            marked = int(POPCOUNT.to(self.code_mask.device)[self.code_mask.long()].sum())
+            if marked != self.code_values.numel():
+                raise ZooError(
+                    f"{self}: code_mask marks {marked} codes but code_values holds "
+                    f"{self.code_values.numel()}; the checkpoint is corrupt"
+                )
+        return torch.cat([self._code_rows(start, stop) for start, stop in self._chunks()])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "dense":
@@ -176,21 +179,54 @@ class CompotLinear(nn.Module):
             return self.layout
         if self.code_mask is not None and kernel.applies(self.dictionary, self.code_values):
             return self.layout  # the kernel multiplies from the stored form itself
+        atoms = min(math.ceil(self.k / ATOMS_MULTIPLE) * ATOMS_MULTIPLE, self.in_features, self.out_features)
+        atoms = max(atoms, self.k)
+        dictionary, out = self.dictionary, self.out_features
+        like = {"dtype": dictionary.dtype, "device": dictionary.device}
         with torch.no_grad():
-            dictionary, codes = self.dictionary, self.dense_codes()
-            atoms = min(math.ceil(self.k / ATOMS_MULTIPLE) * ATOMS_MULTIPLE, self.in_features, self.out_features)
-            atoms = max(atoms, self.k)
-            factors_bytes = atoms * (self.in_features + self.out_features)
-            del self.dictionary, self.code_values, self.code_mask
-            if factors_bytes <= FACTORS_MAX_SHARE * self.in_features * self.out_features:
-                self.dictionary = nn.Parameter(F.pad(dictionary, (0, 0, 0, atoms - self.k)), requires_grad=False)
-                self.codes = nn.Parameter(F.pad(codes, (0, atoms - self.k)), requires_grad=False)
+            if atoms * (self.in_features + out) <= FACTORS_MAX_SHARE * self.in_features * out:
+                codes = torch.zeros(out, atoms, **like)
+                for start, stop in self._chunks():
+                    codes[start:stop, : self.k] = self._code_rows(start, stop)
+                self.codes = nn.Parameter(codes, requires_grad=False)
                 self.layout = "factors"
-            else:  # the product in float32, rounded once to the storage dtype
-                weight = (codes.float() @ dictionary.float()).to(dictionary.dtype)
+                dictionary = F.pad(dictionary, (0, 0, 0, atoms - self.k))
+            else:
+                # in float32, rounded once; unlike 16-bit CPU GEMMs, float32 ones keep no code per shape
+                weight, dictionary = torch.empty(out, self.in_features, **like), dictionary.float()
+                for start, stop in self._chunks():
+                    weight[start:stop] = self._code_rows(start, stop).float() @ dictionary
                 self.weight = nn.Parameter(weight, requires_grad=False)
                 self.layout = "dense"
+                dictionary = None
+        del self.dictionary, self.code_values, self.code_mask
+        if dictionary is not None:
+            self.dictionary = nn.Parameter(dictionary, requires_grad=False)
         return self.layout
+
+    def _chunks(self) -> list[tuple[int, int]]:
+        """Row ranges whose 16-bit codes take about CHUNK_BYTES."""
+        rows = max(1, CHUNK_BYTES // (2 * self.k))
+        return [(i, min(i + rows, self.out_features)) for i in range(0, self.out_features, rows)]
+
+    def _mask_rows(self, start: int, stop: int) -> torch.Tensor:
+        first, last = start * self.k, stop * self.k
+        return unpack_mask(self.code_mask[first // 8 : -(-last // 8)], (stop - start, self.k), first % 8)
+
+    def kept_per_row(self) -> torch.Tensor:
+        """How many codes the mask keeps in each output row (all k for SVD-LLM)."""
+        self.require_factors("kept_per_row")
+        if self.code_mask is None:
+            return torch.full((self.out_features,), self.k)
+        return torch.cat([self._mask_rows(start, stop).sum(1) for start, stop in self._chunks()])
+
+    def _code_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows start:stop of the dense codes, from the stored form (exactly s kept per row)."""
+        if self.code_mask is None:
+            return self.code_values[start:stop]
+        mask = self._mask_rows(start, stop)
+        codes = torch.zeros(stop - start, self.k, dtype=self.code_values.dtype, device=self.code_values.device)
+        return codes.masked_scatter_(mask, self.code_values[start:stop])
 
     def require_factors(self, what: str) -> None:
         if self.layout != "stored":
@@ -221,9 +257,25 @@ def _as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def to_inference(model: nn.Module) -> dict[str, int]:
-    """Every CompotLinear of `model` in its inference layout; how many layers took each."""
+    """Every CompotLinear of `model` in its inference layout; how many layers took each.
+
+    A checkpoint loaded from a memory-mapped file keeps the whole map, and every page of it read
+    so far, for as long as any tensor views it: the other tensors on CPU are copied out, so that
+    the pages of the dropped factors leave resident memory with the map."""
     counts = dict.fromkeys(LAYOUTS, 0)
     for module in model.modules():
         if isinstance(module, CompotLinear):
             counts[module.to_inference()] += 1
+    if counts["stored"] < sum(counts.values()):
+        derived = {
+            id(t)
+            for m in model.modules()
+            if isinstance(m, CompotLinear)
+            for n, t in m.named_parameters()
+            if n != "bias"
+        }
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                if id(t) not in derived and t.device.type == "cpu":
+                    t.data = t.data.clone()
     return counts

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.compression.layer import CompotLinear, to_inference, unpack_mask
+from zoo.compression.layer import CompotLinear, to_inference
 from zoo.errors import ZooError
 from zoo.files import check_replaceable, check_writable, staged_dir
 from zoo.format.record import RECORD, VariantRecord
@@ -223,7 +223,7 @@ def check_factors(model: nn.Module, source: Path) -> None:
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise ZooError(f"{source}: {name}.{label} holds NaN/Inf values; the checkpoint is corrupt")
         if layer.code_mask is not None:
-            per_row = unpack_mask(layer.code_mask, (layer.out_features, layer.k)).sum(dim=1)
+            per_row = layer.kept_per_row()
             if not bool((per_row == layer.s).all()):
                 raise ZooError(
                     f"{source}: {name}.code_mask keeps {int(per_row.min())}..{int(per_row.max())} codes "
