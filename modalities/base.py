@@ -24,8 +24,9 @@ class Adapter(Protocol):
     modality: str
     auto_class: str  # the transformers Auto class that rebuilds the architecture
 
-    def load(self, spec: ModelSpec, online: bool) -> LoadedModel:
-        """The model of `spec` in float32 with its processor; the Hub is tried only when `online`."""
+    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None) -> LoadedModel:
+        """The model of `spec` in `dtype` (default: its checkpoint's when 16-bit, else float32) with its
+        processor; the Hub is tried only when `online`."""
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
         """The stacks to compress, in calibration order; `components` picks them by name

@@ -57,11 +57,18 @@ class DecoderLLM:
     modality = "llm"
     auto_class = "AutoModelForCausalLM"
 
-    def load(self, spec: ModelSpec, online: bool) -> LoadedModel:
+    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None) -> LoadedModel:
         from zoo.sources.converters.gguf import packaged_llm_dir
 
         return load_model(
-            spec, online, AutoModelForCausalLM, AutoTokenizer, self.stacks, packaged_llm_dir, "4-bit GGUF, dequantized"
+            spec,
+            online,
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            self.stacks,
+            packaged_llm_dir,
+            "4-bit GGUF, dequantized",
+            dtype,
         )
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:

@@ -124,8 +124,8 @@ class QwenVL:
     modality = "vlm"
     auto_class = "AutoModelForImageTextToText"
 
-    def load(self, spec: ModelSpec, online: bool) -> LoadedModel:
-        return load_model(spec, online, AutoModelForImageTextToText, QwenVLProcessor, self.stacks)
+    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None) -> LoadedModel:
+        return load_model(spec, online, AutoModelForImageTextToText, QwenVLProcessor, self.stacks, dtype=dtype)
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
         """The language tower's blocks: one stack, or on Qwen3-VL one per DeepStack injection point

@@ -46,7 +46,7 @@ class Whisper:
     modality = "whisper"
     auto_class = "AutoModelForSpeechSeq2Seq"
 
-    def load(self, spec: ModelSpec, online: bool) -> LoadedModel:
+    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None) -> LoadedModel:
         from zoo.sources.converters.whisper_ct2 import packaged_whisper_dir
 
         return load_model(
@@ -57,6 +57,7 @@ class Whisper:
             self.stacks,
             packaged_whisper_dir,
             "CTranslate2 float16, converted",
+            dtype,
         )
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:

@@ -114,8 +114,10 @@ def test_python_compress_then_save_pretrained_reloads_identically(text_file, tmp
     prompt = torch.tensor([[3, 17, 42, 9]])
     expected = model(prompt).logits
     model.save_pretrained(tmp_path / "plain")
+    assert torch.equal(zoo.load(tmp_path / "plain", inference=False)(prompt).logits, expected)
     for again in (AutoModelForCausalLM.from_pretrained(tmp_path / "plain"), zoo.load(tmp_path / "plain")):
-        assert torch.equal(again(prompt).logits, expected)
+        # the inference layout's product is rounded to 16 bits once: close, not equal
+        torch.testing.assert_close(again(prompt).logits, expected, rtol=0.01, atol=0.01)
     zoo.save(model, tmp_path / "variant", tokenizer)  # the variant's checkpoint: the rest in 16 bits
     record = json.loads((tmp_path / "variant" / "compot_record.json").read_text())
     assert record["config"]["cr"] == 0.3 and record["config"]["dtype"] == "bfloat16"

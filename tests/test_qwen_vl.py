@@ -150,11 +150,16 @@ def test_compress_save_reload_answers_the_same(folders, questions, tmp_path, gen
         extra_files=lambda tmp: ADAPTER.save_processor(loaded, tmp),
     )
     assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "compot"
-    for model in (zoo.load(out), AutoModelForImageTextToText.from_pretrained(out).eval()):
+    loaders = [zoo.load(out, inference=False), zoo.load(out), AutoModelForImageTextToText.from_pretrained(out).eval()]
+    for kept_factors, model in zip([True, False, False], loaders, strict=True):
         assert type(model) is type(loaded.model)
         with torch.no_grad():
-            assert torch.equal(model(**inputs).logits, expected_logits)
-            assert torch.equal(model.generate(**inputs, max_new_tokens=6, do_sample=False), expected_ids)
+            logits = model(**inputs).logits
+            if kept_factors:
+                assert torch.equal(logits, expected_logits)
+                assert torch.equal(model.generate(**inputs, max_new_tokens=6, do_sample=False), expected_ids)
+            else:  # the inference layout's product is rounded to 16 bits once: close, not equal
+                torch.testing.assert_close(logits, expected_logits, rtol=0.01, atol=0.01)
     reloaded = ADAPTER.load(resolve(str(out), "vlm"), online=False)  # the saved processor builds the same inputs
     again = chat_inputs(reloaded.processor, [photo(7), "what is in the picture"])
     assert all(torch.equal(again[k], v) for k, v in inputs.items())

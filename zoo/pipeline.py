@@ -27,7 +27,7 @@ from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
 from zoo.errors import ZooError
-from zoo.format.checkpoint import check_target, mark_compressed, round_weights, save_compressed, tensor_bytes
+from zoo.format.checkpoint import check_target, mark_compressed, save_compressed, tensor_bytes
 from zoo.format.record import CalibrationInfo, VariantRecord
 from zoo.modalities.base import Adapter, get_adapter
 from zoo.modality import DEFAULT, modality_of
@@ -219,10 +219,11 @@ def prepare(req: CompressRequest, online: bool | None = None) -> Prepared:
     spec = resolve(req.model, req.modality, online)
     spec = dataclasses.replace(spec, defaults={**spec.defaults, **req.eval_settings})
     adapter = get_adapter(spec.modality)
-    loaded = adapter.load(spec, online)
+    loaded = adapter.load(spec, online, req.config.dtype)
     dtype = req.config.resolved(loaded.dtype, spec.defaults.get("dtype", "bfloat16")).dtype
     base_bytes = tensor_bytes(loaded.model, "float16")
-    round_weights(loaded.model, dtype)  # calibrate and score the base as its checkpoint holds it
+    if loaded.model.dtype != getattr(torch, dtype):  # a float32 base held, scored and saved in 16 bits
+        loaded.model.to(getattr(torch, dtype))
     sampling = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
     calibration = adapter.calibration(loaded, *sampling, req.seed, online)
     return Prepared(spec, adapter, loaded, calibration, online, sampling, dtype, base_bytes)

@@ -3,18 +3,25 @@
 Data flows one way: stacks and calibration batches -> Gram statistics -> allocation ->
 factorization -> CompotLinear modules. Every block's Grams come from the original
 (uncompressed) activations, as in SVD-LLM's whitening.
+
+The model stays where it was loaded, in its 16-bit dtype. One block at a time is copied to
+the device in float32, replayed on the calibration activations (which stay on the device),
+factorized there, and only its compressed layers come back: the device holds one block, its
+Grams and the activations, whatever the model's size.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from zoo.compression.config import CompressionConfig
-from zoo.compression.grams import GramStat, block_grams, capture_block_inputs
+from zoo.compression.grams import BlockInput, GramStat, block_grams, capture_block_inputs
 from zoo.compression.layer import CompotLinear
 from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData, Stack
@@ -49,12 +56,16 @@ def compression_targets(model: nn.Module, stacks: list[Stack]) -> dict[str, nn.L
     return targets
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def target_crs(targets: dict[str, nn.Linear], config: CompressionConfig) -> dict[str, float]:
     """The CR each matrix is asked for: the target everywhere (static), or Algorithm 2's allocation."""
     if config.static:
         return {name: config.cr for name in targets}
     weights = {name: linear.weight.detach() for name, linear in targets.items()}
-    return allocate(weights, config.cr, config.min_cr, config.max_cr, device=config.device).cr
+    return allocate(weights, config.cr, config.min_cr, config.max_cr, device=config.device or default_device()).cr
 
 
 def compress_model(
@@ -65,19 +76,38 @@ def compress_model(
     targets = compression_targets(model, stacks)
     crs = target_crs(targets, config)
     storage_dtype = getattr(torch, config.storage_dtype or "float16")
+    device = torch.device(config.device or default_device())
     # Every stack's inputs come from the original model, before any layer is swapped.
     inputs = {stack.name: capture_block_inputs(model, stack.blocks[0][1], calibration.batches) for stack in stacks}
     records: list[LayerRecord] = []
     with tqdm(total=len(targets), desc="compress", unit="matrix") as bar:
         for stack in stacks:
-            stack_inputs = inputs.pop(stack.name)
+            stack_inputs = [to_device(item, device) for item in inputs.pop(stack.name)]
             for prefix, block in stack.blocks:
                 bar.set_postfix_str(prefix)
-                stats, stack_inputs = block_grams(block, stack.groups, stack_inputs)
+                work = working_copy(block, device)
+                stats, stack_inputs = block_grams(work, stack.groups, stack_inputs)
                 _check_finite(prefix, stats, len(stack_inputs))
                 names = {f"{prefix}.{name}": (name, stats[group[0]]) for group in stack.groups for name in group}
-                records += _compress_block(block, names, targets, crs, config, storage_dtype, bar)
+                records += _compress_block(block, work, names, targets, crs, config, storage_dtype, bar)
+                del work, stats
     return records
+
+
+def working_copy(block: nn.Module, device: torch.device) -> nn.Module:
+    """The block in float32 on `device`, for replay and factorization; the block itself stays put."""
+    return copy.deepcopy(block).to(device=device, dtype=torch.float32)
+
+
+def to_device(item: BlockInput, device: torch.device) -> BlockInput:
+    """Captured block inputs on `device`, floating ones in float32 as the working copies compute."""
+
+    def move(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        return value.to(device, torch.float32) if value.is_floating_point() else value.to(device)
+
+    return BlockInput(*tree_map(move, (item.args, item.kwargs)))
 
 
 def _check_finite(prefix: str, stats: dict[str, GramStat], batches: int) -> None:
@@ -99,6 +129,7 @@ def _check_finite(prefix: str, stats: dict[str, GramStat], batches: int) -> None
 
 def _compress_block(
     block: nn.Module,
+    work: nn.Module,
     names: dict[str, tuple[str, GramStat]],
     targets: dict[str, nn.Linear],
     crs: dict[str, float],
@@ -106,10 +137,11 @@ def _compress_block(
     storage_dtype: torch.dtype,
     bar: tqdm,
 ) -> list[LayerRecord]:
-    """Factorize a block's projections side by side, then swap each in unless it stays dense."""
+    """Factorize a block's projections side by side from its working copy, then swap each into
+    the block itself, where it lives, unless it stays dense."""
     jobs = {
-        full: (targets[full].weight.detach(), stat.gram, crs[full])
-        for full, (_, stat) in names.items()
+        full: (work.get_submodule(name).weight.detach(), stat.gram, crs[full])
+        for full, (name, stat) in names.items()
         if crs[full] != 0.0
     }
     factors = factorize_many(
@@ -118,7 +150,6 @@ def _compress_block(
         ks_ratio=config.ks_ratio,
         iters=config.iters,
         tol=config.tol,
-        device=config.device,
         on_done=lambda *_: bar.update(),
     )
     bar.update(len(names) - len(jobs))
@@ -130,7 +161,7 @@ def _compress_block(
                 _record(full, linear, stat, crs[full], None, None, f.reason if f else "allocation kept it dense")
             )
             continue
-        layer = CompotLinear.from_factorization(f, linear.bias, storage_dtype)
+        layer = CompotLinear.from_factorization(f, linear.bias, storage_dtype).to(linear.weight.device)
         block.set_submodule(name, layer)
         records.append(_record(full, linear, stat, crs[full], f, layer))
     return records

@@ -80,7 +80,10 @@ class CompressionConfig:
         None, "Stacks to compress, e.g. encoder,decoder for Whisper (default: the modality's)."
     )
     device: str | None = setting(
-        None, "Where the engine runs (cpu, cuda); the model's device by default.", runtime=True
+        None,
+        "Where each block is calibrated and factorized (cpu, cuda); cuda when present. The model stays where "
+        "it was loaded.",
+        runtime=True,
     )
 
     def __post_init__(self) -> None:

@@ -83,17 +83,6 @@ def tensor_bytes(model: nn.Module, dtype: str | None = None) -> int:
     return sum(t.numel() * saved.itemsize for t, saved in _saved_tensors(model, dtype).values())
 
 
-def round_weights(model: nn.Module, dtype: str) -> None:
-    """Round every floating parameter to `dtype` in place, keeping the dtype it computes in: the
-    model then holds exactly the values its checkpoint will, so the base is calibrated and scored
-    as its 16-bit checkpoint, and the compressed model as saved."""
-    target = getattr(torch, dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.is_floating_point() and p.dtype != target:
-                p.copy_(p.to(target))
-
-
 def mark_compressed(model: nn.Module) -> None:
     """Name the compressed layers in the model's config, as transformers' quantized models carry
     their `quantization_config`: `save_pretrained` then writes a folder that `from_pretrained`

@@ -19,6 +19,8 @@ from zoo.digest import folder_digest
 from zoo.errors import ZooError
 from zoo.sources.catalogue import ModelSpec
 
+SIXTEEN_BIT = ("float16", "bfloat16")
+
 
 @dataclass
 class LoadedModel:
@@ -27,7 +29,7 @@ class LoadedModel:
     base_model: str  # what was actually loaded: Hub id, packaged asset or folder
     revision: str | None = None
     notes: list[str] = field(default_factory=list)
-    dtype: str | None = None  # what the base checkpoint stores (it is loaded in float32 regardless)
+    dtype: str | None = None  # what the base checkpoint stores
 
 
 def load_model(
@@ -38,11 +40,13 @@ def load_model(
     check: Callable[[nn.Module], object],
     packaged_dir: Callable[[str], Path] | None = None,
     packaged_note: str = "",
+    dtype: str | None = None,
 ) -> LoadedModel:
     """The folder, else the Hub (when `online`), else the packaged copy named in the catalogue
     (with a note saying so).
 
-    Weights load in float32 with `model_class` (a transformers Auto or model class), the
+    Weights load in `dtype`, by default the checkpoint's own when it is 16-bit, else float32, with
+    `model_class` (a transformers Auto or model class), the
     tokenizer or processor with `processor_class`; `check(model)` rejects an architecture the
     adapter cannot compress before any calibration work is spent; `packaged_dir(name)` gives
     the folder of the packaged copy (None: no package ships this modality), and `packaged_note`
@@ -52,7 +56,9 @@ def load_model(
     def from_folder(source: str, label: str, revision: str | None = None) -> LoadedModel:
         try:
             saved = AutoConfig.from_pretrained(source, revision=revision).dtype
-            model = model_class.from_pretrained(source, revision=revision, dtype=torch.float32).eval()
+            saved = str(saved).removeprefix("torch.") if saved is not None else None
+            computed = dtype or (saved if saved in SIXTEEN_BIT else "float32")
+            model = model_class.from_pretrained(source, revision=revision, dtype=getattr(torch, computed)).eval()
             processor = processor_class.from_pretrained(source, revision=revision)
         except (OSError, ValueError, SafetensorError) as exc:  # missing or corrupt files, JSON errors
             if not Path(source).is_dir():
@@ -64,8 +70,7 @@ def load_model(
             revision = folder_digest(Path(source))
         else:  # the Hub commit transformers resolved, even when no revision was asked for
             revision = getattr(model.config, "_commit_hash", None) or revision
-        dtype = str(saved).removeprefix("torch.") if saved is not None else None
-        return LoadedModel(model, processor, label, revision, dtype=dtype)
+        return LoadedModel(model, processor, label, revision, dtype=saved)
 
     if spec.local is not None:
         return from_folder(str(spec.local), spec.name)
