@@ -46,7 +46,8 @@ def test_compot_beats_svd_llm_and_round_trips(calibrated, tmp_path):
         make_record(compot.model),
         extra_files=compot.processor.save_pretrained,
     )
-    reloaded = zoo.load(tmp_path / "ckpt")
-    assert torch.equal(reloaded(ids).logits, expected)
+    assert torch.equal(zoo.load(tmp_path / "ckpt", inference=False)(ids).logits, expected)
+    reloaded = zoo.load(tmp_path / "ckpt")  # products rounded to 16 bits once: close, not equal
+    torch.testing.assert_close(reloaded(ids).logits, expected, rtol=0.02, atol=0.1)
     text = compot.processor.decode(reloaded.generate(ids, max_new_tokens=8, do_sample=False)[0])
     assert text.startswith("The history of the city begins") and len(text) > 35

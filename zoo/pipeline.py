@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from zoo import __version__
-from zoo.compression.apply import compress_model
+from zoo.compression.apply import BlockStore, compress_model
 from zoo.compression.config import CompressionConfig
 from zoo.compression.layer import to_inference
 from zoo.compression.report import LayerRecord
@@ -28,6 +28,7 @@ from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
 from zoo.errors import ZooError
 from zoo.format.checkpoint import check_target, mark_compressed, save_compressed, tensor_bytes
+from zoo.format.progress import BlockProgress
 from zoo.format.record import CalibrationInfo, VariantRecord
 from zoo.modalities.base import Adapter, get_adapter
 from zoo.modality import DEFAULT, modality_of
@@ -253,14 +254,17 @@ def run_compress(req: CompressRequest, repo_id: str | None = None) -> CompressRe
     return compress_variant(prepared, req, base_metrics, repo_id)
 
 
-def compress_loaded(prepared: Prepared, req: CompressRequest, variant: str) -> VariantRecord:
+def compress_loaded(
+    prepared: Prepared, req: CompressRequest, variant: str, store: BlockStore | None = None
+) -> VariantRecord:
     """Compress `prepared`'s model in place and describe the result; the model's config then names
-    its compressed layers, so its own `save_pretrained` writes a folder that reloads."""
+    its compressed layers, so its own `save_pretrained` writes a folder that reloads. Blocks
+    `store` holds from a killed run of the same variant are restored."""
     req = effective(prepared, req)
     model = prepared.loaded.model
     start = time.perf_counter()
     layers = compress_model(
-        model, prepared.adapter.stacks(model, req.config.components), prepared.calibration, req.config
+        model, prepared.adapter.stacks(model, req.config.components), prepared.calibration, req.config, store
     )
     seconds = time.perf_counter() - start
     mark_compressed(model)
@@ -273,7 +277,8 @@ def compress_variant(
     """Compress `prepared`'s model in place and save the checkpoint at `req.out_dir`; with
     `base_metrics`, score it and write scorecard.json and the model card (naming `repo_id`)."""
     out = req.out_dir
-    record = compress_loaded(prepared, req, out.name)
+    progress = BlockProgress(out, fingerprint(prepared, effective(prepared, req)))
+    record = compress_loaded(prepared, req, out.name, progress)
     record = save_compressed(
         prepared.loaded.model,
         out,
@@ -281,6 +286,7 @@ def compress_variant(
         overwrite=req.overwrite,
         extra_files=lambda tmp: prepared.adapter.save_processor(prepared.loaded, tmp),
     )
+    progress.finish()
     result = CompressResult(out, record)
     if base_metrics is not None:
         to_inference(prepared.loaded.model)  # scored as it runs once loaded

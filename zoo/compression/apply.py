@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from zoo.compression.config import CompressionConfig
-from zoo.compression.grams import BlockInput, GramStat, block_grams, capture_block_inputs
+from zoo.compression.grams import BlockInput, GramStat, block_grams, capture_block_inputs, replay
 from zoo.compression.layer import CompotLinear
 from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData, Stack
@@ -68,11 +69,25 @@ def target_crs(targets: dict[str, nn.Linear], config: CompressionConfig) -> dict
     return allocate(weights, config.cr, config.min_cr, config.max_cr, device=config.device or default_device()).cr
 
 
+class BlockStore(Protocol):
+    """Where finished blocks are kept, so that a killed run resumes (`zoo.format.progress`)."""
+
+    def load(self, prefix: str) -> tuple[list[LayerRecord], dict[str, CompotLinear]] | None: ...
+
+    def save(self, prefix: str, records: list[LayerRecord], layers: dict[str, CompotLinear]) -> None: ...
+
+
 def compress_model(
-    model: nn.Module, stacks: list[Stack], calibration: CalibrationData, config: CompressionConfig
+    model: nn.Module,
+    stacks: list[Stack],
+    calibration: CalibrationData,
+    config: CompressionConfig,
+    store: BlockStore | None = None,
 ) -> list[LayerRecord]:
     """Replace every target projection of `stacks` (the adapter's, for `config.components`) by a
-    CompotLinear, calibrating on `calibration.batches` fed to `model`; one record per matrix."""
+    CompotLinear, calibrating on `calibration.batches` fed to `model`; one record per matrix.
+    Blocks `store` already holds are restored, not factorized: only replayed, for the next
+    block's inputs."""
     targets = compression_targets(model, stacks)
     crs = target_crs(targets, config)
     storage_dtype = getattr(torch, config.storage_dtype or "float16")
@@ -86,11 +101,23 @@ def compress_model(
             for prefix, block in stack.blocks:
                 bar.set_postfix_str(prefix)
                 work = working_copy(block, device)
-                stats, stack_inputs = block_grams(work, stack.groups, stack_inputs)
-                _check_finite(prefix, stats, len(stack_inputs))
-                names = {f"{prefix}.{name}": (name, stats[group[0]]) for group in stack.groups for name in group}
-                records += _compress_block(block, work, names, targets, crs, config, storage_dtype, bar)
-                del work, stats
+                done = store.load(prefix) if store is not None else None
+                if done is not None:
+                    stack_inputs = replay(work, stack_inputs)
+                    block_records, layers = done
+                    for full, layer in layers.items():
+                        block.set_submodule(full.removeprefix(prefix + "."), layer.to(targets[full].weight.device))
+                    bar.update(len(block_records))
+                else:
+                    stats, stack_inputs = block_grams(work, stack.groups, stack_inputs)
+                    _check_finite(prefix, stats, len(stack_inputs))
+                    names = {f"{prefix}.{name}": (name, stats[group[0]]) for group in stack.groups for name in group}
+                    block_records = _compress_block(block, work, names, targets, crs, config, storage_dtype, bar)
+                    if store is not None:
+                        layers = {r.name: model.get_submodule(r.name) for r in block_records if r.method != "dense"}
+                        store.save(prefix, block_records, layers)
+                records += block_records
+                del work
     return records
 
 

@@ -65,6 +65,19 @@ def _block_output(out):
     return out[0] if isinstance(out, tuple) else out
 
 
+def replay(block: nn.Module, inputs: list[BlockInput]) -> list[BlockInput]:
+    """The block's outputs on each input, as the next block's inputs."""
+    outputs = []
+    with torch.inference_mode():
+        for item in inputs:
+            out = _block_output(block(*item.args, **item.kwargs))
+            if item.args:
+                outputs.append(BlockInput((out,) + tuple(item.args[1:]), item.kwargs))
+            else:
+                outputs.append(BlockInput((), {**item.kwargs, "hidden_states": out}))
+    return outputs
+
+
 def block_grams(
     block: nn.Module, groups: Sequence[Sequence[str]], inputs: list[BlockInput], dtype: torch.dtype = torch.float64
 ) -> tuple[dict[str, GramStat], list[BlockInput]]:
@@ -93,15 +106,8 @@ def block_grams(
             stat.tokens += x.shape[0]
 
         handles.append(linear.register_forward_hook(accumulate))
-    outputs = []
     try:
-        with torch.inference_mode():
-            for item in inputs:
-                out = _block_output(block(*item.args, **item.kwargs))
-                if item.args:
-                    outputs.append(BlockInput((out,) + tuple(item.args[1:]), item.kwargs))
-                else:
-                    outputs.append(BlockInput((), {**item.kwargs, "hidden_states": out}))
+        outputs = replay(block, inputs)
     finally:
         for h in handles:
             h.remove()

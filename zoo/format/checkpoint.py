@@ -183,24 +183,28 @@ def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
                 f"compressed layer {name} is {spec['out_features']}x{spec['in_features']}, "
                 f"but the architecture's linear is {old.out_features}x{old.in_features}"
             )
-        storage_dtype = getattr(torch, spec["storage_dtype"], None)
-        if not isinstance(storage_dtype, torch.dtype):
-            raise ZooError(f"compressed layer {name}: unknown storage dtype {spec['storage_dtype']!r}")
-        try:
-            shell = CompotLinear(
-                spec["in_features"],
-                spec["out_features"],
-                spec["k"],
-                spec["s"],
-                spec["method"],
-                spec["bias"],
-                storage_dtype,
-                device=old.weight.device,
-                bias_dtype=old.weight.dtype,
-            )
-        except ZooError as exc:
-            raise ZooError(f"compressed layer {name}: {exc}") from exc
-        model.set_submodule(name, shell)
+        model.set_submodule(name, shell_from_spec(name, spec, old.weight.device, old.weight.dtype))
+
+
+def shell_from_spec(name: str, spec: dict, device: torch.device, bias_dtype: torch.dtype) -> CompotLinear:
+    """The empty CompotLinear a `layer_spec` entry describes; `name` goes in the message."""
+    storage_dtype = getattr(torch, spec["storage_dtype"], None)
+    if not isinstance(storage_dtype, torch.dtype):
+        raise ZooError(f"compressed layer {name}: unknown storage dtype {spec['storage_dtype']!r}")
+    try:
+        return CompotLinear(
+            spec["in_features"],
+            spec["out_features"],
+            spec["k"],
+            spec["s"],
+            spec["method"],
+            spec["bias"],
+            storage_dtype,
+            device=device,
+            bias_dtype=bias_dtype,
+        )
+    except ZooError as exc:
+        raise ZooError(f"compressed layer {name}: {exc}") from exc
 
 
 def check_factors(model: nn.Module, source: Path) -> None:

@@ -1,0 +1,71 @@
+"""A run killed between blocks resumes at the first unfinished block and saves the same bytes."""
+
+import logging
+
+import pytest
+from click.testing import CliRunner
+
+import zoo.compression.apply as apply
+from tests.conftest import TINY_RUN
+from zoo.cli import main
+from zoo.format.checkpoint import WEIGHTS
+from zoo.format.progress import progress_dir
+
+
+def _compress(model_dir, text_file, out, *extra):
+    args = ["compress", model_dir, *TINY_RUN, "--calibration", text_file, "--iters", 3, "--out", out, *extra]
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def factorized(monkeypatch):
+    """The prefixes of the blocks factorized (not restored), in order; `fail_at` kills the run there."""
+    calls: list[str] = []
+    real = apply._compress_block
+
+    def counting(block, work, names, *args):
+        prefix = next(iter(names)).rsplit(".", 2)[0]
+        if prefix == counting.fail_at:
+            raise KeyboardInterrupt  # as a kill would, after the earlier blocks were kept
+        calls.append(prefix)
+        return real(block, work, names, *args)
+
+    counting.fail_at = None
+    counting.calls = calls
+    monkeypatch.setattr(apply, "_compress_block", counting)
+    return counting
+
+
+def test_a_killed_run_resumes_and_saves_the_same_checkpoint(tmp_path, model_dir, text_file, factorized, caplog):
+    whole = tmp_path / "whole"
+    assert _compress(model_dir, text_file, whole).exit_code == 0
+    blocks = list(factorized.calls)
+    assert len(blocks) >= 2 and not progress_dir(whole).exists()  # progress goes once the checkpoint is saved
+
+    out = tmp_path / "resumed"
+    factorized.calls.clear()
+    factorized.fail_at = blocks[1]
+    killed = _compress(model_dir, text_file, out)
+    assert killed.exit_code != 0 and not out.exists()
+    assert [p.name for p in progress_dir(out).glob("*.safetensors")] == [f"{blocks[0]}.safetensors"]
+
+    factorized.calls.clear()
+    factorized.fail_at = None
+    with caplog.at_level(logging.WARNING):
+        assert _compress(model_dir, text_file, out).exit_code == 0
+    assert factorized.calls == blocks[1:]  # the first block restored, not factorized again
+    assert "resuming resumed: 1 block(s) already compressed" in caplog.text
+    assert (out / WEIGHTS).read_bytes() == (whole / WEIGHTS).read_bytes()
+    assert not progress_dir(out).exists()
+
+
+def test_a_rerun_with_other_settings_starts_over(tmp_path, model_dir, text_file, factorized, caplog):
+    out = tmp_path / "out"
+    factorized.fail_at = "model.layers.1"
+    assert _compress(model_dir, text_file, out).exit_code != 0
+    factorized.calls.clear()
+    factorized.fail_at = None
+    with caplog.at_level(logging.WARNING):
+        assert _compress(model_dir, text_file, out, "--ks-ratio", 3).exit_code == 0
+    assert "holds progress of other settings" in caplog.text and "starting out over" in caplog.text
+    assert factorized.calls == ["model.layers.0", "model.layers.1"]

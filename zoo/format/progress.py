@@ -1,0 +1,85 @@
+"""Per-block progress of a compression run, so a killed run resumes where it stopped.
+
+Beside the output folder, `.<name>.progress/` holds one safetensors file per finished block
+(its compressed layers' tensors as stored, their shells and records in the metadata) and the
+fingerprint of the variant they belong to. A rerun with the same fingerprint restores those
+blocks instead of factorizing them again; another fingerprint means other settings, and the
+folder is started over. The folder goes once the checkpoint is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from zoo.compression.layer import CompotLinear
+from zoo.compression.report import LayerRecord
+from zoo.errors import ZooError
+from zoo.files import write_file, write_text
+from zoo.format.checkpoint import layer_spec, shell_from_spec
+
+log = logging.getLogger(__name__)
+FINGERPRINT = "fingerprint.txt"
+
+
+def progress_dir(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.progress"
+
+
+class BlockProgress:
+    """The `BlockStore` of `compress_model` for a run writing `out_dir`."""
+
+    def __init__(self, out_dir: Path, fingerprint: str) -> None:
+        self.folder = progress_dir(out_dir)
+        stamp = self.folder / FINGERPRINT
+        if self.folder.exists():
+            if stamp.is_file() and stamp.read_text() == fingerprint:
+                done = len(list(self.folder.glob("*.safetensors")))
+                log.warning("resuming %s: %d block(s) already compressed in %s", out_dir.name, done, self.folder)
+            else:
+                log.warning(
+                    "%s holds progress of other settings (or is damaged): starting %s over", self.folder, out_dir.name
+                )
+                shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_text(stamp, fingerprint)
+
+    def _file(self, prefix: str) -> Path:
+        return self.folder / f"{prefix}.safetensors"
+
+    def load(self, prefix: str) -> tuple[list[LayerRecord], dict[str, CompotLinear]] | None:
+        """Block `prefix`'s records and compressed layers (qualified name -> layer, on CPU), if it was done."""
+        path = self._file(prefix)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata()
+                records = [LayerRecord.from_dict(r) for r in json.loads(meta["records"])]
+                layers = {}
+                for name, spec in json.loads(meta["layers"]).items():
+                    layer = shell_from_spec(name, spec, torch.device("cpu"), getattr(torch, spec["bias_dtype"]))
+                    state = {key: f.get_tensor(f"{name}.{key}") for key in layer.state_dict()}
+                    layer.load_state_dict(state, assign=True)
+                    layers[name] = layer
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:
+            raise ZooError(f"{path} is damaged ({exc}); remove {self.folder} to start over") from exc
+        return records, layers
+
+    def save(self, prefix: str, records: list[LayerRecord], layers: dict[str, CompotLinear]) -> None:
+        tensors, specs = {}, {}
+        for name, layer in layers.items():
+            tensors |= {f"{name}.{key}": t.contiguous().cpu() for key, t in layer.state_dict().items()}
+            bias_dtype = (layer.bias if layer.bias is not None else layer.dictionary).dtype
+            specs[name] = {**layer_spec(layer), "bias_dtype": str(bias_dtype).removeprefix("torch.")}
+        metadata = {"records": json.dumps([r.to_dict() for r in records]), "layers": json.dumps(specs)}
+        write_file(self._file(prefix), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    def finish(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
