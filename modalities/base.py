@@ -24,9 +24,14 @@ class Adapter(Protocol):
     modality: str
     auto_class: str  # the transformers Auto class that rebuilds the architecture
 
-    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None) -> LoadedModel:
+    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None, weights: bool = True) -> LoadedModel:
         """The model of `spec` in `dtype` (default: its checkpoint's when 16-bit, else float32) with its
-        processor; the Hub is tried only when `online`."""
+        processor; the Hub is tried only when `online`. Without `weights`: its skeleton on the meta
+        device, no processor."""
+
+    def carried_floats(self, config, stack: str, tokens: int) -> tuple[int, int]:
+        """Floats one calibration sample of `tokens` carries into a block of `stack`, as (replaced
+        by each block, the same for all): what the activations between blocks cost, for planning."""
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
         """The stacks to compress, in calibration order; `components` picks them by name
@@ -45,6 +50,13 @@ class Adapter(Protocol):
 
         What to run and how much of it come from `spec.defaults` (the catalogue's eval_* keys,
         overridden per run); offline, each modality's `offline_eval_*` stand-ins."""
+
+
+def hidden_and_rotary_floats(config, tokens: int) -> tuple[int, int]:
+    """A decoder block's inputs: the hidden states, and the rotary cos and sin every block shares."""
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    return tokens * text.hidden_size, tokens * 2 * head_dim
 
 
 def get_adapter(modality: str) -> Adapter:

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
+from zoo.modalities.base import hidden_and_rotary_floats
 from zoo.sources.assets import cache_dir
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel, load_model
@@ -57,7 +58,7 @@ class DecoderLLM:
     modality = "llm"
     auto_class = "AutoModelForCausalLM"
 
-    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None) -> LoadedModel:
+    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None, weights: bool = True) -> LoadedModel:
         from zoo.sources.converters.gguf import packaged_llm_dir
 
         return load_model(
@@ -69,6 +70,7 @@ class DecoderLLM:
             packaged_llm_dir,
             "4-bit GGUF, dequantized",
             dtype,
+            weights,
         )
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
@@ -83,6 +85,9 @@ class DecoderLLM:
         path = BLOCK_PATHS.get(model_type, "model.layers")
         blocks = [(f"{path}.{i}", block) for i, block in enumerate(model.get_submodule(path))]
         return [Stack("decoder", blocks, TARGET_GROUPS[model_type])]
+
+    def carried_floats(self, config, stack: str, tokens: int) -> tuple[int, int]:
+        return hidden_and_rotary_floats(config, tokens)
 
     def calibration(
         self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int, online: bool

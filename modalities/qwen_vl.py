@@ -23,6 +23,7 @@ from transformers.utils import is_torchvision_available
 
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
+from zoo.modalities.base import hidden_and_rotary_floats
 from zoo.modalities.decoder_llm import TARGET_GROUPS as LLM_TARGET_GROUPS
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel, load_model
@@ -124,8 +125,13 @@ class QwenVL:
     modality = "vlm"
     auto_class = "AutoModelForImageTextToText"
 
-    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None) -> LoadedModel:
-        return load_model(spec, online, AutoModelForImageTextToText, QwenVLProcessor, self.stacks, dtype=dtype)
+    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None, weights: bool = True) -> LoadedModel:
+        return load_model(
+            spec, online, AutoModelForImageTextToText, QwenVLProcessor, self.stacks, dtype=dtype, weights=weights
+        )
+
+    def carried_floats(self, config, stack: str, tokens: int) -> tuple[int, int]:
+        return hidden_and_rotary_floats(config, tokens)
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
         """The language tower's blocks: one stack, or on Qwen3-VL one per DeepStack injection point

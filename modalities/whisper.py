@@ -46,7 +46,7 @@ class Whisper:
     modality = "whisper"
     auto_class = "AutoModelForSpeechSeq2Seq"
 
-    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None) -> LoadedModel:
+    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None, weights: bool = True) -> LoadedModel:
         from zoo.sources.converters.whisper_ct2 import packaged_whisper_dir
 
         return load_model(
@@ -58,7 +58,14 @@ class Whisper:
             packaged_whisper_dir,
             "CTranslate2 float16, converted",
             dtype,
+            weights,
         )
+
+    def carried_floats(self, config, stack: str, tokens: int) -> tuple[int, int]:
+        """The encoder's frames into an encoder block; into a decoder block, its tokens, and the
+        encoder's output that every decoder block reads for cross-attention."""
+        frames = config.max_source_positions * config.d_model
+        return (frames, 0) if stack == "encoder" else (tokens * config.d_model, frames)
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
         if getattr(model.config, "model_type", None) != "whisper":

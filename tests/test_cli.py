@@ -125,3 +125,33 @@ def test_python_compress_then_save_pretrained_reloads_identically(text_file, tmp
     assert saved.dtype == torch.bfloat16  # loaded as saved, as a plain Hub checkpoint loads
     assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path / "variant")(prompt).logits, saved)
     torch.testing.assert_close(saved.float(), expected, rtol=0.05, atol=0.05)  # 16-bit rounding of the rest only
+
+
+def test_plan_prints_the_run_and_writes_nothing(tmp_path, model_dir, text_file):
+    out = tmp_path / "out"
+    result = _compress(model_dir, *TINY_RUN, "--calibration", text_file, "--out", out, "--plan")
+    assert result.exit_code == 0, result.output
+    assert "peak host memory" in result.output and "min to compress" in result.output
+    assert "4 samples x 16 tokens on cpu" in result.output
+    assert not out.exists()
+
+
+def test_a_run_that_would_not_fit_is_refused_before_any_weights_are_read(tmp_path, model_dir, text_file):
+    (model_dir / "model.safetensors").write_bytes(b"not weights")  # reading them would fail otherwise
+    out = tmp_path / "out"
+    result = _compress(model_dir, *TINY_RUN, "--calibration", text_file, "--out", out, "--max-host-memory", 0.01)
+    assert result.exit_code == 1
+    assert "of host memory, and 0.01 GiB is available; even one calibration sample would not fit" in result.output
+    assert not out.exists()
+
+
+def test_the_plan_names_the_samples_that_would_fit():
+    from zoo.compression.plan import GIB, Plan
+    from zoo.errors import ZooError
+
+    plan = Plan(8 * 10**9, "bfloat16", 16 * GIB, "cuda", 256, 1024, 20 * GIB, 40 * GIB, GIB // 64, 100 * 2**20, 3600.0)
+    plan.check(64 * GIB, 40 * GIB)  # fits exactly
+    with pytest.raises(ZooError, match=r"40\.00 GiB of cuda memory, and 30\.00 GiB is available; --n-samples 153 "):
+        plan.check(64 * GIB, 30 * GIB)  # 15 GiB besides the samples; 15 GiB / 100 MiB = 153 samples
+    with pytest.raises(ZooError, match=r"20\.00 GiB of host memory, and 18\.00 GiB is available; --n-samples 128 "):
+        plan.check(18 * GIB, None)  # 16 GiB besides the samples; 2 GiB / (1/64 GiB) = 128

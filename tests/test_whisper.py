@@ -1,6 +1,9 @@
 """The Whisper adapter on a tiny random Whisper with the real tiny.en tokenizer and task tokens."""
 
 import json
+import re
+import subprocess
+import sys
 import wave
 
 import numpy as np
@@ -199,3 +202,43 @@ def test_python_compress_then_save_pretrained_reloads_identically(tiny, speech_f
     assert (tmp_path / "variant" / "compot_record.json").is_file() and (
         tmp_path / "variant" / "normalizer.json"
     ).is_file()
+
+
+@pytest.mark.slow
+def test_peak_host_memory_of_a_large_v3_shaped_decoder_is_within_a_quarter_of_the_plan(tmp_path, speech_folder):
+    """whisper-large-v3's decoder widths (d_model 1280, 20 heads, FFN 5120), two decoder blocks and
+    one encoder block, random float16 weights: the plan, made before loading, against what the
+    run itself measured (its record's peak resident memory)."""
+    real = packaged_whisper_dir("whisper-tiny.en")
+    config = WhisperConfig.from_pretrained(real)
+    config.update(
+        dict(
+            d_model=1280,
+            encoder_layers=1,
+            decoder_layers=2,
+            encoder_attention_heads=20,
+            decoder_attention_heads=20,
+            encoder_ffn_dim=5120,
+            decoder_ffn_dim=5120,
+        )
+    )
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config).to(torch.float16).eval()
+    model.generation_config = WhisperForConditionalGeneration.from_pretrained(real).generation_config
+    folder = tmp_path / "large-v3-shaped"
+    model.save_pretrained(folder)
+    save_processor(WhisperProcessor.from_pretrained(real), folder)
+    del model
+    out = tmp_path / "out"
+    args = ["compress", folder, "--cr", 0.2, "--calibration", speech_folder, "--n-samples", 4, "--iters", 1]
+    run = subprocess.run(
+        [sys.executable, "-c", "from zoo.cli import main; main()", *map(str, [*args, "--device", "cpu", "--out", out])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    planned = float(re.search(r"peak host memory ([\d.]+) GiB", run.stdout)[1]) * 2**30
+    measured = json.loads((out / "compot_record.json").read_text())["peak_memory_mb"] * 2**20
+    print(f"large-v3-shaped decoder: planned {planned / 2**30:.2f} GiB, measured {measured / 2**30:.2f} GiB")
+    assert 0.75 * planned <= measured <= 1.25 * planned

@@ -150,6 +150,21 @@ def _check_cr(_ctx, _param, value: float) -> float:
     help="Score (implies --eval) and publish: 'hub', 'hub:ORG' or a local registry folder "
     "(bare --push: the default local registry).",
 )
+@click.option("--plan", "plan_only", is_flag=True, help="Print the run's plan (memory, time) and stop.")
+@click.option(
+    "--max-host-memory",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="GIB",
+    help="Host memory the run may take, in GiB (default: what is available now).",
+)
+@click.option(
+    "--max-device-memory",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="GIB",
+    help="GPU memory the run may take, in GiB (default: what is free now).",
+)
 @_publish_options
 def compress(
     model: str,
@@ -164,6 +179,9 @@ def compress(
     eval_limit: int | None,
     modality: str | None,
     push: str | None,
+    plan_only: bool,
+    max_host_memory: float | None,
+    max_device_memory: float | None,
     org: str | None,
     private: bool | None,
     **settings,
@@ -189,13 +207,22 @@ def compress(
         evaluate or push is not None,
         eval_settings,
         modality,
+        plan_only,
+        None if max_host_memory is None else int(max_host_memory * 2**30),
+        None if max_device_memory is None else int(max_device_memory * 2**30),
     )
+    if plan_only:
+        from zoo.pipeline import plan
+        from zoo.sources.hub import hub_reachable
+
+        plan(req, hub_reachable(), click.echo)
+        return
     publisher, repo_id = None, None
     if push is not None:  # before any work: a missing token or bad name must not cost a compression
         publisher = publisher_for(push or None, org, private)
         publisher.check([req.out_dir.name])
         repo_id = f"{publisher.organization}/{req.out_dir.name}"
-    result = run_compress(req, repo_id)
+    result = run_compress(req, repo_id, click.echo)
     record = result.record
     methods = Counter(r.method for r in record.layers)
     click.echo(f"\nCompressed {len(record.layers)} projections ({', '.join(f'{n} {m}' for m, n in methods.items())})")

@@ -13,16 +13,19 @@ import platform
 import resource
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 from torch import nn
 
 from zoo import __version__
-from zoo.compression.apply import BlockStore, compress_model
+from zoo.compression.apply import BlockStore, compress_model, default_device
 from zoo.compression.config import CompressionConfig
 from zoo.compression.layer import to_inference
+from zoo.compression.plan import Plan, make_plan
 from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
@@ -70,6 +73,9 @@ class CompressRequest:
     evaluate: bool = False
     eval_settings: dict = field(default_factory=dict)  # EVAL_SETTINGS keys over the catalogue's
     modality: str | None = None  # overrides what the catalogue or the model's config says
+    plan_only: bool = False  # print the plan and stop
+    max_host_memory: int | None = None  # bytes; default: what the host has available now
+    max_device_memory: int | None = None  # bytes; default: what the GPU has free now
 
     def __post_init__(self) -> None:
         unknown = set(self.eval_settings) - set(EVAL_SETTINGS)
@@ -213,18 +219,52 @@ def fingerprint(prepared: Prepared, req: CompressRequest) -> str:
     )
 
 
-def prepare(req: CompressRequest, online: bool | None = None) -> Prepared:
-    """Everything before compression: resolve, load, calibrate; each error here costs no compression work.
-    `online` (default: whether the Hub answers now) is decided once for the whole run."""
+def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log.info) -> Plan:
+    """The run's plan, from the model's skeleton and a probe of its shapes, before any weights are
+    read: reported line by line, and a ZooError when it would not fit the memory there is."""
+    spec = resolve(req.model, req.modality, online)
+    adapter = get_adapter(spec.modality)
+    skeleton = adapter.load(spec, online, req.config.dtype, weights=False)
+    dtype = req.config.resolved(skeleton.dtype, spec.defaults.get("dtype", "bfloat16")).dtype
+    _, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
+    device = torch.device(req.config.device or default_device())
+    config = skeleton.model.config
+    the_plan = make_plan(
+        skeleton.model,
+        adapter.stacks(skeleton.model, req.config.components),
+        n_samples,
+        seq_len,
+        lambda stack, tokens: adapter.carried_floats(config, stack, tokens),
+        getattr(torch, dtype),
+        getattr(torch, skeleton.dtype or "float32"),
+        device,
+        lambda: psutil.Process().memory_info().rss,
+        torch.get_num_threads(),
+        req.config.cr,
+        req.config.iters,
+        not req.config.static,
+    )
+    report(f"Plan for {shown(spec.name)}:")
+    for line in the_plan.lines():
+        report(f"  {line}")
+    host_limit = req.max_host_memory or psutil.virtual_memory().available
+    device_limit = req.max_device_memory
+    if device_limit is None and device.type == "cuda":
+        device_limit = torch.cuda.mem_get_info(device)[0]
+    the_plan.check(host_limit, device_limit)
+    return the_plan
+
+
+def prepare(req: CompressRequest, online: bool | None = None, report: Callable[[str], None] = log.info) -> Prepared:
+    """Everything before compression: plan, resolve, load, calibrate; each error here costs no
+    compression work. `online` (default: whether the Hub answers now) is decided once for the whole run."""
     online = hub_reachable() if online is None else online
+    dtype = plan(req, online, report).dtype  # the checkpoint's: the base is held, scored and saved in it
     spec = resolve(req.model, req.modality, online)
     spec = dataclasses.replace(spec, defaults={**spec.defaults, **req.eval_settings})
     adapter = get_adapter(spec.modality)
-    loaded = adapter.load(spec, online, req.config.dtype)
-    dtype = req.config.resolved(loaded.dtype, spec.defaults.get("dtype", "bfloat16")).dtype
+    loaded = adapter.load(spec, online, dtype)
     base_bytes = tensor_bytes(loaded.model, "float16")
-    if loaded.model.dtype != getattr(torch, dtype):  # a float32 base held, scored and saved in 16 bits
-        loaded.model.to(getattr(torch, dtype))
     sampling = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
     calibration = adapter.calibration(loaded, *sampling, req.seed, online)
     return Prepared(spec, adapter, loaded, calibration, online, sampling, dtype, base_bytes)
@@ -245,11 +285,13 @@ def evaluate(prepared: Prepared) -> dict[str, dict[str, float]]:
     return prepared.adapter.evaluate(prepared.loaded, prepared.spec, prepared.online)
 
 
-def run_compress(req: CompressRequest, repo_id: str | None = None) -> CompressResult:
+def run_compress(
+    req: CompressRequest, repo_id: str | None = None, report: Callable[[str], None] = log.info
+) -> CompressResult:
     """`zoo compress`: one variant, compressed in place in the loaded model; `repo_id` is the
-    repository the card names (default: the variant's folder name)."""
+    repository the card names (default: the variant's folder name); `report` hears the plan."""
     check_target(req.out_dir, req.overwrite)
-    prepared = prepare(req)
+    prepared = prepare(req, report=report)
     base_metrics = evaluate(prepared) if req.evaluate else None
     return compress_variant(prepared, req, base_metrics, repo_id)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import init_empty_weights
 from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig
@@ -41,9 +42,11 @@ def load_model(
     packaged_dir: Callable[[str], Path] | None = None,
     packaged_note: str = "",
     dtype: str | None = None,
+    weights: bool = True,
 ) -> LoadedModel:
     """The folder, else the Hub (when `online`), else the packaged copy named in the catalogue
-    (with a note saying so).
+    (with a note saying so). Without `weights`, only the model's skeleton: built from its config on
+    the meta device, no processor, for planning a run before anything large is read.
 
     Weights load in `dtype`, by default the checkpoint's own when it is 16-bit, else float32, with
     `model_class` (a transformers Auto or model class), the
@@ -55,10 +58,16 @@ def load_model(
 
     def from_folder(source: str, label: str, revision: str | None = None) -> LoadedModel:
         try:
-            saved = AutoConfig.from_pretrained(source, revision=revision).dtype
-            saved = str(saved).removeprefix("torch.") if saved is not None else None
-            computed = dtype or (saved if saved in SIXTEEN_BIT else "float32")
-            model = model_class.from_pretrained(source, revision=revision, dtype=getattr(torch, computed)).eval()
+            config = AutoConfig.from_pretrained(source, revision=revision)
+            saved = str(config.dtype).removeprefix("torch.") if config.dtype is not None else None
+            computed = getattr(torch, dtype or (saved if saved in SIXTEEN_BIT else "float32"))
+            if not weights:
+                with init_empty_weights():
+                    skeleton = getattr(model_class, "from_config", model_class)(config)
+                skeleton.tie_weights()
+                check(skeleton)
+                return LoadedModel(skeleton, None, label, revision, dtype=saved)
+            model = model_class.from_pretrained(source, revision=revision, dtype=computed).eval()
             processor = processor_class.from_pretrained(source, revision=revision)
         except (OSError, ValueError, SafetensorError) as exc:  # missing or corrupt files, JSON errors
             if not Path(source).is_dir():

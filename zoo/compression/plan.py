@@ -1,0 +1,191 @@
+"""What a run will take, said before any weights are loaded: sizes from the model's skeleton (a
+meta-device copy built from its config), time from a measured probe of one block's shapes.
+
+Host memory, the larger of two moments: loading (the checkpoint's pages as they are read, plus
+the model converted to its dtype when the file holds another) and compressing (the model at rest
+in its dtype, the captured block inputs and, when the device is the CPU, everything the device
+holds too), over this process as it is once the probes ran. Device memory: one
+block in float32, its Grams in float64, the calibration activations in float32 (a block's
+inputs and outputs), and the engine's workspace for the matrices it factorizes at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zoo.compression.targets import Stack
+from zoo.engine import allocate, factorize
+from zoo.errors import ZooError
+
+GIB = 2**30
+# The engine's peak workspace for one (out, in) matrix, in float64 copies of the weight and of
+# its input Gram, from peak resident memory measured on shapes from 576 to 5120 wide, one matrix
+# at a time (6 and 0.6 fit those within 3%); matrices factorized side by side took about 20% more.
+ENGINE_WEIGHT_COPIES, ENGINE_GRAM_COPIES = 7, 0.6
+
+
+def gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+@dataclass(frozen=True)
+class Plan:
+    parameters: int
+    dtype: str  # the model's at rest: the checkpoint's
+    at_rest_bytes: int  # the model in its dtype, held on the host
+    device: str
+    samples: int
+    tokens: int  # calibration tokens (or positions) per sample
+    host_bytes: int
+    device_bytes: int  # the CPU's share of host_bytes when the device is the CPU
+    host_sample_bytes: int  # what one more calibration sample adds to host_bytes
+    device_sample_bytes: int  # and to device_bytes
+    seconds: float | None  # replays, Grams, allocation and factorization, from the probes
+
+    def lines(self) -> list[str]:
+        eta = "not probed" if self.seconds is None else f"about {self.seconds / 60:.1f} min to compress"
+        return [
+            f"parameters       {self.parameters / 1e9:.3f} B ({gib(self.at_rest_bytes)} in {self.dtype} to hold)",
+            f"calibration      {self.samples} samples x {self.tokens} tokens on {self.device}",
+            f"peak host memory {gib(self.host_bytes)}",
+            f"peak {self.device} memory {gib(self.device_bytes)}"
+            + (" (the same memory as the host's)" if self.device == "cpu" else ""),
+            f"time             {eta}",
+        ]
+
+    def check(self, host_limit: int, device_limit: int | None) -> None:
+        """Refuse, naming what would fit, a run whose estimate exceeds a limit (bytes)."""
+        checks = [("host", self.host_bytes, host_limit, self.host_sample_bytes)]
+        if self.device != "cpu" and device_limit is not None:
+            checks.append((self.device, self.device_bytes, device_limit, self.device_sample_bytes))
+        for where, need, limit, per_sample in checks:
+            if need <= limit:
+                continue
+            fits = (limit - (need - self.samples * per_sample)) // per_sample if per_sample else 0
+            hint = (
+                f"--n-samples {fits} (or a smaller --seq-len) would fit"
+                if fits >= 1
+                else "even one calibration sample would not fit: use a machine with more memory"
+            )
+            raise ZooError(f"the run needs about {gib(need)} of {where} memory, and {gib(limit)} is available; {hint}")
+
+
+def make_plan(
+    skeleton: nn.Module,
+    stacks: list[Stack],
+    samples: int,
+    tokens: int,
+    carried_floats: Callable[[str, int], tuple[int, int]],
+    dtype: torch.dtype,
+    file_dtype: torch.dtype,
+    device: torch.device,
+    resident: Callable[[], int],
+    workers: int,
+    cr: float,
+    iters: int,
+    dynamic: bool,
+    probe: bool = True,
+) -> Plan:
+    """`skeleton`: the model on the meta device; `carried_floats(stack, tokens)`: the floats one
+    sample carries into a block of that stack, as (replaced by each block: its hidden states;
+    the same for every block: position embeddings, the encoder's output for cross-attention)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    parameters = sum(p.numel() for p in skeleton.parameters())
+    device_bytes = device_sample = captured = 0
+    seconds = 0.0 if probe else None
+    parallel = workers if device.type == "cpu" else 1  # on CPU, matrices run side by side on a thread each
+    for stack in stacks:
+        block = stack.blocks[0][1]  # a stack's blocks share their shapes
+        linears = [block.get_submodule(name) for group in stack.groups for name in group]
+        grams = [block.get_submodule(group[0]).in_features for group in stack.groups]
+        block_parameters = sum(p.numel() for p in block.parameters())
+        replaced, constant = carried_floats(stack.name, tokens)
+        per_sample = 2 * replaced + constant  # a block's inputs and outputs, sharing the constant part
+        work = (
+            4 * block_parameters  # the float32 working copy
+            + 8 * sum(n * n for n in grams)  # its Grams
+            + sum(sorted((_engine_bytes(m.out_features, m.in_features) for m in linears), reverse=True)[:workers])
+            + 4 * samples * per_sample  # in float32
+        )
+        if work > device_bytes:
+            device_bytes, device_sample = work, 4 * per_sample
+        captured += size * samples * (replaced + constant)  # every stack's, before the first is compressed
+        if seconds is not None:
+            flops = 2 * samples * tokens * (block_parameters + sum(n * n for n in grams))  # replay and Grams
+            widest = max(linears, key=lambda m: m.weight.numel())
+            counts: dict[tuple[int, int], int] = {}
+            for m in linears:
+                counts[(m.out_features, m.in_features)] = counts.get((m.out_features, m.in_features), 0) + 1
+            with _threads(1 if parallel > 1 else torch.get_num_threads()):
+                engine = sum(n * _probe(*shape, cr, device, iters, dynamic) for shape, n in counts.items())
+            seconds += len(stack.blocks) * (flops / _gemm_rate(widest.in_features, widest.out_features, device))
+            seconds += len(stack.blocks) * engine / parallel
+    at_rest = parameters * size
+    on_cpu = device.type == "cpu"
+    read = parameters * torch.empty((), dtype=file_dtype).element_size()
+    loading = read + (at_rest if file_dtype != dtype else 0)
+    # after the probes, which imported and warmed what the run uses, and whose freed memory the
+    # allocator keeps for it
+    host = resident() + max(loading, at_rest + captured + (device_bytes if on_cpu else 0))
+    host_sample = captured // max(samples, 1) + (device_sample if on_cpu else 0)
+    name = str(dtype).removeprefix("torch.")
+    return Plan(
+        parameters, name, at_rest, device.type, samples, tokens, host, device_bytes, host_sample, device_sample, seconds
+    )
+
+
+def _engine_bytes(out: int, inp: int) -> int:
+    return int(8 * (ENGINE_WEIGHT_COPIES * out * inp + ENGINE_GRAM_COPIES * inp * inp))
+
+
+def _gemm_rate(inp: int, out: int, device: torch.device, rows: int = 2048) -> float:
+    """Float32 multiply-adds per second (x2) of this device on a layer of this shape."""
+    x, w = torch.randn(rows, inp, device=device), torch.randn(out, inp, device=device)
+    torch.nn.functional.linear(x, w)  # warm up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(3):
+        torch.nn.functional.linear(x, w)
+    _sync(device)
+    return 3 * 2 * rows * inp * out / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _probe(out: int, inp: int, cr: float, device: torch.device, iters: int, dynamic: bool) -> float:
+    """Seconds the engine takes on a random matrix of this shape at `iters` iterations: one run
+    with none (the whitening, the start and one sparse coding) and one with two, extrapolated;
+    with `dynamic`, the spectrum the allocation computes too."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(out, inp, generator=g).to(device)
+    gram = torch.eye(inp, dtype=torch.float64, device=device)
+    start = time.perf_counter()
+    factorize(weight, gram, cr=cr, iters=0)
+    if dynamic:
+        allocate({"probe": weight}, cr)
+    _sync(device)
+    setup = time.perf_counter() - start
+    start = time.perf_counter()
+    factorize(weight, gram, cr=cr, iters=2)
+    _sync(device)
+    per_iter = max(time.perf_counter() - start - setup, 0.0) / 2
+    return setup + iters * per_iter
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
