@@ -90,6 +90,16 @@ def _config_options(command):
     return command
 
 
+def _memory_option(where: str, default: str):
+    return click.option(
+        f"--max-{where}-memory",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="GIB",
+        help=f"{where.capitalize()} memory the run may take, in GiB (default: {default}).",
+    )
+
+
 def _check_cr(_ctx, _param, value: float) -> float:
     """An out-of-range CR is a usage error (exit 2) that says what the number means."""
     problem = SETTINGS["cr"].metadata["check"](value)
@@ -151,20 +161,8 @@ def _check_cr(_ctx, _param, value: float) -> float:
     "(bare --push: the default local registry).",
 )
 @click.option("--plan", "plan_only", is_flag=True, help="Print the run's plan (memory, time) and stop.")
-@click.option(
-    "--max-host-memory",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="GIB",
-    help="Host memory the run may take, in GiB (default: what is available now).",
-)
-@click.option(
-    "--max-device-memory",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    metavar="GIB",
-    help="GPU memory the run may take, in GiB (default: what is free now).",
-)
+@_memory_option("host", "what is available now")
+@_memory_option("device", "what the GPU has free now")
 @_publish_options
 def compress(
     model: str,

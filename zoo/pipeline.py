@@ -144,8 +144,15 @@ def shown(name: str) -> str:
 
 
 def peak_memory_mb() -> float:
+    """The GPU's peak allocation on CUDA, else this process's peak resident memory: Linux's VmHWM,
+    since ru_maxrss also counts the memory a parent held when it started this process."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -12,8 +12,7 @@ inputs and outputs), and the engine's workspace for the matrices it factorizes a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 
 from zoo.compression.targets import Stack
 from zoo.engine import allocate, factorize
+from zoo.engine.factorization import intra_op_threads
 from zoo.errors import ZooError
 
 GIB = 2**30
@@ -122,7 +122,7 @@ def make_plan(
             counts: dict[tuple[int, int], int] = {}
             for m in linears:
                 counts[(m.out_features, m.in_features)] = counts.get((m.out_features, m.in_features), 0) + 1
-            with _threads(1 if parallel > 1 else torch.get_num_threads()):
+            with intra_op_threads(1 if parallel > 1 else torch.get_num_threads()):
                 engine = sum(n * _probe(*shape, cr, device, iters, dynamic) for shape, n in counts.items())
             seconds += len(stack.blocks) * (flops / _gemm_rate(widest.in_features, widest.out_features, device))
             seconds += len(stack.blocks) * engine / parallel
@@ -179,13 +179,3 @@ def _probe(out: int, inp: int, cr: float, device: torch.device, iters: int, dyna
     _sync(device)
     per_iter = max(time.perf_counter() - start - setup, 0.0) / 2
     return setup + iters * per_iter
-
-
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -178,7 +178,7 @@ def factorize_many(
     order = sorted(jobs, key=lambda name: -jobs[name][0].numel())
     results = {}
     with (
-        _intra_op_threads(1) if workers > 1 else nullcontext(),
+        intra_op_threads(1) if workers > 1 else nullcontext(),
         ThreadPoolExecutor(workers, thread_name_prefix="factorize") as pool,
     ):
         futures = {pool.submit(run, name): name for name in order}
@@ -195,7 +195,7 @@ def factorize_many(
 
 
 @contextmanager
-def _intra_op_threads(n: int) -> Iterator[None]:
+def intra_op_threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
