@@ -12,6 +12,7 @@ inputs and outputs), and the engine's workspace for the matrices it factorizes a
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,17 +47,16 @@ class Plan:
     device_bytes: int  # the CPU's share of host_bytes when the device is the CPU
     host_sample_bytes: int  # what one more calibration sample adds to host_bytes
     device_sample_bytes: int  # and to device_bytes
-    seconds: float | None  # replays, Grams, allocation and factorization, from the probes
+    seconds: float  # replays, Grams, allocation and factorization, from the probes
 
     def lines(self) -> list[str]:
-        eta = "not probed" if self.seconds is None else f"about {self.seconds / 60:.1f} min to compress"
         return [
             f"parameters       {self.parameters / 1e9:.3f} B ({gib(self.at_rest_bytes)} in {self.dtype} to hold)",
             f"calibration      {self.samples} samples x {self.tokens} tokens on {self.device}",
             f"peak host memory {gib(self.host_bytes)}",
             f"peak {self.device} memory {gib(self.device_bytes)}"
             + (" (the same memory as the host's)" if self.device == "cpu" else ""),
-            f"time             {eta}",
+            f"time             about {self.seconds / 60:.1f} min to compress",
         ]
 
     def check(self, host_limit: int, device_limit: int | None) -> None:
@@ -90,7 +90,6 @@ def make_plan(
     cr: float,
     iters: int,
     dynamic: bool,
-    probe: bool = True,
 ) -> Plan:
     """`skeleton`: the model on the meta device; `carried_floats(stack, tokens)`: the floats one
     sample carries into a block of that stack, as (replaced by each block: its hidden states;
@@ -98,7 +97,7 @@ def make_plan(
     size = torch.empty((), dtype=dtype).element_size()
     parameters = sum(p.numel() for p in skeleton.parameters())
     device_bytes = device_sample = captured = 0
-    seconds = 0.0 if probe else None
+    seconds = 0.0
     parallel = workers if device.type == "cpu" else 1  # on CPU, matrices run side by side on a thread each
     for stack in stacks:
         block = stack.blocks[0][1]  # a stack's blocks share their shapes
@@ -110,22 +109,19 @@ def make_plan(
         work = (
             4 * block_parameters  # the float32 working copy
             + 8 * sum(n * n for n in grams)  # its Grams
-            + sum(sorted((_engine_bytes(m.out_features, m.in_features) for m in linears), reverse=True)[:workers])
-            + 4 * samples * per_sample  # in float32
+            + sum(sorted((_engine_bytes(m.out_features, m.in_features) for m in linears), reverse=True)[:parallel])
+            + 4 * samples * per_sample  # the activations in float32
         )
         if work > device_bytes:
             device_bytes, device_sample = work, 4 * per_sample
         captured += size * samples * (replaced + constant)  # every stack's, before the first is compressed
-        if seconds is not None:
-            flops = 2 * samples * tokens * (block_parameters + sum(n * n for n in grams))  # replay and Grams
-            widest = max(linears, key=lambda m: m.weight.numel())
-            counts: dict[tuple[int, int], int] = {}
-            for m in linears:
-                counts[(m.out_features, m.in_features)] = counts.get((m.out_features, m.in_features), 0) + 1
-            with intra_op_threads(1 if parallel > 1 else torch.get_num_threads()):
-                engine = sum(n * _probe(*shape, cr, device, iters, dynamic) for shape, n in counts.items())
-            seconds += len(stack.blocks) * (flops / _gemm_rate(widest.in_features, widest.out_features, device))
-            seconds += len(stack.blocks) * engine / parallel
+        flops = 2 * samples * tokens * (block_parameters + sum(n * n for n in grams))  # replay and Grams
+        widest = max(linears, key=lambda m: m.weight.numel())
+        counts = Counter((m.out_features, m.in_features) for m in linears)
+        with intra_op_threads(1 if parallel > 1 else torch.get_num_threads()):
+            engine = sum(n * _probe(*shape, cr, device, iters, dynamic) for shape, n in counts.items())
+        seconds += len(stack.blocks) * (flops / _gemm_rate(widest.in_features, widest.out_features, device))
+        seconds += len(stack.blocks) * engine / parallel
     at_rest = parameters * size
     on_cpu = device.type == "cpu"
     read = parameters * torch.empty((), dtype=file_dtype).element_size()
