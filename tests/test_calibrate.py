@@ -33,7 +33,9 @@ def _reference_grams(model, batches, names):
 
 
 @pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2])
-def test_blockwise_grams_match_a_full_forward(make):
+@pytest.mark.parametrize("runs_on", [None, torch.device("cpu")], ids=["in-place", "moved-per-batch"])
+def test_blockwise_grams_match_a_full_forward(make, runs_on):
+    """Also when each batch is moved to the block's device for its run (offloaded activations)."""
     model = make()
     batches = token_batches()
     (stack,) = ADAPTER.stacks(model)
@@ -43,7 +45,7 @@ def test_blockwise_grams_match_a_full_forward(make):
     inputs = capture_block_inputs(model, blocks[0][1], batches)
     assert len(inputs) == len(batches)
     for prefix, block in blocks:
-        stats, inputs = block_grams(block, groups, inputs)
+        stats, inputs = block_grams(block, groups, inputs, device=runs_on)
         for g in groups:
             stat = stats[g[0]]
             assert stat.tokens == 6 * 24 and stat.nonfinite_batches == 0

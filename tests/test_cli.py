@@ -155,3 +155,15 @@ def test_the_plan_names_the_samples_that_would_fit():
         plan.check(64 * GIB, 30 * GIB)  # 15 GiB besides the samples; 15 GiB / 100 MiB = 153 samples
     with pytest.raises(ZooError, match=r"20\.00 GiB of host memory, and 18\.00 GiB is available; --n-samples 128 "):
         plan.check(18 * GIB, None)  # 16 GiB besides the samples; 2 GiB / (1/64 GiB) = 128
+    with pytest.raises(ZooError, match=r"would fit, or --offload-activations with these samples$"):
+        plan.check(64 * GIB, 30 * GIB)
+
+
+def test_offloading_activations_changes_nothing_in_the_checkpoint(tmp_path, model_dir, text_file):
+    runs = {}
+    for name, extra in (("kept", ()), ("offloaded", ("--offload-activations",))):
+        out = tmp_path / name
+        result = _compress(model_dir, *TINY_RUN, "--calibration", text_file, "--iters", 2, "--out", out, *extra)
+        assert result.exit_code == 0, result.output
+        runs[name] = (out / "model.safetensors").read_bytes()
+    assert runs["kept"] == runs["offloaded"]

@@ -250,6 +250,7 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
         req.config.cr,
         req.config.iters,
         not req.config.static,
+        req.config.offload_activations,
     )
     report(f"Plan for {shown(spec.name)}:")
     for line in the_plan.lines():

@@ -5,9 +5,10 @@ factorization -> CompotLinear modules. Every block's Grams come from the origina
 (uncompressed) activations, as in SVD-LLM's whitening.
 
 The model stays where it was loaded, in its 16-bit dtype. One block at a time is copied to
-the device in float32, replayed on the calibration activations (which stay on the device),
-factorized there, and only its compressed layers come back: the device holds one block, its
-Grams and the activations, whatever the model's size.
+the device in float32, replayed on the calibration activations (which stay on the device, or
+with `offload_activations` in host memory, one batch at a time on the device), factorized
+there, and only its compressed layers come back: the device holds one block, its Grams and
+the activations, whatever the model's size.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from typing import Protocol
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from zoo.compression.config import CompressionConfig
-from zoo.compression.grams import BlockInput, GramStat, block_grams, capture_block_inputs, replay
+from zoo.compression.grams import GramStat, block_grams, capture_block_inputs, moved, replay
 from zoo.compression.layer import CompotLinear
 from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData, Stack
@@ -97,19 +97,21 @@ def compress_model(
     records: list[LayerRecord] = []
     with tqdm(total=len(targets), desc="compress", unit="matrix") as bar:
         for stack in stacks:
-            stack_inputs = [to_device(item, device) for item in inputs.pop(stack.name)]
+            home = torch.device("cpu") if config.offload_activations else device  # where activations stay
+            stack_inputs = [moved(item, home, torch.float32) for item in inputs.pop(stack.name)]
+            runs_on = device if home != device else None
             for prefix, block in stack.blocks:
                 bar.set_postfix_str(prefix)
                 work = working_copy(block, device)
                 done = store.load(prefix) if store is not None else None
                 if done is not None:
-                    stack_inputs = replay(work, stack_inputs)
+                    stack_inputs = replay(work, stack_inputs, runs_on)
                     block_records, layers = done
                     for full, layer in layers.items():
                         block.set_submodule(full.removeprefix(prefix + "."), layer.to(targets[full].weight.device))
                     bar.update(len(block_records))
                 else:
-                    stats, stack_inputs = block_grams(work, stack.groups, stack_inputs)
+                    stats, stack_inputs = block_grams(work, stack.groups, stack_inputs, device=runs_on)
                     _check_finite(prefix, stats, len(stack_inputs))
                     names = {f"{prefix}.{name}": (name, stats[group[0]]) for group in stack.groups for name in group}
                     block_records = _compress_block(block, work, names, targets, crs, config, storage_dtype, bar)
@@ -124,17 +126,6 @@ def compress_model(
 def working_copy(block: nn.Module, device: torch.device) -> nn.Module:
     """The block in float32 on `device`, for replay and factorization; the block itself stays put."""
     return copy.deepcopy(block).to(device=device, dtype=torch.float32)
-
-
-def to_device(item: BlockInput, device: torch.device) -> BlockInput:
-    """Captured block inputs on `device`, floating ones in float32 as the working copies compute."""
-
-    def move(value):
-        if not isinstance(value, torch.Tensor):
-            return value
-        return value.to(device, torch.float32) if value.is_floating_point() else value.to(device)
-
-    return BlockInput(*tree_map(move, (item.args, item.kwargs)))
 
 
 def _check_finite(prefix: str, stats: dict[str, GramStat], batches: int) -> None:

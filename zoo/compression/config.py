@@ -85,6 +85,12 @@ class CompressionConfig:
         "it was loaded.",
         runtime=True,
     )
+    offload_activations: bool = setting(
+        False,
+        "Keep the calibration activations in host memory, moving one batch at a time to the device: for a "
+        "GPU that cannot hold them all.",
+        runtime=True,
+    )
 
     def __post_init__(self) -> None:
         if self.components is not None:

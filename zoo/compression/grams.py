@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from zoo.errors import ZooError
 
@@ -65,12 +66,30 @@ def _block_output(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def replay(block: nn.Module, inputs: list[BlockInput]) -> list[BlockInput]:
-    """The block's outputs on each input, as the next block's inputs."""
+def moved(item: BlockInput, device: torch.device, dtype: torch.dtype | None = None) -> BlockInput:
+    """`item` on `device`, its floating tensors in `dtype` (None: as they are); pinned when it
+    goes to host memory while a GPU is in use, so that copies to the GPU run asynchronously."""
+    pin = device.type == "cpu" and torch.cuda.is_available()
+
+    def move(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        value = value.to(device, dtype) if dtype is not None and value.is_floating_point() else value.to(device)
+        return value.pin_memory() if pin else value
+
+    return BlockInput(*tree_map(move, (item.args, item.kwargs)))
+
+
+def replay(block: nn.Module, inputs: list[BlockInput], device: torch.device | None = None) -> list[BlockInput]:
+    """The block's outputs on each input, as the next block's inputs, kept where the inputs are;
+    with `device`, each input is moved there for its run."""
     outputs = []
     with torch.inference_mode():
         for item in inputs:
-            out = _block_output(block(*item.args, **item.kwargs))
+            run = item if device is None else moved(item, device)
+            out = _block_output(block(*run.args, **run.kwargs))
+            if device is not None:
+                out = out.to(_hidden(item).device)
             if item.args:
                 outputs.append(BlockInput((out,) + tuple(item.args[1:]), item.kwargs))
             else:
@@ -78,8 +97,16 @@ def replay(block: nn.Module, inputs: list[BlockInput]) -> list[BlockInput]:
     return outputs
 
 
+def _hidden(item: BlockInput) -> torch.Tensor:
+    return item.args[0] if item.args else item.kwargs["hidden_states"]
+
+
 def block_grams(
-    block: nn.Module, groups: Sequence[Sequence[str]], inputs: list[BlockInput], dtype: torch.dtype = torch.float64
+    block: nn.Module,
+    groups: Sequence[Sequence[str]],
+    inputs: list[BlockInput],
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | None = None,
 ) -> tuple[dict[str, GramStat], list[BlockInput]]:
     """Grams of each group's shared input, keyed by the group's first linear, and the block's outputs.
 
@@ -107,7 +134,7 @@ def block_grams(
 
         handles.append(linear.register_forward_hook(accumulate))
     try:
-        outputs = replay(block, inputs)
+        outputs = replay(block, inputs, device)
     finally:
         for h in handles:
             h.remove()

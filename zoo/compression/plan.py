@@ -4,9 +4,10 @@ meta-device copy built from its config), time from a measured probe of one block
 Host memory, the larger of two moments: loading (the checkpoint's pages as they are read, plus
 the model converted to its dtype when the file holds another) and compressing (the model at rest
 in its dtype, the captured block inputs and, when the device is the CPU, everything the device
-holds too), over this process as it is once the probes ran. Device memory: one
-block in float32, its Grams in float64, the calibration activations in float32 (a block's
-inputs and outputs), and the engine's workspace for the matrices it factorizes at once.
+holds too, and the activations when they are offloaded), over this process as it is once the
+probes ran. Device memory: one block in float32, its Grams in float64, the calibration
+activations in float32 (a block's inputs and outputs; offloaded, one sample's), and the
+engine's workspace for the matrices it factorizes at once.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class Plan:
                 if fits >= 1
                 else "even one calibration sample would not fit: use a machine with more memory"
             )
+            if where != "host" and fits < self.samples and fits >= 1:  # the activations are the device's
+                hint += ", or --offload-activations with these samples"
             raise ZooError(f"the run needs about {gib(need)} of {where} memory, and {gib(limit)} is available; {hint}")
 
 
@@ -90,13 +93,14 @@ def make_plan(
     cr: float,
     iters: int,
     dynamic: bool,
+    offload: bool,
 ) -> Plan:
     """`skeleton`: the model on the meta device; `carried_floats(stack, tokens)`: the floats one
     sample carries into a block of that stack, as (replaced by each block: its hidden states;
     the same for every block: position embeddings, the encoder's output for cross-attention)."""
     size = torch.empty((), dtype=dtype).element_size()
     parameters = sum(p.numel() for p in skeleton.parameters())
-    device_bytes = device_sample = captured = 0
+    device_bytes = device_sample = captured = offloaded = 0
     seconds = 0.0
     parallel = workers if device.type == "cpu" else 1  # on CPU, matrices run side by side on a thread each
     for stack in stacks:
@@ -106,15 +110,18 @@ def make_plan(
         block_parameters = sum(p.numel() for p in block.parameters())
         replaced, constant = carried_floats(stack.name, tokens)
         per_sample = 2 * replaced + constant  # a block's inputs and outputs, sharing the constant part
+        on_device = 1 if offload else samples  # offloaded, one sample's batch at a time
         work = (
             4 * block_parameters  # the float32 working copy
             + 8 * sum(n * n for n in grams)  # its Grams
             + sum(sorted((_engine_bytes(m.out_features, m.in_features) for m in linears), reverse=True)[:parallel])
-            + 4 * samples * per_sample  # the activations in float32
+            + 4 * on_device * per_sample  # the activations in float32
         )
         if work > device_bytes:
-            device_bytes, device_sample = work, 4 * per_sample
+            device_bytes, device_sample = work, 0 if offload else 4 * per_sample
         captured += size * samples * (replaced + constant)  # every stack's, before the first is compressed
+        if offload:
+            offloaded = max(offloaded, 4 * samples * per_sample)
         flops = 2 * samples * tokens * (block_parameters + sum(n * n for n in grams))  # replay and Grams
         widest = max(linears, key=lambda m: m.weight.numel())
         counts = Counter((m.out_features, m.in_features) for m in linears)
@@ -128,8 +135,8 @@ def make_plan(
     loading = read + (at_rest if file_dtype != dtype else 0)
     # after the probes, which imported and warmed what the run uses, and whose freed memory the
     # allocator keeps for it
-    host = resident() + max(loading, at_rest + captured + (device_bytes if on_cpu else 0))
-    host_sample = captured // max(samples, 1) + (device_sample if on_cpu else 0)
+    host = resident() + max(loading, at_rest + captured + offloaded + (device_bytes if on_cpu else 0))
+    host_sample = (captured + offloaded) // max(samples, 1) + (device_sample if on_cpu else 0)
     name = str(dtype).removeprefix("torch.")
     return Plan(
         parameters, name, at_rest, device.type, samples, tokens, host, device_bytes, host_sample, device_sample, seconds
