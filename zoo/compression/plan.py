@@ -39,7 +39,7 @@ def gib(n: float) -> str:
 @dataclass(frozen=True)
 class Plan:
     parameters: int
-    dtype: str  # the model's at rest: the checkpoint's
+    dtype: str  # the model's at rest
     at_rest_bytes: int  # the model in its dtype, held on the host
     device: str
     samples: int
