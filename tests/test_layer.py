@@ -92,3 +92,16 @@ def test_layer_used_under_inference_mode_still_works_with_autograd_after():
     out = layer(x)
     out.sum().backward()
     assert torch.equal(out.detach(), expected) and x.grad is not None
+
+
+def test_a_bias_of_another_dtype_than_the_input_is_converted_per_call():
+    """A block restored from an earlier run may carry a 16-bit bias into a model held in float32."""
+    g = torch.Generator().manual_seed(5)
+    f = factorize(torch.randn(40, 20, generator=g), torch.eye(20), cr=0.3)
+    layer = CompotLinear.from_factorization(f, torch.randn(40, generator=g).half())
+    x = torch.randn(3, 20, generator=g)
+    stored = layer(x)
+    assert stored.dtype == torch.float32 and layer.bias.dtype == torch.float16
+    with torch.no_grad():
+        layer.to_inference()
+    torch.testing.assert_close(layer(x), stored, rtol=1e-2, atol=1e-2)

@@ -108,7 +108,10 @@ def compress_model(
                     stack_inputs = replay(work, stack_inputs, runs_on)
                     block_records, layers = done
                     for full, layer in layers.items():
-                        block.set_submodule(full.removeprefix(prefix + "."), layer.to(targets[full].weight.device))
+                        linear = targets[full]  # held as this run holds the model (an earlier run may have differed)
+                        if layer.bias is not None:
+                            layer.bias.data = layer.bias.data.to(linear.weight.dtype)
+                        block.set_submodule(full.removeprefix(prefix + "."), layer.to(linear.weight.device))
                     bar.update(len(block_records))
                 else:
                     stats, stack_inputs = block_grams(work, stack.groups, stack_inputs, device=runs_on)

@@ -161,16 +161,17 @@ class CompotLinear(nn.Module):
         return torch.cat([self._code_rows(start, stop) for start, stop in self._chunks()])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else _as(self.bias, x)
         if self.layout == "dense":
-            return F.linear(x, _as(self.weight, x), self.bias)
+            return F.linear(x, _as(self.weight, x), bias)
         if self.layout == "factors":
-            return F.linear(F.linear(x, _as(self.dictionary, x)), _as(self.codes, x), self.bias)
+            return F.linear(F.linear(x, _as(self.dictionary, x)), _as(self.codes, x), bias)
         hidden = F.linear(x, _as(self.dictionary, x))
         if self.code_mask is not None and kernel.applies(hidden, self.code_values):
             out = kernel.sparse_codes_matmul(hidden, self.code_values, self.code_mask, self.k)
-            return out if self.bias is None else out + _as(self.bias, out)
+            return out if bias is None else out + bias
         codes = self.code_values if self.code_mask is None else self.dense_codes()
-        return F.linear(hidden, _as(codes, x), self.bias)
+        return F.linear(hidden, _as(codes, x), bias)
 
     def to_inference(self) -> str:
         """Trade the stored form for the layout this layer's device runs best (see the module
