@@ -16,6 +16,7 @@ weight, else the product itself. A layer in such a layout no longer holds its fa
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import torch
@@ -173,37 +174,46 @@ class CompotLinear(nn.Module):
         codes = self.code_values if self.code_mask is None else self.dense_codes()
         return F.linear(hidden, _as(codes, x), bias)
 
-    def to_inference(self) -> str:
-        """Trade the stored form for the layout this layer's device runs best (see the module
-        docstring) and return its name. The factors are gone afterwards: nothing can save it."""
-        if self.layout != "stored":
-            return self.layout
+    def inference_target(self) -> tuple[str, torch.Tensor]:
+        """The layout `to_inference` takes on this device, and the empty tensor it fills: the
+        padded dense codes, or the product; for the kernel, nothing to derive."""
         if self.code_mask is not None and kernel.applies(self.dictionary, self.code_values):
-            return self.layout  # the kernel multiplies from the stored form itself
+            return "stored", self.code_values  # the kernel multiplies from the stored form itself
         atoms = min(math.ceil(self.k / ATOMS_MULTIPLE) * ATOMS_MULTIPLE, self.in_features, self.out_features)
         atoms = max(atoms, self.k)
-        dictionary, out = self.dictionary, self.out_features
-        like = {"dtype": dictionary.dtype, "device": dictionary.device}
+        like = {"dtype": self.dictionary.dtype, "device": self.dictionary.device}
+        if atoms * (self.in_features + self.out_features) <= FACTORS_MAX_SHARE * self.in_features * self.out_features:
+            return "factors", torch.zeros(self.out_features, atoms, **like)
+        return "dense", torch.empty(self.out_features, self.in_features, **like)
+
+    def to_inference(self, target: tuple[str, torch.Tensor] | None = None) -> str:
+        """Trade the stored form for the layout this layer's device runs best (see the module
+        docstring; `target`: from `inference_target`, made ahead) and return its name. The
+        factors are gone afterwards: nothing can save it."""
+        if self.layout != "stored":
+            return self.layout
+        layout, tensor = target or self.inference_target()
+        if layout == "stored":
+            return layout
+        dictionary = self.dictionary
         with torch.no_grad():
-            if atoms * (self.in_features + out) <= FACTORS_MAX_SHARE * self.in_features * out:
-                codes = torch.zeros(out, atoms, **like)
+            if layout == "factors":
                 for start, stop in self._chunks():
-                    codes[start:stop, : self.k] = self._code_rows(start, stop)
-                self.codes = nn.Parameter(codes, requires_grad=False)
-                self.layout = "factors"
-                dictionary = F.pad(dictionary, (0, 0, 0, atoms - self.k))
+                    tensor[start:stop, : self.k] = self._code_rows(start, stop)
+                self.codes = nn.Parameter(tensor, requires_grad=False)
+                dictionary = F.pad(dictionary, (0, 0, 0, tensor.shape[1] - self.k))
             else:
                 # in float32, rounded once; unlike 16-bit CPU GEMMs, float32 ones keep no code per shape
-                weight, dictionary = torch.empty(out, self.in_features, **like), dictionary.float()
+                wide = dictionary.float()
                 for start, stop in self._chunks():
-                    weight[start:stop] = self._code_rows(start, stop).float() @ dictionary
-                self.weight = nn.Parameter(weight, requires_grad=False)
-                self.layout = "dense"
+                    tensor[start:stop] = self._code_rows(start, stop).float() @ wide
+                self.weight = nn.Parameter(tensor, requires_grad=False)
                 dictionary = None
         del self.dictionary, self.code_values, self.code_mask
         if dictionary is not None:
             self.dictionary = nn.Parameter(dictionary, requires_grad=False)
-        return self.layout
+        self.layout = layout
+        return layout
 
     def _chunks(self) -> list[tuple[int, int]]:
         """Row ranges whose 16-bit codes take about CHUNK_BYTES."""
@@ -263,10 +273,14 @@ def to_inference(model: nn.Module) -> dict[str, int]:
     A checkpoint loaded from a memory-mapped file keeps the whole map, and every page of it read
     so far, for as long as any tensor views it: the other tensors on CPU are copied out, so that
     the pages of the dropped factors leave resident memory with the map."""
-    counts = dict.fromkeys(LAYOUTS, 0)
-    for module in model.modules():
-        if isinstance(module, CompotLinear):
-            counts[module.to_inference()] += 1
+    layers = [m for m in model.modules() if isinstance(m, CompotLinear)]
+    pending = [layer for layer in layers if layer.layout == "stored"]
+    # every kept tensor first, then the temporaries: freed, they sit above what is kept, and the
+    # C allocator returns them instead of keeping holes between kept tensors
+    targets = [layer.inference_target() for layer in pending]
+    for layer, target in zip(pending, targets, strict=True):
+        layer.to_inference(target)
+    counts = dict.fromkeys(LAYOUTS, 0) | Counter(layer.layout for layer in layers)
     if counts["stored"] < sum(counts.values()):
         derived = {
             id(t)
