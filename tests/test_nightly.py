@@ -222,7 +222,7 @@ def test_plan_errors_name_the_file_and_the_problem(tmp_path, text, message):
 
 @pytest.mark.parametrize("name", ["nightly.toml", "demo.toml"])
 def test_the_shipped_plans_name_known_models(name):
-    variants, settings = read_plan(ROOT / "ci" / name)
+    variants, settings = read_plan(ROOT / "zoo" / "ci" / name)
     assert {v.entry["model"] for v in variants} <= set(aliases())
     assert name != "nightly.toml" or settings["target"] == "hub"
 

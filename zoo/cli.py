@@ -269,7 +269,7 @@ def publish(checkpoint: Path, target: str | None, org: str | None, private: bool
     "plan_path",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Models x CRs x methods to keep fresh (default: the project's ci/nightly.toml).",
+    help="Models x CRs x methods to keep fresh (default: the project's zoo/ci/nightly.toml).",
 )
 @click.option(
     "--target",
