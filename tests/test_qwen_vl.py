@@ -98,6 +98,21 @@ def test_replayed_blocks_see_exactly_what_the_whole_model_feeds_them(folders, qu
         assert not torch.allclose(replayed[0].args[0], seen[1][0])
 
 
+@pytest.mark.parametrize("generation", list(GENERATIONS))
+def test_the_part_before_each_stack_runs_the_same_through_offload_hooks(folders, questions, generation):
+    """The device path's capture (weights copied module by module as they run), onto the CPU itself:
+    the vision tower and the stacks before each first block give the same inputs."""
+    loaded = _load(folders[generation])
+    data = ADAPTER.calibration(loaded, str(questions), n_samples=2, seq_len=256, seed=0, online=False)
+    for stack in ADAPTER.stacks(loaded.model):
+        first = stack.blocks[0][1]
+        plain = capture_block_inputs(loaded.model, first, data.batches)
+        hooked = capture_block_inputs(loaded.model, first, data.batches, torch.device("cpu"))
+        for a, b in zip(plain, hooked, strict=True):
+            torch.testing.assert_close(b.args, a.args, rtol=0, atol=0)
+            torch.testing.assert_close(b.kwargs, a.kwargs, rtol=0, atol=0)
+
+
 def test_calibration_feeds_image_tokens_and_caps_the_sample(folders, questions):
     loaded = _load(folders["qwen2_vl"])
     data = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=256, seed=0, online=False)

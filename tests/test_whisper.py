@@ -130,6 +130,23 @@ def test_cross_attention_grams_come_from_the_encoder_output(tiny, speech_folder)
     torch.testing.assert_close(alone["encoder_attn.k_proj"].gram, encoded.T @ encoded / frames, rtol=1e-4, atol=1e-6)
 
 
+def test_the_part_before_each_stack_runs_the_same_through_offload_hooks(tiny, speech_folder):
+    """What the device path does (weights copied module by module as they run), here onto the CPU
+    itself: the same inputs reach both stacks' first blocks, and the model keeps its very tensors."""
+    loaded = _load(tiny)
+    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=2, seq_len=448, seed=0, online=False)
+    before = {name: p for name, p in loaded.model.named_parameters()}
+    for stack in ADAPTER.stacks(loaded.model, ["encoder", "decoder"]):
+        first = stack.blocks[0][1]
+        plain = capture_block_inputs(loaded.model, first, data.batches)
+        hooked = capture_block_inputs(loaded.model, first, data.batches, torch.device("cpu"))
+        for a, b in zip(plain, hooked, strict=True):
+            torch.testing.assert_close(b.args, a.args, rtol=0, atol=0)
+            torch.testing.assert_close(b.kwargs, a.kwargs, rtol=0, atol=0)
+    assert all(p is before[name] for name, p in loaded.model.named_parameters())
+    assert not any(hasattr(m, "_hf_hook") for m in loaded.model.modules())
+
+
 @pytest.mark.parametrize("components", [None, ["encoder", "decoder"]])
 def test_compress_save_reload_transcribes_the_same(tiny, speech_folder, tmp_path, components):
     loaded = _load(tiny)

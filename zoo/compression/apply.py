@@ -93,15 +93,20 @@ def compress_model(
     storage_dtype = getattr(torch, config.storage_dtype or "float16")
     device = torch.device(config.device or default_device())
     # Every stack's inputs come from the original model, before any layer is swapped.
-    inputs = {stack.name: capture_block_inputs(model, stack.blocks[0][1], calibration.batches) for stack in stacks}
+    # The part before each stack runs on the device too, its weights copied there module by module.
+    away = device if any(p.device.type != device.type for p in model.parameters()) else None
+    inputs = {
+        stack.name: capture_block_inputs(model, stack.blocks[0][1], calibration.batches, away) for stack in stacks
+    }
     records: list[LayerRecord] = []
     with tqdm(total=len(targets), desc="compress", unit="matrix") as bar:
         for stack in stacks:
             home = torch.device("cpu") if config.offload_activations else device  # where activations stay
             stack_inputs = [moved(item, home, torch.float32) for item in inputs.pop(stack.name)]
             runs_on = device if home != device else None
-            for prefix, block in stack.blocks:
+            for index, (prefix, block) in enumerate(stack.blocks, 1):
                 bar.set_postfix_str(prefix)
+                log.info("block %s (%d of %d in %s)", prefix, index, len(stack.blocks), stack.name)
                 work = working_copy(block, device)
                 done = store.load(prefix) if store is not None else None
                 if done is not None:
@@ -171,7 +176,7 @@ def _compress_block(
         ks_ratio=config.ks_ratio,
         iters=config.iters,
         tol=config.tol,
-        on_done=lambda *_: bar.update(),
+        on_done=lambda name, _: _done(bar, name),
     )
     bar.update(len(names) - len(jobs))
     records = []
@@ -186,6 +191,12 @@ def _compress_block(
         block.set_submodule(name, layer)
         records.append(_record(full, linear, stat, crs[full], f, layer))
     return records
+
+
+def _done(bar: tqdm, name: str) -> None:
+    bar.set_postfix_str(name, refresh=False)
+    bar.update()
+    log.debug("factorized %s", name)
 
 
 def _record(

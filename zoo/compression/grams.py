@@ -7,10 +7,13 @@ block's inputs. Only one block's activations are alive at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from accelerate import cpu_offload
+from accelerate.hooks import remove_hook_from_submodules
 from torch import nn
 from torch.utils._pytree import tree_map
 
@@ -36,10 +39,36 @@ class GramStat:
     nonfinite_batches: int
 
 
+@contextmanager
+def executed_on(model: nn.Module, device: torch.device | None) -> Iterator[None]:
+    """Run `model`'s forward passes on `device` while its weights stay where they are: accelerate's
+    offload hooks copy each module's weights to the device as it runs and drop them after, so
+    the device holds one module at a time. Without a device: as it is."""
+    if device is None:
+        yield
+        return
+    # the hooks rebuild every parameter on detaching: put the very objects back, so that tied
+    # weights stay one parameter and nothing outside sees a new tensor
+    held = [
+        (table, name, t) for m in model.modules() for table in (m._parameters, m._buffers) for name, t in table.items()
+    ]
+    cpu_offload(model, device, state_dict=model.state_dict(keep_vars=True))
+    try:
+        yield
+    finally:
+        remove_hook_from_submodules(model)
+        for table, name, tensor in held:
+            table[name] = tensor
+
+
 def capture_block_inputs(
-    model: nn.Module, first_block: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
+    model: nn.Module,
+    first_block: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device: torch.device | None = None,
 ) -> list[BlockInput]:
-    """Run the model on each batch only up to `first_block` and keep what it receives."""
+    """Run the model on each batch only up to `first_block` and keep what it receives; with a
+    `device`, the part before the block runs there (`executed_on`)."""
     captured: list[BlockInput] = []
 
     def grab(_module, args, kwargs):
@@ -48,7 +77,7 @@ def capture_block_inputs(
 
     handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), executed_on(model, device):
             for batch in batches:
                 try:
                     model(**batch)
