@@ -85,7 +85,8 @@ def _expected_row(variant: PublishedVariant, columns: list[tuple[str, str]]) -> 
     for key in columns:
         m = metrics.get(key)
         cells += [f"{m.base:.4g}", f"{m.compressed:.4g}", f"{m.recovery:.1f}%"] if m else ["", "", ""]
-    return cells + [f"{card.compression_seconds:.1f} s", variant.repo_id]
+    status = "not verified" if variant.verification is None else variant.verification.status
+    return cells + [f"{card.compression_seconds:.1f} s", variant.repo_id, status]
 
 
 class _Rows(HTMLParser):

@@ -48,6 +48,12 @@ def _publish_options(command):
     command = click.option(
         "--org", default=None, help="Organisation to publish under (default: the catalogue's [publish])."
     )(command)
+    command = click.option(
+        "--allow-offline-scores",
+        is_flag=True,
+        help="Publish to the Hub a variant scored only on offline stand-ins (its card says so); "
+        "the local registry takes any.",
+    )(command)
     return click.option("--private/--public", default=None, help="Visibility of new Hub repositories.")(command)
 
 
@@ -182,6 +188,7 @@ def compress(
     max_device_memory: float | None,
     org: str | None,
     private: bool | None,
+    allow_offline_scores: bool,
     **settings,
 ) -> None:
     """Compress MODEL (an alias, a Hub id or a local folder) and save a loadable checkpoint."""
@@ -217,7 +224,7 @@ def compress(
         return
     publisher, repo_id = None, None
     if push is not None:  # before any work: a missing token or bad name must not cost a compression
-        publisher = publisher_for(push or None, org, private)
+        publisher = publisher_for(push or None, org, private, allow_offline_scores)
         publisher.check([req.out_dir.name])
         repo_id = f"{publisher.organization}/{req.out_dir.name}"
     result = run_compress(req, repo_id, click.echo)
@@ -252,13 +259,15 @@ def _publish(publisher, folder: Path) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("target", required=False)
 @_publish_options
-def publish(checkpoint: Path, target: str | None, org: str | None, private: bool | None) -> None:
+def publish(
+    checkpoint: Path, target: str | None, org: str | None, private: bool | None, allow_offline_scores: bool
+) -> None:
     """Publish a scored CHECKPOINT (from `zoo compress --eval`) to TARGET: 'hub', 'hub:ORG' or a
     local registry folder (default: the local registry). The checkpoint folder is only read."""
     from zoo.publish.publishers import check_folder, publisher_for
 
     check_folder(checkpoint)
-    publisher = publisher_for(target, org, private)
+    publisher = publisher_for(target, org, private, allow_offline_scores)
     publisher.check([checkpoint.name])
     _publish(publisher, checkpoint)
 
@@ -297,8 +306,10 @@ def nightly(
     report_dir: Path,
     org: str | None,
     private: bool | None,
+    allow_offline_scores: bool,
 ) -> None:
-    """Rebuild, score and publish every variant whose inputs changed since it was published."""
+    """Rebuild, score and publish every variant whose inputs changed since it was published (or
+    was found broken), then verify each in a fresh process."""
     from zoo.nightly import read_plan, run_nightly
     from zoo.publish.publishers import publisher_for
     from zoo.sources.assets import cache_dir
@@ -308,14 +319,19 @@ def nightly(
         target or settings.get("target"),
         org or settings.get("organization"),
         settings.get("private") if private is None else private,
+        allow_offline_scores,
     )
     outcomes = run_nightly(variants, publisher, workdir or cache_dir() / "nightly", report_dir)
     click.echo((report_dir / "report.md").read_text())
-    failed = [o.variant for o in outcomes if o.status == "failed"]
-    if failed:
-        raise click.ClickException(
-            f"{len(failed)} of {len(outcomes)} variants failed: {', '.join(failed)} (see {report_dir / 'report.md'})"
-        )
+    problems = []
+    for what, names in (
+        ("failed", [o.variant for o in outcomes if o.status == "failed"]),
+        ("were broken once published", [o.variant for o in outcomes if o.broken]),
+    ):
+        if names:
+            problems.append(f"{len(names)} of {len(outcomes)} variants {what}: {', '.join(names)}")
+    if problems:
+        raise click.ClickException(f"{'; '.join(problems)} (see {report_dir / 'report.md'})")
 
 
 @main.command()

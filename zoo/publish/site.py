@@ -57,8 +57,8 @@ class ModelGroup:
 
     @property
     def best(self) -> PublishedVariant | None:
-        """The variant keeping most of the base quality (`mean_recovery`)."""
-        scored = [v for v in self.variants if not math.isnan(mean_recovery(v))]
+        """The variant keeping most of the base quality (`mean_recovery`); a broken one never is."""
+        scored = [v for v in self.variants if not v.broken and not math.isnan(mean_recovery(v))]
         return max(scored, key=mean_recovery, default=None)
 
 
