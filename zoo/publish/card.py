@@ -28,11 +28,9 @@ TEMPLATE = """---
 
 # {{ repo_id }}
 
-{% if provenance_note %}
-{{ provenance_note }}
+{% if provenance_note %}{{ provenance_note }}
 
-{% endif %}
-{{ base_model }} compressed with COMPOT (Calibration-Optimized Matrix Procrustes Orthogonalization:
+{% endif %}{{ base_model }} compressed with COMPOT (Calibration-Optimized Matrix Procrustes Orthogonalization:
 sparse codes over an orthogonal dictionary, training-free) to
 **{{ "%.1f" | format(100 * scorecard.achieved_cr) }}% less storage** in its compressed projections
 (target CR {{ scorecard.target_cr }}, {{ scorecard.allocation }} allocation, method `{{ scorecard.method }}`).
