@@ -21,8 +21,10 @@ from zoo.format.record import read_record
 from zoo.publish.card import ALLOCATION_PLOT, CARD, card_data, inherited_license, write_card
 from zoo.publish.publishers import HubPublisher, LocalRegistry, publisher_for
 from zoo.publish.scorecard import SCORECARD, MetricResult, Scorecard
+from zoo.publish.verification import BROKEN, VERIFIED
 from zoo.sources.catalogue import resolve
 from zoo.sources.hub import hub_reachable
+from zoo.verify import verify_published
 
 
 def _invoke(*args):
@@ -142,6 +144,37 @@ def test_local_registry_round_trip(tmp_path, scored):
     registry.publish(scored, "other")
     (tmp_path / "registry" / "compot-zoo" / "other" / SCORECARD).write_text("{not json")
     assert [v.repo_id for v in registry.published()] == ["compot-zoo/tiny-compot"]
+
+
+def test_verification_reloads_the_published_variant_and_catches_weights_altered_after_scoring(tmp_path, scored):
+    """The fresh process scores the recorded slice as the build did; weights changed once published do not."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    registry = LocalRegistry(tmp_path / "registry", "compot-zoo")
+    published = registry.publish(scored, "tiny-compot")
+    expected = published.scorecard.slice_score
+    assert expected is not None and set(expected.scores) == {"perplexity/wiki-offline"}
+    good = verify_published(registry, published)
+    assert good.status == VERIFIED and good.reason == "" and good.measured is not None
+    assert registry.get("tiny-compot").verification == good and not registry.get("tiny-compot").broken
+
+    weights = tmp_path / "registry" / "compot-zoo" / "tiny-compot" / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * 3  # same names, shapes and dtype
+    save_file(tensors, str(weights), metadata)
+    bad = verify_published(registry, registry.get("tiny-compot"))
+    assert bad.status == BROKEN and bad.expected == expected.scores
+    assert "perplexity/wiki-offline perplexity: " in bad.reason and "at build time" in bad.reason
+    assert registry.get("tiny-compot").broken  # marked in the registry, for the site and `zoo browse`
+    assert "BROKEN" in _invoke("browse", tmp_path / "registry").output
+
+    (tmp_path / "registry" / "compot-zoo" / "tiny-compot" / "config.json").write_text("{")
+    unloadable = verify_published(registry, registry.get("tiny-compot"))
+    assert unloadable.broken and unloadable.measured is None and "fresh process failed" in unloadable.reason
+    # Republishing replaces the folder: the verdict on the old build goes with it.
+    assert registry.publish(scored, "tiny-compot").verification is None
 
 
 def test_an_unscored_checkpoint_is_refused(tmp_path, scored):

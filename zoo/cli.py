@@ -360,6 +360,8 @@ def browse(target: str | None, base_model: str | None, modality: str | None, org
             f"CR {s.target_cr:g} (achieved {s.achieved_cr:.4f})  {v.url}"
         )
         click.echo(f"Size: {size_line(s.file_bytes, s.base_bytes)}")
+        if v.broken:
+            click.echo(f"BROKEN once published: {v.verification.reason}")
         click.echo(s.to_markdown_table())
 
 
