@@ -59,13 +59,16 @@ def _publish_options(command):
 
 @main.command("list")
 def list_models() -> None:
-    """Aliases in the zoo catalogue."""
-    from zoo.sources.catalogue import catalogue
+    """Aliases in the zoo catalogue, each with the benchmark suite it is scored on where the Hub is reachable."""
+    from zoo.sources.catalogue import catalogue, resolve
 
     for name, entry in sorted(catalogue()["models"].items()):
         source = entry.get("hub", "")
         offline = f"  (offline: packaged {entry['packaged']})" if "packaged" in entry else ""
         click.echo(f"{name:22s} {entry['modality']:8s} {source}{offline}")
+        suite = resolve(name).defaults
+        texts = [f"perplexity/{t}" for t in suite.get("eval_texts", [])]
+        click.echo(f"{'':31s} suite: {', '.join([*texts, *suite.get('eval_tasks', []), *suite.get('eval_sets', [])])}")
 
 
 SETTINGS = {f.name: f for f in CompressionConfig.settings()}

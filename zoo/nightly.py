@@ -81,7 +81,7 @@ VALUE_TYPES = {
     "eval_sets": (str,),
     "offline_eval_sets": (str,),
     "eval_seq_len": int,
-    "eval_text": str,
+    "eval_texts": (str,),
     "eval_image_tokens": int,
     "eval_max_new_tokens": int,
 }

@@ -53,7 +53,7 @@ EVAL_SETTINGS = (
     "eval_sets",
     "offline_eval_sets",
     "eval_seq_len",
-    "eval_text",
+    "eval_texts",
     "eval_image_tokens",
     "eval_max_new_tokens",
 )
