@@ -299,6 +299,20 @@ def test_a_card_scored_on_real_benchmarks_carries_no_stand_in_warning(scored, tm
     assert not Scorecard.load(folder / SCORECARD).stand_in_only
 
 
+def test_a_variant_published_to_the_hub_is_downloaded_verified_and_marked(fake_hub, scored):
+    """The fresh process downloads the repository from the (fake) Hub; the verdict is uploaded beside the scorecard."""
+    publisher = HubPublisher("compot-zoo", backoff=0.0, allow_offline_scores=True)
+    published = publisher.publish(scored, "tiny-compot")
+    verification = verify_published(publisher, published)
+    assert verification.status == VERIFIED, verification.reason
+    stored = json.loads(fake_hub.repos["compot-zoo/tiny-compot"]["verification.json"])
+    assert stored["status"] == VERIFIED and stored["fingerprint"] == published.scorecard.fingerprint
+    assert publisher.get("tiny-compot").verification == verification
+    publisher.publish(scored, "tiny-compot")  # a new build of the variant: its old verdict is deleted
+    assert "verification.json" not in fake_hub.repos["compot-zoo/tiny-compot"]
+    assert publisher.get("tiny-compot").verification is None
+
+
 def test_hub_publisher_check_rejects_a_bad_token_or_a_foreign_organisation(fake_hub, monkeypatch):
     with pytest.raises(ZooError, match="cannot publish to 'someone-else'"):
         HubPublisher("someone-else").check(["x"])

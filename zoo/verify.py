@@ -18,7 +18,7 @@ from pathlib import Path
 from zoo.errors import ZooError
 from zoo.files import write_text
 from zoo.publish.publishers import PublishedVariant, Publisher
-from zoo.publish.verification import Verification, verdict
+from zoo.publish.verification import Scores, Verification, verdict
 
 VERIFY_TIMEOUT = 3600.0  # seconds the fresh process may take to download, load and score
 PROMPT = "The"  # what an LLM is asked to continue
@@ -45,13 +45,13 @@ def verify_published(
             failure = (
                 "" if run.returncode == 0 else f"the fresh process failed: {lines[-1] if lines else run.returncode}"
             )
-        measured = json.loads(out.read_text())["scores"] if not failure else None
+        measured = json.loads(out.read_text()) if not failure else None
     result = verdict(published.scorecard.fingerprint, expected.scores, measured, failure)
     publisher.mark(variant, result)
     return result
 
 
-def score_download(folder: Path) -> dict:
+def score_download(folder: Path) -> Scores:
     """In the fresh process: load the downloaded variant as a user would, generate, score its slice."""
     import torch
 
@@ -72,13 +72,11 @@ def score_download(folder: Path) -> dict:
     # Held as the build held it: float16 tensors in float32 on a CPU, as the pipeline does.
     dtype = held_dtype(record.config.dtype, torch.device(record.config.device or default_device()))
     loaded = adapter.load(spec, expected.online, dtype)  # the adapter's Auto class, `from_pretrained`
-    sample = None
     if record.auto_class == "AutoModelForCausalLM":  # Whisper transcribes and a VLM answers when scored
         inputs = loaded.processor(PROMPT, return_tensors="pt")
         with torch.no_grad():
-            ids = loaded.model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-        sample = loaded.processor.decode(ids[0, inputs["input_ids"].shape[1] :])
-    return {"scores": adapter.evaluate(loaded, spec, expected.online), "sample": sample}
+            loaded.model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+    return adapter.evaluate(loaded, spec, expected.online)
 
 
 def main(argv: list[str]) -> None:
@@ -89,8 +87,8 @@ def main(argv: list[str]) -> None:
     publisher = publisher_for(target, organization)
     with tempfile.TemporaryDirectory(prefix="zoo-verify-download-") as tmp:
         folder = publisher.download(variant, Path(tmp) / variant)
-        result = score_download(folder)
-    write_text(Path(out), json.dumps(result))
+        scores = score_download(folder)
+    write_text(Path(out), json.dumps(scores))
 
 
 if __name__ == "__main__":

@@ -298,6 +298,7 @@ class HubPublisher:
                 repo_type="model",
                 commit_message=f"compot-zoo: {variant} ({scorecard.fingerprint})",
                 ignore_patterns=[".*"],
+                delete_patterns=[VERIFICATION],  # a verdict on the build this one replaces
             )
         return PublishedVariant(repo_id, str(url), scorecard)
 
