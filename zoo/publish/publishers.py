@@ -125,7 +125,7 @@ class LocalRegistry:
 
     @property
     def target(self) -> str:
-        return str(self.root)
+        return str(self.root.resolve())  # absolute: a folder named "hub" is no Hub
 
     def check(self, variants: list[str]) -> None:
         check_names(self.organization, variants, "repository")
