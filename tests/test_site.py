@@ -1,5 +1,6 @@
 """The static scoreboard site: grouping, slugs, atomic replacement, and the pages as a real browser shows them."""
 
+import dataclasses
 import re
 import shutil
 import struct
@@ -334,10 +335,12 @@ def test_a_broken_variant_in_the_registry_shows_as_broken_in_a_browser(tmp_path,
         "smol-compot-0.2": verdict("sha256:0", slice_scores, {PPL[0]: {PPL[1]: 97.0}}),  # the best scores, broken
         "smol-compot-0.4": verdict("sha256:0", slice_scores, slice_scores),
     }
+    sources = {PPL[0]: "stand-in", ACC[0]: "benchmark"}
     for variant in _zoo()[:3]:
         folder = tmp_path / "registry" / "zoo" / variant.scorecard.variant
         folder.mkdir(parents=True)
-        variant.scorecard.save(folder / SCORECARD)
+        metrics = [dataclasses.replace(m, source=sources[m.task]) for m in variant.scorecard.metrics]
+        dataclasses.replace(variant.scorecard, metrics=metrics).save(folder / SCORECARD)
         if variant.scorecard.variant in verdicts:
             (folder / VERIFICATION).write_text(verdicts[variant.scorecard.variant].to_json())
     published = LocalRegistry(tmp_path / "registry", "zoo").published()
@@ -369,3 +372,5 @@ def test_a_broken_variant_in_the_registry_shows_as_broken_in_a_browser(tmp_path,
         "not verified",
     ]
     assert "do not use them" in page.locator("p.broken-note").inner_text()
+    headers = page.locator("table.scorecard thead th[scope='colgroup']").all_inner_texts()
+    assert [h.splitlines()[-1] for h in headers] == ["stand-in", "acc ↑"]  # only the stand-in says so
