@@ -8,7 +8,7 @@ import pytest
 
 from zoo.errors import ZooError
 from zoo.evaluators.provenance import BENCHMARK, STAND_IN, provenance
-from zoo.publish.scorecard import SCHEMA_VERSION, MetricResult, Scorecard, metrics_from_results
+from zoo.publish.scorecard import SCHEMA_VERSION, MetricResult, Scorecard, SliceScore, metrics_from_results
 from zoo.publish.scorecard import schema as scorecard_schema
 
 BASE = {"perplexity/wiki-offline": {"perplexity": 20.0}, "zoo_cloze_mc_local": {"acc": 0.5, "acc_norm": 0.6}}
@@ -101,11 +101,16 @@ def test_written_scorecards_follow_the_documented_json_schema():
     jsonschema.validate(data, schema)
     nan_base = _card(metrics=[MetricResult("acc", "t", 0.0, 0.3, True)])
     jsonschema.validate(json.loads(nan_base.to_json()), schema)  # an undefined recovery is null, valid JSON
+    sliced = _card(slice_score=SliceScore({"eval_windows": 2}, False, {"perplexity/wiki-offline": {"perplexity": 3.0}}))
+    jsonschema.validate(json.loads(sliced.to_json()), schema)
+    assert Scorecard.from_json(sliced.to_json()) == sliced
     for broken in (
         {**data, "achieved_cr": "0.2"},
         {k: v for k, v in data.items() if k != "fingerprint"},
         {**data, "extra": 1},
         {**data, "modality": "video"},
+        {**data, "metrics": [{**data["metrics"][0], "source": "hearsay"}]},
+        {**data, "slice_score": {"settings": {}, "online": False}},
     ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(broken, schema)
