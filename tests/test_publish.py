@@ -164,9 +164,10 @@ def test_verification_reloads_the_published_variant_and_catches_weights_altered_
         tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     tensors["model.norm.weight"] = tensors["model.norm.weight"] * 3  # same names, shapes and dtype
     save_file(tensors, str(weights), metadata)
-    bad = verify_published(registry, registry.get("tiny-compot"))
-    assert bad.status == BROKEN and bad.expected == expected.scores
-    assert "perplexity/wiki-offline perplexity: " in bad.reason and "at build time" in bad.reason
+    cli = _invoke("verify", "tiny-compot", tmp_path / "registry")  # what `zoo nightly` runs after publishing
+    assert cli.exit_code == 1 and "compot-zoo/tiny-compot is broken: perplexity/wiki-offline perplexity: " in cli.output
+    bad = registry.get("tiny-compot").verification
+    assert bad.status == BROKEN and bad.expected == expected.scores and "at build time" in bad.reason
     assert registry.get("tiny-compot").broken  # marked in the registry, for the site and `zoo browse`
     assert "BROKEN" in _invoke("browse", tmp_path / "registry").output
 

@@ -338,6 +338,26 @@ def nightly(
 
 
 @main.command()
+@click.argument("variant")
+@click.argument("target", required=False)
+@click.option("--org", default=None, help="Organisation (default: the catalogue's [publish]).")
+def verify(variant: str, target: str | None, org: str | None) -> None:
+    """Download the published VARIANT from TARGET in a fresh process, reload it, score the slice its
+    scorecard recorded and mark it verified or broken where it is published (as `zoo nightly` does)."""
+    from zoo.publish.publishers import publisher_for
+    from zoo.verify import verify_published
+
+    publisher = publisher_for(target, org)
+    published = publisher.get(variant)
+    if published is None:
+        raise ZooError(f"{publisher!r} holds no variant {variant!r}")
+    result = verify_published(publisher, published)
+    if result.broken:
+        raise click.ClickException(f"{published.repo_id} is broken: {result.reason}")
+    click.echo(f"{published.repo_id} verified: it reloads and scores its slice as at build time")
+
+
+@main.command()
 @click.argument("target", required=False)
 @click.option("--base-model", default=None, help="Only variants of this base model (substring match).")
 @click.option("--modality", type=click.Choice(list(MODALITIES)), default=None)
