@@ -1,5 +1,6 @@
 """A small stand-in for the Hub's HTTP API, so the real huggingface_hub client code runs up to the
-network: whoami, create repo, preupload, commit (files inline), list models and file download."""
+network: whoami, create repo, preupload, commit (files inline), list models, repository info and
+file tree (what snapshot_download reads), and file download."""
 
 from __future__ import annotations
 
@@ -93,6 +94,8 @@ class FakeHub:
                 op = json.loads(line)
                 if op["key"] == "file":
                     self.repos[repo_id][op["value"]["path"]] = base64.b64decode(op["value"]["content"])
+                elif op["key"] == "deletedFile":
+                    self.repos[repo_id].pop(op["value"]["path"], None)
             oid = hashlib.sha1(body).hexdigest()
             return self._reply(h, 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{oid}", "commitOid": oid})
         if path == "/api/models" and method == "GET":
@@ -102,6 +105,20 @@ class FakeHub:
                 200,
                 [{"id": r, "modelId": r, "private": False} for r in sorted(self.repos) if r.startswith(f"{author}/")],
             )
+        for route in ("/revision/", "/tree/"):
+            if path.startswith("/api/models/") and route in path and method == "GET":
+                repo_id = path.removeprefix("/api/models/").partition(route)[0]
+                files = self.repos.get(repo_id)
+                if files is None:
+                    return self._reply(h, 404, {"error": "RepoNotFound"}, {"X-Error-Code": "RepoNotFound"})
+                if route == "/revision/":
+                    siblings = [{"rfilename": name} for name in sorted(files)]
+                    return self._reply(h, 200, {"id": repo_id, "sha": "0" * 40, "siblings": siblings, "private": False})
+                tree = [
+                    {"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": name}
+                    for name, data in sorted(files.items())
+                ]
+                return self._reply(h, 200, tree)
         if "/resolve/" in path:
             repo_id, _, rest = path.lstrip("/").partition("/resolve/")
             file = rest.partition("/")[2]

@@ -390,6 +390,19 @@ def publish_without_weights(i: Inputs) -> Case:
 
 
 @case
+def publish_a_metric_of_unknown_provenance(i: Inputs) -> Case:
+    ckpt = i.copy()
+    card = json.loads((ckpt / "scorecard.json").read_text())
+    card["metrics"][0]["source"] = "hearsay"
+    (ckpt / "scorecard.json").write_text(json.dumps(card))
+    registry = i.tmp / "registry"
+    pattern = (
+        r"ckpt/scorecard\.json: metric '.*' of task '.*': source 'hearsay' is not one of \('benchmark', 'stand-in'\)"
+    )
+    return Case(pattern, ["publish", ckpt, registry], absent=[registry / "compot-zoo"])
+
+
+@case
 def publish_a_symlink(i: Inputs) -> Case:
     ckpt = i.copy()
     (i.tmp / "secret.txt").write_text("not for publishing")

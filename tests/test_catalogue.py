@@ -31,3 +31,31 @@ def test_folders_and_hub_ids(tmp_path):
     empty.mkdir()
     with pytest.raises(ZooError, match="without config.json"):
         resolve(str(empty))
+
+
+# How each modality's adapter names a scored set in its results (the scorecard's task).
+TASK_NAMES = {
+    "llm": lambda d: [f"perplexity/{t}" for t in d.get("eval_texts", [])] + d.get("eval_tasks", []),
+    "whisper": lambda d: [f"wer/{s}" for s in d.get("eval_sets", [])],
+    "vlm": lambda d: [f"vlmeval/{s}" for s in d.get("eval_sets", [])],
+}
+OFFLINE_NAMES = {
+    "whisper": lambda d: [f"wer/{s}" for s in d["offline_eval_sets"]],
+    "vlm": lambda d: [f"vlmeval/{s}" for s in d["offline_eval_sets"]],
+}
+
+
+@pytest.mark.parametrize("alias", aliases())
+def test_every_model_names_a_suite_of_real_benchmarks_and_offline_stand_ins(alias):
+    """Where the Hub is reachable each model scores on real benchmarks only (the paper's: WikiText-2 and
+    C4 perplexity and zero-shot tasks, LibriSpeech test WER, VLMEvalKit); its offline sets are stand-ins."""
+    from zoo.evaluators.lm_eval_tasks import LOCAL_TASKS
+    from zoo.evaluators.provenance import BENCHMARK, STAND_IN, provenance
+
+    spec = resolve(alias)
+    suite = TASK_NAMES[spec.modality](spec.defaults)
+    assert suite and {t: provenance(t) for t in suite} == dict.fromkeys(suite, BENCHMARK)
+    offline = OFFLINE_NAMES[spec.modality](spec.defaults) if spec.modality in OFFLINE_NAMES else list(LOCAL_TASKS)
+    assert {t: provenance(t) for t in offline} == dict.fromkeys(offline, STAND_IN)
+    if spec.modality == "llm":
+        assert spec.defaults["eval_texts"] == ["wikitext2", "c4"]

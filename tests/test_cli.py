@@ -52,7 +52,9 @@ def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
     assert 0 <= acc["base"] <= 1
     # lm-eval's standard error travels with its score; the item limit is on the scorecard.
     assert 0 < acc["base_stderr"] < 0.5 and 0 < acc["compressed_stderr"] < 0.5 and metric["base_stderr"] is None
-    assert card["eval_limit"] == 5 and card["schema_version"] == 3
+    assert card["eval_limit"] == 5 and card["schema_version"] == 4
+    assert {m["source"] for m in card["metrics"]} == {"stand-in"}  # offline: the local sets
+    assert card["slice_score"]["scores"].keys() == {"perplexity/wiki-offline"}  # two windows, no zero-shot tasks
     assert "At most 5 items per task or set" in result.output and " ± " in result.output
     assert metric["recovery"] == pytest.approx(100 * metric["base"] / metric["compressed"])
     assert "| perplexity" in result.output

@@ -71,7 +71,10 @@ def test_nightly_publishes_skips_and_rebuilds_only_what_changed(tmp_path, model_
     assert first.exit_code == 0, first.output
     names = ["tiny-llama-compot-dynamic-cr0.2", "tiny-llama-compot-dynamic-cr0.4"]
     assert _statuses(tmp_path) == dict.fromkeys(names, "rebuilt")
+    # Each published variant was reloaded in a fresh process and scored its slice as at build time.
+    assert {v["verification"] for v in _report(tmp_path).values()} == {"verified"}
     registry = LocalRegistry(tmp_path / "registry", "compot-zoo")
+    assert all(v.verification is not None and not v.broken for v in registry.published())
     published = {v.repo_id: v.scorecard for v in registry.published()}
     assert set(published) == {f"compot-zoo/{n}" for n in names}
     assert [p for p in (tmp_path / "work").iterdir()] == []  # built variants leave the work folder once published
@@ -134,6 +137,44 @@ def test_a_variant_built_but_not_published_is_published_without_recompressing(
     variant = _report(tmp_path)["tiny-llama-compot-dynamic-cr0.3"]
     assert resumed.exit_code == 0 and variant["status"] == "rebuilt"
     assert variant["reason"] == "finished in an interrupted run; published now"
+
+
+def test_a_variant_that_reloads_differently_is_reported_broken_and_rebuilt_next_night(
+    tmp_path, model_dir, text_file, monkeypatch
+):
+    """The build records a slice score the published files do not reproduce (as when what is saved is
+    not what was scored): the fresh process catches it, the report and the registry say broken, the
+    run fails, and the next run rebuilds the variant though its fingerprint is unchanged."""
+    import dataclasses
+
+    from zoo import pipeline
+
+    plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, [0.3])
+    name = "tiny-llama-compot-dynamic-cr0.3"
+    scored = pipeline.score_slice
+
+    def misrecorded(prepared):
+        true = scored(prepared)
+        return dataclasses.replace(
+            true, scores={t: {m: v * 1.01 for m, v in s.items()} for t, s in true.scores.items()}
+        )
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "score_slice", misrecorded)
+        first = _nightly(plan, tmp_path)
+    assert first.exit_code == 1 and f"1 of 1 variants were broken once published: {name}" in first.output
+    variant = _report(tmp_path)[name]
+    assert variant["status"] == "rebuilt" and variant["verification"] == "broken"
+    assert "once reloaded" in variant["verification_reason"]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "1 broken once published" in report and "rebuilt ✗ broken" in report and "## Broken once published" in report
+    assert LocalRegistry(tmp_path / "registry", "compot-zoo").get(name).broken
+
+    second = _nightly(plan, tmp_path)
+    variant = _report(tmp_path)[name]
+    assert second.exit_code == 0 and variant["status"] == "rebuilt" and variant["verification"] == "verified"
+    assert variant["reason"] == "the published build was found broken"
+    assert not LocalRegistry(tmp_path / "registry", "compot-zoo").get(name).broken
 
 
 def test_a_killed_run_resumes_without_redoing_finished_variants(tmp_path, model_dir, text_file):

@@ -18,11 +18,13 @@ from tests.tiny_models import tiny_llama, tiny_tokenizer
 from zoo.cli import main
 from zoo.errors import ZooError
 from zoo.format.record import read_record
-from zoo.publish.card import ALLOCATION_PLOT, CARD, card_data, inherited_license
+from zoo.publish.card import ALLOCATION_PLOT, CARD, card_data, inherited_license, write_card
 from zoo.publish.publishers import HubPublisher, LocalRegistry, publisher_for
 from zoo.publish.scorecard import SCORECARD, MetricResult, Scorecard
+from zoo.publish.verification import BROKEN, VERIFIED
 from zoo.sources.catalogue import resolve
 from zoo.sources.hub import hub_reachable
+from zoo.verify import verify_published
 
 
 def _invoke(*args):
@@ -144,6 +146,38 @@ def test_local_registry_round_trip(tmp_path, scored):
     assert [v.repo_id for v in registry.published()] == ["compot-zoo/tiny-compot"]
 
 
+def test_verification_reloads_the_published_variant_and_catches_weights_altered_after_scoring(tmp_path, scored):
+    """The fresh process scores the recorded slice as the build did; weights changed once published do not."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    registry = LocalRegistry(tmp_path / "registry", "compot-zoo")
+    published = registry.publish(scored, "tiny-compot")
+    expected = published.scorecard.slice_score
+    assert expected is not None and set(expected.scores) == {"perplexity/wiki-offline"}
+    good = verify_published(registry, published)
+    assert good.status == VERIFIED and good.reason == "" and good.measured is not None
+    assert registry.get("tiny-compot").verification == good and not registry.get("tiny-compot").broken
+
+    weights = tmp_path / "registry" / "compot-zoo" / "tiny-compot" / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] * 3  # same names, shapes and dtype
+    save_file(tensors, str(weights), metadata)
+    cli = _invoke("verify", "tiny-compot", tmp_path / "registry")  # what `zoo nightly` runs after publishing
+    assert cli.exit_code == 1 and "compot-zoo/tiny-compot is broken: perplexity/wiki-offline perplexity: " in cli.output
+    bad = registry.get("tiny-compot").verification
+    assert bad.status == BROKEN and bad.expected == expected.scores and "at build time" in bad.reason
+    assert registry.get("tiny-compot").broken  # marked in the registry, for the site and `zoo browse`
+    assert "BROKEN" in _invoke("browse", tmp_path / "registry").output
+
+    (tmp_path / "registry" / "compot-zoo" / "tiny-compot" / "config.json").write_text("{")
+    unloadable = verify_published(registry, registry.get("tiny-compot"))
+    assert unloadable.broken and unloadable.measured is None and "fresh process failed" in unloadable.reason
+    # Republishing replaces the folder: the verdict on the old build goes with it.
+    assert registry.publish(scored, "tiny-compot").verification is None
+
+
 def test_an_unscored_checkpoint_is_refused(tmp_path, scored):
     unscored = tmp_path / "unscored"
     shutil.copytree(scored, unscored)
@@ -209,7 +243,7 @@ def fake_hub(monkeypatch, tmp_path):
 
 
 def test_hub_publisher_uploads_through_huggingface_hub_and_retries(fake_hub, scored, caplog):
-    publisher = HubPublisher("compot-zoo", backoff=0.0)
+    publisher = HubPublisher("compot-zoo", backoff=0.0, allow_offline_scores=True)  # scored offline
     publisher.check(["tiny-compot"])
     fake_hub.fail_next = 1  # one transient 503: retried, not fatal
     published = publisher.publish(scored, "tiny-compot")
@@ -228,6 +262,56 @@ def test_hub_publisher_uploads_through_huggingface_hub_and_retries(fake_hub, sco
     assert found is not None and found.scorecard == published.scorecard
     assert publisher.get("absent") is None
     assert [v.repo_id for v in publisher.published()] == ["compot-zoo/tiny-compot"]
+
+
+def test_the_hub_refuses_stand_in_scores_unless_allowed_and_the_card_then_says_so(fake_hub, scored, tmp_path):
+    """Offline, every score comes from a stand-in: the Hub refuses it, the local registry takes it,
+    and --allow-offline-scores publishes it with a card whose first lines say what it was scored on."""
+    assert Scorecard.load(scored / SCORECARD).stand_in_only
+    with pytest.raises(ZooError, match=r"scored only on offline stand-ins \(perplexity/wiki-offline, "):
+        HubPublisher("compot-zoo", backoff=0.0).publish(scored, "tiny-compot")
+    refused = _invoke("publish", scored, "hub")
+    assert refused.exit_code == 1 and "--allow-offline-scores" in refused.output
+    assert fake_hub.repos == {} and not any(p == "/api/repos/create" for _, p in fake_hub.requests)  # nothing made
+    local = _invoke("publish", scored, tmp_path / "registry")  # the local registry takes anything
+    assert local.exit_code == 0, local.output
+
+    allowed = _invoke("publish", scored, "hub", "--allow-offline-scores")
+    assert allowed.exit_code == 0, allowed.output
+    card = ModelCard(fake_hub.repos["compot-zoo/tiny-compot"][CARD].decode())
+    first = card.text.strip().splitlines()[:3]
+    assert first[0] == "# compot-zoo/tiny-compot"
+    assert first[2].startswith("> **Scored on offline stand-ins only, not on real benchmarks.**"), first
+    assert "| perplexity/wiki-offline | perplexity ↓ |" in card.text and "| stand-in |" in card.text
+
+
+def test_a_card_scored_on_real_benchmarks_carries_no_stand_in_warning(scored, tmp_path):
+    record, scorecard = read_record(scored), Scorecard.load(scored / SCORECARD)
+    real = [dataclasses.replace(m, task="hellaswag", source="benchmark") for m in scorecard.metrics[:1]]
+    mixed = dataclasses.replace(scorecard, metrics=real + scorecard.metrics)
+    folder = tmp_path / "mixed"
+    shutil.copytree(scored, folder)
+    write_card(folder, record, dataclasses.replace(scorecard, metrics=real), "compot-zoo/real")
+    assert "stand-in" not in ModelCard.load(folder / CARD).text.split("## Scorecard")[0]
+    write_card(folder, record, mixed, "compot-zoo/mixed")
+    head = ModelCard.load(folder / CARD).text.strip().splitlines()[2]
+    assert head.startswith("> **Partly scored on offline stand-ins.** The scores of perplexity/wiki-offline, ")
+    mixed.save(folder / SCORECARD)
+    assert not Scorecard.load(folder / SCORECARD).stand_in_only
+
+
+def test_a_variant_published_to_the_hub_is_downloaded_verified_and_marked(fake_hub, scored):
+    """The fresh process downloads the repository from the (fake) Hub; the verdict is uploaded beside the scorecard."""
+    publisher = HubPublisher("compot-zoo", backoff=0.0, allow_offline_scores=True)
+    published = publisher.publish(scored, "tiny-compot")
+    verification = verify_published(publisher, published)
+    assert verification.status == VERIFIED, verification.reason
+    stored = json.loads(fake_hub.repos["compot-zoo/tiny-compot"]["verification.json"])
+    assert stored["status"] == VERIFIED and stored["fingerprint"] == published.scorecard.fingerprint
+    assert publisher.get("tiny-compot").verification == verification
+    publisher.publish(scored, "tiny-compot")  # a new build of the variant: its old verdict is deleted
+    assert "verification.json" not in fake_hub.repos["compot-zoo/tiny-compot"]
+    assert publisher.get("tiny-compot").verification is None
 
 
 def test_hub_publisher_check_rejects_a_bad_token_or_a_foreign_organisation(fake_hub, monkeypatch):

@@ -1,12 +1,14 @@
 """The scorecard schema: JSON round trip, recovery in both directions, the markdown table."""
 
+import dataclasses
 import json
 import math
 
 import pytest
 
 from zoo.errors import ZooError
-from zoo.publish.scorecard import SCHEMA_VERSION, MetricResult, Scorecard, metrics_from_results
+from zoo.evaluators.provenance import BENCHMARK, STAND_IN, provenance
+from zoo.publish.scorecard import SCHEMA_VERSION, MetricResult, Scorecard, SliceScore, metrics_from_results
 from zoo.publish.scorecard import schema as scorecard_schema
 
 BASE = {"perplexity/wiki-offline": {"perplexity": 20.0}, "zoo_cloze_mc_local": {"acc": 0.5, "acc_norm": 0.6}}
@@ -26,7 +28,7 @@ def _card(**changes) -> Scorecard:
         allocation="dynamic",
         calibration_set="wiki-offline",
         calibration_hash="sha256:feed",
-        metrics=metrics_from_results(BASE, COMPRESSED),
+        metrics=metrics_from_results(BASE, COMPRESSED, provenance),
         compression_seconds=12.5,
         peak_memory_mb=812.0,
         hardware="cpu: 2 cores",
@@ -44,7 +46,7 @@ def test_recovery_for_higher_and_lower_is_better():
 
 
 def test_metrics_from_results_pairs_and_infers_direction():
-    metrics = {(m.task, m.name): m for m in metrics_from_results(BASE, COMPRESSED)}
+    metrics = {(m.task, m.name): m for m in metrics_from_results(BASE, COMPRESSED, provenance)}
     assert set(metrics) == {(t, n) for t, v in BASE.items() for n in v}
     ppl = metrics["perplexity/wiki-offline", "perplexity"]
     assert (ppl.base, ppl.compressed, ppl.higher_is_better) == (20.0, 25.0, False)
@@ -53,7 +55,7 @@ def test_metrics_from_results_pairs_and_infers_direction():
 
 def test_metrics_from_results_refuses_a_missing_compressed_metric():
     with pytest.raises(ZooError, match="'acc_norm' of task 'zoo_cloze_mc_local'"):
-        metrics_from_results(BASE, {**COMPRESSED, "zoo_cloze_mc_local": {"acc": 0.4}})
+        metrics_from_results(BASE, {**COMPRESSED, "zoo_cloze_mc_local": {"acc": 0.4}}, provenance)
 
 
 def test_json_round_trip_is_identical(tmp_path):
@@ -84,10 +86,10 @@ def test_allocation_is_static_or_dynamic():
 def test_markdown_table_has_base_compressed_and_recovery():
     table = _card().to_markdown_table()
     lines = table.splitlines()
-    assert lines[0] == "| task | metric | base | compressed | recovery |"
-    assert "| perplexity/wiki-offline | perplexity ↓ | 20 | 25 | 80.0% |" in lines
-    assert "| zoo_cloze_mc_local | acc ↑ | 0.5 | 0.4 | 80.0% |" in lines
-    assert "| zoo_cloze_mc_local | acc_norm ↑ | 0.6 | 0.6 | 100.0% |" in lines
+    assert lines[0] == "| task | metric | base | compressed | recovery | data |"
+    assert "| perplexity/wiki-offline | perplexity ↓ | 20 | 25 | 80.0% | stand-in |" in lines
+    assert "| zoo_cloze_mc_local | acc ↑ | 0.5 | 0.4 | 80.0% | stand-in |" in lines
+    assert "| zoo_cloze_mc_local | acc_norm ↑ | 0.6 | 0.6 | 100.0% | stand-in |" in lines
 
 
 def test_written_scorecards_follow_the_documented_json_schema():
@@ -99,11 +101,16 @@ def test_written_scorecards_follow_the_documented_json_schema():
     jsonschema.validate(data, schema)
     nan_base = _card(metrics=[MetricResult("acc", "t", 0.0, 0.3, True)])
     jsonschema.validate(json.loads(nan_base.to_json()), schema)  # an undefined recovery is null, valid JSON
+    sliced = _card(slice_score=SliceScore({"eval_windows": 2}, False, {"perplexity/wiki-offline": {"perplexity": 3.0}}))
+    jsonschema.validate(json.loads(sliced.to_json()), schema)
+    assert Scorecard.from_json(sliced.to_json()) == sliced
     for broken in (
         {**data, "achieved_cr": "0.2"},
         {k: v for k, v in data.items() if k != "fingerprint"},
         {**data, "extra": 1},
         {**data, "modality": "video"},
+        {**data, "metrics": [{**data["metrics"][0], "source": "hearsay"}]},
+        {**data, "slice_score": {"settings": {}, "online": False}},
     ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(broken, schema)
@@ -112,14 +119,42 @@ def test_written_scorecards_follow_the_documented_json_schema():
 def test_standard_errors_pair_with_their_metric_and_version_2_still_reads():
     base = {"hellaswag": {"acc": 0.5, "acc_stderr": 0.02}}
     compressed = {"hellaswag": {"acc": 0.45, "acc_stderr": 0.021}}
-    (metric,) = metrics_from_results(base, compressed)  # the stderr is no metric of its own
+    (metric,) = metrics_from_results(base, compressed, provenance)  # the stderr is no metric of its own
     assert (metric.base_stderr, metric.compressed_stderr) == (0.02, 0.021)
     card = _card(metrics=[metric], eval_limit=200)
-    assert "| hellaswag | acc ↑ | 0.5 ± 0.02 | 0.45 ± 0.021 | 90.0% |" in card.to_markdown_table()
+    assert "| hellaswag | acc ↑ | 0.5 ± 0.02 | 0.45 ± 0.021 | 90.0% | benchmark |" in card.to_markdown_table()
     assert "At most 200 items per task or set" in card.to_markdown_table()
     old = json.loads(_card().to_json())
     old["schema_version"] = 2
-    del old["eval_limit"]
+    del old["eval_limit"], old["slice_score"]
     for m in old["metrics"]:
-        del m["base_stderr"], m["compressed_stderr"]
-    assert Scorecard.from_dict(old).metrics == _card().metrics  # what the zoo published before reads on
+        del m["base_stderr"], m["compressed_stderr"], m["source"]
+    unrecorded = [dataclasses.replace(m, source=None) for m in _card().metrics]
+    assert Scorecard.from_dict(old).metrics == unrecorded  # what the zoo published before reads on
+
+
+def test_provenance_comes_from_the_sets_and_version_3_reads_as_unrecorded():
+    """Each set's own definition says whether it is a real benchmark; a scorecard holding none is stand-in only."""
+    real = ["perplexity/wikitext2", "perplexity/c4", "wer/librispeech-test-other", "vlmeval/MMStar", "hellaswag"]
+    stand_ins = ["perplexity/wiki-offline", "perplexity/my-texts.jsonl", "wer/librivox-offline", "wer/tts-wiki-test"]
+    stand_ins += ["vlmeval/ZooPhotosMCQ", "zoo_lambada_local", "zoo_cloze_mc_local"]
+    assert {t: provenance(t) for t in real + stand_ins} == {
+        **dict.fromkeys(real, BENCHMARK),
+        **dict.fromkeys(stand_ins, STAND_IN),
+    }
+    offline = _card()
+    assert offline.stand_in_only and len(offline.stand_ins) == 3
+    mixed = metrics_from_results(
+        {**BASE, "hellaswag": {"acc": 0.5}}, {**COMPRESSED, "hellaswag": {"acc": 0.4}}, provenance
+    )
+    assert not _card(metrics=mixed).stand_in_only and len(_card(metrics=mixed).stand_ins) == 3
+    old = json.loads(_card(metrics=mixed).to_json())
+    old["schema_version"] = 3
+    del old["slice_score"]
+    for m in old["metrics"]:
+        del m["source"]
+    loaded = Scorecard.from_dict(old)
+    assert {m.source for m in loaded.metrics} == {None} and loaded.stand_in_only  # not recorded is not real
+    assert loaded.slice_score is None and loaded.schema_version == SCHEMA_VERSION
+    with pytest.raises(ZooError, match="source 'made-up'"):
+        MetricResult("acc", "t", 0.5, 0.4, True, source="made-up")

@@ -1,5 +1,6 @@
 """The static scoreboard site: grouping, slugs, atomic replacement, and the pages as a real browser shows them."""
 
+import dataclasses
 import re
 import shutil
 import struct
@@ -85,7 +86,8 @@ def _expected_row(variant: PublishedVariant, columns: list[tuple[str, str]]) -> 
     for key in columns:
         m = metrics.get(key)
         cells += [f"{m.base:.4g}", f"{m.compressed:.4g}", f"{m.recovery:.1f}%"] if m else ["", "", ""]
-    return cells + [f"{card.compression_seconds:.1f} s", variant.repo_id]
+    status = "not verified" if variant.verification is None else variant.verification.status
+    return cells + [f"{card.compression_seconds:.1f} s", variant.repo_id, status]
 
 
 class _Rows(HTMLParser):
@@ -316,3 +318,59 @@ def test_mean_recovery_never_averages_perplexity_ratios_with_accuracies():
     assert mean_recovery(both) == pytest.approx(100.0)
     # Error metrics only (a Whisper's WER, an LLM scored on perplexity alone): their own mean.
     assert mean_recovery(_variant(SMOL, "ppl-only", "compot", 0.2, ppl=40.0, acc=None)) == pytest.approx(50.0)
+
+
+def test_a_broken_variant_in_the_registry_shows_as_broken_in_a_browser(tmp_path, open_page):
+    """A registry where verification found one variant broken: `zoo site` marks it on both pages, in
+    words and colour, and never calls it the best."""
+    from click.testing import CliRunner
+
+    from zoo.cli import main
+    from zoo.publish.publishers import LocalRegistry
+    from zoo.publish.scorecard import SCORECARD
+    from zoo.publish.verification import VERIFICATION, verdict
+
+    slice_scores = {PPL[0]: {PPL[1]: 22.5}}
+    verdicts = {
+        "smol-compot-0.2": verdict("sha256:0", slice_scores, {PPL[0]: {PPL[1]: 97.0}}),  # the best scores, broken
+        "smol-compot-0.4": verdict("sha256:0", slice_scores, slice_scores),
+    }
+    sources = {PPL[0]: "stand-in", ACC[0]: "benchmark"}
+    for variant in _zoo()[:3]:
+        folder = tmp_path / "registry" / "zoo" / variant.scorecard.variant
+        folder.mkdir(parents=True)
+        metrics = [dataclasses.replace(m, source=sources[m.task]) for m in variant.scorecard.metrics]
+        dataclasses.replace(variant.scorecard, metrics=metrics).save(folder / SCORECARD)
+        if variant.scorecard.variant in verdicts:
+            (folder / VERIFICATION).write_text(verdicts[variant.scorecard.variant].to_json())
+    published = LocalRegistry(tmp_path / "registry", "zoo").published()
+    assert {v.scorecard.variant: v.broken for v in published} == {
+        "smol-compot-0.2": True,
+        "smol-compot-0.4": False,
+        "smol-svd-0.2": False,
+    }
+    args = ["site", str(tmp_path / "registry"), "--org", "zoo", "--out", str(tmp_path / "site")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+
+    index = open_page(tmp_path / "site" / "index.html")
+    broken = index.locator("li[data-variant='smol-compot-0.2']")
+    assert broken.locator(".status").inner_text() == "BROKEN"  # upper-cased by the page's style
+    assert "wiki-offline perplexity: 97 once reloaded, 22.5 at build time" in broken.locator(".status").get_attribute(
+        "title"
+    )
+    assert broken.evaluate("li => getComputedStyle(li).backgroundColor") == "rgb(255, 235, 233)"
+    assert index.locator("li[data-variant='smol-compot-0.4'] .status").inner_text() == "verified"
+    assert index.locator("li[data-variant='smol-svd-0.2'] .status").inner_text() == "not verified"
+    assert "best recovery: smol-svd-0.2" in index.locator("section.model p.summary").inner_text()
+
+    page = open_page(tmp_path / "site" / "models" / "huggingfacetb-smollm2-135m.html")
+    rows = {r.get_attribute("data-variant"): r for r in page.locator("table.scorecard tbody tr").all()}
+    assert rows["smol-compot-0.2"].get_attribute("class") == "broken"
+    assert rows["smol-compot-0.2"].locator("td").last.inner_text() == "BROKEN"
+    assert [rows[n].locator("td").last.inner_text() for n in ("smol-compot-0.4", "smol-svd-0.2")] == [
+        "verified",
+        "not verified",
+    ]
+    assert "do not use them" in page.locator("p.broken-note").inner_text()
+    headers = page.locator("table.scorecard thead th[scope='colgroup']").all_inner_texts()
+    assert [h.splitlines()[-1] for h in headers] == ["stand-in", "acc ↑"]  # only the stand-in says so

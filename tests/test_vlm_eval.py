@@ -134,3 +134,14 @@ def test_compress_eval_writes_a_scorecard_for_base_and_compressed(lmu, tmp_path)
     assert 0.0 <= metric.base <= 1.0 and 0.0 <= metric.compressed <= 1.0
     assert "| vlmeval/ZooPhotosMCQ | accuracy ↑ |" in card.to_markdown_table()
     assert result.scorecard is not None and (lmu / "ZooPhotosMCQ.tsv").is_file()
+    assert metric.source == "stand-in" and card.stand_in_only
+    assert card.slice_score is not None and set(card.slice_score.scores) == {"vlmeval/ZooPhotosMCQ"}
+
+    # Published, it reloads in a fresh process (the adapter's image-only processor, the Auto class's
+    # from_pretrained) and answers the slice's questions as it did at build time.
+    from zoo.publish.publishers import LocalRegistry
+    from zoo.verify import verify_published
+
+    registry = LocalRegistry(tmp_path / "registry", "compot-zoo")
+    verification = verify_published(registry, registry.publish(tmp_path / "out", "tiny-vlm"))
+    assert verification.status == "verified", verification.reason

@@ -48,18 +48,27 @@ def _publish_options(command):
     command = click.option(
         "--org", default=None, help="Organisation to publish under (default: the catalogue's [publish])."
     )(command)
+    command = click.option(
+        "--allow-offline-scores",
+        is_flag=True,
+        help="Publish to the Hub a variant scored only on offline stand-ins (its card says so); "
+        "the local registry takes any.",
+    )(command)
     return click.option("--private/--public", default=None, help="Visibility of new Hub repositories.")(command)
 
 
 @main.command("list")
 def list_models() -> None:
-    """Aliases in the zoo catalogue."""
-    from zoo.sources.catalogue import catalogue
+    """Aliases in the zoo catalogue, each with the benchmark suite it is scored on where the Hub is reachable."""
+    from zoo.sources.catalogue import catalogue, resolve
 
     for name, entry in sorted(catalogue()["models"].items()):
         source = entry.get("hub", "")
         offline = f"  (offline: packaged {entry['packaged']})" if "packaged" in entry else ""
         click.echo(f"{name:22s} {entry['modality']:8s} {source}{offline}")
+        suite = resolve(name).defaults
+        texts = [f"perplexity/{t}" for t in suite.get("eval_texts", [])]
+        click.echo(f"{'':31s} suite: {', '.join([*texts, *suite.get('eval_tasks', []), *suite.get('eval_sets', [])])}")
 
 
 SETTINGS = {f.name: f for f in CompressionConfig.settings()}
@@ -182,6 +191,7 @@ def compress(
     max_device_memory: float | None,
     org: str | None,
     private: bool | None,
+    allow_offline_scores: bool,
     **settings,
 ) -> None:
     """Compress MODEL (an alias, a Hub id or a local folder) and save a loadable checkpoint."""
@@ -217,7 +227,7 @@ def compress(
         return
     publisher, repo_id = None, None
     if push is not None:  # before any work: a missing token or bad name must not cost a compression
-        publisher = publisher_for(push or None, org, private)
+        publisher = publisher_for(push or None, org, private, allow_offline_scores)
         publisher.check([req.out_dir.name])
         repo_id = f"{publisher.organization}/{req.out_dir.name}"
     result = run_compress(req, repo_id, click.echo)
@@ -252,13 +262,15 @@ def _publish(publisher, folder: Path) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.argument("target", required=False)
 @_publish_options
-def publish(checkpoint: Path, target: str | None, org: str | None, private: bool | None) -> None:
+def publish(
+    checkpoint: Path, target: str | None, org: str | None, private: bool | None, allow_offline_scores: bool
+) -> None:
     """Publish a scored CHECKPOINT (from `zoo compress --eval`) to TARGET: 'hub', 'hub:ORG' or a
     local registry folder (default: the local registry). The checkpoint folder is only read."""
     from zoo.publish.publishers import check_folder, publisher_for
 
     check_folder(checkpoint)
-    publisher = publisher_for(target, org, private)
+    publisher = publisher_for(target, org, private, allow_offline_scores)
     publisher.check([checkpoint.name])
     _publish(publisher, checkpoint)
 
@@ -297,8 +309,10 @@ def nightly(
     report_dir: Path,
     org: str | None,
     private: bool | None,
+    allow_offline_scores: bool,
 ) -> None:
-    """Rebuild, score and publish every variant whose inputs changed since it was published."""
+    """Rebuild, score and publish every variant whose inputs changed since it was published (or
+    was found broken), then verify each in a fresh process."""
     from zoo.nightly import read_plan, run_nightly
     from zoo.publish.publishers import publisher_for
     from zoo.sources.assets import cache_dir
@@ -308,14 +322,39 @@ def nightly(
         target or settings.get("target"),
         org or settings.get("organization"),
         settings.get("private") if private is None else private,
+        allow_offline_scores,
     )
     outcomes = run_nightly(variants, publisher, workdir or cache_dir() / "nightly", report_dir)
     click.echo((report_dir / "report.md").read_text())
-    failed = [o.variant for o in outcomes if o.status == "failed"]
-    if failed:
-        raise click.ClickException(
-            f"{len(failed)} of {len(outcomes)} variants failed: {', '.join(failed)} (see {report_dir / 'report.md'})"
-        )
+    problems = []
+    for what, names in (
+        ("failed", [o.variant for o in outcomes if o.status == "failed"]),
+        ("were broken once published", [o.variant for o in outcomes if o.broken]),
+    ):
+        if names:
+            problems.append(f"{len(names)} of {len(outcomes)} variants {what}: {', '.join(names)}")
+    if problems:
+        raise click.ClickException(f"{'; '.join(problems)} (see {report_dir / 'report.md'})")
+
+
+@main.command()
+@click.argument("variant")
+@click.argument("target", required=False)
+@click.option("--org", default=None, help="Organisation (default: the catalogue's [publish]).")
+def verify(variant: str, target: str | None, org: str | None) -> None:
+    """Download the published VARIANT from TARGET in a fresh process, reload it, score the slice its
+    scorecard recorded and mark it verified or broken where it is published (as `zoo nightly` does)."""
+    from zoo.publish.publishers import publisher_for
+    from zoo.verify import verify_published
+
+    publisher = publisher_for(target, org)
+    published = publisher.get(variant)
+    if published is None:
+        raise ZooError(f"{publisher!r} holds no variant {variant!r}")
+    result = verify_published(publisher, published)
+    if result.broken:
+        raise click.ClickException(f"{published.repo_id} is broken: {result.reason}")
+    click.echo(f"{published.repo_id} verified: it reloads and scores its slice as at build time")
 
 
 @main.command()
@@ -344,6 +383,8 @@ def browse(target: str | None, base_model: str | None, modality: str | None, org
             f"CR {s.target_cr:g} (achieved {s.achieved_cr:.4f})  {v.url}"
         )
         click.echo(f"Size: {size_line(s.file_bytes, s.base_bytes)}")
+        if v.broken:
+            click.echo(f"BROKEN once published: {v.verification.reason}")
         click.echo(s.to_markdown_table())
 
 

@@ -2,10 +2,11 @@
 and report what happened.
 
 A variant is skipped when the publisher already holds it with the same fingerprint (base
-revision, engine version, configuration, calibration, evaluation), so an interrupted run
-resumes where it stopped; a variant that was compressed and scored but not yet published is
-taken from the work folder. One failing variant never stops the others; the run exits non-zero
-when any failed.
+revision, engine version, configuration, calibration, evaluation) and it is not marked broken,
+so an interrupted run resumes where it stopped; a variant that was compressed and scored but not
+yet published is taken from the work folder. Each published variant is verified in a fresh
+process (zoo.verify). One failing variant never stops the others; the run exits non-zero when any
+failed or was found broken.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from zoo.pipeline import (
     fingerprint,
     prepare,
 )
-from zoo.publish.publishers import Publisher
+from zoo.publish.publishers import PublishedVariant, Publisher
 from zoo.publish.scorecard import SCORECARD, Scorecard
+from zoo.publish.verification import BROKEN
+from zoo.verify import verify_published
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ VALUE_TYPES = {
     "eval_sets": (str,),
     "offline_eval_sets": (str,),
     "eval_seq_len": int,
-    "eval_text": str,
+    "eval_texts": (str,),
     "eval_image_tokens": int,
     "eval_max_new_tokens": int,
 }
@@ -116,10 +119,16 @@ class Outcome:
     url: str | None = None
     achieved_cr: float | None = None
     changes: list[dict] = field(default_factory=list)  # metric against the previously published scorecard
+    verification: str | None = None  # verified | broken: the published variant reloaded elsewhere
+    verification_reason: str = ""  # why it is broken
 
     @property
     def regressions(self) -> list[dict]:
         return [c for c in self.changes if c["regression"]]
+
+    @property
+    def broken(self) -> bool:
+        return self.verification == BROKEN
 
 
 def _unknown(where: str, keys: set, known: set) -> None:
@@ -253,7 +262,7 @@ class _ModelContext:
         req = self.request(variant.config, out)
         expected = fingerprint(self.prepared, req)
         previous = publisher.get(variant.name)
-        if previous is not None and previous.scorecard.fingerprint == expected:
+        if previous is not None and previous.scorecard.fingerprint == expected and not previous.broken:
             outcome.status, outcome.reason = "skipped", "published fingerprint matches"
             outcome.repo_id, outcome.url, outcome.achieved_cr = (
                 previous.repo_id,
@@ -273,13 +282,23 @@ class _ModelContext:
                 self.base_metrics,
                 f"{publisher.organization}/{variant.name}",
             )
-            outcome.reason = "not published before" if previous is None else "inputs changed (fingerprint differs)"
+            outcome.reason = _rebuild_reason(previous, expected)
         published = publisher.publish(out, variant.name)
         shutil.rmtree(out)
         outcome.status, outcome.repo_id, outcome.url = "rebuilt", published.repo_id, published.url
         outcome.achieved_cr = published.scorecard.achieved_cr
+        verification = verify_published(publisher, published)
+        outcome.verification, outcome.verification_reason = verification.status, verification.reason
         if previous is not None:
             outcome.changes = compare(previous.scorecard, published.scorecard)
+
+
+def _rebuild_reason(previous: PublishedVariant | None, expected: str) -> str:
+    if previous is None:
+        return "not published before"
+    if previous.scorecard.fingerprint == expected:
+        return "the published build was found broken"
+    return "inputs changed (fingerprint differs)"
 
 
 def _finished(out: Path, expected: str) -> bool:
@@ -321,7 +340,7 @@ def write_report(outcomes: list[Outcome], report_dir: Path, publisher: Publisher
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "target": repr(publisher),
         "counts": _counts(outcomes),
-        "variants": [{**dataclasses.asdict(o), "regressions": o.regressions} for o in outcomes],
+        "variants": [{**dataclasses.asdict(o), "regressions": o.regressions, "broken": o.broken} for o in outcomes],
     }
     write_text(report_dir / "report.json", json.dumps(data, indent=2))
     write_text(report_dir / "report.md", markdown_report(data))
@@ -332,6 +351,7 @@ def _counts(outcomes: list[Outcome]) -> dict[str, int]:
     for o in outcomes:
         counts[o.status] += 1
     counts["regressions"] = sum(bool(o.regressions) for o in outcomes)
+    counts["broken"] = sum(o.broken for o in outcomes)
     return counts
 
 
@@ -341,7 +361,8 @@ def markdown_report(data: dict) -> str:
     lines = [
         f"# compot-zoo nightly: {c['rebuilt']} rebuilt, {c['skipped']} skipped, {c['failed']} failed"
         + (f", {c['pending']} not reached" if c["pending"] else "")
-        + (f", {c['regressions']} with regressions" if c["regressions"] else ""),
+        + (f", {c['regressions']} with regressions" if c["regressions"] else "")
+        + (f", {c['broken']} broken once published" if c["broken"] else ""),
         "",
         f"Target: {data['target']}. Started {data['started']}, updated {data['updated']}.",
         "",
@@ -349,11 +370,21 @@ def markdown_report(data: dict) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for v in data["variants"]:
-        status = v["status"] + (" ⚠ regression" if v["regressions"] else "")
+        status = v["status"] + (" ⚠ regression" if v["regressions"] else "") + (" ✗ broken" if v["broken"] else "")
         cr = f"{v['achieved_cr']:.4f}" if v["achieved_cr"] is not None else "-"
         name = f"[{v['variant']}]({v['url']})" if v["url"] else v["variant"]
         reason = v["reason"].replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {name} | {status} | {cr} | {v['seconds']:.0f} | {reason} |")
+    broken = [v for v in data["variants"] if v["broken"]]
+    if broken:
+        lines += [
+            "",
+            "## Broken once published",
+            "",
+            "Downloaded and reloaded in a fresh process, these did not score their slice as at build time:",
+            "",
+        ]
+        lines += [f"- {v['variant']}: {v['verification_reason']}" for v in broken]
     changed = [v for v in data["variants"] if v["changes"]]
     if changed:
         lines += [

@@ -30,6 +30,7 @@ from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
 from zoo.errors import ZooError
+from zoo.evaluators.provenance import provenance
 from zoo.format.checkpoint import check_target, mark_compressed, save_compressed, tensor_bytes
 from zoo.format.progress import BlockProgress
 from zoo.format.record import CalibrationInfo, VariantRecord
@@ -37,7 +38,7 @@ from zoo.modalities.base import Adapter, get_adapter
 from zoo.modality import DEFAULT, modality_of
 from zoo.publish.card import inherited_license, write_card
 from zoo.publish.fingerprint import variant_fingerprint
-from zoo.publish.scorecard import SCORECARD, Scorecard, metrics_from_results
+from zoo.publish.scorecard import SCORECARD, Scorecard, SliceScore, metrics_from_results
 from zoo.sources.catalogue import ModelSpec, modality_defaults, resolve
 from zoo.sources.hub import hub_reachable
 from zoo.sources.loading import LoadedModel
@@ -52,10 +53,13 @@ EVAL_SETTINGS = (
     "eval_sets",
     "offline_eval_sets",
     "eval_seq_len",
-    "eval_text",
+    "eval_texts",
     "eval_image_tokens",
     "eval_max_new_tokens",
 )
+# The slice a published variant is verified on (zoo.verify), over the run's own settings: two
+# perplexity windows and no zero-shot tasks for LLMs, four utterances or questions per set.
+SLICE_SETTINGS = {"eval_windows": 2, "eval_limit": 4, "eval_tasks": []}
 # Those with a `zoo compress` flag, in the order the recorded command spells them.
 EVAL_FLAGS = {"eval_windows": "--eval-windows", "eval_limit": "--eval-limit"}
 
@@ -276,7 +280,7 @@ def prepare(req: CompressRequest, online: bool | None = None, report: Callable[[
     online = hub_reachable() if online is None else online
     held = plan(req, online, report).dtype
     spec = resolve(req.model, req.modality, online)
-    spec = dataclasses.replace(spec, defaults={**spec.defaults, **req.eval_settings})
+    spec = with_settings(spec, req.eval_settings)
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec, online, held)
     dtype = req.config.resolved(loaded.dtype, spec.defaults.get("dtype", "bfloat16")).dtype
@@ -303,6 +307,18 @@ def effective(prepared: Prepared, req: CompressRequest) -> CompressRequest:
 def evaluate(prepared: Prepared) -> dict[str, dict[str, float]]:
     """The model's scores as it is now, on the evaluation its catalogue entry and the request name."""
     return prepared.adapter.evaluate(prepared.loaded, prepared.spec, prepared.online)
+
+
+def with_settings(spec: ModelSpec, settings: dict) -> ModelSpec:
+    return dataclasses.replace(spec, defaults={**spec.defaults, **settings})
+
+
+def score_slice(prepared: Prepared) -> SliceScore:
+    """The model's scores as it is now on the verification slice: the run's evaluation settings
+    with SLICE_SETTINGS over them, all recorded, so a fresh process can score the same slice."""
+    settings = {**{k: v for k, v in prepared.spec.defaults.items() if k in EVAL_SETTINGS}, **SLICE_SETTINGS}
+    scores = prepared.adapter.evaluate(prepared.loaded, with_settings(prepared.spec, settings), prepared.online)
+    return SliceScore(settings, prepared.online, scores)
 
 
 def run_compress(
@@ -352,8 +368,9 @@ def compress_variant(
     result = CompressResult(out, record)
     if base_metrics is not None:
         to_inference(prepared.loaded.model)  # scored as it runs once loaded
-        metrics = metrics_from_results(base_metrics, evaluate(prepared))
-        result.scorecard = Scorecard.from_record(record, metrics, prepared.spec.defaults.get("eval_limit"))
+        metrics = metrics_from_results(base_metrics, evaluate(prepared), provenance)
+        limit = prepared.spec.defaults.get("eval_limit")
+        result.scorecard = Scorecard.from_record(record, metrics, limit, score_slice(prepared))
         result.scorecard.save(out / SCORECARD)
         write_card(out, record, result.scorecard, repo_id or out.name)
     return result

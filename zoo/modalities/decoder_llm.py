@@ -105,21 +105,29 @@ class DecoderLLM:
         loaded.processor.save_pretrained(out_dir)
 
     def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> dict[str, dict[str, float]]:
-        """Perplexity on held-out text (WikiText-2 test, or the offline articles' test split; at most
-        `eval_windows` windows), then the zero-shot lm-eval tasks of the catalogue (at most
-        `eval_limit` items each); offline, the Hub tasks give way to local ones."""
+        """Perplexity on each held-out text of `eval_texts` (the test splits of WikiText-2 and C4, the
+        SVD-LLM protocol; at most `eval_windows` windows each), then the zero-shot lm-eval tasks of
+        the catalogue (at most `eval_limit` items each); offline, the Hub's texts give way to the
+        shipped articles' test split and the Hub's tasks to local ones."""
+        from zoo.calibration.text import CALIBRATION_SETS
         from zoo.evaluators.lm_eval_tasks import LOCAL_TASKS, build_local_tasks, run_lm_eval
         from zoo.evaluators.perplexity import perplexity
 
-        source = spec.defaults.get("eval_text") or ("wikitext2" if online else OFFLINE_TEXT)
-        result = perplexity(
-            loaded.model,
-            loaded.processor,
-            _evaluation_text(source, online),
-            seq_len=spec.defaults.get("eval_seq_len", 2048),
-            max_windows=spec.defaults.get("eval_windows"),
-        )
-        metrics = {f"perplexity/{source}": {"perplexity": result["perplexity"]}}
+        texts = list(spec.defaults.get("eval_texts", ["wikitext2"]))
+        if not online and any(t in CALIBRATION_SETS for t in texts):
+            offline = list(dict.fromkeys(OFFLINE_TEXT if t in CALIBRATION_SETS else t for t in texts))
+            log.warning("Hub offline: perplexity texts %s replaced by %s", texts, offline)
+            texts = offline
+        metrics = {}
+        for source in texts:
+            result = perplexity(
+                loaded.model,
+                loaded.processor,
+                _evaluation_text(source, online),
+                seq_len=spec.defaults.get("eval_seq_len", 2048),
+                max_windows=spec.defaults.get("eval_windows"),
+            )
+            metrics[f"perplexity/{source}"] = {"perplexity": result["perplexity"]}
         tasks = list(spec.defaults.get("eval_tasks", []))
         if not online and any(t not in LOCAL_TASKS for t in tasks):
             log.warning("Hub offline: zero-shot tasks %s replaced by local %s", tasks, LOCAL_TASKS)

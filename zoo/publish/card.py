@@ -28,7 +28,9 @@ TEMPLATE = """---
 
 # {{ repo_id }}
 
-{{ base_model }} compressed with COMPOT (Calibration-Optimized Matrix Procrustes Orthogonalization:
+{% if provenance_note %}{{ provenance_note }}
+
+{% endif %}{{ base_model }} compressed with COMPOT (Calibration-Optimized Matrix Procrustes Orthogonalization:
 sparse codes over an orthogonal dictionary, training-free) to
 **{{ "%.1f" | format(100 * scorecard.achieved_cr) }}% less storage** in its compressed projections
 (target CR {{ scorecard.target_cr }}, {{ scorecard.allocation }} allocation, method `{{ scorecard.method }}`).
@@ -109,11 +111,29 @@ DATASET_IDS = {
     "winogrande": "allenai/winogrande",
     "wer/librispeech-test-clean": "openslr/librispeech_asr",
     "wer/librispeech-test-other": "openslr/librispeech_asr",
-    "MMMU_DEV_VAL": "MMMU/MMMU",
-    "OCRBench": "echo840/OCRBench",
-    "RealWorldQA": "xai-org/RealworldQA",
-    "MMStar": "Lin-Chen/MMStar",
+    "vlmeval/MMMU_DEV_VAL": "MMMU/MMMU",
+    "vlmeval/OCRBench": "echo840/OCRBench",
+    "vlmeval/RealWorldQA": "xai-org/RealworldQA",
+    "vlmeval/MMStar": "Lin-Chen/MMStar",
 }
+
+
+def provenance_note(scorecard: Scorecard) -> str:
+    """The card's warning, right under its title, when scores come from offline stand-ins: they
+    compare the variant with its base on small local sets, and say nothing comparable with
+    published benchmark results. Empty when every score is a real benchmark's."""
+    stand_ins = sorted({m.task for m in scorecard.stand_ins})
+    if not stand_ins:
+        return ""
+    if scorecard.stand_in_only:
+        head = "**Scored on offline stand-ins only, not on real benchmarks.** Every score below comes"
+    else:
+        head = f"**Partly scored on offline stand-ins.** The scores of {', '.join(stand_ins)} come"
+    return (
+        f"> {head} from small sets built from shipped assets or local files, where the Hugging Face Hub "
+        "was out of reach: they compare this variant with its base, and are not comparable with "
+        "published benchmark results."
+    )
 
 
 def card_data(record: VariantRecord, scorecard: Scorecard, repo_id: str) -> ModelCardData:
@@ -168,6 +188,7 @@ def write_card(folder: Path, record: VariantRecord, scorecard: Scorecard, repo_i
         scorecard=scorecard,
         size=size_line(scorecard.file_bytes, scorecard.base_bytes),
         table=scorecard.to_markdown_table(),
+        provenance_note=provenance_note(scorecard),
         plot=ALLOCATION_PLOT,
         allocation_summary=allocation_summary(layers),
         auto_class=record.auto_class,

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Protocol
 
 from zoo.errors import ZooError
-from zoo.files import recover, recover_all, staged_dir
+from zoo.files import recover, recover_all, staged_dir, write_text
 from zoo.format.verify import verify_files
 from zoo.publish.card import card_repo_id, read_scored, write_card
 from zoo.publish.scorecard import SCORECARD, Scorecard
+from zoo.publish.verification import VERIFICATION, Verification
 from zoo.sources.assets import cache_dir
 from zoo.sources.catalogue import publish_settings
 from zoo.sources.hub import hub_reachable
@@ -39,10 +40,24 @@ class PublishedVariant:
     repo_id: str  # "<organisation>/<variant>"
     url: str  # the Hub page, or a file:// URL into the local registry
     scorecard: Scorecard
+    verification: Verification | None = None  # of this build of the variant; None: not verified
+
+    @property
+    def broken(self) -> bool:
+        return self.verification is not None and self.verification.broken
+
+
+def current(verification: Verification | None, scorecard: Scorecard) -> Verification | None:
+    """The verdict if it is on the build the scorecard describes; one on an older build is stale."""
+    return verification if verification is not None and verification.fingerprint == scorecard.fingerprint else None
 
 
 class Publisher(Protocol):
     organization: str
+
+    @property
+    def target(self) -> str:
+        """What `publisher_for` takes to reach this publisher again (in another process)."""
 
     def check(self, variants: list[str]) -> None:
         """Fail now, with a message naming the problem, if publishing these variants cannot work."""
@@ -54,6 +69,12 @@ class Publisher(Protocol):
         """The published variant of this name, or None if there is none."""
 
     def published(self) -> list[PublishedVariant]: ...
+
+    def download(self, variant: str, into: Path) -> Path:
+        """A copy of the published files in the new folder `into`, as a reader would get them."""
+
+    def mark(self, variant: str, verification: Verification) -> None:
+        """Store the verdict on the published variant beside its scorecard."""
 
 
 def check_folder(folder: Path) -> Scorecard:
@@ -102,6 +123,10 @@ class LocalRegistry:
     def __repr__(self) -> str:
         return f"local registry {self.root}"
 
+    @property
+    def target(self) -> str:
+        return str(self.root.resolve())  # absolute: a folder named "hub" is no Hub
+
     def check(self, variants: list[str]) -> None:
         check_names(self.organization, variants, "repository")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -127,7 +152,21 @@ class LocalRegistry:
         path = self._dir(variant) / SCORECARD
         if not path.is_file():
             return None
-        return PublishedVariant(f"{self.organization}/{variant}", path.parent.resolve().as_uri(), Scorecard.load(path))
+        scorecard = Scorecard.load(path)
+        verdict = path.with_name(VERIFICATION)
+        verification = Verification.from_json(verdict.read_text(), str(verdict)) if verdict.is_file() else None
+        url = path.parent.resolve().as_uri()
+        return PublishedVariant(f"{self.organization}/{variant}", url, scorecard, current(verification, scorecard))
+
+    def download(self, variant: str, into: Path) -> Path:
+        if self.get(variant) is None:
+            raise ZooError(f"{self} holds no variant {variant!r}")
+        return Path(shutil.copytree(self._dir(variant), into))
+
+    def mark(self, variant: str, verification: Verification) -> None:
+        if self.get(variant) is None:
+            raise ZooError(f"{self} holds no variant {variant!r} to mark")
+        write_text(self._dir(variant) / VERIFICATION, verification.to_json())
 
     def published(self) -> list[PublishedVariant]:
         """Every readable variant; one with a corrupt scorecard is skipped with a warning naming it."""
@@ -152,15 +191,27 @@ class HubPublisher:
     backoff on transient failures. The token comes from the environment (HF_TOKEN) or the login
     cache, and is never printed or written anywhere."""
 
-    def __init__(self, organization: str, private: bool = False, retries: int = 4, backoff: float = 2.0) -> None:
+    def __init__(
+        self,
+        organization: str,
+        private: bool = False,
+        retries: int = 4,
+        backoff: float = 2.0,
+        allow_offline_scores: bool = False,
+    ) -> None:
         from huggingface_hub import HfApi
 
         self.organization, self.private = organization, private
         self.retries, self.backoff = retries, backoff
+        self.allow_offline_scores = allow_offline_scores
         self.api = HfApi()
 
     def __repr__(self) -> str:
         return f"the Hugging Face Hub ({self.organization})"
+
+    @property
+    def target(self) -> str:
+        return f"hub:{self.organization}"
 
     def check(self, variants: list[str]) -> None:
         from huggingface_hub import get_token
@@ -225,7 +276,15 @@ class HubPublisher:
             raise
 
     def publish(self, folder: Path, variant: str) -> PublishedVariant:
+        """Upload, unless every metric of the scorecard is an offline stand-in: a public card is
+        read as the model's quality, and stand-ins only compare the variant with its base."""
         scorecard = check_folder(folder)
+        if scorecard.stand_in_only and not self.allow_offline_scores:
+            tasks = ", ".join(sorted({m.task for m in scorecard.metrics})) or "none"
+            raise ZooError(
+                f"{folder} was scored only on offline stand-ins ({tasks}), not on a real benchmark: score it "
+                "where the Hub is reachable, or publish anyway with --allow-offline-scores (its card says so)"
+            )
         repo_id = f"{self.organization}/{variant}"
         url = self._retry(
             self.api.create_repo, f"create {repo_id}", repo_id, private=self.private, exist_ok=True, repo_type="model"
@@ -239,6 +298,7 @@ class HubPublisher:
                 repo_type="model",
                 commit_message=f"compot-zoo: {variant} ({scorecard.fingerprint})",
                 ignore_patterns=[".*"],
+                delete_patterns=[VERIFICATION],  # a verdict on the build this one replaces
             )
         return PublishedVariant(repo_id, str(url), scorecard)
 
@@ -261,7 +321,33 @@ class HubPublisher:
             path = self._retry(hf_hub_download, f"read {repo_id}", repo_id, SCORECARD, endpoint=self.api.endpoint)
         except (EntryNotFoundError, RepositoryNotFoundError):
             return None
-        return PublishedVariant(repo_id, f"{self.api.endpoint}/{repo_id}", Scorecard.load(path))
+        scorecard = Scorecard.load(path)
+        try:
+            verdict = self._retry(hf_hub_download, f"read {repo_id}", repo_id, VERIFICATION, endpoint=self.api.endpoint)
+        except EntryNotFoundError:
+            verification = None
+        else:
+            verification = Verification.from_json(Path(verdict).read_text(), f"{repo_id}/{VERIFICATION}")
+        return PublishedVariant(repo_id, f"{self.api.endpoint}/{repo_id}", scorecard, current(verification, scorecard))
+
+    def download(self, variant: str, into: Path) -> Path:
+        from huggingface_hub import snapshot_download
+
+        repo_id = f"{self.organization}/{variant}"
+        self._retry(snapshot_download, f"download {repo_id}", repo_id, local_dir=into, endpoint=self.api.endpoint)
+        return into
+
+    def mark(self, variant: str, verification: Verification) -> None:
+        repo_id = f"{self.organization}/{variant}"
+        self._retry(
+            self.api.upload_file,
+            f"mark {repo_id}",
+            path_or_fileobj=verification.to_json().encode(),
+            path_in_repo=VERIFICATION,
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=f"compot-zoo: {variant} {verification.status} ({verification.fingerprint})",
+        )
 
     def published(self) -> list[PublishedVariant]:
         models = self._retry(lambda: list(self.api.list_models(author=self.organization)), "list models")
@@ -269,16 +355,23 @@ class HubPublisher:
         return [v for v in map(self.get, names) if v is not None]
 
 
-def publisher_for(target: str | None, organization: str | None = None, private: bool | None = None) -> Publisher:
+def publisher_for(
+    target: str | None,
+    organization: str | None = None,
+    private: bool | None = None,
+    allow_offline_scores: bool = False,
+) -> Publisher:
     """ "hub" (or "hub:ORG") is the Hugging Face Hub; anything else a local registry path; None the
     default registry ($COMPOT_ZOO_REGISTRY, else the cache's registry/). The organisation and
-    private flag default to the zoo catalogue's [publish] table."""
+    private flag default to the zoo catalogue's [publish] table. The Hub takes a scorecard of
+    offline stand-ins only with `allow_offline_scores`; a local registry takes anything."""
     settings = publish_settings()
     if target is not None and (target == "hub" or target.startswith("hub:")):
         org = target.partition(":")[2] or organization or settings.get("organization")
         if not org:
             raise ZooError("publishing to the Hub needs an organisation: hub:ORG or [publish] organization")
-        return HubPublisher(org, settings.get("private", False) if private is None else private)
+        visibility = settings.get("private", False) if private is None else private
+        return HubPublisher(org, visibility, allow_offline_scores=allow_offline_scores)
     root = Path(target) if target else Path(os.environ.get(REGISTRY_ENV) or cache_dir() / "registry")
     if root.exists() and not root.is_dir():
         raise ZooError(f"local registry {root} exists and is not a directory")

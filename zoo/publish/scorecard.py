@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 from zoo.compression.config import METHODS
 from zoo.errors import ZooError
+from zoo.evaluators.provenance import BENCHMARK, PROVENANCES
 from zoo.files import write_text
 from zoo.format.record import VariantRecord
 from zoo.modality import MODALITIES
 
-SCHEMA_VERSION = 3  # 2: fingerprint and command; 3: standard errors, the evaluation's item limit, file sizes
-READABLE_VERSIONS = (2, 3)  # a version-2 scorecard reads as one without standard errors or limit
+SCHEMA_VERSION = 4  # 2: fingerprint and command; 3: standard errors, item limit, file sizes; 4: provenance, slice
+# Older versions read as scorecards without what came later: no standard errors or limit (2), no
+# provenance (None: not recorded) and no verification slice (3).
+READABLE_VERSIONS = (2, 3, 4)
 STDERR = "_stderr"  # evaluators report a metric's standard error as "<metric>_stderr" beside it
 SCHEMA_FILE = Path(__file__).with_name("scorecard.schema.json")
 SCORECARD = "scorecard.json"  # its file name in a checkpoint and a published repository
@@ -54,8 +58,13 @@ class MetricResult:
     higher_is_better: bool
     base_stderr: float | None = None  # the evaluator's standard error, where it gives one (lm-eval)
     compressed_stderr: float | None = None
+    source: str | None = None  # BENCHMARK or STAND_IN (zoo.evaluators.provenance); None: not recorded
 
     def __post_init__(self) -> None:
+        if self.source is not None and self.source not in PROVENANCES:
+            raise ZooError(
+                f"metric {self.name!r} of task {self.task!r}: source {self.source!r} is not one of {PROVENANCES}"
+            )
         for label in ("base", "compressed", "base_stderr", "compressed_stderr"):
             value = getattr(self, label)
             if value is None and label.endswith(STDERR):
@@ -71,6 +80,16 @@ class MetricResult:
         """Percent of the base score kept: compressed/base for scores, base/compressed for errors."""
         num, den = (self.compressed, self.base) if self.higher_is_better else (self.base, self.compressed)
         return 100.0 * num / den if den else math.nan
+
+
+@dataclass(frozen=True)
+class SliceScore:
+    """A short fixed slice of the evaluation, scored at build time on the model as it was scored:
+    the published variant, reloaded elsewhere, must score the same on it (zoo.verify)."""
+
+    settings: dict  # the evaluation settings (EVAL_SETTINGS keys) that make the slice
+    online: bool  # whether the Hub's sets were scored
+    scores: dict[str, dict[str, float]]  # {task: {metric: value}}, as the adapter returned them
 
 
 @dataclass
@@ -97,6 +116,7 @@ class Scorecard:
     eval_limit: int | None = None  # items per task or set the evaluation was capped at (None: all)
     file_bytes: int | None = None  # the checkpoint's model.safetensors
     base_bytes: int | None = None  # the base's tensors in a 16-bit checkpoint
+    slice_score: SliceScore | None = None  # what the published variant is verified against
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -106,9 +126,23 @@ class Scorecard:
         if self.modality not in MODALITIES:
             raise ZooError(f"scorecard modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
 
+    @property
+    def stand_ins(self) -> list[MetricResult]:
+        """The metrics not known to come from a real benchmark (stand-ins, or not recorded)."""
+        return [m for m in self.metrics if m.source != BENCHMARK]
+
+    @property
+    def stand_in_only(self) -> bool:
+        """No metric comes from a real benchmark: not a score to publish as the model's quality."""
+        return len(self.stand_ins) == len(self.metrics)
+
     @classmethod
     def from_record(
-        cls, record: VariantRecord, metrics: list[MetricResult], eval_limit: int | None = None
+        cls,
+        record: VariantRecord,
+        metrics: list[MetricResult],
+        eval_limit: int | None = None,
+        slice_score: SliceScore | None = None,
     ) -> Scorecard:
         return cls(
             base_model=record.base_model,
@@ -131,6 +165,7 @@ class Scorecard:
             eval_limit=eval_limit,
             file_bytes=record.file_bytes,
             base_bytes=record.base_bytes,
+            slice_score=slice_score,
         )
 
     def to_dict(self) -> dict:
@@ -154,7 +189,8 @@ class Scorecard:
         metric_names = {f.name for f in fields(MetricResult)}
         metrics = [MetricResult(**{k: m[k] for k in metric_names if k in m}) for m in data["metrics"]]
         known = {k: data[k] for k in names if k in data}
-        return cls(**{**known, "metrics": metrics, "schema_version": SCHEMA_VERSION})
+        slice_score = SliceScore(**data["slice_score"]) if data.get("slice_score") is not None else None
+        return cls(**{**known, "metrics": metrics, "slice_score": slice_score, "schema_version": SCHEMA_VERSION})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -181,11 +217,12 @@ class Scorecard:
 
     def to_markdown_table(self) -> str:
         """Base vs compressed vs recovery, one row per metric, for model cards and the CLI."""
-        rows = ["| task | metric | base | compressed | recovery |", "| --- | --- | --- | --- | --- |"]
+        rows = ["| task | metric | base | compressed | recovery | data |", "| --- | --- | --- | --- | --- | --- |"]
         for m in self.metrics:
             arrow = "↑" if m.higher_is_better else "↓"
             base, compressed = _with_stderr(m.base, m.base_stderr), _with_stderr(m.compressed, m.compressed_stderr)
-            rows.append(f"| {m.task} | {m.name} {arrow} | {base} | {compressed} | {m.recovery:.1f}% |")
+            source = m.source or "not recorded"
+            rows.append(f"| {m.task} | {m.name} {arrow} | {base} | {compressed} | {m.recovery:.1f}% | {source} |")
         if self.eval_limit is not None:
             rows.append(f"\nAt most {self.eval_limit} items per task or set were scored (`--eval-limit`).")
         return "\n".join(rows)
@@ -196,9 +233,10 @@ def _with_stderr(value: float, stderr: float | None) -> str:
 
 
 def metrics_from_results(
-    base: dict[str, dict[str, float]], compressed: dict[str, dict[str, float]]
+    base: dict[str, dict[str, float]], compressed: dict[str, dict[str, float]], source: Callable[[str], str]
 ) -> list[MetricResult]:
-    """Pair evaluator outputs {task: {metric: value}} of the base and the compressed model.
+    """Pair evaluator outputs {task: {metric: value}} of the base and the compressed model, each
+    metric marked with its task's `source` (zoo.evaluators.provenance.provenance).
 
     Every base metric must exist for the compressed model: a missing one means the two were
     not evaluated alike, and a scorecard that silently dropped it would mislead.
@@ -212,5 +250,9 @@ def metrics_from_results(
                 raise ZooError(f"metric {name!r} of task {task!r} is in the base results but not the compressed ones")
             other = compressed[task]
             stderrs = (values.get(name + STDERR), other.get(name + STDERR))
-            results.append(MetricResult(name, task, float(value), float(other[name]), higher_is_better(name), *stderrs))
+            results.append(
+                MetricResult(
+                    name, task, float(value), float(other[name]), higher_is_better(name), *stderrs, source(task)
+                )
+            )
     return results

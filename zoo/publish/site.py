@@ -21,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from zoo.evaluators.provenance import STAND_IN
 from zoo.files import check_replaceable, staged_dir
 from zoo.publish.publishers import PublishedVariant
 from zoo.publish.scorecard import MetricResult, Scorecard
@@ -56,9 +57,14 @@ class ModelGroup:
         return columns
 
     @property
+    def stand_in_columns(self) -> set[MetricKey]:
+        """Metrics some variant scored on an offline stand-in rather than a real benchmark."""
+        return {metric_key(m) for v in self.variants for m in v.scorecard.metrics if m.source == STAND_IN}
+
+    @property
     def best(self) -> PublishedVariant | None:
-        """The variant keeping most of the base quality (`mean_recovery`)."""
-        scored = [v for v in self.variants if not math.isnan(mean_recovery(v))]
+        """The variant keeping most of the base quality (`mean_recovery`); a broken one never is."""
+        scored = [v for v in self.variants if not v.broken and not math.isnan(mean_recovery(v))]
         return max(scored, key=mean_recovery, default=None)
 
 
