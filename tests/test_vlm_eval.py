@@ -3,6 +3,7 @@ exact-matching scores, and a scorecard for a tiny Qwen2-VL before and after comp
 
 import importlib.util
 import ssl
+import subprocess
 import sys
 
 import pandas as pd
@@ -30,6 +31,14 @@ def test_import_leaves_no_stand_ins_and_keeps_tls_checks():
     assert ssl._create_default_https_context is ssl.create_default_context
     if "torchvision" in missing:
         assert not is_torchvision_available()
+
+
+def test_import_keeps_autograd_on_for_the_process():
+    """vlmeval turns autograd off on import: a user's training loop after scoring would silently
+    stop learning (and our own tests after it failed). A fresh interpreter, so the import runs."""
+    code = "import torch, zoo.evaluators.vlm; assert torch.is_grad_enabled(), 'autograd left off'"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr[-1000:]
 
 
 def test_photo_benchmark_scores_by_exact_matching(lmu, tmp_path):

@@ -125,11 +125,11 @@ class _StandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 @functools.cache
 def import_vlmeval() -> types.ModuleType:
     """`vlmeval`, imported with stand-ins for UNUSED_MODULES that are not installed. vlmeval turns
-    off TLS certificate checks for the whole process on import; that is undone here."""
+    off TLS certificate checks and autograd for the whole process on import; both are undone here."""
     is_torchvision_available()  # transformers caches the real answer before any stand-in exists
     missing = {name for name in UNUSED_MODULES if importlib.util.find_spec(name) is None}
     stand_ins = _StandIns(missing)
-    https_context = ssl._create_default_https_context
+    https_context, grad = ssl._create_default_https_context, torch.is_grad_enabled()
     sys.meta_path.insert(0, stand_ins)
     try:
         import vlmeval
@@ -140,6 +140,7 @@ def import_vlmeval() -> types.ModuleType:
         for name in [n for n in sys.modules if n.split(".")[0] in missing]:
             del sys.modules[name]
         ssl._create_default_https_context = https_context
+        torch.set_grad_enabled(grad)
     return vlmeval
 
 
