@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import shutil
 import time
 import traceback
@@ -56,6 +57,7 @@ ENTRY_KEYS = {
     "calibration",
     "n_samples",
     "seq_len",
+    "runner",
     *CONFIG_KEYS,
     *EVAL_SETTINGS,
 }
@@ -71,6 +73,7 @@ VALUE_TYPES = {
     "calibration": str,
     "n_samples": int,
     "seq_len": int,
+    "runner": str,
     "components": (str,),
     "eval_windows": int,
     "eval_limit": int,
@@ -83,6 +86,10 @@ VALUE_TYPES = {
     "eval_max_new_tokens": int,
 }
 REGRESSION_TOLERANCE = 0.01  # relative change of a metric, in its bad direction, flagged as a regression
+# The CI runner class of an entry without `runner`; a plan's [runners] table maps each class to its
+# runs-on labels, so which machines run the zoo is configuration, never code.
+DEFAULT_RUNNER = "cpu"
+DEFAULT_RUNNERS = {DEFAULT_RUNNER: "ubuntu-latest"}
 
 
 @dataclass(frozen=True)
@@ -143,13 +150,17 @@ def _check_types(where: str, table: dict, types: dict) -> None:
             raise ZooError(f"{where}: {key} = {value!r} should be {expected}")
 
 
-def read_plan(path: Path) -> tuple[list[Variant], dict]:
-    """The variants of a nightly plan, and its [publish] table; errors name the file and entry."""
+def _load(path: Path) -> dict:
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ZooError(f"cannot read nightly plan {path}: {exc}") from exc
-    _unknown(str(path), set(data), {"models", "publish"})
+
+
+def read_plan(path: Path) -> tuple[list[Variant], dict]:
+    """The variants of a nightly plan, and its [publish] table; errors name the file and entry."""
+    data = _load(path)
+    _unknown(str(path), set(data), {"models", "publish", "runners"})
     if not isinstance(data.get("models", []), list) or not all(isinstance(e, dict) for e in data.get("models", [])):
         raise ZooError(f"{path}: models must be a list of [[models]] tables, got {data['models']!r}")
     if not isinstance(data.get("publish", {}), dict):
@@ -182,7 +193,48 @@ def read_plan(path: Path) -> tuple[list[Variant], dict]:
     return variants, data.get("publish", {})
 
 
-def _by_model(variants: list[Variant]) -> Iterator[tuple[dict, list[Variant]]]:
+def _runners(path: Path) -> dict[str, str | list[str]]:
+    """The plan's [runners] table over the default: runner class -> runs-on label(s)."""
+    table = _load(path).get("runners", {})
+    if not isinstance(table, dict) or not all(
+        isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)) for v in table.values()
+    ):
+        raise ZooError(f"{path}: [runners] maps a runner class to a runs-on label or a list of labels, got {table!r}")
+    return {**DEFAULT_RUNNERS, **table}
+
+
+def ci_jobs(path: Path) -> list[dict]:
+    """One CI job per model of the plan (a GitHub Actions matrix `include`): the model as
+    `zoo nightly --model` takes it, a name safe for artifact and cache keys, and the runs-on labels
+    of the entry's runner class."""
+    variants, _ = read_plan(path)
+    runners = _runners(path)
+    jobs = []
+    for entry, _ in by_model(variants):
+        runner = entry.get("runner", DEFAULT_RUNNER)
+        if runner not in runners:
+            raise ZooError(
+                f"{path}: model {entry['model']!r} asks for runner {runner!r}; "
+                f"[runners] has {', '.join(sorted(runners))}"
+            )
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(entry["model"]).name).strip("-") or "model"
+        jobs.append({"model": entry["model"], "name": name, "runner": runner, "runs-on": runners[runner]})
+    names = [j["name"] for j in jobs]
+    if len(set(names)) != len(names):
+        raise ZooError(f"{path}: two models share a job name: {', '.join(sorted(names))}")
+    return jobs
+
+
+def only_model(variants: list[Variant], model: str) -> list[Variant]:
+    """The variants of one plan entry (`zoo nightly --model`, one CI job's share of the plan)."""
+    chosen = [v for v in variants if v.entry["model"] == model]
+    if not chosen:
+        known = ", ".join(dict.fromkeys(v.entry["model"] for v in variants))
+        raise ZooError(f"the plan has no model {model!r}; it has {known}")
+    return chosen
+
+
+def by_model(variants: list[Variant]) -> Iterator[tuple[dict, list[Variant]]]:
     entries: dict[int, tuple[dict, list[Variant]]] = {}
     for v in variants:
         entries.setdefault(id(v.entry), (v.entry, []))[1].append(v)
@@ -196,9 +248,9 @@ def run_nightly(variants: list[Variant], publisher: Publisher, workdir: Path, re
     outcomes = [Outcome(v.name, v.entry["model"], v.cr, v.kind) for v in variants]
     by_name = {o.variant: o for o in outcomes}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for entry, model_variants in _by_model(variants):
+    for entry, model_variants in by_model(variants):
         try:
-            context = _ModelContext(entry)
+            context = ModelContext(entry)
         except Exception as exc:  # noqa: BLE001 - one broken model fails its variants, not the run
             for v in model_variants:
                 _fail(by_name[v.name], exc)
@@ -222,7 +274,7 @@ def _fail(outcome: Outcome, exc: Exception) -> None:
     log.error("nightly: %s failed\n%s", outcome.variant, traceback.format_exc())
 
 
-class _ModelContext:
+class ModelContext:
     """One plan entry's model, calibration and (lazily) base scores, shared by its variants."""
 
     def __init__(self, entry: dict) -> None:
@@ -248,10 +300,24 @@ class _ModelContext:
             e.get("modality"),
         )
 
+    def fingerprint(self, variant: Variant) -> str:
+        return fingerprint(self.prepared, self.request(variant.config))
+
+    def score(self, variant: Variant, out: Path, repo_id: str) -> None:
+        """Compress a copy of the base model as `variant` into `out`, scored against the base."""
+        if self.base_metrics is None:
+            self.base_metrics = evaluate(self.prepared)
+        loaded = dataclasses.replace(self.prepared.loaded, model=copy.deepcopy(self.prepared.loaded.model))
+        compress_variant(
+            dataclasses.replace(self.prepared, loaded=loaded),
+            self.request(variant.config, out),
+            self.base_metrics,
+            repo_id,
+        )
+
     def build(self, variant: Variant, outcome: Outcome, publisher: Publisher, workdir: Path) -> None:
         out = workdir / variant.name
-        req = self.request(variant.config, out)
-        expected = fingerprint(self.prepared, req)
+        expected = self.fingerprint(variant)
         previous = publisher.get(variant.name)
         if previous is not None and previous.scorecard.fingerprint == expected:
             outcome.status, outcome.reason = "skipped", "published fingerprint matches"
@@ -264,15 +330,7 @@ class _ModelContext:
         if _finished(out, expected):
             outcome.reason = "finished in an interrupted run; published now"
         else:
-            if self.base_metrics is None:
-                self.base_metrics = evaluate(self.prepared)
-            loaded = dataclasses.replace(self.prepared.loaded, model=copy.deepcopy(self.prepared.loaded.model))
-            compress_variant(
-                dataclasses.replace(self.prepared, loaded=loaded),
-                req,
-                self.base_metrics,
-                f"{publisher.organization}/{variant.name}",
-            )
+            self.score(variant, out, f"{publisher.organization}/{variant.name}")
             outcome.reason = "not published before" if previous is None else "inputs changed (fingerprint differs)"
         published = publisher.publish(out, variant.name)
         shutil.rmtree(out)
@@ -315,24 +373,46 @@ def compare(previous: Scorecard, current: Scorecard, tolerance: float = REGRESSI
 
 def write_report(outcomes: list[Outcome], report_dir: Path, publisher: Publisher, started: str) -> None:
     """report.json and report.md, each written under a temporary name and renamed."""
+    variants = [{**dataclasses.asdict(o), "regressions": o.regressions} for o in outcomes]
+    updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    _write(report_dir, {"started": started, "updated": updated, "target": repr(publisher), "variants": variants})
+
+
+def _write(report_dir: Path, data: dict) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
-    data = {
-        "started": started,
-        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "target": repr(publisher),
-        "counts": _counts(outcomes),
-        "variants": [{**dataclasses.asdict(o), "regressions": o.regressions} for o in outcomes],
-    }
+    data = {**data, "counts": _counts(data["variants"])}
     write_text(report_dir / "report.json", json.dumps(data, indent=2))
     write_text(report_dir / "report.md", markdown_report(data))
 
 
-def _counts(outcomes: list[Outcome]) -> dict[str, int]:
+def _counts(variants: list[dict]) -> dict[str, int]:
     counts = {s: 0 for s in ("rebuilt", "skipped", "failed", "pending")}
-    for o in outcomes:
-        counts[o.status] += 1
-    counts["regressions"] = sum(bool(o.regressions) for o in outcomes)
+    for v in variants:
+        counts[v["status"]] += 1
+    counts["regressions"] = sum(bool(v["regressions"]) for v in variants)
     return counts
+
+
+def gather_reports(report_dirs: list[Path], out: Path) -> dict:
+    """One report of the CI jobs' reports (one job per model), written to `out` like a run's own;
+    the folders of jobs that left no readable report are listed in it as `missing`."""
+    reports, missing = [], []
+    for folder in report_dirs:
+        try:
+            reports.append(json.loads((folder / "report.json").read_text()))
+        except (OSError, ValueError) as exc:
+            missing.append(f"{folder}: {type(exc).__name__}: {exc}")
+    if not reports:
+        raise ZooError("no report to gather: " + "; ".join(missing or ["no report folders given"]))
+    data = {
+        "started": min(r["started"] for r in reports),
+        "updated": max(r["updated"] for r in reports),
+        "target": ", ".join(dict.fromkeys(r["target"] for r in reports)),
+        "variants": [v for r in reports for v in r["variants"]],
+        "missing": missing,
+    }
+    _write(out, data)
+    return data
 
 
 def markdown_report(data: dict) -> str:
@@ -341,7 +421,8 @@ def markdown_report(data: dict) -> str:
     lines = [
         f"# compot-zoo nightly: {c['rebuilt']} rebuilt, {c['skipped']} skipped, {c['failed']} failed"
         + (f", {c['pending']} not reached" if c["pending"] else "")
-        + (f", {c['regressions']} with regressions" if c["regressions"] else ""),
+        + (f", {c['regressions']} with regressions" if c["regressions"] else "")
+        + (f", {len(data['missing'])} jobs without a report" if data.get("missing") else ""),
         "",
         f"Target: {data['target']}. Started {data['started']}, updated {data['updated']}.",
         "",
@@ -354,6 +435,8 @@ def markdown_report(data: dict) -> str:
         name = f"[{v['variant']}]({v['url']})" if v["url"] else v["variant"]
         reason = v["reason"].replace("|", "\\|").replace("\n", " ")
         lines.append(f"| {name} | {status} | {cr} | {v['seconds']:.0f} | {reason} |")
+    for problem in data.get("missing", []):
+        lines.append(f"\nNo report from {problem}")
     changed = [v for v in data["variants"] if v["changes"]]
     if changed:
         lines += [
