@@ -378,11 +378,13 @@ def write_report(outcomes: list[Outcome], report_dir: Path, publisher: Publisher
     _write(report_dir, {"started": started, "updated": updated, "target": repr(publisher), "variants": variants})
 
 
-def _write(report_dir: Path, data: dict) -> None:
+def _write(report_dir: Path, data: dict) -> dict:
+    """The report with its counts, as written."""
     report_dir.mkdir(parents=True, exist_ok=True)
     data = {**data, "counts": _counts(data["variants"])}
     write_text(report_dir / "report.json", json.dumps(data, indent=2))
     write_text(report_dir / "report.md", markdown_report(data))
+    return data
 
 
 def _counts(variants: list[dict]) -> dict[str, int]:
@@ -411,8 +413,7 @@ def gather_reports(report_dirs: list[Path], out: Path) -> dict:
         "variants": [v for r in reports for v in r["variants"]],
         "missing": missing,
     }
-    _write(out, data)
-    return data
+    return _write(out, data)
 
 
 def markdown_report(data: dict) -> str:
