@@ -381,7 +381,7 @@ def plan_models_not_tables(i: Inputs) -> Case:
 @case
 def plan_asks_for_a_runner_it_does_not_define(i: Inputs) -> Case:
     call = _plan(i, f'{_ENTRY}crs = [0.2]\nrunner = "tpu"\n')
-    return Case(r"model 'smollm2-135m' asks for runner 'tpu'; \[runners\] has cpu", [*call, "--list-jobs"])
+    return Case(r"#1: runner 'tpu' is not in \[runners\]: cpu", [*call, "--list-jobs"])
 
 
 @case

@@ -167,6 +167,7 @@ def read_plan(path: Path) -> tuple[list[Variant], dict]:
         raise ZooError(f"{path}: publish must be a [publish] table, got {data['publish']!r}")
     _unknown(f"{path}: [publish]", set(data.get("publish", {})), set(PUBLISH_KEYS))
     _check_types(f"{path}: [publish]", data.get("publish", {}), PUBLISH_KEYS)
+    runners = _runners(path, data)
     variants = []
     for i, entry in enumerate(data.get("models", [])):
         where = f"{path}: [[models]] #{i + 1}"
@@ -174,6 +175,8 @@ def read_plan(path: Path) -> tuple[list[Variant], dict]:
         _check_types(where, entry, VALUE_TYPES)
         if "model" not in entry or not entry.get("crs"):
             raise ZooError(f"{where}: needs `model` and a non-empty `crs` list")
+        if entry.get("runner", DEFAULT_RUNNER) not in runners:
+            raise ZooError(f"{where}: runner {entry['runner']!r} is not in [runners]: {', '.join(sorted(runners))}")
         kinds = entry.get("methods", ["compot-dynamic"])
         bad = [k for k in kinds if k not in VARIANT_KINDS]
         if bad:
@@ -193,9 +196,9 @@ def read_plan(path: Path) -> tuple[list[Variant], dict]:
     return variants, data.get("publish", {})
 
 
-def _runners(path: Path) -> dict[str, str | list[str]]:
+def _runners(path: Path, data: dict) -> dict[str, str | list[str]]:
     """The plan's [runners] table over the default: runner class -> runs-on label(s)."""
-    table = _load(path).get("runners", {})
+    table = data.get("runners", {})
     if not isinstance(table, dict) or not all(
         isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)) for v in table.values()
     ):
@@ -208,15 +211,10 @@ def ci_jobs(path: Path) -> list[dict]:
     `zoo nightly --model` takes it, a name safe for artifact and cache keys, and the runs-on labels
     of the entry's runner class."""
     variants, _ = read_plan(path)
-    runners = _runners(path)
+    runners = _runners(path, _load(path))
     jobs = []
     for entry, _ in by_model(variants):
         runner = entry.get("runner", DEFAULT_RUNNER)
-        if runner not in runners:
-            raise ZooError(
-                f"{path}: model {entry['model']!r} asks for runner {runner!r}; "
-                f"[runners] has {', '.join(sorted(runners))}"
-            )
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(entry["model"]).name).strip("-") or "model"
         jobs.append({"model": entry["model"], "name": name, "runner": runner, "runs-on": runners[runner]})
     names = [j["name"] for j in jobs]
