@@ -288,13 +288,13 @@ def _plan_publisher(settings: dict, target: str | None, org: str | None, private
     )
 
 
-def _workdir_option(command):
+def _workdir_option(name: str):
     return click.option(
         "--workdir",
         type=click.Path(path_type=Path, file_okay=False),
         default=None,
-        help="Where variants are built (default: the cache's nightly/).",
-    )(command)
+        help=f"Where variants are built (default: the cache's {name}/).",
+    )
 
 
 @main.command()
@@ -310,7 +310,7 @@ def _workdir_option(command):
     is_flag=True,
     help="Print the plan's CI jobs, one per model with its runner labels, as a JSON list, and stop.",
 )
-@_workdir_option
+@_workdir_option("nightly")
 @click.option(
     "--report-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -386,10 +386,11 @@ def gather(reports: tuple[Path, ...], report_dir: Path) -> None:
     "--tolerance",
     type=click.FloatRange(min=0),
     default=None,
-    help="Relative worsening of a metric that fails the gate (default: GATE_TOLERANCE, from measured noise).",
+    help="Relative worsening of a metric that fails the gate (default: zoo/gate.py's GATE_TOLERANCE, set from "
+    "measured run-to-run noise).",
 )
 @click.option("--report-only", is_flag=True, help="A change meant to move the numbers: report the table, never fail.")
-@_workdir_option
+@_workdir_option("gate")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
