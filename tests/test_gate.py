@@ -12,7 +12,7 @@ from tests.test_nightly import ROOT
 from zoo.cli import main
 from zoo.engine import factorization
 from zoo.errors import ZooError
-from zoo.gate import GATE_TOLERANCE
+from zoo.gate import GATE_TOLERANCE, floored
 from zoo.nightly import ci_jobs, only_model, read_plan
 
 # The tiny model learns the text in STEPS steps; at CR 0.8 one engine iteration instead of twenty
@@ -99,6 +99,16 @@ def test_a_variant_never_published_fails_the_gate(tmp_path, model_dir, text_file
     code, output = _run("gate", "--plan", plan, "--against", tmp_path / "empty", "--out", tmp_path / "gate",
                         "--workdir", tmp_path / "work")  # fmt: skip
     assert code == 1 and "no published scorecard to compare with" in output
+
+
+def test_a_counted_metric_fails_only_beyond_one_item():
+    def change(metric: str, previous: float, current: float) -> dict:
+        return {"metric": metric, "previous": previous, "current": current, "regression": True}
+
+    assert not floored(change("wer", 0.0141, 0.0282))["regression"]  # one word of 71: +100%, still noise
+    assert floored(change("wer", 0.0141, 0.0423))["regression"]  # two words
+    assert not floored(change("acc", 0.30, 0.25))["regression"] and floored(change("acc", 0.30, 0.20))["regression"]
+    assert floored(change("perplexity", 31.0, 31.7))["regression"]
 
 
 def test_the_shipped_gate_plan_is_small():
