@@ -378,6 +378,23 @@ def plan_models_not_tables(i: Inputs) -> Case:
     return Case(r"plan\.toml: models must be a list of \[\[models\]\] tables, got 5", _plan(i, "models = 5\n"))
 
 
+@case
+def plan_asks_for_a_runner_it_does_not_define(i: Inputs) -> Case:
+    call = _plan(i, f'{_ENTRY}crs = [0.2]\nrunner = "tpu"\n')
+    return Case(r"#1: runner 'tpu' is not in \[runners\]: cpu", [*call, "--list-jobs"])
+
+
+@case
+def nightly_for_a_model_not_in_the_plan(i: Inputs) -> Case:
+    call = _plan(i, f"{_ENTRY}crs = [0.2]\n")
+    return Case(r"the plan has no model 'gpt2'; it has smollm2-135m", [*call, "--model", "gpt2"])
+
+
+@case
+def gather_without_reports(i: Inputs) -> Case:
+    return Case(r"no report to gather: .*nowhere: FileNotFoundError", ["gather", i.tmp / "nowhere"])
+
+
 # --- publishing -------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ failures and kills; and the GitHub Actions workflow that runs it."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -284,12 +285,54 @@ def test_the_workflow_is_scheduled_publishes_with_the_secret_and_reports():
 
 
 @pytest.mark.parametrize("tool, args", [("actionlint", []), ("zizmor", ["--offline"])])
-def test_the_workflow_passes_actionlint_and_zizmor(tool, args):
+def test_the_workflows_pass_actionlint_and_zizmor(tool, args):
     exe = shutil.which(tool, path=str(Path(sys.executable).parent)) or shutil.which(tool)
     if exe is None:
         pytest.skip(f"{tool} is not installed (pip install compot-zoo[test])")
-    result = subprocess.run([exe, *args, str(WORKFLOW)], capture_output=True, text=True, timeout=120)
+    workflows = sorted(WORKFLOW.parent.glob("*.yml"))
+    assert {w.name for w in workflows} >= {"nightly.yml", "gate.yml"}
+    result = subprocess.run([exe, *args, *map(str, workflows)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_action_is_pinned_by_full_commit_sha():
+    for workflow in WORKFLOW.parent.glob("*.yml"):
+        for line in workflow.read_text().splitlines():
+            if "uses:" in line:
+                ref = line.split("uses:", 1)[1].split("#")[0].strip()
+                assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", ref), f"{workflow.name}: {line.strip()}"
+
+
+def test_the_nightly_runs_one_job_per_model_then_gathers_and_deploys_the_scoreboard():
+    text = WORKFLOW.read_text()
+    for needle in (
+        "--list-jobs",
+        "fromJSON(needs.plan.outputs.jobs)",
+        "runs-on: ${{ matrix.runs-on }}",
+        "key: zoo-${{ matrix.name }}-",  # each model's job its own cache
+        '--model "$MODEL"',
+        "zoo gather",
+        "zoo site",
+        "actions/upload-pages-artifact@",
+        "actions/configure-pages@",
+        "actions/deploy-pages@",
+    ):
+        assert needle in text, needle
+
+
+def test_the_gate_workflow_comments_the_table_and_reports_only_with_the_label():
+    text = (WORKFLOW.parent / "gate.yml").read_text()
+    for needle in (
+        "pull_request:",
+        "labeled",
+        "contains(github.event.pull_request.labels.*.name, 'moves-numbers')",
+        "--report-only",
+        "zoo gate --plan zoo/ci/gate.toml",
+        "marocchino/sticky-pull-request-comment@",
+        "path: gate-report/gate.md",
+        "zoo nightly --plan zoo/ci/gate.toml",
+    ):
+        assert needle in text, needle
 
 
 def test_a_hub_run_without_a_token_fails_before_loading_anything(tmp_path, model_dir, text_file, monkeypatch):

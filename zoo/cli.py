@@ -275,25 +275,57 @@ def publish(
     _publish(publisher, checkpoint)
 
 
+def _plan_path(plan_path: Path | None, default: str) -> Path:
+    return plan_path or Path(str(resources.files("zoo.ci") / default))
+
+
+def _plan_option(default: str, what: str):
+    return click.option(
+        "--plan",
+        "plan_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        help=f"{what} (default: the project's zoo/ci/{default}).",
+    )
+
+
+def _plan_publisher(
+    settings: dict, target: str | None, org: str | None, private: bool | None, allow_offline_scores: bool = False
+):
+    """The publisher a command's options name, the plan's [publish] table filling the rest."""
+    from zoo.publish.publishers import publisher_for
+
+    return publisher_for(
+        target or settings.get("target"),
+        org or settings.get("organization"),
+        settings.get("private") if private is None else private,
+        allow_offline_scores,
+    )
+
+
+def _workdir_option(name: str):
+    return click.option(
+        "--workdir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help=f"Where variants are built (default: the cache's {name}/).",
+    )
+
+
 @main.command()
-@click.option(
-    "--plan",
-    "plan_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Models x CRs x methods to keep fresh (default: the project's zoo/ci/nightly.toml).",
-)
+@_plan_option("nightly.toml", "Models x CRs x methods to keep fresh")
 @click.option(
     "--target",
     default=None,
     help="'hub', 'hub:ORG' or a local registry folder (default: the plan's, else the local registry).",
 )
+@click.option("--model", default=None, help="Only this model of the plan (one CI job's share).")
 @click.option(
-    "--workdir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Where variants are built before publishing (default: the cache's nightly/).",
+    "--list-jobs",
+    is_flag=True,
+    help="Print the plan's CI jobs, one per model with its runner labels, as a JSON list, and stop.",
 )
+@_workdir_option("nightly")
 @click.option(
     "--report-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -305,6 +337,8 @@ def publish(
 def nightly(
     plan_path: Path | None,
     target: str | None,
+    model: str | None,
+    list_jobs: bool,
     workdir: Path | None,
     report_dir: Path,
     org: str | None,
@@ -313,17 +347,19 @@ def nightly(
 ) -> None:
     """Rebuild, score and publish every variant whose inputs changed since it was published (or
     was found broken), then verify each in a fresh process."""
-    from zoo.nightly import read_plan, run_nightly
-    from zoo.publish.publishers import publisher_for
+    import json
+
+    from zoo.nightly import ci_jobs, only_model, read_plan, run_nightly
     from zoo.sources.assets import cache_dir
 
-    variants, settings = read_plan(plan_path or Path(str(resources.files("zoo.ci") / "nightly.toml")))
-    publisher = publisher_for(
-        target or settings.get("target"),
-        org or settings.get("organization"),
-        settings.get("private") if private is None else private,
-        allow_offline_scores,
-    )
+    plan_path = _plan_path(plan_path, "nightly.toml")
+    if list_jobs:
+        click.echo(json.dumps(ci_jobs(plan_path)))
+        return
+    variants, settings = read_plan(plan_path)
+    if model is not None:
+        variants = only_model(variants, model)
+    publisher = _plan_publisher(settings, target, org, private, allow_offline_scores)
     outcomes = run_nightly(variants, publisher, workdir or cache_dir() / "nightly", report_dir)
     click.echo((report_dir / "report.md").read_text())
     problems = []
@@ -355,6 +391,79 @@ def verify(variant: str, target: str | None, org: str | None) -> None:
     if result.broken:
         raise click.ClickException(f"{published.repo_id} is broken: {result.reason}")
     click.echo(f"{published.repo_id} verified: it reloads and scores its slice as at build time")
+
+
+@main.command()
+@click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--report-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("nightly-report"),
+    show_default=True,
+    help="Where the gathered report.json and report.md go.",
+)
+def gather(reports: tuple[Path, ...], report_dir: Path) -> None:
+    """Gather the report folders of `zoo nightly --model` jobs into one nightly report; fails when a
+    variant failed or a job left no report."""
+    from zoo.nightly import gather_reports
+
+    data = gather_reports(list(reports), report_dir)
+    click.echo((report_dir / "report.md").read_text())
+    if data["counts"]["failed"] or data["missing"]:
+        raise click.ClickException(
+            f"{data['counts']['failed']} variants failed, {len(data['missing'])} jobs left no report "
+            f"(see {report_dir / 'report.md'})"
+        )
+
+
+@main.command()
+@_plan_option("gate.toml", "The variants to check")
+@click.option(
+    "--against",
+    default=None,
+    help="Published scorecards to compare with: 'hub', 'hub:ORG' or a local registry folder (default: the plan's).",
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Relative worsening of a metric that fails the gate (default: zoo/gate.py's GATE_TOLERANCE, set from "
+    "measured run-to-run noise).",
+)
+@click.option("--report-only", is_flag=True, help="A change meant to move the numbers: report the table, never fail.")
+@_workdir_option("gate")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("gate-report"),
+    show_default=True,
+    help="Where gate.json and gate.md (the pull-request comment) go.",
+)
+@click.option("--org", default=None, help="Organisation (default: the plan's [publish]).")
+def gate(
+    plan_path: Path | None,
+    against: str | None,
+    tolerance: float | None,
+    report_only: bool,
+    workdir: Path | None,
+    out: Path,
+    org: str | None,
+) -> None:
+    """Compress and score the gate plan and compare each metric with the published scorecards;
+    exit non-zero when one worsens beyond the tolerance (unless --report-only)."""
+    from zoo.gate import GATE_TOLERANCE, run_gate, write_gate_report
+    from zoo.nightly import read_plan
+    from zoo.sources.assets import cache_dir
+
+    variants, settings = read_plan(_plan_path(plan_path, "gate.toml"))
+    publisher = _plan_publisher(settings, against, org, None)
+    tolerance = GATE_TOLERANCE if tolerance is None else tolerance
+    results = run_gate(variants, publisher, workdir or cache_dir() / "gate", tolerance)
+    report = write_gate_report(results, out, repr(publisher), tolerance, report_only)
+    click.echo(report.read_text())
+    failed = [r.variant for r in results if not r.passed]
+    if failed and not report_only:
+        raise click.ClickException(f"the gate failed for {', '.join(failed)} (see {report})")
 
 
 @main.command()

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import shutil
 import time
 import traceback
@@ -59,6 +60,7 @@ ENTRY_KEYS = {
     "calibration",
     "n_samples",
     "seq_len",
+    "runner",
     *CONFIG_KEYS,
     *EVAL_SETTINGS,
 }
@@ -74,6 +76,7 @@ VALUE_TYPES = {
     "calibration": str,
     "n_samples": int,
     "seq_len": int,
+    "runner": str,
     "components": (str,),
     "eval_windows": int,
     "eval_limit": int,
@@ -86,6 +89,10 @@ VALUE_TYPES = {
     "eval_max_new_tokens": int,
 }
 REGRESSION_TOLERANCE = 0.01  # relative change of a metric, in its bad direction, flagged as a regression
+# The CI runner class of an entry without `runner`; a plan's [runners] table maps each class to its
+# runs-on labels, so which machines run the zoo is configuration, never code.
+DEFAULT_RUNNER = "cpu"
+DEFAULT_RUNNERS = {DEFAULT_RUNNER: "ubuntu-latest"}
 
 
 @dataclass(frozen=True)
@@ -152,19 +159,24 @@ def _check_types(where: str, table: dict, types: dict) -> None:
             raise ZooError(f"{where}: {key} = {value!r} should be {expected}")
 
 
-def read_plan(path: Path) -> tuple[list[Variant], dict]:
-    """The variants of a nightly plan, and its [publish] table; errors name the file and entry."""
+def _load(path: Path) -> dict:
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ZooError(f"cannot read nightly plan {path}: {exc}") from exc
-    _unknown(str(path), set(data), {"models", "publish"})
+
+
+def read_plan(path: Path) -> tuple[list[Variant], dict]:
+    """The variants of a nightly plan, and its [publish] table; errors name the file and entry."""
+    data = _load(path)
+    _unknown(str(path), set(data), {"models", "publish", "runners"})
     if not isinstance(data.get("models", []), list) or not all(isinstance(e, dict) for e in data.get("models", [])):
         raise ZooError(f"{path}: models must be a list of [[models]] tables, got {data['models']!r}")
     if not isinstance(data.get("publish", {}), dict):
         raise ZooError(f"{path}: publish must be a [publish] table, got {data['publish']!r}")
     _unknown(f"{path}: [publish]", set(data.get("publish", {})), set(PUBLISH_KEYS))
     _check_types(f"{path}: [publish]", data.get("publish", {}), PUBLISH_KEYS)
+    runners = _runners(path, data)
     variants = []
     for i, entry in enumerate(data.get("models", [])):
         where = f"{path}: [[models]] #{i + 1}"
@@ -172,6 +184,8 @@ def read_plan(path: Path) -> tuple[list[Variant], dict]:
         _check_types(where, entry, VALUE_TYPES)
         if "model" not in entry or not entry.get("crs"):
             raise ZooError(f"{where}: needs `model` and a non-empty `crs` list")
+        if entry.get("runner", DEFAULT_RUNNER) not in runners:
+            raise ZooError(f"{where}: runner {entry['runner']!r} is not in [runners]: {', '.join(sorted(runners))}")
         kinds = entry.get("methods", ["compot-dynamic"])
         bad = [k for k in kinds if k not in VARIANT_KINDS]
         if bad:
@@ -191,7 +205,43 @@ def read_plan(path: Path) -> tuple[list[Variant], dict]:
     return variants, data.get("publish", {})
 
 
-def _by_model(variants: list[Variant]) -> Iterator[tuple[dict, list[Variant]]]:
+def _runners(path: Path, data: dict) -> dict[str, str | list[str]]:
+    """The plan's [runners] table over the default: runner class -> runs-on label(s)."""
+    table = data.get("runners", {})
+    if not isinstance(table, dict) or not all(
+        isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)) for v in table.values()
+    ):
+        raise ZooError(f"{path}: [runners] maps a runner class to a runs-on label or a list of labels, got {table!r}")
+    return {**DEFAULT_RUNNERS, **table}
+
+
+def ci_jobs(path: Path) -> list[dict]:
+    """One CI job per model of the plan (a GitHub Actions matrix `include`): the model as
+    `zoo nightly --model` takes it, a name safe for artifact and cache keys, and the runs-on labels
+    of the entry's runner class."""
+    variants, _ = read_plan(path)
+    runners = _runners(path, _load(path))
+    jobs = []
+    for entry, _ in by_model(variants):
+        runner = entry.get("runner", DEFAULT_RUNNER)
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(entry["model"]).name).strip("-") or "model"
+        jobs.append({"model": entry["model"], "name": name, "runner": runner, "runs-on": runners[runner]})
+    names = [j["name"] for j in jobs]
+    if len(set(names)) != len(names):
+        raise ZooError(f"{path}: two models share a job name: {', '.join(sorted(names))}")
+    return jobs
+
+
+def only_model(variants: list[Variant], model: str) -> list[Variant]:
+    """The variants of one plan entry (`zoo nightly --model`, one CI job's share of the plan)."""
+    chosen = [v for v in variants if v.entry["model"] == model]
+    if not chosen:
+        known = ", ".join(dict.fromkeys(v.entry["model"] for v in variants))
+        raise ZooError(f"the plan has no model {model!r}; it has {known}")
+    return chosen
+
+
+def by_model(variants: list[Variant]) -> Iterator[tuple[dict, list[Variant]]]:
     entries: dict[int, tuple[dict, list[Variant]]] = {}
     for v in variants:
         entries.setdefault(id(v.entry), (v.entry, []))[1].append(v)
@@ -205,9 +255,9 @@ def run_nightly(variants: list[Variant], publisher: Publisher, workdir: Path, re
     outcomes = [Outcome(v.name, v.entry["model"], v.cr, v.kind) for v in variants]
     by_name = {o.variant: o for o in outcomes}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for entry, model_variants in _by_model(variants):
+    for entry, model_variants in by_model(variants):
         try:
-            context = _ModelContext(entry)
+            context = ModelContext(entry)
         except Exception as exc:  # noqa: BLE001 - one broken model fails its variants, not the run
             for v in model_variants:
                 _fail(by_name[v.name], exc)
@@ -231,7 +281,7 @@ def _fail(outcome: Outcome, exc: Exception) -> None:
     log.error("nightly: %s failed\n%s", outcome.variant, traceback.format_exc())
 
 
-class _ModelContext:
+class ModelContext:
     """One plan entry's model, calibration and (lazily) base scores, shared by its variants."""
 
     def __init__(self, entry: dict) -> None:
@@ -257,10 +307,24 @@ class _ModelContext:
             e.get("modality"),
         )
 
+    def fingerprint(self, variant: Variant) -> str:
+        return fingerprint(self.prepared, self.request(variant.config))
+
+    def score(self, variant: Variant, out: Path, repo_id: str) -> None:
+        """Compress a copy of the base model as `variant` into `out`, scored against the base."""
+        if self.base_metrics is None:
+            self.base_metrics = evaluate(self.prepared)
+        loaded = dataclasses.replace(self.prepared.loaded, model=copy.deepcopy(self.prepared.loaded.model))
+        compress_variant(
+            dataclasses.replace(self.prepared, loaded=loaded),
+            self.request(variant.config, out),
+            self.base_metrics,
+            repo_id,
+        )
+
     def build(self, variant: Variant, outcome: Outcome, publisher: Publisher, workdir: Path) -> None:
         out = workdir / variant.name
-        req = self.request(variant.config, out)
-        expected = fingerprint(self.prepared, req)
+        expected = self.fingerprint(variant)
         previous = publisher.get(variant.name)
         if previous is not None and previous.scorecard.fingerprint == expected and not previous.broken:
             outcome.status, outcome.reason = "skipped", "published fingerprint matches"
@@ -273,15 +337,7 @@ class _ModelContext:
         if _finished(out, expected):
             outcome.reason = "finished in an interrupted run; published now"
         else:
-            if self.base_metrics is None:
-                self.base_metrics = evaluate(self.prepared)
-            loaded = dataclasses.replace(self.prepared.loaded, model=copy.deepcopy(self.prepared.loaded.model))
-            compress_variant(
-                dataclasses.replace(self.prepared, loaded=loaded),
-                req,
-                self.base_metrics,
-                f"{publisher.organization}/{variant.name}",
-            )
+            self.score(variant, out, f"{publisher.organization}/{variant.name}")
             outcome.reason = _rebuild_reason(previous, expected)
         published = publisher.publish(out, variant.name)
         shutil.rmtree(out)
@@ -334,25 +390,48 @@ def compare(previous: Scorecard, current: Scorecard, tolerance: float = REGRESSI
 
 def write_report(outcomes: list[Outcome], report_dir: Path, publisher: Publisher, started: str) -> None:
     """report.json and report.md, each written under a temporary name and renamed."""
+    variants = [{**dataclasses.asdict(o), "regressions": o.regressions, "broken": o.broken} for o in outcomes]
+    updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    _write(report_dir, {"started": started, "updated": updated, "target": repr(publisher), "variants": variants})
+
+
+def _write(report_dir: Path, data: dict) -> dict:
+    """The report with its counts, as written."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    data = {
-        "started": started,
-        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "target": repr(publisher),
-        "counts": _counts(outcomes),
-        "variants": [{**dataclasses.asdict(o), "regressions": o.regressions, "broken": o.broken} for o in outcomes],
-    }
+    data = {**data, "counts": _counts(data["variants"])}
     write_text(report_dir / "report.json", json.dumps(data, indent=2))
     write_text(report_dir / "report.md", markdown_report(data))
+    return data
 
 
-def _counts(outcomes: list[Outcome]) -> dict[str, int]:
+def _counts(variants: list[dict]) -> dict[str, int]:
     counts = {s: 0 for s in ("rebuilt", "skipped", "failed", "pending")}
-    for o in outcomes:
-        counts[o.status] += 1
-    counts["regressions"] = sum(bool(o.regressions) for o in outcomes)
-    counts["broken"] = sum(o.broken for o in outcomes)
+    for v in variants:
+        counts[v["status"]] += 1
+    counts["regressions"] = sum(bool(v["regressions"]) for v in variants)
+    counts["broken"] = sum(bool(v["broken"]) for v in variants)
     return counts
+
+
+def gather_reports(report_dirs: list[Path], out: Path) -> dict:
+    """One report of the CI jobs' reports (one job per model), written to `out` like a run's own;
+    the folders of jobs that left no readable report are listed in it as `missing`."""
+    reports, missing = [], []
+    for folder in report_dirs:
+        try:
+            reports.append(json.loads((folder / "report.json").read_text()))
+        except (OSError, ValueError) as exc:
+            missing.append(f"{folder}: {type(exc).__name__}: {exc}")
+    if not reports:
+        raise ZooError("no report to gather: " + "; ".join(missing or ["no report folders given"]))
+    data = {
+        "started": min(r["started"] for r in reports),
+        "updated": max(r["updated"] for r in reports),
+        "target": ", ".join(dict.fromkeys(r["target"] for r in reports)),
+        "variants": [v for r in reports for v in r["variants"]],
+        "missing": missing,
+    }
+    return _write(out, data)
 
 
 def markdown_report(data: dict) -> str:
@@ -362,7 +441,8 @@ def markdown_report(data: dict) -> str:
         f"# compot-zoo nightly: {c['rebuilt']} rebuilt, {c['skipped']} skipped, {c['failed']} failed"
         + (f", {c['pending']} not reached" if c["pending"] else "")
         + (f", {c['regressions']} with regressions" if c["regressions"] else "")
-        + (f", {c['broken']} broken once published" if c["broken"] else ""),
+        + (f", {c['broken']} broken once published" if c["broken"] else "")
+        + (f", {len(data['missing'])} jobs without a report" if data.get("missing") else ""),
         "",
         f"Target: {data['target']}. Started {data['started']}, updated {data['updated']}.",
         "",
@@ -385,6 +465,8 @@ def markdown_report(data: dict) -> str:
             "",
         ]
         lines += [f"- {v['variant']}: {v['verification_reason']}" for v in broken]
+    for problem in data.get("missing", []):
+        lines.append(f"\nNo report from {problem}")
     changed = [v for v in data["variants"] if v["changes"]]
     if changed:
         lines += [
