@@ -51,7 +51,7 @@ crs = [{CR}]
 calibration = "{text_file}"
 n_samples = 8
 seq_len = 32
-eval_text = "{text_file}"
+eval_texts = ["{text_file}"]
 eval_windows = 2
 eval_seq_len = 32
 eval_tasks = []
@@ -166,7 +166,7 @@ def test_gather_joins_the_jobs_reports_and_names_a_job_without_one(tmp_path):
         folder.mkdir()
         entry = {"variant": variant, "model": "m", "cr": 0.2, "kind": "compot-dynamic", "status": status,
                  "reason": "", "seconds": 1.0, "repo_id": None, "url": None, "achieved_cr": 0.2, "changes": [],
-                 "regressions": []}  # fmt: skip
+                 "verification": "verified", "verification_reason": "", "regressions": [], "broken": False}  # fmt: skip
         data = {"started": started, "updated": started, "target": "hub", "variants": [entry]}
         (folder / "report.json").write_text(json.dumps(data))
         return folder
