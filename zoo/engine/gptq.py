@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from zoo.engine.errors import EngineError
+from zoo.engine.factorization import Factorization, functional_error
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 DAMP = 0.01  # relative to mean(diag G), as in the reference implementation
@@ -207,3 +208,43 @@ def refit_codes(
         sol = torch.linalg.solve(sub, rhs.unsqueeze(2)).squeeze(2)
         codes[:, start : start + idx.shape[0]].scatter_(0, idx.mT, sol.mT)
     return codes.float()
+
+
+@dataclass
+class QuantizedFactors:
+    """A factorization's factors after GPTQ: A^T (k, in) and the codes (out, s kept; out, k for SVD-LLM)."""
+
+    dictionary: Quantized
+    codes: Quantized
+    approx: torch.Tensor  # (out, in): the matrix the quantized factors compute
+    relative_error: float  # calibration-weighted, against the original weight
+
+
+def relative_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tensor) -> float:
+    """||X (W - W^)^T||^2 / ||X W^T||^2, the measure `Factorization.relative_error` uses."""
+    total = functional_error(weight, torch.zeros_like(weight), gram)
+    return functional_error(weight, approx, gram) / total if total else 0.0
+
+
+def quantize_factors(
+    f: Factorization,
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    bits: int,
+    group_size: int,
+    scale_dtype: torch.dtype = torch.float16,
+    name: str = "matrix",
+) -> QuantizedFactors:
+    """GPTQ of both factors in the order they compute: the dictionary against the layer's input
+    Gram G, then the codes, refit through the quantized dictionary, against A^T G A (their
+    inputs are A^T x); the codes' support stays as factorized."""
+    if f.is_dense:
+        raise EngineError(f"{name}: a dense matrix has no factors to quantize; quantize the weight itself")
+    gram = gram.to(f.dictionary.device, torch.float64)
+    dictionary, a_t = gptq(f.dictionary.mT, gram, bits, group_size, scale_dtype=scale_dtype, name=f"{name} dictionary")
+    support = None if f.support is None else f.support.mT
+    codes_t = refit_codes(weight.to(a_t.device), gram, a_t.mT, support).mT
+    codes_gram = a_t.double() @ gram @ a_t.double().mT
+    codes, c_t = gptq(codes_t, codes_gram, bits, group_size, support, scale_dtype, name=f"{name} codes")
+    approx = c_t @ a_t
+    return QuantizedFactors(dictionary, codes, approx, relative_error(weight, approx, gram))
