@@ -230,6 +230,8 @@ def compress(
         f"Target CR {config.cr:g}, achieved {record.achieved_cr:.4f} from stored bytes (eq. 11: "
         f"{record.eq11_cr:.4f}), over every target projection, dense-kept ones included"
     )
+    stored = sum(r.stored_bits for r in record.layers) // 8
+    click.echo(f"Target projections store {stored} bytes ({record.quantize or '16-bit values'})")
     click.echo(
         f"Size: {size_line(record.file_bytes, record.base_bytes)}; tensors not compressed in {record.config.dtype}"
     )

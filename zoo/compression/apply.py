@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import torch
@@ -29,6 +30,7 @@ from zoo.compression.quantized import QuantLinear
 from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.engine import Factorization, allocate, factorize_many
+from zoo.engine.factorization import intra_op_threads
 from zoo.engine.gptq import gptq, quantize_factors, relative_error
 from zoo.engine.storage import quantized_factor_bits
 from zoo.errors import ZooError
@@ -198,34 +200,48 @@ def _compress_block(
         on_done=lambda *_: bar.update(),
     )
     bar.update(len(names) - len(jobs))
+
+    def build(full: str) -> tuple[CompotLinear | QuantLinear, float] | None:
+        """The layer that replaces `full` and its calibration-weighted error; None: it stays as it is."""
+        name, stat = names[full]
+        linear, f = targets[full], factors.get(full)
+        weight = work.get_submodule(name).weight.detach()
+        if f is None or f.is_dense:
+            if config.quantize is None:
+                return None
+            quantized, approx = gptq(
+                weight, stat.gram, config.bits, config.quantize_group_size, scale_dtype=storage_dtype, name=full
+            )
+            return QuantLinear.from_quantized(quantized, linear.bias), relative_error(weight, approx, stat.gram)
+        if config.quantize is None:
+            return CompotLinear.from_factorization(f, linear.bias, storage_dtype), f.relative_error
+        q = quantize_factors(f, weight, stat.gram, config.bits, config.quantize_group_size, storage_dtype, full)
+        return CompotLinear.from_factorization(f, linear.bias, storage_dtype, q), q.relative_error
+
+    if config.quantize is None:
+        built = {full: build(full) for full in names}
+    else:  # GPTQ's column loop is many small tensor ops: one thread each, matrices side by side
+        workers = min(torch.get_num_threads(), len(names)) if work_device(work).type == "cpu" else 1
+        with intra_op_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="gptq") as pool:
+            built = dict(zip(names, pool.map(build, names), strict=True))
     records = []
     for full, (name, stat) in names.items():
         linear, f = targets[full], factors.get(full)
-        weight = work.get_submodule(name).weight.detach()
-        if (f is None or f.is_dense) and config.quantize is None:
+        if built[full] is None:
             records.append(
                 _record(full, linear, stat, crs[full], None, None, f.reason if f else "allocation kept it dense")
             )
             continue
-        if f is None or f.is_dense:  # quantized as it is
-            quantized, approx = gptq(
-                weight, stat.gram, config.bits, config.quantize_group_size, scale_dtype=storage_dtype, name=full
-            )
-            layer = QuantLinear.from_quantized(quantized, linear.bias)
-            error = relative_error(weight, approx, stat.gram)
-        else:
-            quantized = None
-            if config.quantize is not None:
-                quantized = quantize_factors(
-                    f, weight, stat.gram, config.bits, config.quantize_group_size, storage_dtype, full
-                )
-            layer = CompotLinear.from_factorization(f, linear.bias, storage_dtype, quantized)
-            error = f.relative_error if quantized is None else quantized.relative_error
+        layer, error = built[full]
         block.set_submodule(name, layer.to(linear.weight.device))
         records.append(
             _record(full, linear, stat, crs[full], f, layer, error=error, group_size=config.quantize_group_size)
         )
     return records
+
+
+def work_device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def _record(

@@ -97,6 +97,7 @@ class Scorecard:
     eval_limit: int | None = None  # items per task or set the evaluation was capped at (None: all)
     file_bytes: int | None = None  # the checkpoint's model.safetensors
     base_bytes: int | None = None  # the base's tensors in a 16-bit checkpoint
+    quantize: str | None = None  # GPTQ grid of the stored values, e.g. "gptq-w4 g128"; None: 16-bit values
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -131,6 +132,7 @@ class Scorecard:
             eval_limit=eval_limit,
             file_bytes=record.file_bytes,
             base_bytes=record.base_bytes,
+            quantize=record.quantize,
         )
 
     def to_dict(self) -> dict:
