@@ -79,8 +79,14 @@ def check_group_size(in_features: dict[str, int], config: CompressionConfig) -> 
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise ZooError(
             f"quantize group size {size} does not divide {name}'s {n} input features{more}; "
-            f"pick a divisor of every projection's inputs, e.g. {math.gcd(*in_features.values())}"
+            f"pick a divisor of every projection's inputs, e.g. {_power_of_two_divisor(in_features.values())}"
         )
+
+
+def _power_of_two_divisor(sizes) -> int:
+    """The largest power of two that divides every size (GPTQ kernels like power-of-two groups)."""
+    common = math.gcd(*sizes)
+    return common & -common
 
 
 def target_crs(targets: dict[str, nn.Linear], config: CompressionConfig) -> dict[str, float]:
