@@ -2,6 +2,7 @@
 save -> load through both loaders, and bad settings refused before any work."""
 
 import copy
+import dataclasses
 import functools
 import math
 
@@ -23,7 +24,7 @@ from zoo.engine.gptq import gptq, quantize_factors, round_to_nearest
 from zoo.engine.storage import quantized_factor_bits
 from zoo.errors import ZooError
 from zoo.format.checkpoint import WEIGHTS, compot_layers, mark_compressed, save_compressed
-from zoo.format.verify import BYTES
+from zoo.format.verify import BYTES, verify_files
 from zoo.modalities.base import get_adapter
 
 PROMPT = torch.tensor([[3, 17, 42, 9, 100, 5, 77, 1]])
@@ -126,6 +127,15 @@ def test_every_projection_is_stored_quantized_in_the_counted_bits(saved):
         file_bits = sum(8 * math.prod(s.get_shape()) * BYTES[s.get_dtype()] for s in stored)
         assert file_bits == r.stored_bits  # the file holds exactly what the accounting counts
     assert record.achieved_cr == pytest.approx(record.eq11_cr) and record.achieved_cr > 0.7
+
+
+def test_publishing_checks_the_quantized_tensors_against_the_record(saved):
+    _, record, out = saved
+    verify_files(out, record)
+    first = record.layers[0]
+    wrong = dataclasses.replace(record, layers=(dataclasses.replace(first, bits=3), *record.layers[1:]))
+    with pytest.raises(ZooError, match=first.name):
+        verify_files(out, wrong)
 
 
 def test_pruned_codes_stay_exactly_zero_in_the_stored_model(saved):
