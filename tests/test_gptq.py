@@ -24,6 +24,7 @@ from zoo.engine.gptq import gptq, quantize_factors, round_to_nearest
 from zoo.engine.storage import quantized_factor_bits
 from zoo.errors import ZooError
 from zoo.format.checkpoint import WEIGHTS, compot_layers, mark_compressed, save_compressed
+from zoo.format.progress import BlockProgress
 from zoo.format.verify import BYTES, verify_files
 from zoo.modalities.base import get_adapter
 
@@ -221,3 +222,18 @@ def test_the_cli_refuses_bad_quantize_settings_before_loading_anything(tmp_path,
     monkeypatch.setattr(pipeline, "resolve", lambda *a, **k: pytest.fail("the model was resolved"))
     result = CliRunner().invoke(cli.main, ["compress", "smollm2-135m", "--quantize", "gptq-w6"])
     assert result.exit_code == 1 and "unsupported bit width 6" in result.output
+
+
+def test_a_resumed_run_restores_quantized_blocks_exactly(tmp_path):
+    model, records, _ = quantized_model("compot")
+    layers = {name: m for name, m in compot_layers(model).items() if name.startswith("model.layers.0.")}
+    progress = BlockProgress(tmp_path / "variant", "sha256:test")
+    progress.save("model.layers.0", [r for r in records if r.name in layers], layers)
+    restored_records, restored = progress.load("model.layers.0")
+    assert [r.name for r in restored_records] == list(layers) and restored.keys() == layers.keys()
+    for name, layer in restored.items():
+        assert layer.bits == 4 and layer.group_size == 32
+        saved = layers[name].state_dict()
+        assert all(torch.equal(t, saved[key]) for key, t in layer.state_dict().items())
+        x = torch.ones(2, layer.in_features)
+        assert torch.equal(layer(x), layers[name](x))
