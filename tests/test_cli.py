@@ -174,3 +174,17 @@ def test_offloading_activations_changes_nothing_in_the_checkpoint(tmp_path, mode
         assert result.exit_code == 0, result.output
         runs[name] = (out / "model.safetensors").read_bytes()
     assert runs["kept"] == runs["offloaded"]
+
+
+@pytest.mark.parametrize("method", ["compot", "gptq"])
+def test_quantize_end_to_end_records_and_loads_the_packed_layers(tmp_path, model_dir, text_file, method):
+    out = tmp_path / "out"
+    args = ["--method", method, "--quantize", "gptq-w4", "--quantize-group-size", 32, "--iters", 2]
+    result = _compress(model_dir, *TINY_RUN, "--calibration", text_file, *args, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "bits=4" in result.output and "(gptq-w4 g32)" in result.output
+    record = json.loads((out / "compot_record.json").read_text())
+    assert {(r["method"], r["bits"], r["group_size"]) for r in record["layers"]} == {(method, 4, 32)}
+    assert record["achieved_cr"] == pytest.approx(record["eq11_cr"]) and record["achieved_cr"] > 0.7
+    assert "--quantize gptq-w4 --quantize-group-size 32" in record["command"]
+    assert torch.isfinite(zoo.load(out)(torch.tensor([[1, 2, 3]])).logits).all()
