@@ -177,7 +177,9 @@ def command_line(prepared: Prepared, req: CompressRequest) -> str:
     """The `zoo compress` command that rebuilds this variant, every setting that shapes it spelled out."""
     req = effective(prepared, req)
     spec = prepared.spec
-    args = ["zoo", "compress", shown(spec.name), "--cr", f"{req.config.cr:g}"]
+    args = ["zoo", "compress", shown(spec.name)]
+    if req.config.method != "gptq":  # GPTQ alone factorizes nothing: no CR to ask for
+        args += ["--cr", f"{req.config.cr:g}"]
     if spec.local is None and spec.hub == spec.name and spec.modality != DEFAULT:
         args += ["--modality", spec.modality]
     for name, value in req.config.changed().items():
