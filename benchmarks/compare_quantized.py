@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["gptq-w3", "svd-llm@0.25+gptq-w4", "compot@0.32+gptq-w4"])
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--n-samples", type=int, default=None, help="calibration samples (the catalogue's if unset)")
     parser.add_argument("--out", type=Path, default=Path("quantized-variants"))
     parser.add_argument("--eval-windows", type=int, default=None, help="perplexity windows (LLMs)")
     parser.add_argument("--eval-limit", type=int, default=None, help="items per task or utterances per set")
@@ -53,7 +54,9 @@ def main() -> None:
         k: v for k, v in (("eval_windows", args.eval_windows), ("eval_limit", args.eval_limit)) if v is not None
     }
     configs = {spec: variant_config(spec, args.group_size, args.iters) for spec in args.variants}  # checked first
-    request = CompressRequest(args.model, next(iter(configs.values())), eval_settings=eval_settings, evaluate=True)
+    request = CompressRequest(
+        args.model, next(iter(configs.values())), n_samples=args.n_samples, eval_settings=eval_settings, evaluate=True
+    )
     prepared = prepare(request)
     loaded, calibration, base_model = prepared.loaded, prepared.calibration, prepared.loaded.model
     base = evaluate(prepared)
@@ -70,7 +73,13 @@ def main() -> None:
     for spec, config in configs.items():
         prepared.loaded = dataclasses.replace(loaded, model=copy.deepcopy(base_model))
         req = CompressRequest(
-            args.model, config, out=args.out / spec, overwrite=True, evaluate=True, eval_settings=eval_settings
+            args.model,
+            config,
+            out=args.out / spec,
+            overwrite=True,
+            n_samples=args.n_samples,
+            evaluate=True,
+            eval_settings=eval_settings,
         )
         start = time.perf_counter()
         result = compress_variant(prepared, req, base)
