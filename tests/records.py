@@ -31,7 +31,7 @@ def layer_records(model: nn.Module) -> tuple[LayerRecord, ...]:
                     0.3,
                     m.k,
                     m.s,
-                    str(m.dictionary.dtype).removeprefix("torch."),
+                    str(m.storage_dtype).removeprefix("torch."),
                     m.stored_bits(),
                     eq11,
                     0.0,

@@ -228,6 +228,6 @@ def test_weights_that_do_not_fit_the_architecture_are_named(tmp_path):
 
 
 def test_nothing_compressed_is_refused(tmp_path):
-    with pytest.raises(ZooError, match="no CompotLinear layers"):
+    with pytest.raises(ZooError, match="no compressed layers"):
         save_compressed(tiny_llama(), tmp_path / "ckpt", make_record(tiny_llama()))
     assert not (tmp_path / "ckpt").exists()

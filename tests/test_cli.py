@@ -68,7 +68,14 @@ def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
         (["smollm2-135m", "--cr", "0"], 2, "0 must lie in (0, 1)"),
         (["smollm2-135m", "--ks-ratio", "0.5"], 1, "ks_ratio 0.5 must be at least 1"),
         (["smollm2-135m", "--min-cr", "0.3"], 1, "allocation guards must bracket the target"),
-        (["smollm2-135m", "--method", "gptq"], 2, "'gptq' is not one of 'compot', 'svd-llm'"),
+        (["smollm2-135m", "--method", "awq"], 2, "'awq' is not one of 'compot', 'svd-llm', 'gptq'"),
+        (["smollm2-135m", "--method", "gptq"], 1, "pass quantize (--quantize gptq-w3)"),
+        (["smollm2-135m", "--quantize", "gptq-w5"], 1, "unsupported bit width 5; supported: 2, 3, 4, 8"),
+        (  # 128 does not divide SmolLM2's 576: found from the model's skeleton, before any weights load
+            ["smollm2-135m", "--quantize", "gptq-w4"],
+            1,
+            "group size 128 does not divide model.layers.0.self_attn.q_proj's 576 input features (and 179 more)",
+        ),
     ],
 )
 def test_bad_input_is_a_one_line_error(args, code, message):
@@ -169,3 +176,17 @@ def test_offloading_activations_changes_nothing_in_the_checkpoint(tmp_path, mode
         assert result.exit_code == 0, result.output
         runs[name] = (out / "model.safetensors").read_bytes()
     assert runs["kept"] == runs["offloaded"]
+
+
+@pytest.mark.parametrize("method", ["compot", "gptq"])
+def test_quantize_end_to_end_records_and_loads_the_packed_layers(tmp_path, model_dir, text_file, method):
+    out = tmp_path / "out"
+    args = ["--method", method, "--quantize", "gptq-w4", "--quantize-group-size", 32, "--iters", 2]
+    result = _compress(model_dir, *TINY_RUN, "--calibration", text_file, *args, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "bits=4" in result.output and "(gptq-w4 g32)" in result.output
+    record = json.loads((out / "compot_record.json").read_text())
+    assert {(r["method"], r["bits"], r["group_size"]) for r in record["layers"]} == {(method, 4, 32)}
+    assert record["achieved_cr"] == pytest.approx(record["eq11_cr"]) and record["achieved_cr"] > 0.7
+    assert "--quantize gptq-w4 --quantize-group-size 32" in record["command"]
+    assert torch.isfinite(zoo.load(out)(torch.tensor([[1, 2, 3]])).logits).all()

@@ -7,8 +7,8 @@ from zoo.engine import METHODS as ENGINE_METHODS
 from zoo.errors import ZooError
 
 
-def test_config_offers_exactly_the_engines_methods():
-    assert METHODS == ENGINE_METHODS
+def test_config_offers_exactly_the_engines_methods_and_quantization_alone():
+    assert METHODS == (*ENGINE_METHODS, "gptq")
 
 
 @pytest.mark.parametrize(
@@ -16,7 +16,7 @@ def test_config_offers_exactly_the_engines_methods():
     [
         ({"cr": 1.0}, r"cr 1.0 must lie in \(0, 1\)"),
         ({"cr": float("nan")}, r"cr nan must lie in \(0, 1\)"),
-        ({"method": "gptq"}, "method 'gptq' must be one of compot, svd-llm"),
+        ({"method": "awq"}, "method 'awq' must be one of compot, svd-llm, gptq"),
         ({"ks_ratio": 0.5}, "ks_ratio 0.5 must be at least 1"),
         ({"iters": -1}, "iters -1 must be at least 0"),
         ({"tol": -0.1}, "tol -0.1 must be at least 0"),

@@ -235,11 +235,15 @@ def compress(
     methods = Counter(r.method for r in record.layers)
     click.echo(f"\nCompressed {len(record.layers)} projections ({', '.join(f'{n} {m}' for m, n in methods.items())})")
     for r in record.layers[:: max(1, len(record.layers) // 12)]:
-        click.echo(f"  {r.name:45s} {r.method:8s} k={r.k:5d} s={r.s:5d} cr={r.cr:.3f} err={r.relative_error:.4f}")
+        bits = f" bits={r.bits}" if r.bits != 16 else ""
+        click.echo(f"  {r.name:45s} {r.method:8s} k={r.k:5d} s={r.s:5d} cr={r.cr:.3f}{bits} err={r.relative_error:.4f}")
+    target = "No factorization (GPTQ alone)" if config.method == "gptq" else f"Target CR {config.cr:g}"
     click.echo(
-        f"Target CR {config.cr:g}, achieved {record.achieved_cr:.4f} from stored bytes (eq. 11: "
+        f"{target}, achieved {record.achieved_cr:.4f} from stored bytes (eq. 11: "
         f"{record.eq11_cr:.4f}), over every target projection, dense-kept ones included"
     )
+    stored = sum(r.stored_bits for r in record.layers) // 8
+    click.echo(f"Target projections store {stored} bytes ({record.quantize or '16-bit values'})")
     click.echo(
         f"Size: {size_line(record.file_bytes, record.base_bytes)}; tensors not compressed in {record.config.dtype}"
     )

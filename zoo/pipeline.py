@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from zoo import __version__
-from zoo.compression.apply import BlockStore, compress_model, default_device
+from zoo.compression.apply import BlockStore, check_group_size, compress_model, compression_targets, default_device
 from zoo.compression.config import CompressionConfig
 from zoo.compression.layer import to_inference
 from zoo.compression.plan import Plan, make_plan
@@ -115,7 +115,11 @@ class CompressResult:
 
 
 def default_out_dir(model: str, config: CompressionConfig) -> Path:
-    return Path(f"{Path(model).name}-{config.method}-{config.allocation}-cr{config.cr:g}")
+    name = Path(model).name
+    if config.method == "gptq":
+        return Path(f"{name}-{config.quantize}-g{config.quantize_group_size}")
+    quantized = f"-{config.quantize}" if config.quantize else ""
+    return Path(f"{name}-{config.method}-{config.allocation}-cr{config.cr:g}{quantized}")
 
 
 def calibration_settings(
@@ -177,7 +181,9 @@ def command_line(prepared: Prepared, req: CompressRequest) -> str:
     """The `zoo compress` command that rebuilds this variant, every setting that shapes it spelled out."""
     req = effective(prepared, req)
     spec = prepared.spec
-    args = ["zoo", "compress", shown(spec.name), "--cr", f"{req.config.cr:g}"]
+    args = ["zoo", "compress", shown(spec.name)]
+    if req.config.method != "gptq":  # GPTQ alone factorizes nothing: no CR to ask for
+        args += ["--cr", f"{req.config.cr:g}"]
     if spec.local is None and spec.hub == spec.name and spec.modality != DEFAULT:
         args += ["--modality", spec.modality]
     for name, value in req.config.changed().items():
@@ -247,9 +253,12 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
     _, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
     device = torch.device(req.config.device or default_device())
     config = skeleton.model.config
+    stacks = adapter.stacks(skeleton.model, req.config.components)
+    targets = compression_targets(skeleton.model, stacks)
+    check_group_size({name: linear.in_features for name, linear in targets.items()}, req.config)
     the_plan = make_plan(
         skeleton.model,
-        adapter.stacks(skeleton.model, req.config.components),
+        stacks,
         n_samples,
         seq_len,
         lambda stack, tokens: adapter.carried_floats(config, stack, tokens),

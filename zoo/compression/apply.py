@@ -1,8 +1,8 @@
 """Compress a model's projections in place: allocation, block-wise Grams, factorization, swap.
 
 Data flows one way: stacks and calibration batches -> Gram statistics -> allocation ->
-factorization -> CompotLinear modules. Every block's Grams come from the original
-(uncompressed) activations, as in SVD-LLM's whitening.
+factorization -> (GPTQ of the factors, with `quantize`) -> CompotLinear modules. Every block's
+Grams come from the original (uncompressed) activations, as in SVD-LLM's whitening.
 
 The model stays where it was loaded, in its 16-bit dtype. One block at a time is copied to
 the device in float32, replayed on the calibration activations (which stay on the device, or
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import torch
@@ -24,9 +26,13 @@ from tqdm.auto import tqdm
 from zoo.compression.config import CompressionConfig
 from zoo.compression.grams import GramStat, block_grams, capture_block_inputs, moved, replay
 from zoo.compression.layer import CompotLinear
+from zoo.compression.quantized import QuantLinear
 from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.engine import Factorization, allocate, factorize_many
+from zoo.engine.factorization import intra_op_threads
+from zoo.engine.gptq import gptq, quantize_factors, relative_error
+from zoo.engine.storage import quantized_factor_bits
 from zoo.errors import ZooError
 
 log = logging.getLogger(__name__)
@@ -61,8 +67,33 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_group_size(in_features: dict[str, int], config: CompressionConfig) -> None:
+    """Refuse a GPTQ group size that does not divide a projection's inputs, naming the first one,
+    before any work (the factors' groups run along the same inputs)."""
+    if config.quantize is None:
+        return
+    size = config.quantize_group_size
+    bad = {name: n for name, n in in_features.items() if n % size}
+    if bad:
+        name, n = next(iter(bad.items()))
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ZooError(
+            f"quantize group size {size} does not divide {name}'s {n} input features{more}; "
+            f"pick a divisor of every projection's inputs, e.g. {_power_of_two_divisor(in_features.values())}"
+        )
+
+
+def _power_of_two_divisor(sizes) -> int:
+    """The largest power of two that divides every size (GPTQ kernels like power-of-two groups)."""
+    common = math.gcd(*sizes)
+    return common & -common
+
+
 def target_crs(targets: dict[str, nn.Linear], config: CompressionConfig) -> dict[str, float]:
-    """The CR each matrix is asked for: the target everywhere (static), or Algorithm 2's allocation."""
+    """The CR each matrix is asked for: the target everywhere (static), or Algorithm 2's allocation;
+    0.0 (stays dense) everywhere for GPTQ alone."""
+    if config.method == "gptq":
+        return dict.fromkeys(targets, 0.0)
     if config.static:
         return {name: config.cr for name in targets}
     weights = {name: linear.weight.detach() for name, linear in targets.items()}
@@ -89,6 +120,7 @@ def compress_model(
     Blocks `store` already holds are restored, not factorized: only replayed, for the next
     block's inputs."""
     targets = compression_targets(model, stacks)
+    check_group_size({name: linear.in_features for name, linear in targets.items()}, config)
     crs = target_crs(targets, config)
     storage_dtype = getattr(torch, config.storage_dtype or "float16")
     device = torch.device(config.device or default_device())
@@ -179,17 +211,43 @@ def _compress_block(
         on_done=lambda name, _: _done(bar, name),
     )
     bar.update(len(names) - len(jobs))
+
+    def build(full: str) -> tuple[CompotLinear | QuantLinear, float] | None:
+        """The layer that replaces `full` and its calibration-weighted error; None: it stays as it is."""
+        name, stat = names[full]
+        linear, f = targets[full], factors.get(full)
+        weight = work.get_submodule(name).weight.detach()
+        if f is None or f.is_dense:
+            if config.quantize is None:
+                return None
+            quantized, approx = gptq(
+                weight, stat.gram, config.bits, config.quantize_group_size, scale_dtype=storage_dtype, name=full
+            )
+            return QuantLinear.from_quantized(quantized, linear.bias), relative_error(weight, approx, stat.gram)
+        if config.quantize is None:
+            return CompotLinear.from_factorization(f, linear.bias, storage_dtype), f.relative_error
+        q = quantize_factors(f, weight, stat.gram, config.bits, config.quantize_group_size, storage_dtype, full)
+        return CompotLinear.from_factorization(f, linear.bias, storage_dtype, q), q.relative_error
+
+    if config.quantize is None:
+        built = {full: build(full) for full in names}
+    else:  # GPTQ's column loop is many small tensor ops: one thread each, matrices side by side
+        workers = min(torch.get_num_threads(), len(names)) if work_device(work).type == "cpu" else 1
+        with intra_op_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="gptq") as pool:
+            built = dict(zip(names, pool.map(build, names), strict=True))
     records = []
     for full, (name, stat) in names.items():
         linear, f = targets[full], factors.get(full)
-        if f is None or f.is_dense:
+        if built[full] is None:
             records.append(
                 _record(full, linear, stat, crs[full], None, None, f.reason if f else "allocation kept it dense")
             )
             continue
-        layer = CompotLinear.from_factorization(f, linear.bias, storage_dtype).to(linear.weight.device)
-        block.set_submodule(name, layer)
-        records.append(_record(full, linear, stat, crs[full], f, layer))
+        layer, error = built[full]
+        block.set_submodule(name, layer.to(linear.weight.device))
+        records.append(
+            _record(full, linear, stat, crs[full], f, layer, error=error, group_size=config.quantize_group_size)
+        )
     return records
 
 
@@ -199,14 +257,20 @@ def _done(bar: tqdm, name: str) -> None:
     log.debug("factorized %s", name)
 
 
+def work_device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
 def _record(
     name: str,
     linear: nn.Linear,
     stat: GramStat,
     target_cr: float,
     f: Factorization | None,
-    layer: CompotLinear | None,
+    layer: CompotLinear | QuantLinear | None,
     note: str = "",
+    error: float = 0.0,
+    group_size: int = 0,
 ) -> LayerRecord:
     weight = linear.weight
     common = dict(
@@ -230,14 +294,20 @@ def _record(
             relative_error=0.0,
             **common,
         )
+    method = layer.method
+    k, s = (0, 0) if method == QuantLinear.method else (f.k, f.s)
+    n, m = weight.shape
+    bits = layer.bits
     return LayerRecord(
-        method=f.method,
-        k=f.k,
-        s=f.s,
-        storage_dtype=str(layer.dictionary.dtype).removeprefix("torch."),
+        method=method,
+        k=k,
+        s=s,
+        storage_dtype=str(layer.storage_dtype).removeprefix("torch."),
         stored_bits=layer.stored_bits(),
-        eq11_bits=f.bits,
-        damping=f.damping,
-        relative_error=f.relative_error,
+        eq11_bits=f.bits if bits == 16 else quantized_factor_bits(method, m, n, k, s, bits, group_size),
+        damping=0.0 if f is None else f.damping,
+        relative_error=error,
+        bits=bits,
+        group_size=0 if bits == 16 else group_size,
         **common,
     )

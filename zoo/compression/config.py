@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from zoo.errors import ZooError
 
-METHODS = ("compot", "svd-llm")  # the engine's factorizations (zoo.engine.METHODS; torch-free here)
+METHODS = ("compot", "svd-llm", "gptq")  # the engine's factorizations (zoo.engine.METHODS), or quantization alone
+QUANT_BITS = (2, 3, 4, 8)  # zoo.engine.gptq.SUPPORTED_BITS, torch-free here
+QUANTIZE = re.compile(r"gptq-w(\d+)")
 STORAGE_DTYPES = ("float16", "bfloat16")
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -46,6 +49,21 @@ def at_least(lo: float) -> Callable[[Any], str | None]:
     return lambda value: None if isinstance(value, (int, float)) and value >= lo else f"must be at least {lo:g}"
 
 
+def quantize_bits(value: str) -> int | None:
+    """The bit width a `quantize` setting names (gptq-w4 -> 4), None when it names no GPTQ grid."""
+    match = QUANTIZE.fullmatch(value) if isinstance(value, str) else None
+    return int(match.group(1)) if match else None
+
+
+def check_quantize(value: Any) -> str | None:
+    bits = quantize_bits(value)
+    if bits is None:
+        return f"is not a GPTQ setting: spell it gptq-w<bits>, e.g. gptq-w4 (bits: {', '.join(map(str, QUANT_BITS))})"
+    if bits not in QUANT_BITS:
+        return f"asks for an unsupported bit width {bits}; supported: {', '.join(map(str, QUANT_BITS))}"
+    return None
+
+
 @dataclass(frozen=True)
 class CompressionConfig:
     cr: float = setting(
@@ -54,7 +72,12 @@ class CompressionConfig:
         "removed (eq. 11); 0.2 keeps 80% of it.",
         between(0.0, 1.0),
     )
-    method: str = setting("compot", "COMPOT, or the SVD-LLM baseline at the same storage.", choices=METHODS)
+    method: str = setting(
+        "compot",
+        "COMPOT, or the SVD-LLM baseline at the same storage; gptq: no factorization, every projection "
+        "quantized dense (needs --quantize).",
+        choices=METHODS,
+    )
     static: bool = setting(False, "One CR for every matrix (COMPOT-dagger) instead of dynamic allocation.")
     ks_ratio: float = setting(2.0, "Dictionary size over sparsity, k/s.", at_least(1.0))
     iters: int = setting(20, "Alternating minimisation steps.", at_least(0))
@@ -64,6 +87,18 @@ class CompressionConfig:
     )
     max_cr: float | None = setting(
         None, "Allocation guard: largest CR per matrix (default: twice the target, at most 0.9).", between(0.0, 1.0)
+    )
+    quantize: str | None = setting(
+        None,
+        "GPTQ after factorization, in the same calibration pass: gptq-w4 stores every compressed projection's "
+        "factors (and those left dense) as 4-bit integers with a 16-bit scale and a zero point per group; "
+        "bits 2, 3, 4 or 8.",
+        check_quantize,
+    )
+    quantize_group_size: int = setting(
+        128,
+        "Entries per GPTQ scale and zero point, along a row; must divide every compressed projection's inputs.",
+        at_least(1),
     )
     dtype: str | None = setting(
         None,
@@ -104,6 +139,12 @@ class CompressionConfig:
                 problem = f"must be one of {', '.join(meta['choices'])}"
             if problem:
                 raise ZooError(f"{f.name} {value!r} {problem}")
+        if self.method == "gptq" and self.quantize is None:
+            raise ZooError(
+                "method gptq quantizes the dense projections and factorizes nothing: pass quantize (--quantize gptq-w3)"
+            )
+        if not isinstance(self.quantize_group_size, int) or isinstance(self.quantize_group_size, bool):
+            raise ZooError(f"quantize_group_size {self.quantize_group_size!r} must be a positive integer")
         if self.min_cr is not None and self.min_cr > self.cr or self.max_cr is not None and self.max_cr < self.cr:
             raise ZooError(
                 f"allocation guards must bracket the target: min_cr {self.min_cr} <= cr {self.cr} "
@@ -136,6 +177,11 @@ class CompressionConfig:
         dtype = self.dtype or (base_dtype if base_dtype in STORAGE_DTYPES else default_dtype)
         storage = self.storage_dtype or (dtype if dtype in STORAGE_DTYPES else "float16")
         return dataclasses.replace(self, dtype=dtype, storage_dtype=storage)
+
+    @property
+    def bits(self) -> int | None:
+        """The GPTQ bit width, None when nothing is quantized."""
+        return None if self.quantize is None else quantize_bits(self.quantize)
 
     @property
     def allocation(self) -> str:

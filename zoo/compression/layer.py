@@ -24,8 +24,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.compression import kernel
+from zoo.compression.quantized import (
+    QuantLinear,
+    dequantized,
+    drop_quantized,
+    fill_quantized,
+    quantized_bytes,
+    register_quantized,
+)
 from zoo.engine import Factorization
 from zoo.engine.factorization import METHODS
+from zoo.engine.gptq import QuantizedFactors
 from zoo.errors import ZooError
 
 FLOAT16_MAX = torch.finfo(torch.float16).max
@@ -75,6 +84,8 @@ class CompotLinear(nn.Module):
         storage_dtype: torch.dtype = torch.float16,
         device: torch.device | str | None = None,
         bias_dtype: torch.dtype | None = None,
+        bits: int = 16,
+        group_size: int = 0,
     ) -> None:
         super().__init__()
         if method not in METHODS:
@@ -89,14 +100,21 @@ class CompotLinear(nn.Module):
         if not 1 <= s <= k <= atoms or min(in_features, out_features) < 1:
             bound = "in_features" if method == "compot" else "min(in_features, out_features)"
             raise ZooError(f"CompotLinear: need 1 <= s <= k <= {bound} = {atoms}, got k={k}, s={s}")
+        if bits != 16 and (not 1 <= bits <= 8 or group_size < 1):
+            raise ZooError(f"CompotLinear: quantized factors need 1..8 bits and a group size, got {bits}, {group_size}")
         self.in_features, self.out_features, self.k, self.s, self.method = in_features, out_features, k, s, method
-        self.dictionary = nn.Parameter(
-            torch.empty(k, in_features, dtype=storage_dtype, device=device), requires_grad=False
-        )
+        self.bits, self.group_size, self.storage_dtype = bits, group_size, storage_dtype
         width = s if method == "compot" else k
-        self.code_values = nn.Parameter(
-            torch.empty(out_features, width, dtype=storage_dtype, device=device), requires_grad=False
-        )
+        if bits == 16:
+            self.dictionary = nn.Parameter(
+                torch.empty(k, in_features, dtype=storage_dtype, device=device), requires_grad=False
+            )
+            self.code_values = nn.Parameter(
+                torch.empty(out_features, width, dtype=storage_dtype, device=device), requires_grad=False
+            )
+        else:  # GPTQ-quantized factors: packed integers, scales and zero points (zoo.compression.quantized)
+            register_quantized(self, "dictionary", k, in_features, bits, group_size, storage_dtype, device)
+            register_quantized(self, "code_values", out_features, width, bits, group_size, storage_dtype, device)
         if method == "compot":
             self.register_buffer(
                 "code_mask", torch.empty(math.ceil(out_features * k / 8), dtype=torch.uint8, device=device)
@@ -112,13 +130,20 @@ class CompotLinear(nn.Module):
 
     @classmethod
     def from_factorization(
-        cls, f: Factorization, bias: torch.Tensor | None, storage_dtype: torch.dtype = torch.float16
+        cls,
+        f: Factorization,
+        bias: torch.Tensor | None,
+        storage_dtype: torch.dtype = torch.float16,
+        quantized: QuantizedFactors | None = None,
     ) -> CompotLinear:
-        """Storage rounds the factors to 16 bits; float16 falls back to bfloat16 where values overflow it."""
+        """Storage rounds the factors to 16 bits; float16 falls back to bfloat16 where values overflow it.
+        With `quantized` (GPTQ of the same factors) the layer stores those instead, with their scales' dtype."""
         if f.is_dense:
             raise ZooError(f"a dense {f.out_features}x{f.in_features} matrix has no factors to store ({f.reason})")
         codes_t = f.codes.mT  # (out, k)
-        if storage_dtype == torch.float16 and max(f.dictionary.abs().max(), codes_t.abs().max()) > FLOAT16_MAX:
+        if quantized is not None:
+            storage_dtype = quantized.dictionary.scales.dtype
+        elif storage_dtype == torch.float16 and max(f.dictionary.abs().max(), codes_t.abs().max()) > FLOAT16_MAX:
             storage_dtype = torch.bfloat16
         layer = cls(
             f.in_features,
@@ -130,9 +155,15 @@ class CompotLinear(nn.Module):
             storage_dtype,
             device=f.dictionary.device,
             bias_dtype=None if bias is None else bias.dtype,
+            bits=16 if quantized is None else quantized.dictionary.bits,
+            group_size=0 if quantized is None else quantized.dictionary.group_size,
         )
         with torch.no_grad():
-            layer.dictionary.copy_(f.dictionary.mT)
+            if quantized is not None:
+                fill_quantized(layer, "dictionary", quantized.dictionary)
+                fill_quantized(layer, "code_values", quantized.codes)
+            else:
+                layer.dictionary.copy_(f.dictionary.mT)
             if f.method == "compot":
                 support_t = f.support.mT
                 per_row = support_t.sum(dim=1)
@@ -141,9 +172,10 @@ class CompotLinear(nn.Module):
                         f"factorization support must keep exactly s={f.s} codes per output, "
                         f"found {per_row.min().item()}..{per_row.max().item()}"
                     )
-                layer.code_values.copy_(codes_t[support_t].reshape(f.out_features, f.s))
+                if quantized is None:
+                    layer.code_values.copy_(codes_t[support_t].reshape(f.out_features, f.s))
                 layer.code_mask.copy_(pack_mask(support_t))
-            else:
+            elif quantized is None:
                 layer.code_values.copy_(codes_t)
             if bias is not None:
                 layer.bias.copy_(bias.detach())
@@ -161,7 +193,43 @@ class CompotLinear(nn.Module):
                 )
         return torch.cat([self._code_rows(start, stop) for start, stop in self._chunks()])
 
+    @property
+    def quantized(self) -> bool:
+        return self.bits != 16
+
+    def _width(self) -> int:
+        return self.s if self.method == "compot" else self.k
+
+    def _dequantized_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 16-bit dictionary (k, in) and code values the packed factors stand for."""
+        return (
+            dequantized(self, "dictionary", self.k, self.in_features, self.bits, self.group_size),
+            dequantized(self, "code_values", self.out_features, self._width(), self.bits, self.group_size),
+        )
+
+    def _unpacked(self) -> CompotLinear:
+        """A 16-bit twin of a quantized layer, sharing its mask and bias: what it computes per call."""
+        twin = CompotLinear(
+            self.in_features, self.out_features, self.k, self.s, self.method, False, self.storage_dtype, "meta"
+        )
+        twin.dictionary, twin.code_values = (nn.Parameter(t, requires_grad=False) for t in self._dequantized_factors())
+        twin.code_mask, twin.bias = self.code_mask, self.bias
+        return twin
+
+    def dequantize_(self) -> None:
+        """Trade quantized factors for the 16-bit ones they stand for, in place: the stored form every
+        inference layout derives from (no wider than the dtype it computes in)."""
+        if self.quantized:
+            dictionary, values = self._dequantized_factors()
+            drop_quantized(self, "dictionary")
+            drop_quantized(self, "code_values")
+            self.dictionary = nn.Parameter(dictionary, requires_grad=False)
+            self.code_values = nn.Parameter(values, requires_grad=False)
+            self.bits, self.group_size = 16, 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "stored" and self.quantized:
+            return self._unpacked()(x)
         bias = None if self.bias is None else _as(self.bias, x)
         if self.layout == "dense":
             return F.linear(x, _as(self.weight, x), bias)
@@ -177,11 +245,13 @@ class CompotLinear(nn.Module):
     def inference_target(self) -> tuple[str, torch.Tensor]:
         """The layout `to_inference` takes on this device, and the empty tensor it fills: the
         padded dense codes, or the product; for the kernel, nothing to derive."""
-        if self.code_mask is not None and kernel.applies(self.dictionary, self.code_values):
-            return "stored", self.code_values  # the kernel multiplies from the stored form itself
+        device = next(self.buffers() if self.quantized else self.parameters()).device
+        probe = torch.empty(0, device=device)
+        if self.code_mask is not None and kernel.applies(probe, probe):
+            return "stored", probe  # the kernel multiplies from the stored form itself
         atoms = min(math.ceil(self.k / ATOMS_MULTIPLE) * ATOMS_MULTIPLE, self.in_features, self.out_features)
         atoms = max(atoms, self.k)
-        like = {"dtype": self.dictionary.dtype, "device": self.dictionary.device}
+        like = {"dtype": self.storage_dtype, "device": device}
         if atoms * (self.in_features + self.out_features) <= FACTORS_MAX_SHARE * self.in_features * self.out_features:
             return "factors", torch.zeros(self.out_features, atoms, **like)
         return "dense", torch.empty(self.out_features, self.in_features, **like)
@@ -193,6 +263,7 @@ class CompotLinear(nn.Module):
         if self.layout != "stored":
             return self.layout
         layout, tensor = target or self.inference_target()
+        self.dequantize_()
         if layout == "stored":
             return layout
         dictionary = self.dictionary
@@ -249,16 +320,18 @@ class CompotLinear(nn.Module):
     def stored_bits(self) -> int:
         """Bits of the factors as stored (bias excluded, as for the dense layer it replaces)."""
         self.require_factors("stored_bits")
-        width = self.s if self.method == "compot" else self.k
-        size = self.dictionary.element_size()
         mask = 0 if self.code_mask is None else self.code_mask.numel()
-        return 8 * (size * (self.dictionary.numel() + self.out_features * width) + mask)
+        if self.quantized:
+            return 8 * (quantized_bytes(self, "dictionary") + quantized_bytes(self, "code_values") + mask)
+        size = self.dictionary.element_size()
+        return 8 * (size * (self.dictionary.numel() + self.out_features * self._width()) + mask)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}, "
-            f"k={self.k}, s={self.s}, layout={self.layout}, "
-            f"dtype={str(next(self.parameters()).dtype).removeprefix('torch.')}, bias={self.bias is not None}"
+            f"k={self.k}, s={self.s}, layout={self.layout}, dtype={str(self.storage_dtype).removeprefix('torch.')}, "
+            + (f"bits={self.bits}, group_size={self.group_size}, " if self.quantized else "")
+            + f"bias={self.bias is not None}"
         )
 
 
@@ -273,7 +346,7 @@ def to_inference(model: nn.Module) -> dict[str, int]:
     A checkpoint loaded from a memory-mapped file keeps the whole map, and every page of it read
     so far, for as long as any tensor views it: the other tensors on CPU are copied out, so that
     the pages of the dropped factors leave resident memory with the map."""
-    layers = [m for m in model.modules() if isinstance(m, CompotLinear)]
+    layers = [m for m in model.modules() if isinstance(m, COMPRESSED)]
     pending = [layer for layer in layers if layer.layout == "stored"]
     # every kept tensor first, then the temporaries: freed, they sit above what is kept, and the
     # C allocator returns them instead of keeping holes between kept tensors
@@ -283,14 +356,14 @@ def to_inference(model: nn.Module) -> dict[str, int]:
     counts = dict.fromkeys(LAYOUTS, 0) | Counter(layer.layout for layer in layers)
     if counts["stored"] < sum(counts.values()):
         derived = {
-            id(t)
-            for m in model.modules()
-            if isinstance(m, CompotLinear)
-            for n, t in m.named_parameters()
-            if n != "bias"
+            id(t) for m in model.modules() if isinstance(m, COMPRESSED) for n, t in m.named_parameters() if n != "bias"
         }
         with torch.no_grad():
             for t in [*model.parameters(), *model.buffers()]:
                 if id(t) not in derived and t.device.type == "cpu":
                     t.data = t.data.clone()
     return counts
+
+
+# Every module a compressed checkpoint swaps in for an nn.Linear.
+COMPRESSED = (CompotLinear, QuantLinear)

@@ -10,18 +10,22 @@ from dataclasses import asdict, dataclass
 class LayerRecord:
     name: str  # qualified module name
     shape: tuple[int, int]  # (out_features, in_features)
-    method: str  # compot | svd-llm | dense
+    method: str  # compot | svd-llm | gptq (dense, quantized) | dense
     target_cr: float  # what allocation asked of this matrix (0.0: keep dense)
     k: int
     s: int
     storage_dtype: str | None  # of the factors; None for a dense matrix
     stored_bits: int  # the factors' tensors as saved (a dense matrix: its 16-bit weight)
-    eq11_bits: int  # 16mk + 16sn + kn (COMPOT), 16(m + n)k (SVD-LLM), 16mn (dense)
+    eq11_bits: (
+        int  # 16mk + 16sn + kn (COMPOT), 16(m + n)k (SVD-LLM), 16mn (dense); quantized: storage.quantized_factor_bits
+    )
     damping: float
     relative_error: float  # calibration-weighted, ||L^T (W - W^)||^2 / ||L^T W||^2
     gram_tokens: int
     nonfinite_batches: int
     note: str = ""
+    bits: int = 16  # of the stored values; below 16, GPTQ-quantized with a scale and zero point per group
+    group_size: int = 0
 
     @property
     def dense_bits(self) -> int:

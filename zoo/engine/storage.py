@@ -53,3 +53,28 @@ def lowrank_rank(m: int, n: int, cr: float) -> int | None:
     """Largest rank whose two 16-bit factors fit (1 - cr) of dense; None if below 1."""
     r = min(m, n, _budget_bits(m, n, cr) // (VALUE_BITS * (m + n)))
     return r if r >= 1 else None
+
+
+def packed_bytes(count: int, bits: int) -> int:
+    """Bytes of `count` integers of `bits` bits packed back to back (little bit order)."""
+    return math.ceil(count * bits / 8)
+
+
+def quantized_bits(rows: int, width: int, bits: int, group_size: int, scale_bits: int = VALUE_BITS) -> int:
+    """A (rows, width) matrix quantized to `bits` with a 16-bit scale and a `bits`-bit zero point
+    per `group_size` consecutive entries of a row: the packed integers, scales and zeros, each
+    stored as whole bytes."""
+    groups = rows * math.ceil(width / group_size)
+    return 8 * (packed_bytes(rows * width, bits) + groups * scale_bits // 8 + packed_bytes(groups, bits))
+
+
+def quantized_factor_bits(method: str, m: int, n: int, k: int, s: int, bits: int, group_size: int) -> int:
+    """Eq. 11 with quantized values: the dictionary A^T (k, m) and the codes (n, s kept; n, k dense for
+    SVD-LLM) quantized, COMPOT's k x n mask as packed bytes; `method` "gptq" is the dense (n, m) matrix."""
+    if method == "compot":
+        return (
+            quantized_bits(k, m, bits, group_size) + quantized_bits(n, s, bits, group_size) + 8 * packed_bytes(k * n, 1)
+        )
+    if method == "svd-llm":
+        return quantized_bits(k, m, bits, group_size) + quantized_bits(n, k, bits, group_size)
+    return quantized_bits(n, m, bits, group_size)

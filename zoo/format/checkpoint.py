@@ -1,7 +1,9 @@
 """The compressed checkpoint: a self-contained transformers folder, safetensors only.
 
     model.safetensors      the full state dict: dense weights as they are, compressed
-                           layers as dictionary / code_values / code_mask (tied copies once)
+                           layers as dictionary / code_values / code_mask (tied copies once);
+                           GPTQ-quantized factors (or weights) as <name>_q / _scales / _zeros
+                           (zoo.compression.quantized)
     config.json            the model config plus `quantization_config` {"quant_method":
                            "compot", "layers": {...}}: what zoo.format.quantizer and
                            `load_compressed` rebuild as CompotLinear
@@ -25,7 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zoo.compression.layer import CompotLinear, to_inference
+from zoo.compression.layer import COMPRESSED, CompotLinear, to_inference
+from zoo.compression.quantized import QuantLinear
 from zoo.errors import ZooError
 from zoo.files import check_replaceable, check_writable, staged_dir
 from zoo.format.record import RECORD, VariantRecord
@@ -35,12 +38,13 @@ CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
 
 
-def compot_layers(model: nn.Module) -> dict[str, CompotLinear]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, CompotLinear)}
+def compot_layers(model: nn.Module) -> dict[str, CompotLinear | QuantLinear]:
+    """Every compressed layer: factorized (CompotLinear) or quantized dense (QuantLinear)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, COMPRESSED)}
 
 
-def layer_spec(layer: CompotLinear) -> dict:
-    """What a loader needs to rebuild one compressed layer's empty shell."""
+def layer_spec(layer: CompotLinear | QuantLinear) -> dict:
+    """What a loader needs to rebuild one compressed layer's empty shell (bits 16: not quantized)."""
     return {
         "in_features": layer.in_features,
         "out_features": layer.out_features,
@@ -48,7 +52,9 @@ def layer_spec(layer: CompotLinear) -> dict:
         "s": layer.s,
         "method": layer.method,
         "bias": layer.bias is not None,
-        "storage_dtype": str(layer.dictionary.dtype).removeprefix("torch."),
+        "storage_dtype": str(layer.storage_dtype).removeprefix("torch."),
+        "bits": layer.bits,
+        "group_size": layer.group_size,
     }
 
 
@@ -64,7 +70,7 @@ def _saved_tensors(model: nn.Module, dtype: str | None) -> dict[str, tuple[torch
     for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
         if target in state and source in state and state[target].data_ptr() == state[source].data_ptr():
             del state[target]
-    factors = {f"{name}.{part}" for name in compot_layers(model) for part in ("dictionary", "code_values")}
+    factors = {f"{name}.{key}" for name, m in compot_layers(model).items() for key in m.state_dict() if key != "bias"}
     cast = getattr(torch, dtype) if dtype else None
     return {
         name: (t, cast if cast is not None and t.is_floating_point() and name not in factors else t.dtype)
@@ -113,7 +119,7 @@ def save_compressed(
     check_target(out_dir, overwrite)
     layers = compot_layers(model)
     if not layers:
-        raise ZooError(f"{type(model).__name__} has no CompotLinear layers: nothing compressed to save")
+        raise ZooError(f"{type(model).__name__} has no compressed layers: nothing compressed to save")
     for name, layer in layers.items():
         layer.require_factors(f"saving {name}")
     dtype = record.config.dtype
@@ -147,6 +153,7 @@ LAYER_SPEC = {
     "bias": bool,
     "storage_dtype": str,
 }
+QUANT_SPEC = {"bits": 16, "group_size": 0}  # optional: checkpoints written before quantization lack them
 
 
 def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
@@ -157,9 +164,10 @@ def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
     if not isinstance(layers, dict) or not layers:
         raise ZooError("quantization_config.layers must name at least one compressed layer")
     for name, spec in layers.items():
+        kinds = LAYER_SPEC | {key: int for key in QUANT_SPEC if isinstance(spec, dict) and key in spec}
         bad = [
             key
-            for key, kind in LAYER_SPEC.items()
+            for key, kind in kinds.items()
             if not isinstance(spec, dict)
             or not isinstance(spec.get(key), kind)
             or (kind is int and isinstance(spec.get(key), bool))
@@ -167,7 +175,7 @@ def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
         if bad:
             raise ZooError(
                 f"compressed layer {name}: quantization_config entry lacks or mistypes "
-                f"{', '.join(f'{k} ({LAYER_SPEC[k].__name__})' for k in bad)}"
+                f"{', '.join(f'{k} ({kinds[k].__name__})' for k in bad)}"
             )
         try:
             old = model.get_submodule(name)
@@ -186,12 +194,24 @@ def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
         model.set_submodule(name, shell_from_spec(name, spec, old.weight.device, old.weight.dtype))
 
 
-def shell_from_spec(name: str, spec: dict, device: torch.device, bias_dtype: torch.dtype) -> CompotLinear:
-    """The empty CompotLinear a `layer_spec` entry describes; `name` goes in the message."""
+def shell_from_spec(name: str, spec: dict, device: torch.device, bias_dtype: torch.dtype) -> CompotLinear | QuantLinear:
+    """The empty layer a `layer_spec` entry describes; `name` goes in the message."""
     storage_dtype = getattr(torch, spec["storage_dtype"], None)
     if not isinstance(storage_dtype, torch.dtype):
         raise ZooError(f"compressed layer {name}: unknown storage dtype {spec['storage_dtype']!r}")
+    bits, group_size = (spec.get(key, default) for key, default in QUANT_SPEC.items())
     try:
+        if spec["method"] == QuantLinear.method:
+            return QuantLinear(
+                spec["in_features"],
+                spec["out_features"],
+                bits,
+                group_size,
+                spec["bias"],
+                storage_dtype,
+                device=device,
+                bias_dtype=bias_dtype,
+            )
         return CompotLinear(
             spec["in_features"],
             spec["out_features"],
@@ -202,6 +222,8 @@ def shell_from_spec(name: str, spec: dict, device: torch.device, bias_dtype: tor
             storage_dtype,
             device=device,
             bias_dtype=bias_dtype,
+            bits=bits,
+            group_size=group_size,
         )
     except ZooError as exc:
         raise ZooError(f"compressed layer {name}: {exc}") from exc
@@ -211,8 +233,8 @@ def check_factors(model: nn.Module, source: Path) -> None:
     """Refuse loaded factors that cannot be right: NaN/Inf values, or a support mask that does not
     keep exactly s codes per output. `source` names the file in the message."""
     for name, layer in compot_layers(model).items():
-        tensors = {"dictionary": layer.dictionary, "code_values": layer.code_values, "bias": layer.bias}
-        for label, t in tensors.items():
+        floating = {label: t for label, t in layer.state_dict().items() if t.is_floating_point()}
+        for label, t in floating.items():
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise ZooError(f"{source}: {name}.{label} holds NaN/Inf values; the checkpoint is corrupt")
         if layer.code_mask is not None:

@@ -76,7 +76,7 @@ class BlockProgress:
         tensors, specs = {}, {}
         for name, layer in layers.items():
             tensors |= {f"{name}.{key}": t.contiguous().cpu() for key, t in layer.state_dict().items()}
-            bias_dtype = (layer.bias if layer.bias is not None else layer.dictionary).dtype
+            bias_dtype = layer.bias.dtype if layer.bias is not None else layer.storage_dtype
             specs[name] = {**layer_spec(layer), "bias_dtype": str(bias_dtype).removeprefix("torch.")}
         metadata = {"records": json.dumps([r.to_dict() for r in records]), "layers": json.dumps(specs)}
         write_file(self._file(prefix), lambda tmp: save_file(tensors, tmp, metadata=metadata))

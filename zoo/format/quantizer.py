@@ -17,7 +17,7 @@ from transformers.quantizers.auto import register_quantization_config, register_
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from zoo.compression.layer import CompotLinear, to_inference
+from zoo.compression.layer import COMPRESSED, to_inference
 from zoo.errors import ZooError
 from zoo.format.checkpoint import check_factors, swap_in_shells
 
@@ -56,7 +56,7 @@ class CompotQuantizer(HfQuantizer):
         are the ones transformers marks `_is_hf_initialized`."""
         source = getattr(model.config, "_name_or_path", "the checkpoint")
         for name, module in model.named_modules():
-            if isinstance(module, CompotLinear):
+            if isinstance(module, COMPRESSED):
                 for label, t in [*module.named_parameters(), *module.named_buffers()]:
                     if not getattr(t, "_is_hf_initialized", False):
                         raise ZooError(f"{source}: the weights hold no {name}.{label} for compressed layer {name}")

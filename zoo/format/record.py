@@ -56,6 +56,12 @@ class VariantRecord:
         return self.config.method
 
     @property
+    def quantize(self) -> str | None:
+        """The GPTQ grid of the stored values, e.g. "gptq-w4 g128"; None when they are 16-bit."""
+        q = self.config.quantize
+        return None if q is None else f"{q} g{self.config.quantize_group_size}"
+
+    @property
     def allocation(self) -> str:
         return self.config.allocation
 

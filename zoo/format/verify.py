@@ -9,11 +9,39 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from zoo.compression.report import LayerRecord
 from zoo.errors import ZooError
 from zoo.format.record import VariantRecord
 
 WEIGHTS = "model.safetensors"
 BYTES = {"F16": 2, "BF16": 2, "F32": 4, "U8": 1, "F64": 8, "I64": 8}
+
+
+def quantized_shapes(name: str, rows: int, width: int, bits: int, group_size: int) -> dict[str, list[int]]:
+    """The tensors of a GPTQ-quantized (rows, width) matrix (zoo.compression.quantized's layout)."""
+    groups = math.ceil(width / group_size)
+    return {
+        f"{name}_q": [math.ceil(rows * width * bits / 8)],
+        f"{name}_scales": [rows, groups],
+        f"{name}_zeros": [math.ceil(rows * groups * bits / 8)],
+    }
+
+
+def expected_shapes(layer: LayerRecord) -> dict[str, list[int]]:
+    """Tensor name (within the layer) -> shape, for what the record says the layer stores."""
+    out_features, in_features = layer.shape
+    bits, size = layer.bits, layer.group_size
+    if layer.method == "gptq":
+        return quantized_shapes("weight", out_features, in_features, bits, size)
+    width = layer.s if layer.method == "compot" else layer.k
+    if bits == 16:
+        expected = {"dictionary": [layer.k, in_features], "code_values": [out_features, width]}
+    else:
+        expected = quantized_shapes("dictionary", layer.k, in_features, bits, size)
+        expected |= quantized_shapes("code_values", out_features, width, bits, size)
+    if layer.method == "compot":
+        expected["code_mask"] = [math.ceil(out_features * layer.k / 8)]
+    return expected
 
 
 def verify_files(folder: Path, record: VariantRecord) -> None:
@@ -33,11 +61,7 @@ def verify_files(folder: Path, record: VariantRecord) -> None:
     for layer in record.layers:
         if layer.method == "dense":
             continue
-        out_features, in_features = layer.shape
-        width = layer.s if layer.method == "compot" else layer.k
-        expected = {"dictionary": [layer.k, in_features], "code_values": [out_features, width]}
-        if layer.method == "compot":
-            expected["code_mask"] = [math.ceil(out_features * layer.k / 8)]
+        expected = expected_shapes(layer)
         bits = 0
         for part, shape in expected.items():
             key = f"{layer.name}.{part}"

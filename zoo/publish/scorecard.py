@@ -117,6 +117,7 @@ class Scorecard:
     file_bytes: int | None = None  # the checkpoint's model.safetensors
     base_bytes: int | None = None  # the base's tensors in a 16-bit checkpoint
     slice_score: SliceScore | None = None  # what the published variant is verified against
+    quantize: str | None = None  # GPTQ grid of the stored values, e.g. "gptq-w4 g128"; None: 16-bit values
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -166,6 +167,7 @@ class Scorecard:
             file_bytes=record.file_bytes,
             base_bytes=record.base_bytes,
             slice_score=slice_score,
+            quantize=record.quantize,
         )
 
     def to_dict(self) -> dict:

@@ -1,0 +1,99 @@
+"""GPTQ alone against SVD-LLM + GPTQ and COMPOT + GPTQ at equal bytes (the paper's Table 7).
+
+Loads and calibrates once, scores the base once, then compresses and saves a copy of the base
+per variant (exactly what `zoo compress ... --eval` writes, record and scorecard included) and
+prints one table: metrics, the bytes the target projections store, and the weights file's size:
+
+    .venv/bin/python -m benchmarks.compare_quantized --model smollm2-135m --group-size 64 \\
+        --variants gptq-w3 svd-llm@0.25+gptq-w4 compot@0.32+gptq-w4
+
+A variant is `gptq-wN` (GPTQ alone on the dense projections) or `METHOD@CR+gptq-wN`
+(factorization at CR, then GPTQ of its factors; SVD-LLM static, COMPOT dynamic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import time
+from pathlib import Path
+
+from zoo.compression.config import CompressionConfig
+from zoo.pipeline import CompressRequest, compress_variant, evaluate, prepare
+
+
+def variant_config(spec: str, group_size: int, iters: int) -> CompressionConfig:
+    if "+" not in spec:
+        return CompressionConfig(method="gptq", quantize=spec, quantize_group_size=group_size)
+    factorization, quantize = spec.split("+")
+    method, cr = factorization.split("@")
+    return CompressionConfig(
+        cr=float(cr),
+        method=method,
+        static=method == "svd-llm",
+        iters=iters,
+        quantize=quantize,
+        quantize_group_size=group_size,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--variants", nargs="+", default=["gptq-w3", "svd-llm@0.25+gptq-w4", "compot@0.32+gptq-w4"])
+    parser.add_argument("--group-size", type=int, default=128)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--n-samples", type=int, default=None, help="calibration samples (the catalogue's if unset)")
+    parser.add_argument("--out", type=Path, default=Path("quantized-variants"))
+    parser.add_argument("--eval-windows", type=int, default=None, help="perplexity windows (LLMs)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="items per task or utterances per set")
+    args = parser.parse_args()
+
+    eval_settings = {
+        k: v for k, v in (("eval_windows", args.eval_windows), ("eval_limit", args.eval_limit)) if v is not None
+    }
+    configs = {spec: variant_config(spec, args.group_size, args.iters) for spec in args.variants}  # checked first
+    request = CompressRequest(
+        args.model, next(iter(configs.values())), n_samples=args.n_samples, eval_settings=eval_settings, evaluate=True
+    )
+    prepared = prepare(request)
+    loaded, calibration, base_model = prepared.loaded, prepared.calibration, prepared.loaded.model
+    base = evaluate(prepared)
+    columns = [(task, metric) for task, metrics in base.items() for metric in metrics if not metric.endswith("stderr")]
+    print(
+        f"{args.model} ({loaded.base_model}), calibration {calibration.name}: {len(calibration.batches)} samples, "
+        f"{calibration.tokens} tokens, {calibration.fingerprint}"
+    )
+    header = " | ".join(f"{task} {metric}" for task, metric in columns)
+    print(f"| variant | {header} | projection bytes | file bytes | achieved CR | compress s |")
+    print("|---" * (len(columns) + 5) + "|")
+    values = " | ".join(f"{base[t][m]:.4g}" for t, m in columns)
+    print(f"| 16-bit base | {values} | - | {prepared.base_bytes} | 0 | - |", flush=True)
+    for spec, config in configs.items():
+        prepared.loaded = dataclasses.replace(loaded, model=copy.deepcopy(base_model))
+        req = CompressRequest(
+            args.model,
+            config,
+            out=args.out / spec,
+            overwrite=True,
+            n_samples=args.n_samples,
+            evaluate=True,
+            eval_settings=eval_settings,
+        )
+        start = time.perf_counter()
+        result = compress_variant(prepared, req, base)
+        seconds = time.perf_counter() - start
+        record = result.record
+        projection = sum(r.stored_bits for r in record.layers) // 8
+        scores = {(m.task, m.name): m.compressed for m in result.scorecard.metrics}
+        values = " | ".join(f"{scores.get((t, m), float('nan')):.4g}" for t, m in columns)
+        print(
+            f"| {spec} | {values} | {projection} | {record.file_bytes} | {record.achieved_cr:.4f} | {seconds:.0f} |",
+            flush=True,
+        )
+        print(f"  {record.command}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""GPTQ-quantized tensors as a module stores them, and the dense GPTQ layer.
+
+A quantized (rows, width) matrix `name` is three tensors: `name_q`, the integers packed back
+to back at `bits` bits each (little bit order: bit i of integer t is bit (t*bits + i) % 8 of
+byte (t*bits + i) // 8); `name_scales`, (rows, groups) in the 16-bit storage dtype; and
+`name_zeros`, the (rows, groups) zero points packed the same way. Groups are `group_size`
+consecutive entries of a row, the last one possibly shorter. These are exactly the bytes
+`zoo.engine.storage.quantized_bits` counts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.engine.gptq import Quantized, dequantize
+from zoo.engine.storage import packed_bytes
+from zoo.errors import ZooError
+
+PARTS = ("q", "scales", "zeros")
+
+
+def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 integers below 2**bits, any shape, row-major -> uint8 (ceil(n * bits / 8),)."""
+    flat = values.detach().cpu().numpy().astype(np.uint8).reshape(-1, 1)
+    stream = np.unpackbits(flat, axis=1, bitorder="little")[:, :bits]
+    return torch.from_numpy(np.packbits(stream.reshape(-1), bitorder="little"))
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of `pack_bits`, computed on the packed tensor's device."""
+    count = math.prod(shape)
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    stream = ((packed.unsqueeze(-1) >> shifts) & 1).reshape(-1)[: count * bits].reshape(count, bits)
+    weights = (1 << torch.arange(bits, device=packed.device)).to(torch.uint8)
+    return (stream * weights).sum(dim=1, dtype=torch.uint8).reshape(shape)
+
+
+def register_quantized(
+    module: nn.Module,
+    name: str,
+    rows: int,
+    width: int,
+    bits: int,
+    group_size: int,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> None:
+    """Empty buffers for a quantized (rows, width) matrix `name` (the shapes a checkpoint must match)."""
+    groups = rows * math.ceil(width / group_size)
+    module.register_buffer(f"{name}_q", torch.empty(packed_bytes(rows * width, bits), dtype=torch.uint8, device=device))
+    module.register_buffer(
+        f"{name}_scales", torch.empty(rows, math.ceil(width / group_size), dtype=dtype, device=device)
+    )
+    module.register_buffer(f"{name}_zeros", torch.empty(packed_bytes(groups, bits), dtype=torch.uint8, device=device))
+
+
+def fill_quantized(module: nn.Module, name: str, quantized: Quantized) -> None:
+    """Copy the engine's result into the buffers `register_quantized` made."""
+    with torch.no_grad():
+        getattr(module, f"{name}_q").copy_(pack_bits(quantized.q, quantized.bits))
+        getattr(module, f"{name}_scales").copy_(quantized.scales)
+        getattr(module, f"{name}_zeros").copy_(pack_bits(quantized.zeros, quantized.bits))
+
+
+def dequantized(module: nn.Module, name: str, rows: int, width: int, bits: int, group_size: int) -> torch.Tensor:
+    """The (rows, width) matrix `name` in its scales' 16-bit dtype, on their device."""
+    scales = getattr(module, f"{name}_scales")
+    q = unpack_bits(getattr(module, f"{name}_q"), bits, (rows, width))
+    zeros = unpack_bits(getattr(module, f"{name}_zeros"), bits, tuple(scales.shape))
+    return dequantize(q, scales, zeros, group_size).to(scales.dtype)
+
+
+def quantized_bytes(module: nn.Module, name: str) -> int:
+    return sum(
+        getattr(module, f"{name}_{part}").numel() * getattr(module, f"{name}_{part}").element_size() for part in PARTS
+    )
+
+
+def drop_quantized(module: nn.Module, name: str) -> None:
+    for part in PARTS:
+        delattr(module, f"{name}_{part}")
+
+
+class QuantLinear(nn.Module):
+    """An nn.Linear kept dense and GPTQ-quantized (the `--method gptq` baseline, and the matrices
+    allocation leaves dense in a quantized run). It computes from the packed form, dequantizing
+    per call, until `to_inference` dequantizes it once into a 16-bit weight."""
+
+    method = "gptq"
+    k = s = 0
+    code_mask = None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int,
+        group_size: int,
+        bias: bool = False,
+        storage_dtype: torch.dtype = torch.float16,
+        device: torch.device | str | None = None,
+        bias_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if min(in_features, out_features, group_size) < 1 or not 1 <= bits <= 8:
+            raise ZooError(
+                f"QuantLinear: need positive sizes and 1..8 bits, got in={in_features}, out={out_features}, "
+                f"bits={bits}, group_size={group_size}"
+            )
+        self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
+        self.storage_dtype = storage_dtype
+        register_quantized(self, "weight", out_features, in_features, bits, group_size, storage_dtype, device)
+        self.bias = (
+            nn.Parameter(torch.empty(out_features, dtype=bias_dtype, device=device), requires_grad=False)
+            if bias
+            else None
+        )
+        self.layout = "stored"
+
+    @classmethod
+    def from_quantized(cls, quantized: Quantized, bias: torch.Tensor | None) -> QuantLinear:
+        out_features, in_features = quantized.q.shape
+        layer = cls(
+            in_features,
+            out_features,
+            quantized.bits,
+            quantized.group_size,
+            bias is not None,
+            quantized.scales.dtype,
+            device=quantized.q.device,
+            bias_dtype=None if bias is None else bias.dtype,
+        )
+        fill_quantized(layer, "weight", quantized)
+        if bias is not None:
+            with torch.no_grad():
+                layer.bias.copy_(bias.detach())
+        return layer
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return dequantized(self, "weight", self.out_features, self.in_features, self.bits, self.group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight if self.layout == "dense" else self.dequantized_weight()
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, weight.to(x.dtype), bias)
+
+    def inference_target(self) -> tuple[str, torch.Tensor]:
+        return "dense", torch.empty(
+            self.out_features, self.in_features, dtype=self.storage_dtype, device=self.weight_scales.device
+        )
+
+    def to_inference(self, target: tuple[str, torch.Tensor] | None = None) -> str:
+        """Dequantize once into the 16-bit weight (the base layer's size at most) and drop the packed form."""
+        if self.layout == "stored":
+            _, tensor = target or self.inference_target()
+            with torch.no_grad():
+                tensor.copy_(self.dequantized_weight())
+            drop_quantized(self, "weight")
+            self.weight = nn.Parameter(tensor, requires_grad=False)
+            self.layout = "dense"
+        return self.layout
+
+    def require_factors(self, what: str) -> None:
+        if self.layout != "stored":
+            raise ZooError(
+                f"{what}: {self} was dequantized for inference and no longer holds its packed form; use the "
+                "checkpoint it was loaded from (zoo.load(path, inference=False) keeps it)"
+            )
+
+    def stored_bits(self) -> int:
+        self.require_factors("stored_bits")
+        return 8 * quantized_bytes(self, "weight")
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, method=gptq, bits={self.bits}, "
+            f"group_size={self.group_size}, layout={self.layout}, bias={self.bias is not None}"
+        )
