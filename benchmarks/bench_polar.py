@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import torch
 
-from benchmarks.bench_engine import real_layers
+from benchmarks.bench_engine import _timed, real_layers
 from zoo.engine import compot as compot_module
 from zoo.engine import factorize
 from zoo.engine.compot import polar_factor
@@ -102,14 +101,6 @@ def polar_inputs(model: str, blocks: list[int], cr: float, iters: int, limit: in
     finally:
         compot_module.polar_factor = exact
     return sequences
-
-
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - start
 
 
 def main() -> None:

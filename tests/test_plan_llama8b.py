@@ -2,16 +2,13 @@
 machine (half of it the plan's own probes), too much for every CI run, so it runs when asked:
 ZOO_LARGE_TESTS=1 scripts/test.sh tests/test_plan_llama8b.py"""
 
-import json
 import os
-import re
-import subprocess
-import sys
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.planned import planned_and_measured_host_memory
 from tests.tiny_models import tiny_tokenizer
 
 pytestmark = [
@@ -42,21 +39,7 @@ def test_peak_host_memory_of_a_llama_3_8b_block_is_within_a_quarter_of_the_plan(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     del model
-    out = tmp_path / "out"
-    args = ["compress", folder, "--cr", 0.2, "--calibration", text_file, "--n-samples", 4, "--seq-len", 64]
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from zoo.cli import main; main()",
-            *map(str, [*args, "--iters", 1, "--device", "cpu", "--out", out]),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    planned = float(re.search(r"peak host memory ([\d.]+) GiB", run.stdout)[1]) * 2**30
-    measured = json.loads((out / "compot_record.json").read_text())["peak_memory_mb"] * 2**20
-    print(f"Llama-3-8B block: planned {planned / 2**30:.2f} GiB, measured {measured / 2**30:.2f} GiB")
+    args = [folder, "--cr", 0.2, "--calibration", text_file, "--n-samples", 4, "--seq-len", 64, "--iters", 1]
+    planned, measured = planned_and_measured_host_memory(args, tmp_path / "out")
+    print(f"Llama-3-8B block: planned {planned:.2f} GiB, measured {measured:.2f} GiB")
     assert 0.75 * planned <= measured <= 1.25 * planned

@@ -1,9 +1,6 @@
 """The Whisper adapter on a tiny random Whisper with the real tiny.en tokenizer and task tokens."""
 
 import json
-import re
-import subprocess
-import sys
 import wave
 
 import numpy as np
@@ -12,6 +9,7 @@ import torch
 from transformers import AutoModelForSpeechSeq2Seq, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
 import zoo
+from tests.planned import planned_and_measured_host_memory
 from tests.records import make_record
 from zoo.compression.apply import compress_model
 from zoo.compression.config import CompressionConfig
@@ -232,16 +230,7 @@ def test_peak_host_memory_of_a_large_v3_shaped_decoder_is_within_a_quarter_of_th
     one encoder block, random float16 weights: the plan, made before loading, against what the
     run itself measured (its record's peak resident memory)."""
     folder = _whisper_folder(tmp_path / "large-v3-shaped", torch.float16, 1280, 1, 2, 20, 5120)
-    out = tmp_path / "out"
-    args = ["compress", folder, "--cr", 0.2, "--calibration", speech_folder, "--n-samples", 4, "--iters", 1]
-    run = subprocess.run(
-        [sys.executable, "-c", "from zoo.cli import main; main()", *map(str, [*args, "--device", "cpu", "--out", out])],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    planned = float(re.search(r"peak host memory ([\d.]+) GiB", run.stdout)[1]) * 2**30
-    measured = json.loads((out / "compot_record.json").read_text())["peak_memory_mb"] * 2**20
-    print(f"large-v3-shaped decoder: planned {planned / 2**30:.2f} GiB, measured {measured / 2**30:.2f} GiB")
+    args = [folder, "--cr", 0.2, "--calibration", speech_folder, "--n-samples", 4, "--iters", 1]
+    planned, measured = planned_and_measured_host_memory(args, tmp_path / "out")
+    print(f"large-v3-shaped decoder: planned {planned:.2f} GiB, measured {measured:.2f} GiB")
     assert 0.75 * planned <= measured <= 1.25 * planned
