@@ -86,6 +86,24 @@ def test_quantizing_factors_keeps_codes_on_their_support_and_beats_rounding_them
     assert functional_error(w, q.approx, gram) < functional_error(w, c_rtn @ a_rtn, gram)
 
 
+@pytest.mark.parametrize("shape", [(48, 64), (64, 48)])
+def test_a_quantized_layer_computes_the_matrix_gptq_measured(shape):
+    """Stored and in its inference layout, the layer multiplies by `approx` (the matrix whose error
+    GPTQ reported), to the 16-bit rounding of its dequantized values: a transposed factor, a
+    shifted group or a wrong zero point would show here, not in a reload comparison."""
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(8))
+    gram = correlated_gram(shape[1], 9)
+    f = factorize(w, gram, cr=0.3, iters=5)
+    q = quantize_factors(f, w, gram, 4, 16)
+    layer = CompotLinear.from_factorization(f, None, torch.float16, q)
+    eye = torch.eye(shape[1])
+    tolerance = 2e-3 * q.approx.abs().max()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(eye).T, q.approx, rtol=0, atol=tolerance)
+        layer.to_inference()
+        torch.testing.assert_close(layer(eye).T, q.approx, rtol=0, atol=tolerance)
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_bit_packing_round_trips_and_takes_the_counted_bytes(bits):
     values = torch.randint(0, 2**bits, (7, 13), generator=torch.Generator().manual_seed(bits), dtype=torch.uint8)
