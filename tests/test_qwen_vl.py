@@ -10,6 +10,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 import zoo
+from tests.offload import assert_hooked_capture_matches
 from tests.records import make_record
 from tests.tiny_vlm import GENERATIONS, photo, save_tiny_vlm
 from zoo.compression.apply import compress_model
@@ -104,13 +105,7 @@ def test_the_part_before_each_stack_runs_the_same_through_offload_hooks(folders,
     the vision tower and the stacks before each first block give the same inputs."""
     loaded = _load(folders[generation])
     data = ADAPTER.calibration(loaded, str(questions), n_samples=2, seq_len=256, seed=0, online=False)
-    for stack in ADAPTER.stacks(loaded.model):
-        first = stack.blocks[0][1]
-        plain = capture_block_inputs(loaded.model, first, data.batches)
-        hooked = capture_block_inputs(loaded.model, first, data.batches, torch.device("cpu"))
-        for a, b in zip(plain, hooked, strict=True):
-            torch.testing.assert_close(b.args, a.args, rtol=0, atol=0)
-            torch.testing.assert_close(b.kwargs, a.kwargs, rtol=0, atol=0)
+    assert_hooked_capture_matches(loaded.model, ADAPTER.stacks(loaded.model), data.batches)
 
 
 def test_calibration_feeds_image_tokens_and_caps_the_sample(folders, questions):

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForSpeechSeq2Seq, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
 import zoo
+from tests.offload import assert_hooked_capture_matches
 from tests.planned import planned_and_measured_host_memory
 from tests.records import make_record
 from zoo.compression.apply import compress_model
@@ -133,16 +134,7 @@ def test_the_part_before_each_stack_runs_the_same_through_offload_hooks(tiny, sp
     itself: the same inputs reach both stacks' first blocks, and the model keeps its very tensors."""
     loaded = _load(tiny)
     data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=2, seq_len=448, seed=0, online=False)
-    before = {name: p for name, p in loaded.model.named_parameters()}
-    for stack in ADAPTER.stacks(loaded.model, ["encoder", "decoder"]):
-        first = stack.blocks[0][1]
-        plain = capture_block_inputs(loaded.model, first, data.batches)
-        hooked = capture_block_inputs(loaded.model, first, data.batches, torch.device("cpu"))
-        for a, b in zip(plain, hooked, strict=True):
-            torch.testing.assert_close(b.args, a.args, rtol=0, atol=0)
-            torch.testing.assert_close(b.kwargs, a.kwargs, rtol=0, atol=0)
-    assert all(p is before[name] for name, p in loaded.model.named_parameters())
-    assert not any(hasattr(m, "_hf_hook") for m in loaded.model.modules())
+    assert_hooked_capture_matches(loaded.model, ADAPTER.stacks(loaded.model, ["encoder", "decoder"]), data.batches)
 
 
 @pytest.mark.parametrize("components", [None, ["encoder", "decoder"]])
