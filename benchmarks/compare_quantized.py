@@ -7,8 +7,9 @@ prints one table: metrics, the bytes the target projections store, and the weigh
     .venv/bin/python -m benchmarks.compare_quantized --model smollm2-135m --group-size 64 \\
         --variants gptq-w3 svd-llm@0.25+gptq-w4 compot@0.32+gptq-w4
 
-A variant is `gptq-wN` (GPTQ alone on the dense projections) or `METHOD@CR+gptq-wN`
-(factorization at CR, then GPTQ of its factors; SVD-LLM static, COMPOT dynamic).
+A variant is `gptq-wN` (GPTQ alone on the dense projections) or `METHOD@CR[+gptq-wN]`
+(factorization at CR, then GPTQ of its factors if named; SVD-LLM static, COMPOT dynamic). The
+factorization alone, in 16 bits, splits a quantized variant's loss into its two parts.
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ from zoo.pipeline import CompressRequest, compress_variant, evaluate, prepare
 
 
 def variant_config(spec: str, group_size: int, iters: int) -> CompressionConfig:
-    if "+" not in spec:
+    if "@" not in spec:
         return CompressionConfig(method="gptq", quantize=spec, quantize_group_size=group_size)
-    factorization, quantize = spec.split("+")
+    factorization, _, quantize = spec.partition("+")
     method, cr = factorization.split("@")
     return CompressionConfig(
         cr=float(cr),
         method=method,
         static=method == "svd-llm",
         iters=iters,
-        quantize=quantize,
+        quantize=quantize or None,
         quantize_group_size=group_size,
     )
 

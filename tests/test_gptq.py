@@ -20,7 +20,8 @@ from zoo.compression.layer import COMPRESSED, CompotLinear, to_inference
 from zoo.compression.quantized import QuantLinear, pack_bits, unpack_bits
 from zoo.engine import factorize, functional_error
 from zoo.engine.errors import EngineError
-from zoo.engine.gptq import gptq, quantize_factors, round_to_nearest
+from zoo.engine.factorization import intra_op_threads
+from zoo.engine.gptq import gptq, quantize_factors, refit_codes, round_to_nearest
 from zoo.engine.storage import quantized_factor_bits
 from zoo.errors import ZooError
 from zoo.format.checkpoint import WEIGHTS, compot_layers, mark_compressed, save_compressed
@@ -84,6 +85,23 @@ def test_quantizing_factors_keeps_codes_on_their_support_and_beats_rounding_them
     a_rtn = round_to_nearest(f.dictionary.mT, 3, 16)
     c_rtn = round_to_nearest(f.codes.mT, 3, 16, f.support.mT)
     assert functional_error(w, q.approx, gram) < functional_error(w, c_rtn @ a_rtn, gram)
+
+
+def test_refit_codes_solve_each_outputs_normal_equations_on_its_support_with_two_threads():
+    """Batches of ~200x200 systems: where torch 2.13's batched LU fails on CPU with two threads."""
+    in_features, k, s, out = 480, 420, 210, 64
+    g = torch.Generator().manual_seed(8)
+    dictionary = torch.randn(in_features, k, generator=g) / in_features**0.5
+    gram = correlated_gram(in_features, 9).double()
+    w = torch.randn(out, in_features, generator=g)
+    support = random_support(out, k, s, 10)
+    with intra_op_threads(2):
+        codes = refit_codes(w, gram, dictionary, support)
+    assert bool((codes.mT[~support] == 0).all())
+    a = dictionary.double()
+    residual = (a.mT @ gram @ a @ codes.double() - a.mT @ gram @ w.double().mT).mT  # (out, k)
+    scale = (a.mT @ gram @ w.double().mT).abs().max()
+    assert residual[support].abs().max() < 1e-6 * scale
 
 
 @pytest.mark.parametrize("shape", [(48, 64), (64, 48)])

@@ -187,7 +187,9 @@ def refit_codes(
     """Codes (k, out) that best reproduce `weight` (out, in) through a changed (quantized)
     `dictionary` (in, k): least squares in the calibration metric, each output over its own
     support (all k atoms without one). The codes' GPTQ then starts from this optimum, so its
-    error adds to the dictionary's instead of ignoring it."""
+    error adds to the dictionary's instead of ignoring it. The systems are symmetric positive
+    definite: Cholesky solves them (torch 2.13's batched LU on CPU fails with more than one
+    thread on batches of ~200x200 systems)."""
     a = dictionary.double()
     g = gram.to(a.device, torch.float64)
     ga = g @ a
@@ -195,7 +197,7 @@ def refit_codes(
     m.diagonal().add_(1e-8 * m.diagonal().mean())
     b = ga.mT @ weight.double().mT  # (k, out): A^T G W^T
     if support is None:
-        return torch.linalg.solve(m, b).float()
+        return torch.cholesky_solve(b, torch.linalg.cholesky(m)).float()
     out, k = support.shape
     support = support.to(a.device)
     codes = torch.zeros(k, out, dtype=torch.float64, device=a.device)
@@ -205,7 +207,7 @@ def refit_codes(
         idx = kept[start : start + chunk]  # (c, s)
         sub = m[idx.unsqueeze(2), idx.unsqueeze(1)]  # (c, s, s)
         rhs = b[idx, torch.arange(start, start + idx.shape[0], device=a.device).unsqueeze(1)]  # (c, s)
-        sol = torch.linalg.solve(sub, rhs.unsqueeze(2)).squeeze(2)
+        sol = torch.cholesky_solve(rhs.unsqueeze(2), torch.linalg.cholesky(sub)).squeeze(2)
         codes[:, start : start + idx.shape[0]].scatter_(0, idx.mT, sol.mT)
     return codes.float()
 
