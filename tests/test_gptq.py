@@ -21,7 +21,7 @@ from zoo.compression.quantized import QuantLinear, pack_bits, unpack_bits
 from zoo.engine import factorize, functional_error
 from zoo.engine.errors import EngineError
 from zoo.engine.factorization import intra_op_threads
-from zoo.engine.gptq import gptq, quantize_factors, refit_codes, round_to_nearest
+from zoo.engine.gptq import balanced_atoms, gptq, quantize_factors, refit_codes, round_to_nearest
 from zoo.engine.storage import quantized_factor_bits
 from zoo.errors import ZooError
 from zoo.format.checkpoint import WEIGHTS, compot_layers, mark_compressed, save_compressed
@@ -85,6 +85,27 @@ def test_quantizing_factors_keeps_codes_on_their_support_and_beats_rounding_them
     a_rtn = round_to_nearest(f.dictionary.mT, 3, 16)
     c_rtn = round_to_nearest(f.codes.mT, 3, 16, f.support.mT)
     assert functional_error(w, q.approx, gram) < functional_error(w, c_rtn @ a_rtn, gram)
+
+
+def test_quantized_factors_do_not_depend_on_how_a_factorization_splits_each_atoms_scale():
+    """Atom i times r_i with its codes over r_i is the same matrix; GPTQ of the factors must see
+    the same thing, or COMPOT's orthonormal atoms (all scale in the codes) quantize badly."""
+    w = torch.randn(96, 64, generator=torch.Generator().manual_seed(11))
+    gram = correlated_gram(64, 12)
+    f = factorize(w, gram, cr=0.3, iters=5)
+    r = torch.logspace(-1, 1, f.k)[torch.randperm(f.k, generator=torch.Generator().manual_seed(13))]
+    rescaled = dataclasses.replace(f, dictionary=f.dictionary * r, codes=f.codes / r[:, None])
+    assert torch.allclose(rescaled.dictionary @ rescaled.codes, f.dictionary @ f.codes, rtol=1e-4, atol=1e-5)
+    errors = [quantize_factors(x, w, gram, 4, 16).relative_error for x in (f, rescaled)]
+    assert errors[1] == pytest.approx(errors[0], rel=0.02)
+
+
+def test_svd_llm_factors_are_already_balanced():
+    w = torch.randn(48, 64, generator=torch.Generator().manual_seed(14))
+    gram = correlated_gram(64, 15).double()
+    f = factorize(w, gram, cr=0.3, method="svd-llm")
+    assert f.damping == 0.0
+    torch.testing.assert_close(balanced_atoms(f.dictionary, f.codes, gram), f.dictionary, rtol=1e-3, atol=1e-6)
 
 
 def test_refit_codes_solve_each_outputs_normal_equations_on_its_support_with_two_threads():

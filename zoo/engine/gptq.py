@@ -228,6 +228,21 @@ def relative_error(weight: torch.Tensor, approx: torch.Tensor, gram: torch.Tenso
     return functional_error(weight, approx, gram) / total if total else 0.0
 
 
+def balanced_atoms(dictionary: torch.Tensor, codes: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """The dictionary (in, k) with atom i scaled by r_i = sqrt(||c_i|| / ||a_i||_G), c_i its codes:
+    the product is unchanged once the codes are divided by r_i, and each atom's weight is then
+    shared evenly by both factors, as SVD-LLM's U sqrt(S), sqrt(S) V^T already is. COMPOT's atoms
+    are orthonormal in the whitened space, so its codes carry all of it: a group of codes mixes
+    atoms of very different scales and the largest sets every grid (on SmolLM2 the codes' 4-bit
+    error was 2-4x SVD-LLM's before this). Unused atoms keep their scale."""
+    a = dictionary.double()
+    atom = (a.mT @ gram @ a).diagonal().clamp(min=0).sqrt()
+    code = torch.linalg.vector_norm(codes.double(), dim=1)
+    used = (atom > 0) & (code > 0)
+    r = torch.where(used, (code / torch.where(used, atom, 1.0)).sqrt(), 1.0)
+    return (a * r).to(dictionary.dtype)
+
+
 def quantize_factors(
     f: Factorization,
     weight: torch.Tensor,
@@ -237,13 +252,20 @@ def quantize_factors(
     scale_dtype: torch.dtype = torch.float16,
     name: str = "matrix",
 ) -> QuantizedFactors:
-    """GPTQ of both factors in the order they compute: the dictionary against the layer's input
-    Gram G, then the codes, refit through the quantized dictionary, against A^T G A (their
-    inputs are A^T x); the codes' support stays as factorized."""
+    """GPTQ of both factors in the order they compute: the dictionary, its atoms balanced against
+    their codes, against the layer's input Gram G, then the codes, refit through the quantized
+    dictionary, against A^T G A (their inputs are A^T x); the codes' support stays as factorized."""
     if f.is_dense:
         raise EngineError(f"{name}: a dense matrix has no factors to quantize; quantize the weight itself")
     gram = gram.to(f.dictionary.device, torch.float64)
-    dictionary, a_t = gptq(f.dictionary.mT, gram, bits, group_size, scale_dtype=scale_dtype, name=f"{name} dictionary")
+    dictionary, a_t = gptq(
+        balanced_atoms(f.dictionary, f.codes, gram).mT,
+        gram,
+        bits,
+        group_size,
+        scale_dtype=scale_dtype,
+        name=f"{name} dictionary",
+    )
     support = None if f.support is None else f.support.mT
     codes_t = refit_codes(weight.to(a_t.device), gram, a_t.mT, support).mT
     codes_gram = a_t.double() @ gram @ a_t.double().mT
