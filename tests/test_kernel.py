@@ -1,6 +1,6 @@
-"""The CUDA sparse-codes kernel against the dense reference. Without a GPU it runs under Triton's
-interpreter on CPU tensors, whose dot product is wrong for bfloat16 (a limitation of the
-interpreter), so bfloat16 is checked on CUDA only."""
+"""The CUDA kernels (sparse codes, and GPTQ-packed matrices dense or as codes) against dense
+references. Without a GPU they run under Triton's interpreter on CPU tensors, whose dot product
+is wrong for bfloat16 (a limitation of the interpreter), so bfloat16 is checked on CUDA only."""
 
 import importlib.util
 
@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from zoo.compression import kernel
-from zoo.compression.layer import CompotLinear
+from zoo.compression.layer import CompotLinear, pack_mask
+from zoo.compression.quantized import pack_bits
 from zoo.engine import factorize
+from zoo.engine.gptq import dequantize
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 CUDA = torch.cuda.is_available()
@@ -60,3 +62,70 @@ def test_layer_multiplies_through_the_kernel_from_the_stored_form(device, monkey
     assert calls and {n: t.data_ptr() for n, t in [*layer.named_parameters(), *layer.named_buffers()]} == held
     reference = (x.float() @ layer.dictionary.float().T) @ layer.dense_codes().float().T + layer.bias.float()
     assert (got.float() - reference).abs().max() <= 1e-2 * reference.abs().max()
+
+
+def _packed(rows: int, width: int, bits: int, group_size: int, seed: int) -> tuple[kernel.Packed, torch.Tensor]:
+    """A random packed (rows, width) matrix, values about +-1, and its float32 values."""
+    g = torch.Generator().manual_seed(seed)
+    groups = -(-width // group_size)
+    q = torch.randint(0, 2**bits, (rows, width), generator=g, dtype=torch.uint8)
+    zeros = torch.randint(0, 2**bits, (rows, groups), generator=g, dtype=torch.uint8)
+    scales = ((torch.rand(rows, groups, generator=g) + 0.5) / 2**bits).half()
+    return (
+        kernel.Packed(pack_bits(q, bits), scales, pack_bits(zeros, bits), bits, group_size, width),
+        dequantize(q, scales, zeros, group_size),
+    )
+
+
+def _on(packed: kernel.Packed, device: str) -> kernel.Packed:
+    return packed._replace(q=packed.q.to(device), scales=packed.scales.to(device), zeros=packed.zeros.to(device))
+
+
+def _check(got: torch.Tensor, exact: torch.Tensor, x: torch.Tensor, dense: torch.Tensor) -> None:
+    """`got` from x in a 16-bit dtype: the 16-bit values' product, rounded once; `exact` from
+    float32 x: the same sum as float32 x times the dequantized float32 matrix."""
+    dtype = got.dtype
+    expected = x.to(dtype).float() @ dense.to(dtype).float().T
+    assert (got.float() - expected).abs().max() <= 2e-3 * expected.abs().max()
+    reference = x @ dense.T
+    assert exact.dtype == torch.float32
+    assert torch.allclose(exact, reference, rtol=1e-5, atol=1e-5 * reference.abs().max())
+
+
+# rows and columns past one tile or short of it, a group crossing a column chunk, the last group short
+@pytest.mark.parametrize(
+    ("bits", "rows", "width", "group_size", "batch"),
+    [(2, 70, 83, 32, (3, 5)), (3, 37, 130, 48, (17,)), (4, 19, 77, 16, (2,)), (8, 66, 70, 64, (1, 3))],
+)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_quantized_kernel_matches_the_dequantized_matrix(device, bits, rows, width, group_size, batch, dtype):
+    if dtype == torch.bfloat16 and not CUDA:
+        pytest.skip("the interpreter's bfloat16 dot is wrong")
+    weight, dense = _packed(rows, width, bits, group_size, seed=rows)
+    weight, dense = _on(weight, device), dense.to(device)
+    x = torch.randn(*batch, width, generator=torch.Generator().manual_seed(1)).to(device)
+    got = kernel.quantized_matmul(x.to(dtype), weight)
+    assert got.shape == (*batch, rows) and got.dtype == dtype
+    _check(got, kernel.quantized_matmul(x, weight), x, dense)
+
+
+@pytest.mark.parametrize(
+    ("bits", "out", "atoms", "kept", "group_size", "batch"),
+    [(2, 70, 130, 45, 16, (3, 5)), (3, 33, 100, 70, 32, (17,)), (4, 65, 80, 20, 8, (2,)), (8, 40, 150, 75, 64, (1,))],
+)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_quantized_sparse_codes_kernel_matches_the_dense_codes(
+    device, bits, out, atoms, kept, group_size, batch, dtype
+):
+    if dtype == torch.bfloat16 and not CUDA:
+        pytest.skip("the interpreter's bfloat16 dot is wrong")
+    g = torch.Generator().manual_seed(out)
+    support = torch.zeros(out, atoms, dtype=torch.bool)
+    support.scatter_(1, torch.rand(out, atoms, generator=g).argsort(dim=1)[:, :kept], True)
+    codes, values = _packed(out, kept, bits, group_size, seed=out)
+    dense = torch.zeros(out, atoms).masked_scatter_(support, values).to(device)
+    codes, mask = _on(codes, device), pack_mask(support).to(device)
+    hidden = torch.randn(*batch, atoms, generator=g).to(device)
+    got = kernel.sparse_codes_matmul(hidden.to(dtype), codes, mask, atoms)
+    assert got.shape == (*batch, out) and got.dtype == dtype
+    _check(got, kernel.sparse_codes_matmul(hidden, codes, mask, atoms), hidden, dense)

@@ -1,14 +1,18 @@
-"""The sparse-codes product on CUDA, computed from the stored form: y = z C^T, where C (out, k)
-is held as each row's s kept values (in atom order) and the packed row-major bitmask.
+"""The CUDA products of compressed layers, computed from the stored form: y = x W^T where W is
+the sparse codes C (out, k), held as each row's s kept values (in atom order) and the packed
+row-major bitmask, or a dense matrix; either's values may be GPTQ-quantized, packed as
+zoo.compression.quantized stores them (`Packed`).
 
-One Triton program covers a tile of batch rows and output rows and walks the atoms in
-chunks: it reads the chunk's mask bits, turns them into positions among the row's kept
-values with a running prefix count, gathers those values into a dense (out, chunk) tile in
-registers and multiplies. Nothing wider than the stored tensors is ever kept in memory.
+One Triton program covers a tile of batch rows and output rows and walks the columns in
+chunks. For the codes it reads the chunk's mask bits and turns them into positions among the
+row's kept values with a running prefix count; a dense matrix's positions are its columns.
+It then gathers those values into an (out, chunk) tile in registers, dequantizing packed
+integers there ((q - zero) * scale, in float32), and multiplies. Nothing wider than the stored
+tensors is ever kept in memory: a quantized layer runs from its packed bytes.
 
 Triton ships with torch's CUDA builds; it is imported on first use, so CPU-only installs never
-load it. With TRITON_INTERPRET=1, `sparse_codes_matmul` runs the same kernel on CPU tensors
-(slowly), which is how the tests check it without a GPU; layers use it on CUDA only.
+load it. With TRITON_INTERPRET=1 the kernel runs on CPU tensors (slowly), which is how the
+tests check it without a GPU; layers use it on CUDA only (`applies`).
 """
 
 from __future__ import annotations
@@ -16,10 +20,24 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from typing import NamedTuple
 
 import torch
 
 BLOCK_B, BLOCK_O, BLOCK_K = 16, 64, 64  # tl.dot needs every side >= 16
+UNQUANTIZED = 16  # the kernel's `BITS` for values stored as floats
+
+
+class Packed(NamedTuple):
+    """A GPTQ-quantized (rows, width) matrix as zoo.compression.quantized stores it: the packed
+    integers, the (rows, groups) scales, the packed zero points; value = (q - zero) * scale."""
+
+    q: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    bits: int
+    group_size: int
+    width: int
 
 
 def interpreted() -> bool:
@@ -36,52 +54,38 @@ def applies(hidden: torch.Tensor, values: torch.Tensor) -> bool:
     return hidden.is_cuda and hidden.device == values.device and _triton_present()
 
 
-@functools.cache
-def _kernel(interpret: bool):
-    """Built once per interpreter setting, which `triton.jit` reads from the environment."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def sparse_codes(
-        z_ptr, values_ptr, mask_ptr, y_ptr, batch, outs, atoms, kept_per_row,
-        BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):  # fmt: skip
-        rows_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-        rows_o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
-        ok_b, ok_o = rows_b < batch, rows_o < outs
-        seen = tl.zeros((BLOCK_O,), dtype=tl.int32)  # kept codes of each output row before this chunk
-        acc = tl.zeros((BLOCK_B, BLOCK_O), dtype=tl.float32)
-        for start in range(0, atoms, BLOCK_K):
-            cols = start + tl.arange(0, BLOCK_K)
-            ok_k = cols < atoms
-            bit = rows_o[:, None].to(tl.int64) * atoms + cols[None, :]
-            byte = tl.load(mask_ptr + bit // 8, mask=ok_o[:, None] & ok_k[None, :], other=0)
-            kept = ((byte.to(tl.int32) >> (bit % 8).to(tl.int32)) & 1).to(tl.int32)
-            rank = seen[:, None] + tl.cumsum(kept, axis=1) - 1
-            codes = tl.load(values_ptr + rows_o[:, None].to(tl.int64) * kept_per_row + rank, mask=kept != 0, other=0.0)
-            z = tl.load(
-                z_ptr + rows_b[:, None].to(tl.int64) * atoms + cols[None, :],
-                mask=ok_b[:, None] & ok_k[None, :],
-                other=0.0,
-            )
-            acc += tl.dot(z, tl.trans(codes.to(z.dtype)), input_precision="ieee")  # no TF32 for float32 inputs
-            seen += tl.sum(kept, axis=1)
-        out = y_ptr + rows_b[:, None].to(tl.int64) * outs + rows_o[None, :]
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=ok_b[:, None] & ok_o[None, :])
-
-    return sparse_codes
-
-
-def sparse_codes_matmul(hidden: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, atoms: int) -> torch.Tensor:
-    """(..., k) hidden states times the (out, k) sparse codes, transposed: (..., out) in hidden's dtype."""
+def _matmul(x: torch.Tensor, values: torch.Tensor | Packed, mask: torch.Tensor | None, cols: int) -> torch.Tensor:
+    """(..., cols) x times the (rows, cols) matrix `values` (with `mask`: the sparse codes) stands for, transposed."""
     import triton
 
-    outs, kept_per_row = values.shape
-    z = hidden.reshape(-1, atoms).contiguous()
-    y = torch.empty(z.shape[0], outs, dtype=hidden.dtype, device=hidden.device)
-    grid = (triton.cdiv(z.shape[0], BLOCK_B), triton.cdiv(outs, BLOCK_O))
-    _kernel(interpreted())[grid](
-        z, values.contiguous(), mask, y, z.shape[0], outs, atoms, kept_per_row, BLOCK_B, BLOCK_O, BLOCK_K
-    )
-    return y.reshape(*hidden.shape[:-1], outs)
+    from zoo.compression import triton_kernels
+
+    if isinstance(values, Packed):
+        q, scales, zeros = values.q, values.scales.contiguous(), values.zeros
+        rows, width, bits, group_size = scales.shape[0], values.width, values.bits, values.group_size
+    else:
+        q = scales = zeros = values.contiguous()  # scales and zeros go unread
+        (rows, width), bits, group_size = values.shape, UNQUANTIZED, 1
+    z = x.reshape(-1, cols).contiguous()
+    y = torch.empty(z.shape[0], rows, dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(z.shape[0], BLOCK_B), triton.cdiv(rows, BLOCK_O))
+    triton_kernels.matmul[grid](
+        z, q, scales, zeros, q if mask is None else mask, y,
+        z.shape[0], rows, cols, width, scales.shape[-1], q.numel(), zeros.numel(), 0 if mask is None else mask.numel(),
+        mask is not None, bits, group_size, BLOCK_B, BLOCK_O, BLOCK_K,
+    )  # fmt: skip
+    return y.reshape(*x.shape[:-1], rows)
+
+
+def sparse_codes_matmul(
+    hidden: torch.Tensor, values: torch.Tensor | Packed, mask: torch.Tensor, atoms: int
+) -> torch.Tensor:
+    """(..., k) hidden states times the (out, k) sparse codes, transposed: (..., out) in hidden's
+    dtype. `values`: the (out, s) kept codes, or the same packed (dequantized in the kernel)."""
+    return _matmul(hidden, values, mask, atoms)
+
+
+def quantized_matmul(x: torch.Tensor, weight: Packed) -> torch.Tensor:
+    """(..., width) x times the packed (rows, width) matrix, transposed: (..., rows) in x's dtype,
+    dequantized tile by tile in registers (the dictionary product, and QuantLinear's)."""
+    return _matmul(x, weight, None, weight.width)
