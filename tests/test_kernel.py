@@ -1,17 +1,20 @@
 """The CUDA kernels (sparse codes, and GPTQ-packed matrices dense or as codes) against dense
-references. Without a GPU they run under Triton's interpreter on CPU tensors, whose dot product
-is wrong for bfloat16 (a limitation of the interpreter), so bfloat16 is checked on CUDA only."""
+references, and the layers running from their packed factors through them. Without a GPU they run
+under Triton's interpreter on CPU tensors, whose dot product is wrong for bfloat16 (a limitation
+of the interpreter), so bfloat16 is checked on CUDA only."""
 
 import importlib.util
 
 import pytest
 import torch
+from torch import nn
 
-from zoo.compression import kernel
-from zoo.compression.layer import CompotLinear, pack_mask
-from zoo.compression.quantized import pack_bits
+from zoo.compression import kernel, quantized
+from zoo.compression import layer as layer_module
+from zoo.compression.layer import CompotLinear, pack_mask, to_inference
+from zoo.compression.quantized import QuantLinear, pack_bits
 from zoo.engine import factorize
-from zoo.engine.gptq import dequantize
+from zoo.engine.gptq import dequantize, gptq, quantize_factors
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 CUDA = torch.cuda.is_available()
@@ -129,3 +132,65 @@ def test_quantized_sparse_codes_kernel_matches_the_dense_codes(
     got = kernel.sparse_codes_matmul(hidden.to(dtype), codes, mask, atoms)
     assert got.shape == (*batch, out) and got.dtype == dtype
     _check(got, kernel.sparse_codes_matmul(hidden, codes, mask, atoms), hidden, dense)
+
+
+def _quantized_layer(method: str) -> tuple[nn.Module, torch.Tensor]:
+    """A GPTQ-quantized layer (4 bits, groups of 24: short last groups) with a bias, and the
+    (out, in) matrix its packed values stand for."""
+    g = torch.Generator().manual_seed(5)
+    w, bias = torch.randn(80, 72, generator=g), torch.randn(80, generator=g)
+    x = torch.randn(288, 72, generator=g)
+    gram = x.T @ x / x.shape[0]
+    if method == "gptq":
+        q, approx = gptq(w, gram, 4, 24)
+        return QuantLinear.from_quantized(q, bias), approx
+    f = factorize(w, gram, cr=0.3, method=method, iters=3)
+    q = quantize_factors(f, w, gram, 4, 24)
+    return CompotLinear.from_factorization(f, bias, torch.float16, q), q.approx
+
+
+KERNEL_CALLS = {
+    "compot": ["quantized_matmul", "sparse_codes_matmul"],
+    "svd-llm": ["quantized_matmul", "quantized_matmul"],
+    "gptq": ["quantized_matmul"],
+}
+
+
+@pytest.mark.parametrize("method", KERNEL_CALLS)
+def test_quantized_layers_run_from_their_packed_bytes_through_the_kernels(device, monkeypatch, method):
+    """Where the kernels apply, `to_inference` keeps the packed form as it is, and the layer
+    multiplies from it: nothing 16-bit of a factor's size exists, even for a call."""
+    layer, approx = _quantized_layer(method)
+    layer = layer.to(device)
+    x = torch.randn(3, 5, 72, generator=torch.Generator().manual_seed(6)).to(device, torch.float16)
+    monkeypatch.setattr(kernel, "applies", lambda hidden, values: True)
+    calls = []
+    for name in ("quantized_matmul", "sparse_codes_matmul"):
+        real = getattr(kernel, name)
+        monkeypatch.setattr(kernel, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the factors were dequantized outside the kernels")
+
+    for module in (layer_module, quantized):
+        monkeypatch.setattr(module, "dequantized", refuse)
+    held = {n: t.data_ptr() for n, t in [*layer.named_parameters(), *layer.named_buffers()]}
+    assert to_inference(nn.Sequential(layer)) == {"stored": 1, "factors": 0, "dense": 0}
+    with torch.no_grad():
+        got = layer(x)
+    assert calls == KERNEL_CALLS[method] and layer.layout == "stored"
+    tensors = dict([*layer.named_parameters(), *layer.named_buffers()])
+    assert {n: t.data_ptr() for n, t in tensors.items()} == held  # the very same packed tensors
+    assert {n for n, t in tensors.items() if t.is_floating_point()} <= {"bias"} | {n for n in held if "scales" in n}
+    reference = x.float() @ approx.to(device).T + layer.bias.float()
+    assert got.dtype == torch.float16 and (got.float() - reference).abs().max() <= 1e-2 * reference.abs().max()
+
+
+@pytest.mark.parametrize("method", KERNEL_CALLS)
+def test_off_cuda_quantized_layers_are_dequantized_once_at_load(method):
+    layer, approx = _quantized_layer(method)
+    assert layer.to_inference() != "stored"
+    assert not any(n.endswith(("_q", "_scales", "_zeros")) for n, _ in layer.named_buffers())
+    x = torch.randn(4, 72, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ approx.T + layer.bias, rtol=0, atol=2e-2)

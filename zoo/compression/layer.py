@@ -6,11 +6,16 @@ support bitmask, row-major, packed eight to a byte in little bit order (numpy's
 `packbits(..., bitorder="little")`: mask element i is bit i % 8 of byte i // 8). SVD-LLM
 layers store their codes dense and no mask.
 
-A layer computes from the stored form (on CUDA through the sparse-codes kernel, elsewhere
-through dense codes rebuilt per call and dropped) until `to_inference` gives it the layout
-its device multiplies fastest that takes no more memory than the base layer's weight in the
-same dtype: the factors with dense 16-bit codes where they are clearly smaller than the
-weight, else the product itself. A layer in such a layout no longer holds its factors.
+GPTQ-quantized factors are stored packed instead (zoo.compression.quantized).
+
+A layer computes from the stored form (on CUDA through the kernels of zoo.compression.kernel,
+elsewhere through dense codes rebuilt per call and dropped) until `to_inference` gives it the
+layout its device multiplies fastest that takes no more memory than the base layer's weight in
+the same dtype. On CUDA that is the stored form itself for COMPOT's codes and for quantized
+factors, which the kernels dequantize in registers: nothing wider than stored is allocated.
+Elsewhere quantized factors are first dequantized once into 16 bits; then come the factors with
+dense 16-bit codes where they are clearly smaller than the weight, else the product itself. A
+layer in such a layout no longer holds its factors.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from zoo.compression.quantized import (
     dequantized,
     drop_quantized,
     fill_quantized,
+    packed,
     quantized_bytes,
     register_quantized,
 )
@@ -229,7 +235,7 @@ class CompotLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "stored" and self.quantized:
-            return self._unpacked()(x)
+            return self._packed_forward(x) if kernel.applies(x, self.dictionary_q) else self._unpacked()(x)
         bias = None if self.bias is None else _as(self.bias, x)
         if self.layout == "dense":
             return F.linear(x, _as(self.weight, x), bias)
@@ -242,13 +248,24 @@ class CompotLinear(nn.Module):
         codes = self.code_values if self.code_mask is None else self.dense_codes()
         return F.linear(hidden, _as(codes, x), bias)
 
+    def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Both products through the kernels, straight from the packed factors."""
+        dictionary = packed(self, "dictionary", self.in_features, self.bits, self.group_size)
+        codes = packed(self, "code_values", self._width(), self.bits, self.group_size)
+        hidden = kernel.quantized_matmul(x, dictionary)
+        if self.code_mask is None:
+            out = kernel.quantized_matmul(hidden, codes)
+        else:
+            out = kernel.sparse_codes_matmul(hidden, codes, self.code_mask, self.k)
+        return out if self.bias is None else out + _as(self.bias, out)
+
     def inference_target(self) -> tuple[str, torch.Tensor]:
         """The layout `to_inference` takes on this device, and the empty tensor it fills: the
-        padded dense codes, or the product; for the kernel, nothing to derive."""
+        padded dense codes, or the product; for the kernels, nothing to derive."""
         device = next(self.buffers() if self.quantized else self.parameters()).device
         probe = torch.empty(0, device=device)
-        if self.code_mask is not None and kernel.applies(probe, probe):
-            return "stored", probe  # the kernel multiplies from the stored form itself
+        if (self.quantized or self.code_mask is not None) and kernel.applies(probe, probe):
+            return "stored", probe  # the kernels multiply from the stored form itself
         atoms = min(math.ceil(self.k / ATOMS_MULTIPLE) * ATOMS_MULTIPLE, self.in_features, self.out_features)
         atoms = max(atoms, self.k)
         like = {"dtype": self.storage_dtype, "device": device}
@@ -263,9 +280,9 @@ class CompotLinear(nn.Module):
         if self.layout != "stored":
             return self.layout
         layout, tensor = target or self.inference_target()
-        self.dequantize_()
         if layout == "stored":
             return layout
+        self.dequantize_()
         dictionary = self.dictionary
         with torch.no_grad():
             if layout == "factors":

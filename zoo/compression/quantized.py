@@ -6,6 +6,10 @@ byte (t*bits + i) // 8); `name_scales`, (rows, groups) in the 16-bit storage dty
 `name_zeros`, the (rows, groups) zero points packed the same way. Groups are `group_size`
 consecutive entries of a row, the last one possibly shorter. These are exactly the bytes
 `zoo.engine.storage.quantized_bits` counts.
+
+At run time nothing is kept wider than it computes in: on CUDA (`kernel.applies`) the layers
+multiply from these packed bytes, dequantized tile by tile inside the kernel; elsewhere they
+are dequantized once, at `to_inference`, into the 16-bit tensors they stand for.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.compression import kernel
 from zoo.engine.gptq import Quantized, dequantize
 from zoo.engine.storage import packed_bytes
 from zoo.errors import ZooError
@@ -75,6 +80,12 @@ def dequantized(module: nn.Module, name: str, rows: int, width: int, bits: int, 
     return dequantize(q, scales, zeros, group_size).to(scales.dtype)
 
 
+def packed(module: nn.Module, name: str, width: int, bits: int, group_size: int) -> kernel.Packed:
+    """The buffers of the quantized (rows, width) matrix `name`, as the kernel reads them (no copy)."""
+    q, scales, zeros = (getattr(module, f"{name}_{part}") for part in PARTS)
+    return kernel.Packed(q, scales, zeros, bits, group_size, width)
+
+
 def quantized_bytes(module: nn.Module, name: str) -> int:
     return sum(
         getattr(module, f"{name}_{part}").numel() * getattr(module, f"{name}_{part}").element_size() for part in PARTS
@@ -88,8 +99,9 @@ def drop_quantized(module: nn.Module, name: str) -> None:
 
 class QuantLinear(nn.Module):
     """An nn.Linear kept dense and GPTQ-quantized (the `--method gptq` baseline, and the matrices
-    allocation leaves dense in a quantized run). It computes from the packed form, dequantizing
-    per call, until `to_inference` dequantizes it once into a 16-bit weight."""
+    allocation leaves dense in a quantized run). It computes from the packed form: on CUDA through
+    the kernel, for good; elsewhere dequantizing per call, until `to_inference` dequantizes it once
+    into a 16-bit weight."""
 
     method = "gptq"
     k = s = 0
@@ -145,19 +157,28 @@ class QuantLinear(nn.Module):
         return dequantized(self, "weight", self.out_features, self.in_features, self.bits, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight if self.layout == "dense" else self.dequantized_weight()
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.layout == "stored" and kernel.applies(x, self.weight_q):
+            out = kernel.quantized_matmul(x, packed(self, "weight", self.in_features, self.bits, self.group_size))
+            return out if bias is None else out + bias
+        weight = self.weight if self.layout == "dense" else self.dequantized_weight()
         return F.linear(x, weight.to(x.dtype), bias)
 
     def inference_target(self) -> tuple[str, torch.Tensor]:
-        return "dense", torch.empty(
-            self.out_features, self.in_features, dtype=self.storage_dtype, device=self.weight_scales.device
-        )
+        """Where the kernel applies, the packed form itself; else the empty 16-bit weight to fill."""
+        device = self.weight_scales.device
+        probe = torch.empty(0, device=device)
+        if kernel.applies(probe, probe):
+            return "stored", probe
+        return "dense", torch.empty(self.out_features, self.in_features, dtype=self.storage_dtype, device=device)
 
     def to_inference(self, target: tuple[str, torch.Tensor] | None = None) -> str:
-        """Dequantize once into the 16-bit weight (the base layer's size at most) and drop the packed form."""
+        """Keep the packed form where the kernel multiplies from it; else dequantize once into the
+        16-bit weight (the base layer's size at most) and drop the packed form."""
         if self.layout == "stored":
-            _, tensor = target or self.inference_target()
+            layout, tensor = target or self.inference_target()
+            if layout == "stored":
+                return layout
             with torch.no_grad():
                 tensor.copy_(self.dequantized_weight())
             drop_quantized(self, "weight")
