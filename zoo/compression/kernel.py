@@ -10,9 +10,10 @@ It then gathers those values into an (out, chunk) tile in registers, dequantizin
 integers there ((q - zero) * scale, in float32), and multiplies. Nothing wider than the stored
 tensors is ever kept in memory: a quantized layer runs from its packed bytes.
 
-Triton ships with torch's CUDA builds; it is imported on first use, so CPU-only installs never
-load it. With TRITON_INTERPRET=1 the kernel runs on CPU tensors (slowly), which is how the
-tests check it without a GPU; layers use it on CUDA only (`applies`).
+Triton ships with torch's CUDA builds; it is imported on first use (the Triton code lives in
+zoo.compression.triton_kernels), so CPU-only installs never load it. With TRITON_INTERPRET=1
+set before that, the kernel runs on CPU tensors (slowly), which is how the tests check it
+without a GPU; layers use it on CUDA only (`applies`, the one switch).
 """
 
 from __future__ import annotations
