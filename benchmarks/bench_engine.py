@@ -17,6 +17,7 @@ region of a 2-thread run waits for a descheduled thread and timings swing tenfol
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import torch
@@ -28,8 +29,9 @@ from zoo.modalities.base import get_adapter
 from zoo.sources.catalogue import resolve
 
 
-def real_layers(model_name: str, blocks: list[int], n_samples: int, seq_len: int):
-    """(name, weight, Gram) for every target linear of the chosen blocks."""
+def real_layers(model_name: str, blocks: list[int], n_samples: int, seq_len: int, splits: int = 1):
+    """(name, weight, Gram) for every target linear of the chosen blocks; with `splits` > 1,
+    one Gram per disjoint share of the samples: (name, weight, Gram 1, Gram 2, ...)."""
     spec = resolve(model_name)
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec, online=False)
@@ -38,11 +40,14 @@ def real_layers(model_name: str, blocks: list[int], n_samples: int, seq_len: int
     groups = stack.groups
     inputs = capture_block_inputs(loaded.model, stack.blocks[0][1], calibration.batches)
     for index, (prefix, block) in enumerate(stack.blocks[: max(blocks) + 1]):
-        stats, inputs = block_grams(block, groups, inputs)
+        cuts = [len(inputs) * i // splits for i in range(splits + 1)]
+        shares = [block_grams(block, groups, inputs[a:b]) for a, b in itertools.pairwise(cuts)]
+        inputs = [item for _, outputs in shares for item in outputs]
         if index in blocks:
             for group in groups:
                 for name in group:
-                    yield f"{prefix}.{name}", block.get_submodule(name).weight.detach(), stats[group[0]].gram
+                    grams = [stats[group[0]].gram for stats, _ in shares]
+                    yield f"{prefix}.{name}", block.get_submodule(name).weight.detach(), *grams
 
 
 def _timed(fn, *args, **kwargs):

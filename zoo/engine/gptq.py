@@ -251,21 +251,17 @@ def quantize_factors(
     group_size: int,
     scale_dtype: torch.dtype = torch.float16,
     name: str = "matrix",
+    balance: bool = True,
 ) -> QuantizedFactors:
     """GPTQ of both factors in the order they compute: the dictionary, its atoms balanced against
     their codes, against the layer's input Gram G, then the codes, refit through the quantized
-    dictionary, against A^T G A (their inputs are A^T x); the codes' support stays as factorized."""
+    dictionary, against A^T G A (their inputs are A^T x); the codes' support stays as factorized.
+    `balance=False` keeps the factorization's own split of each atom's scale (for ablation)."""
     if f.is_dense:
         raise EngineError(f"{name}: a dense matrix has no factors to quantize; quantize the weight itself")
     gram = gram.to(f.dictionary.device, torch.float64)
-    dictionary, a_t = gptq(
-        balanced_atoms(f.dictionary, f.codes, gram).mT,
-        gram,
-        bits,
-        group_size,
-        scale_dtype=scale_dtype,
-        name=f"{name} dictionary",
-    )
+    atoms = balanced_atoms(f.dictionary, f.codes, gram) if balance else f.dictionary
+    dictionary, a_t = gptq(atoms.mT, gram, bits, group_size, scale_dtype=scale_dtype, name=f"{name} dictionary")
     support = None if f.support is None else f.support.mT
     codes_t = refit_codes(weight.to(a_t.device), gram, a_t.mT, support).mT
     codes_gram = a_t.double() @ gram @ a_t.double().mT
