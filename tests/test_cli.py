@@ -37,6 +37,31 @@ def test_compress_a_local_folder_end_to_end(tmp_path, model_dir, text_file):
     assert again.exit_code == 1 and "exists; pass overwrite=True (--overwrite)" in again.output
 
 
+def test_the_record_s_peak_memory_leaves_out_the_base_s_evaluation(tmp_path, model_dir, text_file, monkeypatch):
+    """Scoring the base before compression is not what the compression needs (the plan is compared
+    with the record's peak): an evaluation that held 1 GiB more must not show in the record."""
+    import numpy as np
+
+    from zoo.modalities.base import get_adapter
+    from zoo.pipeline import peak_memory_mb
+
+    adapter = type(get_adapter("llm"))
+    real, during = adapter.evaluate, []
+
+    def heavy(self, *args, **kwargs):
+        held = np.ones(2**30 // 8)  # touched: resident
+        during.append(peak_memory_mb())
+        del held
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(adapter, "evaluate", heavy)
+    out = tmp_path / "out"
+    result = _compress(model_dir, *TINY_RUN, "--calibration", text_file, "--iters", 2, "--out", out, *TINY_EVAL)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "compot_record.json").read_text())
+    assert during and record["peak_memory_mb"] < during[0] - 512
+
+
 def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
     out = tmp_path / "out"
     result = _compress(

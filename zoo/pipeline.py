@@ -6,6 +6,7 @@ be reached is decided once per run, here, and passed down.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -105,6 +106,7 @@ class Prepared:
     sampling: tuple[str, int, int]  # the calibration set, samples and length it was calibrated with
     dtype: str  # of the checkpoint's uncompressed tensors; the model holds values rounded to it
     base_bytes: int  # the base's tensors in a 16-bit checkpoint
+    prepared_peak_mb: float  # peak memory once loaded and calibrated; a record's peak is at least this
 
 
 @dataclass
@@ -162,6 +164,16 @@ def peak_memory_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_memory() -> None:
+    """Make `peak_memory_mb` count from what is held now: CUDA's peak statistics, or Linux's
+    VmHWM (clear_refs); where neither can be reset, the peak keeps counting from the start."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def hardware() -> str:
@@ -300,7 +312,7 @@ def prepare(req: CompressRequest, online: bool | None = None, report: Callable[[
                 p.copy_(p.to(getattr(torch, dtype)))
     sampling = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
     calibration = adapter.calibration(loaded, *sampling, req.seed, online)
-    return Prepared(spec, adapter, loaded, calibration, online, sampling, dtype, base_bytes)
+    return Prepared(spec, adapter, loaded, calibration, online, sampling, dtype, base_bytes, peak_memory_mb())
 
 
 def effective(prepared: Prepared, req: CompressRequest) -> CompressRequest:
@@ -314,8 +326,11 @@ def effective(prepared: Prepared, req: CompressRequest) -> CompressRequest:
 
 
 def evaluate(prepared: Prepared) -> dict[str, dict[str, float]]:
-    """The model's scores as it is now, on the evaluation its catalogue entry and the request name."""
-    return prepared.adapter.evaluate(prepared.loaded, prepared.spec, prepared.online)
+    """The model's scores as it is now, on the evaluation its catalogue entry and the request name.
+    What scoring held is not the compression's: the peak count starts again afterwards."""
+    scores = prepared.adapter.evaluate(prepared.loaded, prepared.spec, prepared.online)
+    reset_peak_memory()
+    return scores
 
 
 def with_settings(spec: ModelSpec, settings: dict) -> ModelSpec:
@@ -407,7 +422,7 @@ def build_record(
         fingerprint=fingerprint(prepared, req),
         command=command_line(prepared, req),
         compression_seconds=seconds,
-        peak_memory_mb=peak_memory_mb(),
+        peak_memory_mb=max(prepared.prepared_peak_mb, peak_memory_mb()),
         hardware=hardware(),
         zoo_version=__version__,
         engine_version=ENGINE_VERSION,
@@ -446,7 +461,8 @@ def compress(
     sampling = calibration_settings(spec, calibration, n_samples, seq_len, online)
     data = adapter.calibration(loaded, *sampling, seed, online)
     dtype = config.resolved(str(model.dtype).removeprefix("torch."), spec.defaults.get("dtype", "bfloat16")).dtype
-    prepared = Prepared(spec, adapter, loaded, data, online, sampling, dtype, tensor_bytes(model, "float16"))
+    base_bytes = tensor_bytes(model, "float16")
+    prepared = Prepared(spec, adapter, loaded, data, online, sampling, dtype, base_bytes, peak_memory_mb())
     record = compress_loaded(prepared, req, req.out_dir.name)
     model.compot_record = record
     return record
