@@ -31,6 +31,7 @@ from torch import nn
 from zoo.compression import kernel
 from zoo.compression.quantized import (
     QuantLinear,
+    StoredLayer,
     dequantized,
     drop_quantized,
     fill_quantized,
@@ -72,7 +73,7 @@ def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...], skip: int = 0) -> 
     return bits.reshape(-1)[skip : skip + math.prod(shape)].reshape(shape).bool()
 
 
-class CompotLinear(nn.Module):
+class CompotLinear(StoredLayer):
     """An nn.Linear stored as an orthogonal-dictionary sparse factorization (or a low-rank pair).
 
     The empty shell (this constructor) is what loaders build before filling it from a
@@ -326,13 +327,6 @@ class CompotLinear(nn.Module):
         mask = self._mask_rows(start, stop)
         codes = torch.zeros(stop - start, self.k, dtype=self.code_values.dtype, device=self.code_values.device)
         return codes.masked_scatter_(mask, self.code_values[start:stop])
-
-    def require_factors(self, what: str) -> None:
-        if self.layout != "stored":
-            raise ZooError(
-                f"{what}: {self} runs from its {self.layout} inference layout and no longer holds its factors; "
-                "use the checkpoint it was loaded from (zoo.load(path, inference=False) keeps the factors)"
-            )
 
     def stored_bits(self) -> int:
         """Bits of the factors as stored (bias excluded, as for the dense layer it replaces)."""

@@ -97,7 +97,21 @@ def drop_quantized(module: nn.Module, name: str) -> None:
         delattr(module, f"{name}_{part}")
 
 
-class QuantLinear(nn.Module):
+class StoredLayer(nn.Module):
+    """A compressed layer, which holds its stored form (what a checkpoint saves) until
+    `to_inference` trades it for an inference layout (`layout` says which)."""
+
+    layout: str
+
+    def require_factors(self, what: str) -> None:
+        if self.layout != "stored":
+            raise ZooError(
+                f"{what}: {self} runs from its {self.layout} inference layout and no longer holds its stored "
+                "form; use the checkpoint it was loaded from (zoo.load(path, inference=False) keeps it)"
+            )
+
+
+class QuantLinear(StoredLayer):
     """An nn.Linear kept dense and GPTQ-quantized (the `--method gptq` baseline, and the matrices
     allocation leaves dense in a quantized run). It computes from the packed form: on CUDA through
     the kernel, for good; elsewhere dequantizing per call, until `to_inference` dequantizes it once
@@ -185,13 +199,6 @@ class QuantLinear(nn.Module):
             self.weight = nn.Parameter(tensor, requires_grad=False)
             self.layout = "dense"
         return self.layout
-
-    def require_factors(self, what: str) -> None:
-        if self.layout != "stored":
-            raise ZooError(
-                f"{what}: {self} was dequantized for inference and no longer holds its packed form; use the "
-                "checkpoint it was loaded from (zoo.load(path, inference=False) keeps it)"
-            )
 
     def stored_bits(self) -> int:
         self.require_factors("stored_bits")
