@@ -24,9 +24,9 @@ from zoo.compression.config import CompressionConfig
 from zoo.pipeline import CompressRequest, compress_variant, evaluate, prepare
 
 
-def variant_config(spec: str, group_size: int, iters: int) -> CompressionConfig:
+def variant_config(spec: str, group_size: int, iters: int, sequential: bool = False) -> CompressionConfig:
     if "@" not in spec:
-        return CompressionConfig(method="gptq", quantize=spec, quantize_group_size=group_size)
+        return CompressionConfig(method="gptq", quantize=spec, quantize_group_size=group_size, sequential=sequential)
     factorization, _, quantize = spec.partition("+")
     method, cr = factorization.split("@")
     return CompressionConfig(
@@ -36,6 +36,7 @@ def variant_config(spec: str, group_size: int, iters: int) -> CompressionConfig:
         iters=iters,
         quantize=quantize or None,
         quantize_group_size=group_size,
+        sequential=sequential,
     )
 
 
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["gptq-w3", "svd-llm@0.25+gptq-w4", "compot@0.32+gptq-w4"])
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--sequential", action="store_true", help="every variant calibrated block by block on itself")
     parser.add_argument("--n-samples", type=int, default=None, help="calibration samples (the catalogue's if unset)")
     parser.add_argument("--out", type=Path, default=Path("quantized-variants"))
     parser.add_argument("--eval-windows", type=int, default=None, help="perplexity windows (LLMs)")
@@ -54,7 +56,8 @@ def main() -> None:
     eval_settings = {
         k: v for k, v in (("eval_windows", args.eval_windows), ("eval_limit", args.eval_limit)) if v is not None
     }
-    configs = {spec: variant_config(spec, args.group_size, args.iters) for spec in args.variants}  # checked first
+    # all checked before any work
+    configs = {spec: variant_config(spec, args.group_size, args.iters, args.sequential) for spec in args.variants}
     request = CompressRequest(
         args.model, next(iter(configs.values())), n_samples=args.n_samples, eval_settings=eval_settings, evaluate=True
     )

@@ -1,9 +1,12 @@
 """Block-wise Gram collection equals Grams taken from one ordinary forward pass."""
 
+import copy
+
 import pytest
 import torch
 
-from tests.tiny_models import tiny_llama, tiny_qwen2, token_batches
+from tests.tiny_models import tiny_calibration, tiny_llama, tiny_qwen2, token_batches
+from zoo.compression import apply
 from zoo.compression.apply import compress_model
 from zoo.compression.config import CompressionConfig
 from zoo.compression.grams import block_grams, capture_block_inputs
@@ -50,6 +53,32 @@ def test_blockwise_grams_match_a_full_forward(make, runs_on):
             stat = stats[g[0]]
             assert stat.tokens == 6 * 24 and stat.nonfinite_batches == 0
             torch.testing.assert_close(stat.gram, expected[f"{prefix}.{g[0]}"], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_blocks_calibrate_on_the_16_bit_model_or_sequentially_on_the_compressed_one(sequential, monkeypatch):
+    """Each block's attention-input Gram, as factorization receives it, equals that of the 16-bit
+    model, or with `sequential` that of the model compressed so far (the blocks before it)."""
+    model = tiny_llama()
+    original = copy.deepcopy(model)
+    seen = {}
+    real = apply.factorize_many
+
+    def spy(jobs, **options):
+        seen.update({name: gram for name, (_, gram, _) in jobs.items()})
+        return real(jobs, **options)
+
+    monkeypatch.setattr(apply, "factorize_many", spy)
+    config = CompressionConfig(cr=0.3, static=True, iters=2, device="cpu", sequential=sequential)
+    compress_model(model, ADAPTER.stacks(model), tiny_calibration(), config)
+    names = [name for name in seen if name.endswith("self_attn.q_proj")]
+    assert len(names) == 2
+    expected = _reference_grams(model if sequential else original, token_batches(), names)
+    untouched = _reference_grams(original, token_batches(), names)
+    for name in names:
+        torch.testing.assert_close(seen[name], expected[name], rtol=1e-4, atol=1e-6)
+    later = names[1]  # the first block sees the same inputs either way; the second does not
+    assert torch.allclose(seen[later], untouched[later], rtol=1e-4, atol=1e-6) != sequential
 
 
 def test_nonfinite_batches_are_counted_not_hidden():

@@ -36,23 +36,25 @@ def factorized(monkeypatch):
     return counting
 
 
-def test_a_killed_run_resumes_and_saves_the_same_checkpoint(tmp_path, model_dir, text_file, factorized, caplog):
+@pytest.mark.parametrize("extra", [(), ("--sequential",)], ids=["16-bit-calibrated", "sequential"])
+def test_a_killed_run_resumes_and_saves_the_same_checkpoint(tmp_path, model_dir, text_file, factorized, caplog, extra):
+    """Sequentially, the restored block must feed the next one as it was when first compressed."""
     whole = tmp_path / "whole"
-    assert _compress(model_dir, text_file, whole).exit_code == 0
+    assert _compress(model_dir, text_file, whole, *extra).exit_code == 0
     blocks = list(factorized.calls)
     assert len(blocks) >= 2 and not progress_dir(whole).exists()  # progress goes once the checkpoint is saved
 
     out = tmp_path / "resumed"
     factorized.calls.clear()
     factorized.fail_at = blocks[1]
-    killed = _compress(model_dir, text_file, out)
+    killed = _compress(model_dir, text_file, out, *extra)
     assert killed.exit_code != 0 and not out.exists()
     assert [p.name for p in progress_dir(out).glob("*.safetensors")] == [f"{blocks[0]}.safetensors"]
 
     factorized.calls.clear()
     factorized.fail_at = None
     with caplog.at_level(logging.WARNING):
-        assert _compress(model_dir, text_file, out).exit_code == 0
+        assert _compress(model_dir, text_file, out, *extra).exit_code == 0
     assert factorized.calls == blocks[1:]  # the first block restored, not factorized again
     assert "resuming resumed: 1 block(s) already compressed" in caplog.text
     assert (out / WEIGHTS).read_bytes() == (whole / WEIGHTS).read_bytes()

@@ -2,7 +2,8 @@
 
 Data flows one way: stacks and calibration batches -> Gram statistics -> allocation ->
 factorization -> (GPTQ of the factors, with `quantize`) -> CompotLinear modules. Every block's
-Grams come from the original (uncompressed) activations, as in SVD-LLM's whitening.
+Grams come from the original (uncompressed) activations, as in SVD-LLM's whitening; with
+`sequential`, from what the blocks already compressed give it, as GPTQ calibrates.
 
 The model stays where it was loaded, in its 16-bit dtype. One block at a time is copied to
 the device in float32, replayed on the calibration activations (which stay on the device, or
@@ -142,7 +143,8 @@ def compress_model(
                 work = working_copy(block, device)
                 done = store.load(prefix) if store is not None else None
                 if done is not None:
-                    stack_inputs = replay(work, stack_inputs, runs_on)
+                    if not config.sequential:
+                        stack_inputs = replay(work, stack_inputs, runs_on)
                     block_records, layers = done
                     for full, layer in layers.items():
                         linear = targets[full]  # held as this run holds the model (an earlier run may have differed)
@@ -151,15 +153,20 @@ def compress_model(
                         block.set_submodule(full.removeprefix(prefix + "."), layer.to(linear.weight.device))
                     bar.update(len(block_records))
                 else:
-                    stats, stack_inputs = block_grams(work, stack.groups, stack_inputs, device=runs_on)
-                    _check_finite(prefix, stats, len(stack_inputs))
+                    stats, outputs = block_grams(work, stack.groups, stack_inputs, device=runs_on)
+                    _check_finite(prefix, stats, len(outputs))
+                    if not config.sequential:
+                        stack_inputs = outputs  # the 16-bit block's outputs are the next block's inputs
+                    del outputs
                     names = {f"{prefix}.{name}": (name, stats[group[0]]) for group in stack.groups for name in group}
                     block_records = _compress_block(block, work, names, targets, crs, config, storage_dtype, bar)
                     if store is not None:
                         layers = {r.name: model.get_submodule(r.name) for r in block_records if r.method != "dense"}
                         store.save(prefix, block_records, layers)
-                records += block_records
                 del work
+                if config.sequential:  # the next block's inputs are what this one gives, compressed
+                    stack_inputs = replay(working_copy(block, device), stack_inputs, runs_on)
+                records += block_records
     return records
 
 

@@ -100,6 +100,11 @@ class CompressionConfig:
         "Entries per GPTQ scale and zero point, along a row; must divide every compressed projection's inputs.",
         at_least(1),
     )
+    sequential: bool = setting(
+        False,
+        "Calibrate each block on what the blocks already compressed give it (GPTQ's sequential mode), "
+        "not on the 16-bit model's activations.",
+    )
     dtype: str | None = setting(
         None,
         "Dtype of the checkpoint's tensors that are not compressed (embeddings, norms, heads): the base's own "
