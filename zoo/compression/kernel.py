@@ -55,6 +55,12 @@ def applies(hidden: torch.Tensor, values: torch.Tensor) -> bool:
     return hidden.is_cuda and hidden.device == values.device and _triton_present()
 
 
+def applies_on(device: torch.device) -> bool:
+    """Whether layers whose tensors live on `device` multiply through the kernel (asked of `applies`)."""
+    probe = torch.empty(0, device=device)
+    return applies(probe, probe)
+
+
 def _matmul(x: torch.Tensor, values: torch.Tensor | Packed, mask: torch.Tensor | None, cols: int) -> torch.Tensor:
     """(..., cols) x times the (rows, cols) matrix `values` (with `mask`: the sparse codes) stands for, transposed."""
     import triton

@@ -264,9 +264,8 @@ class CompotLinear(StoredLayer):
         """The layout `to_inference` takes on this device, and the empty tensor it fills: the
         padded dense codes, or the product; for the kernels, nothing to derive."""
         device = next(self.buffers() if self.quantized else self.parameters()).device
-        probe = torch.empty(0, device=device)
-        if (self.quantized or self.code_mask is not None) and kernel.applies(probe, probe):
-            return "stored", probe  # the kernels multiply from the stored form itself
+        if (self.quantized or self.code_mask is not None) and kernel.applies_on(device):
+            return "stored", torch.empty(0, device=device)  # the kernels multiply from the stored form itself
         atoms = min(math.ceil(self.k / ATOMS_MULTIPLE) * ATOMS_MULTIPLE, self.in_features, self.out_features)
         atoms = max(atoms, self.k)
         like = {"dtype": self.storage_dtype, "device": device}

@@ -181,9 +181,8 @@ class QuantLinear(StoredLayer):
     def inference_target(self) -> tuple[str, torch.Tensor]:
         """Where the kernel applies, the packed form itself; else the empty 16-bit weight to fill."""
         device = self.weight_scales.device
-        probe = torch.empty(0, device=device)
-        if kernel.applies(probe, probe):
-            return "stored", probe
+        if kernel.applies_on(device):
+            return "stored", torch.empty(0, device=device)
         return "dense", torch.empty(self.out_features, self.in_features, dtype=self.storage_dtype, device=device)
 
     def to_inference(self, target: tuple[str, torch.Tensor] | None = None) -> str:
