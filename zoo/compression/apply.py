@@ -140,11 +140,10 @@ def compress_model(
             for index, (prefix, block) in enumerate(stack.blocks, 1):
                 bar.set_postfix_str(prefix)
                 log.info("block %s (%d of %d in %s)", prefix, index, len(stack.blocks), stack.name)
-                work = working_copy(block, device)
                 done = store.load(prefix) if store is not None else None
                 if done is not None:
-                    if not config.sequential:
-                        stack_inputs = replay(work, stack_inputs, runs_on)
+                    if not config.sequential:  # the 16-bit block's outputs, before its layers are restored
+                        stack_inputs = replay(working_copy(block, device), stack_inputs, runs_on)
                     block_records, layers = done
                     for full, layer in layers.items():
                         linear = targets[full]  # held as this run holds the model (an earlier run may have differed)
@@ -153,6 +152,7 @@ def compress_model(
                         block.set_submodule(full.removeprefix(prefix + "."), layer.to(linear.weight.device))
                     bar.update(len(block_records))
                 else:
+                    work = working_copy(block, device)
                     stats, outputs = block_grams(work, stack.groups, stack_inputs, device=runs_on)
                     _check_finite(prefix, stats, len(outputs))
                     if not config.sequential:
@@ -163,7 +163,7 @@ def compress_model(
                     if store is not None:
                         layers = {r.name: model.get_submodule(r.name) for r in block_records if r.method != "dense"}
                         store.save(prefix, block_records, layers)
-                del work
+                    del work
                 if config.sequential:  # the next block's inputs are what this one gives, compressed
                     stack_inputs = replay(working_copy(block, device), stack_inputs, runs_on)
                 records += block_records
