@@ -5,7 +5,8 @@ A task is named "<kind>/<set>" ("perplexity/wikitext2", "wer/librispeech-test-cl
 "vlmeval/MMStar") or by its lm-eval task name. Real: a text set on the Hub (WikiText-2, C4,
 RefinedWeb), a LibriSpeech split, a VLMEvalKit benchmark, an lm-eval task of its registry.
 Stand-in: what is built from shipped assets (the Wikipedia articles, LibriVox clips, flite speech,
-scikit-image photographs, the local lm-eval tasks) and any local folder.
+scikit-image photographs, the local lm-eval tasks), our own chat prompts ("generation/chat-prompts")
+and any local folder.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def provenance(task: str) -> str:
         from zoo.calibration.speech import HUB_SETS
 
         real = name in HUB_SETS
+    elif kind == "generation":  # our own chat prompts (zoo.evaluators.generation), no benchmark
+        real = False
     elif kind == "vlmeval":
         from zoo.evaluators.vlm import LOCAL_BENCHMARK  # imported only where a VLM was scored
 

@@ -108,8 +108,10 @@ class DecoderLLM:
         """Perplexity on each held-out text of `eval_texts` (the test splits of WikiText-2 and C4, the
         SVD-LLM protocol; at most `eval_windows` windows each), then the zero-shot lm-eval tasks of
         the catalogue (at most `eval_limit` items each); offline, the Hub's texts give way to the
-        shipped articles' test split and the Hub's tasks to local ones."""
+        shipped articles' test split and the Hub's tasks to local ones. A chat model also answers the
+        chat prompts (zoo.evaluators.generation): its results then carry the answers under ANSWERS."""
         from zoo.calibration.text import CALIBRATION_SETS
+        from zoo.evaluators.generation import chat_results
         from zoo.evaluators.lm_eval_tasks import LOCAL_TASKS, build_local_tasks, run_lm_eval
         from zoo.evaluators.perplexity import perplexity
 
@@ -141,6 +143,7 @@ class DecoderLLM:
                     loaded.model, loaded.processor, tasks, include_path=include, limit=spec.defaults.get("eval_limit")
                 )
             )
+        metrics.update(chat_results(loaded.model, loaded.processor, spec.defaults))
         return metrics
 
 
