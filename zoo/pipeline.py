@@ -31,6 +31,7 @@ from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
 from zoo.errors import ZooError
+from zoo.evaluators.generation import REFERENCE, answer_pairs, split_answers
 from zoo.evaluators.provenance import provenance
 from zoo.format.checkpoint import check_target, mark_compressed, save_compressed, tensor_bytes
 from zoo.format.progress import BlockProgress
@@ -57,10 +58,13 @@ EVAL_SETTINGS = (
     "eval_texts",
     "eval_image_tokens",
     "eval_max_new_tokens",
+    "eval_chat_tokens",
+    "chat",
 )
 # The slice a published variant is verified on (zoo.verify), over the run's own settings: two
-# perplexity windows and no zero-shot tasks for LLMs, four utterances or questions per set.
-SLICE_SETTINGS = {"eval_windows": 2, "eval_limit": 4, "eval_tasks": []}
+# perplexity windows, no zero-shot tasks and 8-token answers to the chat prompts for LLMs, four
+# utterances or questions per set.
+SLICE_SETTINGS = {"eval_windows": 2, "eval_limit": 4, "eval_tasks": [], "eval_chat_tokens": 8}
 # Those with a `zoo compress` flag, in the order the recorded command spells them.
 EVAL_FLAGS = {"eval_windows": "--eval-windows", "eval_limit": "--eval-limit"}
 
@@ -230,7 +234,7 @@ def fingerprint(prepared: Prepared, req: CompressRequest) -> str:
     req = effective(prepared, req)
     evaluation = {
         "hub": prepared.online,
-        **{k: v for k, v in prepared.spec.defaults.items() if k.startswith("eval") or k.startswith("offline_eval")},
+        **{k: v for k, v in prepared.spec.defaults.items() if k.startswith(("eval", "offline_eval")) or k == "chat"},
     }
     calibration = prepared.calibration
     return variant_fingerprint(
@@ -325,10 +329,12 @@ def effective(prepared: Prepared, req: CompressRequest) -> CompressRequest:
     return dataclasses.replace(req, config=config)
 
 
-def evaluate(prepared: Prepared) -> dict[str, dict[str, float]]:
-    """The model's scores as it is now, on the evaluation its catalogue entry and the request name.
-    What scoring held is not the compression's: the peak count starts again afterwards."""
-    scores = prepared.adapter.evaluate(prepared.loaded, prepared.spec, prepared.online)
+def evaluate(prepared: Prepared, reference: list[dict] | None = None) -> dict:
+    """The model's scores as it is now, on the evaluation its catalogue entry and the request name;
+    a chat model's carry its answers too (split_answers), and its agreement is with `reference`, the
+    base's answers. What scoring held is not the compression's: the peak count starts again afterwards."""
+    spec = prepared.spec if reference is None else with_settings(prepared.spec, {REFERENCE: reference})
+    scores = prepared.adapter.evaluate(prepared.loaded, spec, prepared.online)
     reset_peak_memory()
     return scores
 
@@ -337,12 +343,15 @@ def with_settings(spec: ModelSpec, settings: dict) -> ModelSpec:
     return dataclasses.replace(spec, defaults={**spec.defaults, **settings})
 
 
-def score_slice(prepared: Prepared) -> SliceScore:
+def score_slice(prepared: Prepared, reference: list[dict] | None = None) -> SliceScore:
     """The model's scores as it is now on the verification slice: the run's evaluation settings
-    with SLICE_SETTINGS over them, all recorded, so a fresh process can score the same slice."""
+    with SLICE_SETTINGS over them, all recorded (a chat model's base answers too), so a fresh
+    process can score the same slice."""
     settings = {**{k: v for k, v in prepared.spec.defaults.items() if k in EVAL_SETTINGS}, **SLICE_SETTINGS}
+    if reference is not None:
+        settings[REFERENCE] = reference
     scores = prepared.adapter.evaluate(prepared.loaded, with_settings(prepared.spec, settings), prepared.online)
-    return SliceScore(settings, prepared.online, scores)
+    return SliceScore(settings, prepared.online, split_answers(scores)[0])
 
 
 def run_compress(
@@ -377,7 +386,8 @@ def compress_variant(
     prepared: Prepared, req: CompressRequest, base_metrics: dict | None, repo_id: str | None = None
 ) -> CompressResult:
     """Compress `prepared`'s model in place and save the checkpoint at `req.out_dir`; with
-    `base_metrics`, score it and write scorecard.json and the model card (naming `repo_id`)."""
+    `base_metrics` (evaluate's results for the base), score it and write scorecard.json and the model
+    card (naming `repo_id`)."""
     out = req.out_dir
     progress = BlockProgress(out, fingerprint(prepared, effective(prepared, req)))
     record = compress_loaded(prepared, req, out.name, progress)
@@ -392,9 +402,13 @@ def compress_variant(
     result = CompressResult(out, record)
     if base_metrics is not None:
         to_inference(prepared.loaded.model)  # scored as it runs once loaded
-        metrics = metrics_from_results(base_metrics, evaluate(prepared), provenance)
+        base_scores, reference = split_answers(base_metrics)  # a chat base's answers, None for others
+        scores, answers = split_answers(evaluate(prepared, reference))
+        metrics = metrics_from_results(base_scores, scores, provenance)
         limit = prepared.spec.defaults.get("eval_limit")
-        result.scorecard = Scorecard.from_record(record, metrics, limit, score_slice(prepared))
+        result.scorecard = Scorecard.from_record(
+            record, metrics, limit, score_slice(prepared, reference), answer_pairs(reference, answers)
+        )
         result.scorecard.save(out / SCORECARD)
         write_card(out, record, result.scorecard, repo_id or out.name)
     return result

@@ -118,6 +118,8 @@ class Scorecard:
     base_bytes: int | None = None  # the base's tensors in a 16-bit checkpoint
     slice_score: SliceScore | None = None  # what the published variant is verified against
     quantize: str | None = None  # GPTQ grid of the stored values, e.g. "gptq-w4 g128"; None: 16-bit values
+    # A chat model's answers to the first chat prompts, [{"prompt", "base", "compressed"}], for the card.
+    chat_answers: list[dict] | None = None
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -144,6 +146,7 @@ class Scorecard:
         metrics: list[MetricResult],
         eval_limit: int | None = None,
         slice_score: SliceScore | None = None,
+        chat_answers: list[dict] | None = None,
     ) -> Scorecard:
         return cls(
             base_model=record.base_model,
@@ -168,6 +171,7 @@ class Scorecard:
             base_bytes=record.base_bytes,
             slice_score=slice_score,
             quantize=record.quantize,
+            chat_answers=chat_answers,
         )
 
     def to_dict(self) -> dict:
