@@ -49,7 +49,11 @@ Calibration: `{{ scorecard.calibration_set }}` ({{ scorecard.calibration_hash }}
 {{ "%.0f" | format(scorecard.compression_seconds) }} s on {{ scorecard.hardware }}, peak memory
 {{ "%.0f" | format(scorecard.peak_memory_mb) }} MiB, engine {{ scorecard.engine_version }}.
 
-## Where the compression went
+{% if answers %}## Answers, base and compressed
+
+{{ answers }}
+
+{% endif %}## Where the compression went
 
 ![Per-matrix compression ratio]({{ plot }})
 
@@ -191,9 +195,41 @@ def write_card(folder: Path, record: VariantRecord, scorecard: Scorecard, repo_i
         provenance_note=provenance_note(scorecard),
         plot=ALLOCATION_PLOT,
         allocation_summary=allocation_summary(layers),
+        answers=answers_table(scorecard.chat_answers),
         auto_class=record.auto_class,
     )
     return write_file(folder / CARD, card.save)
+
+
+# What can make markup of a table cell's text (emphasis, code, links, HTML, entities, the cell's end,
+# strikethrough, the Hub's math), backslash-escaped as CommonMark allows: an answer shows as the text
+# it is. Block markers (#, -, 1.) mean nothing inside a cell.
+_MARKUP = re.compile(r"([\\`*_\[\]<>|~&$])")
+
+
+def markdown_cell(text: str) -> str:
+    """`text` as one markdown table cell that shows exactly that text; an empty answer says so."""
+    if not text.strip():
+        return "*(no answer)*"
+    return "<br>".join(_MARKUP.sub(r"\\\1", line) for line in text.strip().splitlines())
+
+
+def answers_table(pairs: list[dict] | None) -> str:
+    """A chat model's answers to the first chat prompts, base and compressed side by side; "" for others."""
+    if not pairs:
+        return ""
+    rows = [
+        "The first prompts of the generation check (`generation/chat-prompts` above: our own everyday chat "
+        "prompts, in the model's chat template), answered greedily and cut at its token limit.",
+        "",
+        "| prompt | base | compressed |",
+        "| --- | --- | --- |",
+    ]
+    rows += [
+        f"| {markdown_cell(p['prompt'])} | {markdown_cell(p['base'])} | {markdown_cell(p['compressed'])} |"
+        for p in pairs
+    ]
+    return "\n".join(rows)
 
 
 _BLOCK = re.compile(r"^(?P<stack>.*?)\.(?P<index>\d+)\.(?P<proj>.+)$")
