@@ -52,11 +52,13 @@ def verify_published(
 
 
 def score_download(folder: Path) -> Scores:
-    """In the fresh process: load the downloaded variant as a user would, generate, score its slice."""
+    """In the fresh process: load the downloaded variant as a user would, generate, score its slice;
+    a chat model that leaves its chat prompts unanswered (zoo.evaluators.generation) is a ZooError."""
     import torch
 
     import zoo  # noqa: F401  (registers the compot quantizer with transformers, as the card tells users)
     from zoo.compression.apply import default_device
+    from zoo.evaluators.generation import ANSWERS, TASK, check_answered
     from zoo.format.record import read_record
     from zoo.modalities.base import get_adapter
     from zoo.pipeline import held_dtype, with_settings
@@ -76,7 +78,10 @@ def score_download(folder: Path) -> Scores:
         inputs = loaded.processor(PROMPT, return_tensors="pt")
         with torch.no_grad():
             loaded.model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-    return adapter.evaluate(loaded, spec, expected.online)
+    scores = adapter.evaluate(loaded, spec, expected.online)
+    if ANSWERS in scores:  # a chat model: it must still answer, as it did at build time
+        check_answered(scores[ANSWERS], expected.scores.get(TASK, {}).get("answered"))
+    return scores
 
 
 def main(argv: list[str]) -> None:
