@@ -329,12 +329,12 @@ def effective(prepared: Prepared, req: CompressRequest) -> CompressRequest:
     return dataclasses.replace(req, config=config)
 
 
-def evaluate(prepared: Prepared, reference: list[dict] | None = None) -> dict:
-    """The model's scores as it is now, on the evaluation its catalogue entry and the request name;
-    a chat model's carry its answers too (split_answers), and its agreement is with `reference`, the
-    base's answers. What scoring held is not the compression's: the peak count starts again afterwards."""
-    spec = prepared.spec if reference is None else with_settings(prepared.spec, {REFERENCE: reference})
-    scores = prepared.adapter.evaluate(prepared.loaded, spec, prepared.online)
+def evaluate(prepared: Prepared) -> dict:
+    """The model's scores as it is now, on the evaluation its catalogue entry and the request name; a
+    chat model's carry its answers too (split_answers), its agreement taken with the base's answers
+    where the spec holds them (REFERENCE). What scoring held is not the compression's: the peak count
+    starts again afterwards."""
+    scores = prepared.adapter.evaluate(prepared.loaded, prepared.spec, prepared.online)
     reset_peak_memory()
     return scores
 
@@ -343,13 +343,12 @@ def with_settings(spec: ModelSpec, settings: dict) -> ModelSpec:
     return dataclasses.replace(spec, defaults={**spec.defaults, **settings})
 
 
-def score_slice(prepared: Prepared, reference: list[dict] | None = None) -> SliceScore:
+def score_slice(prepared: Prepared) -> SliceScore:
     """The model's scores as it is now on the verification slice: the run's evaluation settings
-    with SLICE_SETTINGS over them, all recorded (a chat model's base answers too), so a fresh
+    (and a chat model's base answers) with SLICE_SETTINGS over them, all recorded, so a fresh
     process can score the same slice."""
-    settings = {**{k: v for k, v in prepared.spec.defaults.items() if k in EVAL_SETTINGS}, **SLICE_SETTINGS}
-    if reference is not None:
-        settings[REFERENCE] = reference
+    kept = (*EVAL_SETTINGS, REFERENCE)
+    settings = {**{k: v for k, v in prepared.spec.defaults.items() if k in kept}, **SLICE_SETTINGS}
     scores = prepared.adapter.evaluate(prepared.loaded, with_settings(prepared.spec, settings), prepared.online)
     return SliceScore(settings, prepared.online, split_answers(scores)[0])
 
@@ -403,11 +402,13 @@ def compress_variant(
     if base_metrics is not None:
         to_inference(prepared.loaded.model)  # scored as it runs once loaded
         base_scores, reference = split_answers(base_metrics)  # a chat base's answers, None for others
-        scores, answers = split_answers(evaluate(prepared, reference))
+        if reference is not None:  # the compressed model's answers are held against them
+            prepared = dataclasses.replace(prepared, spec=with_settings(prepared.spec, {REFERENCE: reference}))
+        scores, answers = split_answers(evaluate(prepared))
         metrics = metrics_from_results(base_scores, scores, provenance)
         limit = prepared.spec.defaults.get("eval_limit")
         result.scorecard = Scorecard.from_record(
-            record, metrics, limit, score_slice(prepared, reference), answer_pairs(reference, answers)
+            record, metrics, limit, score_slice(prepared), answer_pairs(reference, answers)
         )
         result.scorecard.save(out / SCORECARD)
         write_card(out, record, result.scorecard, repo_id or out.name)
