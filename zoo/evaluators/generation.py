@@ -141,9 +141,14 @@ def agreement(model, tokenizer, reference: list[Answer], own: list[Answer], batc
         answers = [r["tokens"] for r in reference[start : start + batch]]
         ids, mask = _left_pad([p + a for p, a in zip(inputs[start : start + batch], answers, strict=True)], pad)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers a left-padded row
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device))
-        predicted = logits.logits.argmax(-1).cpu()
-        width = ids.shape[1]
+        width = max(map(len, answers)) + 1  # the answers sit at the right end: only their logits are needed
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            logits_to_keep=width,
+        )
+        predicted = out.logits.argmax(-1).cpu()
         for i, tokens in enumerate(answers):
             total += len(tokens)
             ref, mine = reference[start + i], own[start + i]
