@@ -262,7 +262,8 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
     adapter = get_adapter(spec.modality)
     skeleton = adapter.load(spec, online, req.config.dtype, weights=False)
     dtype = req.config.resolved(skeleton.dtype, spec.defaults.get("dtype", "bfloat16")).dtype
-    _, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
+    source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
+    adapter.check_calibration(source, online)
     device = torch.device(req.config.device or default_device())
     config = skeleton.model.config
     stacks = adapter.stacks(skeleton.model, req.config.components)
@@ -283,6 +284,7 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
         req.config.iters,
         not req.config.static,
         req.config.offload_activations,
+        req.config.heal,
     )
     report(f"Plan for {shown(spec.name)}:")
     for line in the_plan.lines():

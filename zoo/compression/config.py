@@ -105,6 +105,13 @@ class CompressionConfig:
         "Calibrate each block on what the blocks already compressed give it (GPTQ's sequential mode), "
         "not on the 16-bit model's activations.",
     )
+    heal: int = setting(
+        0,
+        "Healing: Adam steps per block that refine its factors (dictionary and kept codes; mask, k and s "
+        "fixed, so the bytes are the same) to reproduce the 16-bit block's outputs; 0: the training-free method.",
+        at_least(0),
+    )
+    heal_lr: float = setting(1e-3, "Healing's Adam step, relative to each factor's RMS.", between(0.0, 1.0))
     dtype: str | None = setting(
         None,
         "Dtype of the checkpoint's tensors that are not compressed (embeddings, norms, heads): the base's own "

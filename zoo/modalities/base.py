@@ -43,6 +43,9 @@ class Adapter(Protocol):
         """`n_samples` inputs of at most `seq_len` tokens from `source` (a set's name or a local
         path), picked with `seed`; Hub sets need `online`."""
 
+    def check_calibration(self, source: str, online: bool) -> None:
+        """Refuse a calibration source this adapter can tell is unusable without loading the model."""
+
     def save_processor(self, loaded: LoadedModel, out_dir: Path) -> None: ...
 
     def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> dict[str, dict[str, float]]:
