@@ -260,10 +260,10 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
     read: reported line by line, and a ZooError when it would not fit the memory there is."""
     spec = resolve(req.model, req.modality, online)
     adapter = get_adapter(spec.modality)
-    skeleton = adapter.load(spec, online, req.config.dtype, weights=False)
-    dtype = req.config.resolved(skeleton.dtype, spec.defaults.get("dtype", "bfloat16")).dtype
     source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
     adapter.check_calibration(source, online)
+    skeleton = adapter.load(spec, online, req.config.dtype, weights=False)
+    dtype = req.config.resolved(skeleton.dtype, spec.defaults.get("dtype", "bfloat16")).dtype
     device = torch.device(req.config.device or default_device())
     config = skeleton.model.config
     stacks = adapter.stacks(skeleton.model, req.config.components)

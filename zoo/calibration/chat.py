@@ -32,7 +32,7 @@ ROLES = ("system", "user", "assistant")
 ANSWER_TOKENS = 128
 GENERATION_BATCH = 32
 _CACHE_VERSION = "v1"  # bump when the prompts or the generation below change
-_PASSAGE_CHARS = 600
+_PASSAGE_CHARS = 1500
 _ABOUT = ("Tell me about {title}.", "Write a short paragraph about {title}.", "Give me three facts about {title}.")
 _ON_PASSAGE = (
     "Summarize this in two sentences:\n\n{passage}",
@@ -179,7 +179,9 @@ def self_chat(model, tokenizer, count: int, seed: int, identity: str) -> list[li
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, desc: str = "generate") -> list[str]:
     """Greedy answers to single-turn prompts in the model's chat template, batched with left padding."""
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_token = tokenizer.pad_token
+    if pad_token is None:  # Llama-3's and others': padding is masked out, any token serves
+        tokenizer.pad_token = tokenizer.eos_token
     device = next(model.parameters()).device
     answers = []
     try:
@@ -193,9 +195,13 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, 
             batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.inference_mode():
                 out = model.generate(
-                    **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, use_cache=True
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    use_cache=True,
                 )
             answers += tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
     finally:
-        tokenizer.padding_side = side
+        tokenizer.padding_side, tokenizer.pad_token = side, pad_token
     return [a.strip() for a in answers]
