@@ -15,8 +15,7 @@ from zoo.compression.apply import working_copy
 from zoo.compression.grams import block_grams, capture_block_inputs, replay
 from zoo.compression.healing import HealedLinear, block_error, heal_block, rows
 from zoo.engine import factorize_many
-from zoo.format.checkpoint import WEIGHTS
-from zoo.format.checkpoint import load_compressed
+from zoo.format.checkpoint import WEIGHTS, load_compressed
 
 GROUPS = [
     ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
