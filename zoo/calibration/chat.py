@@ -130,23 +130,27 @@ def rendered(tokenizer, conversations: list[list[dict]], source: str) -> list[st
 
 
 def self_chat_prompts(count: int, seed: int) -> list[str]:
-    """`count` user prompts about the shipped articles' train split (never evaluated on): half on a
-    title, half on a passage, chosen with `seed`."""
+    """`count` distinct user prompts about the shipped articles' train split (never evaluated on):
+    half on a title, half on a passage (a paragraph anywhere in an article), chosen with `seed`."""
     from zoo.calibration.text import offline_articles
 
-    articles = [(title, text) for title, text in offline_articles("train") if len(text) >= 200]
+    articles = offline_articles("train")
+    titles = [re.sub(r"\s*\(.*\)$", "", title) for title, _ in articles]
+    paragraphs = [p for _, text in articles for p in text.split("\n") if len(p) >= 200]
     rng = random.Random(seed)
-    prompts = []
-    for i, (title, text) in enumerate(rng.sample(articles, min(count, len(articles)))):
-        if i % 2:
-            prompts.append(rng.choice(_ABOUT).format(title=re.sub(r"\s*\(.*\)$", "", title)))
+    asked = min(count, len(titles) * len(_ABOUT) + len(paragraphs))
+    prompts: dict[str, None] = {}  # distinct, in the order drawn
+    while len(prompts) < asked:
+        if len(prompts) % 2:
+            prompt = rng.choice(_ABOUT).format(title=rng.choice(titles))
         else:
-            prompts.append(rng.choice(_ON_PASSAGE).format(passage=_passage(text)))
-    return prompts
+            prompt = rng.choice(_ON_PASSAGE).format(passage=_passage(rng.choice(paragraphs)))
+        prompts[prompt] = None
+    return list(prompts)
 
 
 def _passage(text: str) -> str:
-    """The article's opening, cut at a sentence end near `_PASSAGE_CHARS`."""
+    """A paragraph's opening, cut at a sentence end near `_PASSAGE_CHARS`."""
     head = text[:_PASSAGE_CHARS]
     end = head.rfind(". ")
     return head[: end + 1] if end > 100 else head

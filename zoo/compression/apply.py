@@ -249,6 +249,8 @@ def _compress_block(
         tol=config.tol,
         on_done=lambda name, _: _done(bar, name),
     )
+    if config.method == "compot" and config.forms == "mixed":
+        factors = _better_form(factors, factorize_many(jobs, method="svd-llm"))
     bar.update(len(names) - len(jobs))
     if healing is not None:
         factors = _healed(work, names, factors, healing, config)
@@ -294,6 +296,18 @@ def _compress_block(
             _record(full, linear, stat, crs[full], f, layer, error=error, group_size=config.quantize_group_size)
         )
     return records
+
+
+def _better_form(compot: dict[str, Factorization], lowrank: dict[str, Factorization]) -> dict[str, Factorization]:
+    """Per matrix, SVD-LLM's low-rank pair where it fits the calibration data better than COMPOT at
+    the same CR (tall matrices, e.g. Qwen2.5's down_proj, were seen to lose to it under eq. 11); a
+    matrix COMPOT keeps dense stays so, as the allocation counted it."""
+    better = {
+        name
+        for name, f in compot.items()
+        if not f.is_dense and not lowrank[name].is_dense and lowrank[name].relative_error < f.relative_error
+    }
+    return {name: lowrank[name] if name in better else f for name, f in compot.items()}
 
 
 def _healed(

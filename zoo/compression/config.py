@@ -78,6 +78,13 @@ class CompressionConfig:
         "quantized dense (needs --quantize).",
         choices=METHODS,
     )
+    forms: str = setting(
+        "mixed",
+        "mixed: a COMPOT matrix takes SVD-LLM's low-rank pair instead where that has the lower "
+        "calibration-weighted error at the same CR (the record names each matrix's form); single: "
+        "every matrix in the method's form, as the paper.",
+        choices=("mixed", "single"),
+    )
     static: bool = setting(False, "One CR for every matrix (COMPOT-dagger) instead of dynamic allocation.")
     ks_ratio: float = setting(2.0, "Dictionary size over sparsity, k/s.", at_least(1.0))
     iters: int = setting(20, "Alternating minimisation steps.", at_least(0))

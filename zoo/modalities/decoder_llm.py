@@ -27,9 +27,9 @@ OFFLINE_TEXT = "wiki-offline"
 # replay a block about 15% faster than one at a time on CPU (SmolLM2, 512 tokens).
 CALIBRATION_ROWS = 4
 # Self-chat conversations generated per calibration token asked for: one per this many tokens (a
-# prompt, half of them on a passage, and an answer of at most 128 tokens take about 300 in
+# prompt, half of them on a passage, and an answer of at most 128 tokens take about 200 in
 # SmolLM2's and Qwen2.5's templates).
-SELF_CHAT_TOKENS = 192
+SELF_CHAT_TOKENS = 128
 
 _LLAMA_LIKE = [
     ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
