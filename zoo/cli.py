@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import typing
 from collections import Counter
 from importlib import resources
@@ -13,27 +12,19 @@ import click
 
 from zoo import __version__
 from zoo.compression.config import CompressionConfig
-from zoo.errors import ZooError
+from zoo.errors import UserError, ZooError
 from zoo.modality import MODALITIES
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """ZooError, and the engine's EngineError once the engine is loaded (before, none can be raised;
-    importing it here would cost every command torch's import time)."""
-    engine = sys.modules.get("zoo.engine.errors")
-    return (ZooError, engine.EngineError) if engine else (ZooError,)
-
-
 class _ZooGroup(click.Group):
-    """Turns the errors a user can fix into a one-line message and exit code 1, without a traceback."""
+    """Turns the errors a user can fix (ZooError, the engine's EngineError) into a one-line message
+    and exit code 1, without a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except Exception as exc:
-            if isinstance(exc, _user_errors()):
-                raise click.ClickException(str(exc)) from exc
-            raise
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 @click.group(cls=_ZooGroup)
