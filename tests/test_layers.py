@@ -67,7 +67,7 @@ def test_a_forbidden_import_breaks_the_contract(tmp_path, module, line, broken):
         "zoo.cli",
         "zoo.files",
         "zoo.digest",
-        "zoo.modality",
+        "zoo.modality_table",
         "zoo.compression.config",
         "zoo.format.record",
         "zoo.publish.scorecard",

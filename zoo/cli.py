@@ -13,7 +13,7 @@ import click
 from zoo import __version__
 from zoo.compression.config import CompressionConfig
 from zoo.errors import UserError, ZooError
-from zoo.modality import MODALITIES
+from zoo.modality_table import MODALITIES
 
 
 class _ZooGroup(click.Group):
@@ -376,7 +376,7 @@ def verify(variant: str, target: str | None, org: str | None) -> None:
     """Download the published VARIANT from TARGET in a fresh process, reload it, score the slice its
     scorecard recorded and mark it verified or broken where it is published (as `zoo nightly` does)."""
     from zoo.publish.publishers import publisher_for
-    from zoo.verify import verify_published
+    from zoo.rescore import verify_published
 
     publisher = publisher_for(target, org)
     published = publisher.get(variant)

@@ -5,7 +5,7 @@ A variant is skipped when the publisher already holds it with the same fingerpri
 revision, engine version, configuration, calibration, evaluation) and it is not marked broken,
 so an interrupted run resumes where it stopped; a variant that was compressed and scored but not
 yet published is taken from the work folder. Each published variant is verified in a fresh
-process (zoo.verify). One failing variant never stops the others; the run exits non-zero when any
+process (zoo.rescore). One failing variant never stops the others; the run exits non-zero when any
 failed or was found broken.
 """
 
@@ -42,8 +42,8 @@ from zoo.pipeline import (
 )
 from zoo.publish.publishers import PublishedVariant, Publisher
 from zoo.publish.scorecard import SCORECARD, Scorecard
-from zoo.publish.verification import BROKEN
-from zoo.verify import verify_published
+from zoo.publish.verdict import BROKEN
+from zoo.rescore import verify_published
 
 log = logging.getLogger(__name__)
 

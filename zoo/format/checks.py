@@ -44,7 +44,7 @@ def expected_shapes(layer: LayerRecord) -> dict[str, list[int]]:
     return expected
 
 
-def verify_files(folder: Path, record: VariantRecord) -> None:
+def check_files(folder: Path, record: VariantRecord) -> None:
     """Refuse a folder whose files do not hold what its record says, naming the file and layer."""
     links = [p for p in folder.rglob("*") if p.is_symlink()]
     if links:
