@@ -164,7 +164,7 @@ def _check_cr(_ctx, _param, value: float) -> float:
 @_memory_option("host", "what is available now")
 @_memory_option("device", "what the GPU has free now")
 @_publish_options
-def compress(
+def compress(  # noqa: PLR0913 - click passes one argument per option
     model: str,
     calibration: str | None,
     n_samples: int | None,
@@ -333,7 +333,7 @@ def _report_dir_option(what: str):
 @_workdir_option("nightly")
 @_report_dir_option("report.json and report.md")
 @_publish_options
-def nightly(
+def nightly(  # noqa: PLR0913 - click passes one argument per option
     manifest_path: Path | None,
     target: str | None,
     model: str | None,

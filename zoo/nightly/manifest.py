@@ -121,23 +121,7 @@ def read_manifest(path: Path) -> tuple[list[Variant], dict]:
     runners = _runners(path, data)
     variants = []
     for i, entry in enumerate(data.get("models", [])):
-        where = f"{path}: [[models]] #{i + 1}"
-        _unknown(where, set(entry), ENTRY_KEYS)
-        _check_types(where, entry, VALUE_TYPES)
-        if "model" not in entry or not entry.get("crs"):
-            raise ZooError(f"{where}: needs `model` and a non-empty `crs` list")
-        if entry.get("runner", DEFAULT_RUNNER) not in runners:
-            raise ZooError(f"{where}: runner {entry['runner']!r} is not in [runners]: {', '.join(sorted(runners))}")
-        kinds = entry.get("methods", ["compot-dynamic"])
-        bad = [k for k in kinds if k not in VARIANT_KINDS]
-        if bad:
-            raise ZooError(f"{where}: unknown methods {bad}; known: {', '.join(VARIANT_KINDS)}")
-        try:
-            variants += [Variant(entry, float(cr), kind) for cr in entry["crs"] for kind in kinds]
-            for v in variants:
-                v.config  # noqa: B018  (checks every setting now, not when the variant's turn comes)
-        except (ZooError, TypeError, ValueError) as exc:
-            raise ZooError(f"{where}: {exc}") from exc
+        variants += _entry_variants(f"{path}: [[models]] #{i + 1}", entry, runners)
     if not variants:
         raise ZooError(f"manifest {path} lists no variants ([[models]] with model and crs)")
     names = [v.name for v in variants]
@@ -145,6 +129,27 @@ def read_manifest(path: Path) -> tuple[list[Variant], dict]:
     if duplicates:
         raise ZooError(f"{path}: variants listed twice: {', '.join(duplicates)}")
     return variants, data.get("publish", {})
+
+
+def _entry_variants(where: str, entry: dict, runners: dict) -> list[Variant]:
+    """The variants of one [[models]] entry, each setting checked now, not when its turn comes."""
+    _unknown(where, set(entry), ENTRY_KEYS)
+    _check_types(where, entry, VALUE_TYPES)
+    if "model" not in entry or not entry.get("crs"):
+        raise ZooError(f"{where}: needs `model` and a non-empty `crs` list")
+    if entry.get("runner", DEFAULT_RUNNER) not in runners:
+        raise ZooError(f"{where}: runner {entry['runner']!r} is not in [runners]: {', '.join(sorted(runners))}")
+    kinds = entry.get("methods", ["compot-dynamic"])
+    bad = [k for k in kinds if k not in VARIANT_KINDS]
+    if bad:
+        raise ZooError(f"{where}: unknown methods {bad}; known: {', '.join(VARIANT_KINDS)}")
+    try:
+        variants = [Variant(entry, float(cr), kind) for cr in entry["crs"] for kind in kinds]
+        for v in variants:
+            v.config  # noqa: B018  (builds the config, which checks every setting)
+    except (ZooError, TypeError, ValueError) as exc:
+        raise ZooError(f"{where}: {exc}") from exc
+    return variants
 
 
 def _runners(path: Path, data: dict) -> dict[str, str | list[str]]:
