@@ -1,7 +1,8 @@
-"""Verify what was published: download the variant in a fresh process that shares nothing with
-the build, load it as a user would (`import zoo`, then the Auto class's `from_pretrained`), make
-it generate, score the slice its scorecard recorded at build time, and compare. A variant that
-does not load, generate or score the same is marked broken where it is published.
+"""Re-score what was published (`zoo verify`, and `zoo nightly` after each publish): download the
+variant in a fresh process that shares nothing with the build, load it as a user would (`import
+zoo`, then the Auto class's `from_pretrained`), make it generate, score the slice its scorecard
+recorded at build time, and compare (zoo.publish.verdict). A variant that does not load, generate
+or score the same is marked broken where it is published.
 
     python -m zoo.rescore TARGET ORGANIZATION VARIANT OUT   # the fresh process; writes OUT (JSON)
 """
