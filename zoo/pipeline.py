@@ -36,7 +36,7 @@ from zoo.format.checkpoint import check_target, mark_compressed, save_compressed
 from zoo.format.progress import BlockProgress
 from zoo.format.record import CalibrationInfo, VariantRecord
 from zoo.modalities.base import Adapter, get_adapter
-from zoo.modality import DEFAULT, modality_of
+from zoo.modality_table import DEFAULT, modality_of
 from zoo.publish.card import inherited_license, write_card
 from zoo.publish.fingerprint import variant_fingerprint
 from zoo.publish.scorecard import SCORECARD, Scorecard, SliceScore, metrics_from_results
@@ -58,7 +58,7 @@ EVAL_SETTINGS = (
     "eval_image_tokens",
     "eval_max_new_tokens",
 )
-# The slice a published variant is verified on (zoo.verify), over the run's own settings: two
+# The slice a published variant is verified on (zoo.rescore), over the run's own settings: two
 # perplexity windows and no zero-shot tasks for LLMs, four utterances or questions per set.
 SLICE_SETTINGS = {"eval_windows": 2, "eval_limit": 4, "eval_tasks": []}
 # Those with a `zoo compress` flag, in the order the recorded command spells them.

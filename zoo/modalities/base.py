@@ -15,7 +15,7 @@ from torch import nn
 
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
-from zoo.modality import MODALITIES
+from zoo.modality_table import MODALITIES
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel
 

@@ -13,7 +13,7 @@ from zoo.compression.report import LayerRecord
 from zoo.errors import ZooError
 from zoo.files import write_file
 from zoo.format.record import VariantRecord, read_record, size_line
-from zoo.modality import MODALITIES
+from zoo.modality_table import MODALITIES
 from zoo.publish.scorecard import SCORECARD, Scorecard
 from zoo.sources.catalogue import ModelSpec
 

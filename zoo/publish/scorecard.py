@@ -18,7 +18,7 @@ from zoo.errors import ZooError
 from zoo.evaluators.provenance import BENCHMARK, PROVENANCES
 from zoo.files import write_text
 from zoo.format.record import VariantRecord
-from zoo.modality import MODALITIES
+from zoo.modality_table import MODALITIES
 
 SCHEMA_VERSION = 4  # 2: fingerprint and command; 3: standard errors, item limit, file sizes; 4: provenance, slice
 # Older versions read as scorecards without what came later: no standard errors or limit (2), no
@@ -85,7 +85,7 @@ class MetricResult:
 @dataclass(frozen=True)
 class SliceScore:
     """A short fixed slice of the evaluation, scored at build time on the model as it was scored:
-    the published variant, reloaded elsewhere, must score the same on it (zoo.verify)."""
+    the published variant, reloaded elsewhere, must score the same on it (zoo.rescore)."""
 
     settings: dict  # the evaluation settings (EVAL_SETTINGS keys) that make the slice
     online: bool  # whether the Hub's sets were scored
