@@ -1,5 +1,5 @@
 """What a compression run is asked to do. Each setting carries its default, its help and its
-check here, once (as PEFT's configs do); the CLI's options, the nightly plan's keys and the
+check here, once (as PEFT's configs do); the CLI's options, the nightly manifest's keys and the
 command line recorded with a variant are all read from these fields."""
 
 from __future__ import annotations
