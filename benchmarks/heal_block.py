@@ -31,26 +31,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 50, 100, 200])
     parser.add_argument("--lr", type=float, nargs="+", default=[1e-3])
     parser.add_argument("--n-samples", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     prepared = prepare(CompressRequest(args.model, CompressionConfig(cr=args.cr), n_samples=args.n_samples))
     model = prepared.loaded.model
     stack = prepared.adapter.stacks(model)[0]
     inputs = capture_block_inputs(model, stack.blocks[0][1], prepared.calibration.batches)
-    inputs = [moved(item, torch.device("cpu"), torch.float32) for item in inputs]
+    device = torch.device(args.device)
+    inputs = [moved(item, device, torch.float32) for item in inputs]
     for _, block in stack.blocks[: args.block]:
-        inputs = replay(working_copy(block, torch.device("cpu")), inputs)
+        inputs = replay(working_copy(block, device), inputs)
     prefix, block = stack.blocks[args.block]
-    work = working_copy(block, torch.device("cpu"))
+    work = working_copy(block, device)
     half = len(inputs) // 2
     stats, targets = block_grams(work, stack.groups, inputs[:half])
     held_out = replay(work, inputs[half:])
     names = [n for g in stack.groups for n in g]
     weights = {n: work.get_submodule(n).weight.detach() for n in names}
     crs = allocate(weights, args.cr).cr
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     start = time.perf_counter()
     jobs = {n: (weights[n], stats[next(g[0] for g in stack.groups if n in g)].gram, crs[n]) for n in names}
     factors = factorize_many(jobs, method=args.method)
+    sync()
     factorize_s = time.perf_counter() - start
     print(f"{args.model} {prefix} at CR {args.cr} ({args.method}): factorized in {factorize_s:.1f} s")
     print("| lr | steps | train error | held-out error | heal s | heal / factorize |")
@@ -59,8 +63,9 @@ def main() -> None:
         for steps in args.steps:
             start = time.perf_counter()
             healed = heal_block(work, factors, inputs[:half], targets, steps, lr)
+            sync()
             seconds = time.perf_counter() - start
-            student = working_copy(work, torch.device("cpu"))
+            student = working_copy(work, device)
             for name, f in healed.items():
                 student.set_submodule(name, HealedLinear(f, work.get_submodule(name).bias))
             train, test = block_error(student, inputs[:half], targets), block_error(student, inputs[half:], held_out)

@@ -131,3 +131,45 @@ def test_a_negative_step_count_is_refused_before_any_weights_load(tmp_path, mode
     monkeypatch.setattr(zoo.pipeline, "plan", lambda *a, **k: pytest.fail("planned with a bad setting"))
     result = CliRunner().invoke(main, ["compress", str(model_dir), "--heal", "-5", "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "heal -5 must be at least 0" in result.output
+
+
+def test_svd_llm_factors_heal_too(fitted):
+    block, train, targets, held, held_targets, _ = fitted
+    stats, _ = block_grams(block, GROUPS, train)
+    jobs = {n: (block.get_submodule(n).weight.detach(), stats[g[0]].gram, 0.4) for g in GROUPS for n in g}
+    factors = factorize_many(jobs, method="svd-llm")
+    healed = heal_block(block, factors, train, targets, steps=60, lr=1e-2)
+    assert all(h.support is None and h.k == factors[n].k for n, h in healed.items())
+    before = block_error(_student(block, factors), held, held_targets)
+    assert block_error(_student(block, healed), held, held_targets) < 0.9 * before
+
+
+def test_the_plan_counts_healing_in_time_and_memory():
+    from zoo.compression.plan import make_plan
+    from zoo.modalities.decoder_llm import ADAPTER
+
+    model = tiny_llama()
+    stacks = ADAPTER.stacks(model)
+
+    def planned(heal: int):
+        return make_plan(
+            model,
+            stacks,
+            samples=8,
+            tokens=64,
+            carried_floats=lambda stack, tokens: ADAPTER.carried_floats(model.config, stack, tokens),
+            dtype=torch.float32,
+            file_dtype=torch.float32,
+            device=torch.device("cpu"),
+            resident=lambda: 0,
+            workers=1,
+            cr=0.3,
+            iters=2,
+            dynamic=False,
+            offload=False,
+            heal_steps=heal,
+        )
+
+    plain, healed = planned(0), planned(200)
+    assert healed.device_bytes > plain.device_bytes and healed.host_bytes > plain.host_bytes
+    assert healed.seconds > plain.seconds
