@@ -118,6 +118,7 @@ class Scorecard:
     base_bytes: int | None = None  # the base's tensors in a 16-bit checkpoint
     slice_score: SliceScore | None = None  # what the published variant is verified against
     quantize: str | None = None  # GPTQ grid of the stored values, e.g. "gptq-w4 g128"; None: 16-bit values
+    heal: int = 0  # healing's Adam steps per block; 0: training-free
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -168,6 +169,7 @@ class Scorecard:
             base_bytes=record.base_bytes,
             slice_score=slice_score,
             quantize=record.quantize,
+            heal=record.config.heal,
         )
 
     def to_dict(self) -> dict:
