@@ -7,8 +7,9 @@ prints one table: metrics, the bytes the target projections store, and the weigh
     .venv/bin/python -m benchmarks.compare_quantized --model smollm2-135m --group-size 64 \\
         --variants gptq-w3 svd-llm@0.25+gptq-w4 compot@0.32+gptq-w4
 
-A variant is `gptq-wN` (GPTQ alone on the dense projections) or `METHOD@CR[+gptq-wN]`
-(factorization at CR, then GPTQ of its factors if named; SVD-LLM static, COMPOT dynamic). The
+A variant is `gptq-wN` (GPTQ alone on the dense projections) or `METHOD@CR[+healN][+gptq-wN]`
+(factorization at CR, healed for N steps per block and then GPTQ of its factors if named;
+SVD-LLM static, COMPOT dynamic). The
 factorization alone, in 16 bits, splits a quantized variant's loss into its two parts.
 """
 
@@ -25,18 +26,16 @@ from zoo.pipeline import CompressRequest, compress_variant, evaluate, prepare
 
 
 def variant_config(spec: str, group_size: int, iters: int, sequential: bool = False) -> CompressionConfig:
-    if "@" not in spec:
-        return CompressionConfig(method="gptq", quantize=spec, quantize_group_size=group_size, sequential=sequential)
-    factorization, _, quantize = spec.partition("+")
-    method, cr = factorization.split("@")
+    """`gptq-wN`, or `METHOD@CR` followed by `+healSTEPS` and/or `+gptq-wN`."""
+    first, *rest = spec.split("+")
+    heal = next((int(part.removeprefix("heal")) for part in rest if part.startswith("heal")), 0)
+    quantize = next((part for part in rest if part.startswith("gptq")), None)
+    common = dict(quantize_group_size=group_size, sequential=sequential, heal=heal)
+    if "@" not in first:
+        return CompressionConfig(method="gptq", quantize=first, **common)
+    method, cr = first.split("@")
     return CompressionConfig(
-        cr=float(cr),
-        method=method,
-        static=method == "svd-llm",
-        iters=iters,
-        quantize=quantize or None,
-        quantize_group_size=group_size,
-        sequential=sequential,
+        cr=float(cr), method=method, static=method == "svd-llm", iters=iters, quantize=quantize, **common
     )
 
 

@@ -336,58 +336,59 @@ def non_utf8_questions(i: Inputs) -> Case:
     return Case(r"questions\.jsonl is not UTF-8", call=call)
 
 
-# --- the nightly plan -------------------------------------------------------------------------
+# --- the nightly manifest -------------------------------------------------------------------------
 
 
-def _plan(i: Inputs, text: str) -> list:
-    path = i.tmp / "plan.toml"
+def _manifest(i: Inputs, text: str) -> list:
+    path = i.tmp / "manifest.toml"
     path.write_text(text)
-    return ["nightly", "--plan", path, "--target", i.tmp / "registry", "--report-dir", i.tmp / "report"]
+    return ["nightly", "--manifest", path, "--target", i.tmp / "registry", "--report-dir", i.tmp / "report"]
 
 
 _ENTRY = '[[models]]\nmodel = "smollm2-135m"\n'
 
 
 @case
-def plan_with_a_misspelt_publish_table(i: Inputs) -> Case:
-    return Case(r"plan\.toml: unknown keys publsh", _plan(i, f'[publsh]\norganization = "x"\n{_ENTRY}crs = [0.2]\n'))
+def manifest_with_a_misspelt_publish_table(i: Inputs) -> Case:
+    text = f'[publsh]\norganization = "x"\n{_ENTRY}crs = [0.2]\n'
+    return Case(r"manifest\.toml: unknown keys publsh", _manifest(i, text))
 
 
 @case
-def plan_with_a_misspelt_publish_key(i: Inputs) -> Case:
+def manifest_with_a_misspelt_publish_key(i: Inputs) -> Case:
     return Case(
-        r"plan\.toml: \[publish\]: unknown keys organisation",
-        _plan(i, f'[publish]\norganisation = "x"\n{_ENTRY}crs = [0.2]\n'),
+        r"manifest\.toml: \[publish\]: unknown keys organisation",
+        _manifest(i, f'[publish]\norganisation = "x"\n{_ENTRY}crs = [0.2]\n'),
     )
 
 
 @case
-def plan_crs_not_numbers(i: Inputs) -> Case:
+def manifest_crs_not_numbers(i: Inputs) -> Case:
     return Case(
-        r"\[\[models\]\] #1: crs = \['abc'\] should be a list of int/float", _plan(i, f'{_ENTRY}crs = ["abc"]\n')
+        r"\[\[models\]\] #1: crs = \['abc'\] should be a list of int/float", _manifest(i, f'{_ENTRY}crs = ["abc"]\n')
     )
 
 
 @case
-def plan_crs_not_a_list(i: Inputs) -> Case:
-    return Case(r"\[\[models\]\] #1: crs = 0\.2 should be a list of int/float", _plan(i, f"{_ENTRY}crs = 0.2\n"))
+def manifest_crs_not_a_list(i: Inputs) -> Case:
+    return Case(r"\[\[models\]\] #1: crs = 0\.2 should be a list of int/float", _manifest(i, f"{_ENTRY}crs = 0.2\n"))
 
 
 @case
-def plan_models_not_tables(i: Inputs) -> Case:
-    return Case(r"plan\.toml: models must be a list of \[\[models\]\] tables, got 5", _plan(i, "models = 5\n"))
+def manifest_models_not_tables(i: Inputs) -> Case:
+    return Case(r"manifest\.toml: models must be a list of \[\[models\]\] tables, got 5", _manifest(i, "models = 5\n"))
 
 
 @case
-def plan_asks_for_a_runner_it_does_not_define(i: Inputs) -> Case:
-    call = _plan(i, f'{_ENTRY}crs = [0.2]\nrunner = "tpu"\n')
+def manifest_asks_for_a_runner_it_does_not_define(i: Inputs) -> Case:
+    call = _manifest(i, f'{_ENTRY}crs = [0.2]\nrunner = "tpu"\n')
     return Case(r"#1: runner 'tpu' is not in \[runners\]: cpu", [*call, "--list-jobs"])
 
 
 @case
-def nightly_for_a_model_not_in_the_plan(i: Inputs) -> Case:
-    call = _plan(i, f"{_ENTRY}crs = [0.2]\n")
-    return Case(r"the plan has no model 'gpt2'; it has smollm2-135m", [*call, "--model", "gpt2"])
+def nightly_for_a_model_not_in_the_manifest(i: Inputs) -> Case:
+    call = _manifest(i, f"{_ENTRY}crs = [0.2]\n")
+    return Case(r"the manifest has no model 'gpt2'; it has smollm2-135m", [*call, "--model", "gpt2"])
 
 
 @case

@@ -108,6 +108,20 @@ def test_bad_input_is_a_one_line_error(args, code, message):
     assert result.exit_code == code and message in result.output and "Traceback" not in result.output
 
 
+def test_an_engine_error_is_a_one_line_error(monkeypatch):
+    """EngineError shares ZooError's base (UserError), which the CLI catches: no traceback, exit 1."""
+    import zoo.pipeline
+    from zoo.engine.errors import EngineError
+
+    def fail(*_args):
+        raise EngineError("layer.x: the Gram is not positive definite")
+
+    monkeypatch.setattr(zoo.pipeline, "run_compress", fail)
+    result = _compress("smollm2-135m")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output == "Error: layer.x: the Gram is not positive definite\n"
+
+
 def test_cli_options_come_from_the_config():
     """Every compression setting has its flag, with the config's help; the CLI writes none of its own."""
     from zoo.compression.config import CompressionConfig

@@ -13,7 +13,8 @@ from zoo.cli import main
 from zoo.engine import factorization
 from zoo.errors import ZooError
 from zoo.gate import GATE_TOLERANCE, floored
-from zoo.nightly import ci_jobs, only_model, read_plan
+from zoo.nightly.manifest import ci_jobs, only_model, read_manifest
+from zoo.nightly.report import MetricChange
 
 # The tiny model learns the text in STEPS steps; at CR 0.8 one engine iteration instead of twenty
 # costs it 14% perplexity on that text (0.3% at CR 0.5, where the gate could not tell).
@@ -42,7 +43,7 @@ def trained_dir(tmp_path, text_file):
     return folder
 
 
-def _plan(path: Path, model_dir: Path, text_file: Path) -> Path:
+def _manifest(path: Path, model_dir: Path, text_file: Path) -> Path:
     """The trained tiny model, scored on the text it learned, at a CR where iterations count."""
     path.write_text(f"""
 [[models]]
@@ -66,12 +67,12 @@ def _run(*args) -> tuple[int, str]:
 
 def test_the_gate_passes_an_unchanged_tree_and_fails_a_worsened_engine(tmp_path, trained_dir, text_file, monkeypatch):
     registry, out = tmp_path / "registry", tmp_path / "gate"
-    plan = _plan(tmp_path / "gate.toml", trained_dir, text_file)
-    code, output = _run("nightly", "--plan", plan, "--target", registry, "--workdir", tmp_path / "work",
+    manifest = _manifest(tmp_path / "gate.toml", trained_dir, text_file)
+    code, output = _run("nightly", "--manifest", manifest, "--target", registry, "--workdir", tmp_path / "work",
                         "--report-dir", tmp_path / "report")  # fmt: skip
     assert code == 0, output
 
-    gate = ("gate", "--plan", plan, "--against", registry, "--workdir", tmp_path / "work", "--out", out)
+    gate = ("gate", "--manifest", manifest, "--against", registry, "--workdir", tmp_path / "work", "--out", out)
     code, output = _run(*gate)
     assert code == 0, output
     assert "## compot-zoo gate: ✅ passed" in output and "| metric | published | now | change |" in output
@@ -95,31 +96,34 @@ def test_the_gate_passes_an_unchanged_tree_and_fails_a_worsened_engine(tmp_path,
 
 
 def test_a_variant_never_published_fails_the_gate(tmp_path, model_dir, text_file):
-    plan = _plan(tmp_path / "gate.toml", model_dir, text_file)
-    code, output = _run("gate", "--plan", plan, "--against", tmp_path / "empty", "--out", tmp_path / "gate",
+    manifest = _manifest(tmp_path / "gate.toml", model_dir, text_file)
+    code, output = _run("gate", "--manifest", manifest, "--against", tmp_path / "empty", "--out", tmp_path / "gate",
                         "--workdir", tmp_path / "work")  # fmt: skip
     assert code == 1 and "no published scorecard to compare with" in output
 
 
 def test_a_counted_metric_fails_only_beyond_one_item():
-    def change(metric: str, previous: float, current: float) -> dict:
-        return {"metric": metric, "previous": previous, "current": current, "regression": True}
+    def change(metric: str, previous: float, current: float) -> MetricChange:
+        relative = (current - previous) / previous
+        return MetricChange(
+            task="t", metric=metric, previous=previous, current=current, relative_change=relative, regression=True
+        )
 
-    assert not floored(change("wer", 0.0141, 0.0282))["regression"]  # one word of 71: +100%, still noise
-    assert floored(change("wer", 0.0141, 0.0423))["regression"]  # two words
-    assert not floored(change("acc", 0.30, 0.25))["regression"] and floored(change("acc", 0.30, 0.20))["regression"]
-    assert floored(change("perplexity", 31.0, 31.7))["regression"]
+    assert not floored(change("wer", 0.0141, 0.0282)).regression  # one word of 71: +100%, still noise
+    assert floored(change("wer", 0.0141, 0.0423)).regression  # two words
+    assert not floored(change("acc", 0.30, 0.25)).regression and floored(change("acc", 0.30, 0.20)).regression
+    assert floored(change("perplexity", 31.0, 31.7)).regression
 
 
-def test_the_shipped_gate_plan_is_small():
-    variants, settings = read_plan(ROOT / "zoo" / "ci" / "gate.toml")
+def test_the_shipped_gate_manifest_is_small():
+    variants, settings = read_manifest(ROOT / "zoo" / "ci" / "gate.toml")
     assert [v.name for v in variants] == ["smollm2-135m-compot-dynamic-cr0.2", "whisper-tiny.en-compot-dynamic-cr0.2"]
     assert settings["organization"] != "compot-zoo"  # its smaller evaluations never overwrite the zoo's scorecards
 
 
-def test_list_jobs_gives_one_job_per_model_with_runner_labels_from_the_plan(tmp_path):
-    plan = tmp_path / "plan.toml"
-    plan.write_text("""
+def test_list_jobs_gives_one_job_per_model_with_runner_labels_from_the_manifest(tmp_path):
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text("""
 [runners]
 gpu = ["self-hosted", "a100"]
 
@@ -132,7 +136,7 @@ model = "meta-llama/Llama-3.2-1B"
 crs = [0.2]
 runner = "gpu"
 """)
-    code, output = _run("nightly", "--plan", plan, "--list-jobs")
+    code, output = _run("nightly", "--manifest", manifest, "--list-jobs")
     assert code == 0
     assert json.loads(output) == [
         {"model": "smollm2-135m", "name": "smollm2-135m", "runner": "cpu", "runs-on": "ubuntu-latest"},
@@ -143,19 +147,19 @@ runner = "gpu"
             "runs-on": ["self-hosted", "a100"],
         },
     ]
-    variants, _ = read_plan(plan)
+    variants, _ = read_manifest(manifest)
     assert [v.name for v in only_model(variants, "smollm2-135m")] == [
         "smollm2-135m-compot-dynamic-cr0.2",
         "smollm2-135m-compot-dynamic-cr0.4",
     ]
-    with pytest.raises(ZooError, match="the plan has no model 'gpt2'"):
+    with pytest.raises(ZooError, match="the manifest has no model 'gpt2'"):
         only_model(variants, "gpt2")
-    plan.write_text(plan.read_text().replace('runner = "gpu"', 'runner = "tpu"'))
+    manifest.write_text(manifest.read_text().replace('runner = "gpu"', 'runner = "tpu"'))
     with pytest.raises(ZooError, match="#2: runner 'tpu' is not in \\[runners\\]: cpu, gpu"):
-        read_plan(plan)
+        read_manifest(manifest)
 
 
-def test_the_shipped_nightly_plan_sends_large_models_to_the_configured_gpu_runner():
+def test_the_shipped_nightly_manifest_sends_large_models_to_the_configured_gpu_runner():
     jobs = {j["model"]: j for j in ci_jobs(ROOT / "zoo" / "ci" / "nightly.toml")}
     assert jobs["smollm2-135m"]["runs-on"] == "ubuntu-latest"
     assert {j["runner"] for j in jobs.values()} == {"cpu", "gpu"}

@@ -179,7 +179,7 @@ def test_verify_fails_naming_the_prompts_a_reloaded_chat_model_leaves_unanswered
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from zoo.verify import score_download
+    from zoo.rescore import score_download
 
     scorecard = Scorecard.load(chat_scored / SCORECARD)
     measured = score_download(chat_scored)  # what the fresh process runs on a download

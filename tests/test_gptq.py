@@ -25,8 +25,8 @@ from zoo.engine.gptq import balanced_atoms, gptq, quantize_factors, refit_codes,
 from zoo.engine.storage import quantized_factor_bits
 from zoo.errors import ZooError
 from zoo.format.checkpoint import WEIGHTS, compot_layers, mark_compressed, save_compressed
+from zoo.format.checks import BYTES, check_files
 from zoo.format.progress import BlockProgress
-from zoo.format.verify import BYTES, verify_files
 from zoo.modalities.base import get_adapter
 
 PROMPT = torch.tensor([[3, 17, 42, 9, 100, 5, 77, 1]])
@@ -189,11 +189,11 @@ def test_every_projection_is_stored_quantized_in_the_counted_bits(saved):
 
 def test_publishing_checks_the_quantized_tensors_against_the_record(saved):
     _, record, out = saved
-    verify_files(out, record)
+    check_files(out, record)
     first = record.layers[0]
     wrong = dataclasses.replace(record, layers=(dataclasses.replace(first, bits=3), *record.layers[1:]))
     with pytest.raises(ZooError, match=first.name):
-        verify_files(out, wrong)
+        check_files(out, wrong)
 
 
 def test_pruned_codes_stay_exactly_zero_in_the_stored_model(saved):

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from zoo.cli import main
 from zoo.errors import ZooError
-from zoo.nightly import compare, read_plan
+from zoo.nightly.manifest import read_manifest
+from zoo.nightly.report import compare
 from zoo.publish.publishers import LocalRegistry
 from zoo.publish.scorecard import MetricResult, Scorecard
 from zoo.sources.catalogue import aliases
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "nightly.yml"
 
 
-def _plan(path: Path, model_dir: Path, text_file: Path, crs, extra: str = "") -> Path:
+def _manifest(path: Path, model_dir: Path, text_file: Path, crs, extra: str = "") -> Path:
     path.write_text(f"""
 [[models]]
 model = "{model_dir}"
@@ -41,11 +42,11 @@ eval_tasks = []
     return path
 
 
-def _nightly(plan: Path, tmp_path: Path, *more):
+def _nightly(manifest: Path, tmp_path: Path, *more):
     args = [
         "nightly",
-        "--plan",
-        plan,
+        "--manifest",
+        manifest,
         "--target",
         tmp_path / "registry",
         "--workdir",
@@ -67,8 +68,8 @@ def _statuses(tmp_path: Path) -> dict[str, str]:
 
 
 def test_nightly_publishes_skips_and_rebuilds_only_what_changed(tmp_path, model_dir, text_file):
-    plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, [0.2, 0.4])
-    first = _nightly(plan, tmp_path)
+    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.2, 0.4])
+    first = _nightly(manifest, tmp_path)
     assert first.exit_code == 0, first.output
     names = ["tiny-llama-compot-dynamic-cr0.2", "tiny-llama-compot-dynamic-cr0.4"]
     assert _statuses(tmp_path) == dict.fromkeys(names, "rebuilt")
@@ -81,19 +82,19 @@ def test_nightly_publishes_skips_and_rebuilds_only_what_changed(tmp_path, model_
     assert [p for p in (tmp_path / "work").iterdir()] == []  # built variants leave the work folder once published
     assert "# compot-zoo nightly: 2 rebuilt, 0 skipped, 0 failed" in first.output
 
-    second = _nightly(plan, tmp_path)
+    second = _nightly(manifest, tmp_path)
     assert second.exit_code == 0 and _statuses(tmp_path) == dict.fromkeys(names, "skipped")
     assert {v.repo_id: v.scorecard for v in registry.published()} == published  # untouched
 
-    _plan(plan, model_dir, text_file, [0.2, 0.3])
-    third = _nightly(plan, tmp_path)
+    _manifest(manifest, model_dir, text_file, [0.2, 0.3])
+    third = _nightly(manifest, tmp_path)
     assert third.exit_code == 0
     assert _statuses(tmp_path) == {names[0]: "skipped", "tiny-llama-compot-dynamic-cr0.3": "rebuilt"}
 
     # An input that changes a published variant's fingerprint (another calibration seed) rebuilds it and
     # compares its metrics with what was published before.
-    _plan(plan, model_dir, text_file, [0.2, 0.3], "seed = 1")
-    fourth = _nightly(plan, tmp_path)
+    _manifest(manifest, model_dir, text_file, [0.2, 0.3], "seed = 1")
+    fourth = _nightly(manifest, tmp_path)
     report = _report(tmp_path)
     assert fourth.exit_code == 0 and {v["status"] for v in report.values()} == {"rebuilt"}
     assert report[names[0]]["reason"] == "inputs changed (fingerprint differs)"
@@ -108,9 +109,9 @@ def test_nightly_publishes_skips_and_rebuilds_only_what_changed(tmp_path, model_
 
 
 def test_one_failing_model_does_not_stop_the_others(tmp_path, model_dir, text_file):
-    plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, [0.25])
-    plan.write_text(plan.read_text() + '\n[[models]]\nmodel = "no-such-model"\ncrs = [0.2]\n')
-    result = _nightly(plan, tmp_path)
+    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.25])
+    manifest.write_text(manifest.read_text() + '\n[[models]]\nmodel = "no-such-model"\ncrs = [0.2]\n')
+    result = _nightly(manifest, tmp_path)
     assert result.exit_code == 1 and "1 of 2 variants failed: no-such-model-compot-dynamic-cr0.2" in result.output
     report = _report(tmp_path)
     assert report["tiny-llama-compot-dynamic-cr0.25"]["status"] == "rebuilt"
@@ -121,20 +122,20 @@ def test_one_failing_model_does_not_stop_the_others(tmp_path, model_dir, text_fi
 def test_a_variant_built_but_not_published_is_published_without_recompressing(
     tmp_path, model_dir, text_file, monkeypatch
 ):
-    plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, [0.3])
+    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.3])
 
     def unreachable(self, folder, variant):
         raise ConnectionError("registry unreachable")
 
     with monkeypatch.context() as patch:
         patch.setattr(LocalRegistry, "publish", unreachable)
-        failed = _nightly(plan, tmp_path)
+        failed = _nightly(manifest, tmp_path)
     assert (
         failed.exit_code == 1
         and "ConnectionError: registry unreachable" in _report(tmp_path)["tiny-llama-compot-dynamic-cr0.3"]["reason"]
     )
     monkeypatch.setattr("zoo.pipeline.compress_model", lambda *a: pytest.fail("compressed again"))
-    resumed = _nightly(plan, tmp_path)
+    resumed = _nightly(manifest, tmp_path)
     variant = _report(tmp_path)["tiny-llama-compot-dynamic-cr0.3"]
     assert resumed.exit_code == 0 and variant["status"] == "rebuilt"
     assert variant["reason"] == "finished in an interrupted run; published now"
@@ -150,7 +151,7 @@ def test_a_variant_that_reloads_differently_is_reported_broken_and_rebuilt_next_
 
     from zoo import pipeline
 
-    plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, [0.3])
+    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.3])
     name = "tiny-llama-compot-dynamic-cr0.3"
     scored = pipeline.score_slice
 
@@ -162,7 +163,7 @@ def test_a_variant_that_reloads_differently_is_reported_broken_and_rebuilt_next_
 
     with monkeypatch.context() as patch:
         patch.setattr(pipeline, "score_slice", misrecorded)
-        first = _nightly(plan, tmp_path)
+        first = _nightly(manifest, tmp_path)
     assert first.exit_code == 1 and f"1 of 1 variants were broken once published: {name}" in first.output
     variant = _report(tmp_path)[name]
     assert variant["status"] == "rebuilt" and variant["verification"] == "broken"
@@ -171,7 +172,7 @@ def test_a_variant_that_reloads_differently_is_reported_broken_and_rebuilt_next_
     assert "1 broken once published" in report and "rebuilt ✗ broken" in report and "## Broken once published" in report
     assert LocalRegistry(tmp_path / "registry", "compot-zoo").get(name).broken
 
-    second = _nightly(plan, tmp_path)
+    second = _nightly(manifest, tmp_path)
     variant = _report(tmp_path)[name]
     assert second.exit_code == 0 and variant["status"] == "rebuilt" and variant["verification"] == "verified"
     assert variant["reason"] == "the published build was found broken"
@@ -180,14 +181,14 @@ def test_a_variant_that_reloads_differently_is_reported_broken_and_rebuilt_next_
 
 def test_a_killed_run_resumes_without_redoing_finished_variants(tmp_path, model_dir, text_file):
     crs = [0.15, 0.2, 0.25, 0.3]
-    plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, crs)
+    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, crs)
     command = [
         sys.executable,
         "-c",
         "from zoo.cli import main; main()",
         "nightly",
-        "--plan",
-        str(plan),
+        "--manifest",
+        str(manifest),
         "--target",
         str(tmp_path / "registry"),
         "--workdir",
@@ -236,11 +237,11 @@ def test_compare_flags_changes_in_each_metric_s_bad_direction():
             "zoo compress b",
         )
 
-    changes = {c["metric"]: c for c in compare(card(20.0, 0.40), card(20.1, 0.41))}
-    assert not changes["perplexity"]["regression"] and not changes["acc"]["regression"]  # within 1%, or better
-    changes = {c["metric"]: c for c in compare(card(20.0, 0.40), card(21.0, 0.38))}
-    assert changes["perplexity"]["regression"] and changes["acc"]["regression"]
-    assert changes["perplexity"]["relative_change"] == pytest.approx(0.05)
+    changes = {c.metric: c for c in compare(card(20.0, 0.40), card(20.1, 0.41))}
+    assert not changes["perplexity"].regression and not changes["acc"].regression  # within 1%, or better
+    changes = {c.metric: c for c in compare(card(20.0, 0.40), card(21.0, 0.38))}
+    assert changes["perplexity"].regression and changes["acc"].regression
+    assert changes["perplexity"].relative_change == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize(
@@ -252,19 +253,19 @@ def test_compare_flags_changes_in_each_metric_s_bad_direction():
         ('[[models]]\nmodel = "m"\ncrs = [0.2, 0.2]\n', "variants listed twice: m-compot-dynamic-cr0.2"),
         ('[[models]]\nmodel = "m"\ncrs = [1.2]\n', r"cr 1.2 must lie in \(0, 1\)"),
         ("", "lists no variants"),
-        ("[[models]\n", "cannot read nightly plan"),
+        ("[[models]\n", "cannot read manifest"),
     ],
 )
-def test_plan_errors_name_the_file_and_the_problem(tmp_path, text, message):
+def test_manifest_errors_name_the_file_and_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ZooError, match=message):
-        read_plan(path)
+        read_manifest(path)
 
 
 @pytest.mark.parametrize("name", ["nightly.toml", "demo.toml"])
-def test_the_shipped_plans_name_known_models(name):
-    variants, settings = read_plan(ROOT / "zoo" / "ci" / name)
+def test_the_shipped_manifests_name_known_models(name):
+    variants, settings = read_manifest(ROOT / "zoo" / "ci" / name)
     assert {v.entry["model"] for v in variants} <= set(aliases())
     assert name != "nightly.toml" or settings["target"] == "hub"
 
@@ -307,7 +308,7 @@ def test_the_nightly_runs_one_job_per_model_then_gathers_and_deploys_the_scorebo
     text = WORKFLOW.read_text()
     for needle in (
         "--list-jobs",
-        "fromJSON(needs.plan.outputs.jobs)",
+        "fromJSON(needs.models.outputs.jobs)",
         "runs-on: ${{ matrix.runs-on }}",
         "key: zoo-${{ matrix.name }}-",  # each model's job its own cache
         '--model "$MODEL"',
@@ -327,10 +328,10 @@ def test_the_gate_workflow_comments_the_table_and_reports_only_with_the_label():
         "labeled",
         "contains(github.event.pull_request.labels.*.name, 'moves-numbers')",
         "--report-only",
-        "zoo gate --plan zoo/ci/gate.toml",
+        "zoo gate --manifest zoo/ci/gate.toml",
         "marocchino/sticky-pull-request-comment@",
         "path: gate-report/gate.md",
-        "zoo nightly --plan zoo/ci/gate.toml",
+        "zoo nightly --manifest zoo/ci/gate.toml",
     ):
         assert needle in text, needle
 
@@ -339,7 +340,7 @@ def test_a_hub_run_without_a_token_fails_before_loading_anything(tmp_path, model
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setattr("zoo.pipeline.prepare", lambda *a, **k: pytest.fail("work started before the check"))
-    plan = _plan(tmp_path / "nightly.toml", model_dir, text_file, [0.2])
-    args = ["nightly", "--plan", plan, "--target", "hub", "--report-dir", tmp_path / "report"]
+    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.2])
+    args = ["nightly", "--manifest", manifest, "--target", "hub", "--report-dir", tmp_path / "report"]
     result = CliRunner().invoke(main, [*map(str, args)])
     assert result.exit_code == 1 and "needs a token: set HF_TOKEN" in result.output

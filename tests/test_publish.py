@@ -21,10 +21,10 @@ from zoo.format.record import read_record
 from zoo.publish.card import ALLOCATION_PLOT, CARD, card_data, inherited_license, write_card
 from zoo.publish.publishers import HubPublisher, LocalRegistry, publisher_for
 from zoo.publish.scorecard import SCORECARD, MetricResult, Scorecard
-from zoo.publish.verification import BROKEN, VERIFIED
+from zoo.publish.verdict import BROKEN, VERIFIED
+from zoo.rescore import verify_published
 from zoo.sources.catalogue import resolve
 from zoo.sources.hub import hub_reachable
-from zoo.verify import verify_published
 
 
 def _invoke(*args):

@@ -328,7 +328,7 @@ def test_a_broken_variant_in_the_registry_shows_as_broken_in_a_browser(tmp_path,
     from zoo.cli import main
     from zoo.publish.publishers import LocalRegistry
     from zoo.publish.scorecard import SCORECARD
-    from zoo.publish.verification import VERIFICATION, verdict
+    from zoo.publish.verdict import VERIFICATION, verdict
 
     slice_scores = {PPL[0]: {PPL[1]: 22.5}}
     verdicts = {

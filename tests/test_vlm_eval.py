@@ -149,7 +149,7 @@ def test_compress_eval_writes_a_scorecard_for_base_and_compressed(lmu, tmp_path)
     # Published, it reloads in a fresh process (the adapter's image-only processor, the Auto class's
     # from_pretrained) and answers the slice's questions as it did at build time.
     from zoo.publish.publishers import LocalRegistry
-    from zoo.verify import verify_published
+    from zoo.rescore import verify_published
 
     registry = LocalRegistry(tmp_path / "registry", "compot-zoo")
     verification = verify_published(registry, registry.publish(tmp_path / "out", "tiny-vlm"))

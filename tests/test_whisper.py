@@ -137,15 +137,17 @@ def test_the_part_before_each_stack_runs_the_same_through_offload_hooks(tiny, sp
     assert_hooked_capture_matches(loaded.model, ADAPTER.stacks(loaded.model, ["encoder", "decoder"]), data.batches)
 
 
-@pytest.mark.parametrize("components", [None, ["encoder", "decoder"]])
-def test_compress_save_reload_transcribes_the_same(tiny, speech_folder, tmp_path, components):
+@pytest.mark.parametrize(
+    "components, heal", [(None, 0), (["encoder", "decoder"], 0), (None, 3)], ids=["decoder", "both", "healed"]
+)
+def test_compress_save_reload_transcribes_the_same(tiny, speech_folder, tmp_path, components, heal):
     loaded = _load(tiny)
     data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0, online=False)
     reports = compress_model(
         loaded.model,
         ADAPTER.stacks(loaded.model, components),
         data,
-        CompressionConfig(cr=0.3, iters=4, components=components),
+        CompressionConfig(cr=0.3, iters=4, components=components, heal=heal),
     )
     compressed = sum(isinstance(m, CompotLinear) for m in loaded.model.modules())
     assert compressed == len(reports) == (20 if components is None else 32)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import typing
 from collections import Counter
 from importlib import resources
@@ -13,27 +12,19 @@ import click
 
 from zoo import __version__
 from zoo.compression.config import CompressionConfig
-from zoo.errors import ZooError
-from zoo.modality import MODALITIES
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    """ZooError, and the engine's EngineError once the engine is loaded (before, none can be raised;
-    importing it here would cost every command torch's import time)."""
-    engine = sys.modules.get("zoo.engine.errors")
-    return (ZooError, engine.EngineError) if engine else (ZooError,)
+from zoo.errors import UserError, ZooError
+from zoo.modality_table import MODALITIES
 
 
 class _ZooGroup(click.Group):
-    """Turns the errors a user can fix into a one-line message and exit code 1, without a traceback."""
+    """Turns the errors a user can fix (ZooError, the engine's EngineError) into a one-line message
+    and exit code 1, without a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except Exception as exc:
-            if isinstance(exc, _user_errors()):
-                raise click.ClickException(str(exc)) from exc
-            raise
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 @click.group(cls=_ZooGroup)
@@ -173,7 +164,7 @@ def _check_cr(_ctx, _param, value: float) -> float:
 @_memory_option("host", "what is available now")
 @_memory_option("device", "what the GPU has free now")
 @_publish_options
-def compress(
+def compress(  # noqa: PLR0913 - click passes one argument per option
     model: str,
     calibration: str | None,
     n_samples: int | None,
@@ -279,24 +270,24 @@ def publish(
     _publish(publisher, checkpoint)
 
 
-def _plan_path(plan_path: Path | None, default: str) -> Path:
-    return plan_path or Path(str(resources.files("zoo.ci") / default))
+def _manifest_path(manifest_path: Path | None, default: str) -> Path:
+    return manifest_path or Path(str(resources.files("zoo.ci") / default))
 
 
-def _plan_option(default: str, what: str):
+def _manifest_option(default: str, what: str):
     return click.option(
-        "--plan",
-        "plan_path",
+        "--manifest",
+        "manifest_path",
         type=click.Path(path_type=Path, dir_okay=False),
         default=None,
         help=f"{what} (default: the project's zoo/ci/{default}).",
     )
 
 
-def _plan_publisher(
+def _manifest_publisher(
     settings: dict, target: str | None, org: str | None, private: bool | None, allow_offline_scores: bool = False
 ):
-    """The publisher a command's options name, the plan's [publish] table filling the rest."""
+    """The publisher a command's options name, the manifest's [publish] table filling the rest."""
     from zoo.publish.publishers import publisher_for
 
     return publisher_for(
@@ -316,30 +307,34 @@ def _workdir_option(name: str):
     )
 
 
+def _report_dir_option(what: str):
+    return click.option(
+        "--report-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=Path("nightly-report"),
+        show_default=True,
+        help=f"Where {what} go.",
+    )
+
+
 @main.command()
-@_plan_option("nightly.toml", "Models x CRs x methods to keep fresh")
+@_manifest_option("nightly.toml", "Models x CRs x methods to keep fresh")
 @click.option(
     "--target",
     default=None,
-    help="'hub', 'hub:ORG' or a local registry folder (default: the plan's, else the local registry).",
+    help="'hub', 'hub:ORG' or a local registry folder (default: the manifest's, else the local registry).",
 )
-@click.option("--model", default=None, help="Only this model of the plan (one CI job's share).")
+@click.option("--model", default=None, help="Only this model of the manifest (one CI job's share).")
 @click.option(
     "--list-jobs",
     is_flag=True,
-    help="Print the plan's CI jobs, one per model with its runner labels, as a JSON list, and stop.",
+    help="Print the manifest's CI jobs, one per model with its runner labels, as a JSON list, and stop.",
 )
 @_workdir_option("nightly")
-@click.option(
-    "--report-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("nightly-report"),
-    show_default=True,
-    help="Where report.json and report.md go.",
-)
+@_report_dir_option("report.json and report.md")
 @_publish_options
-def nightly(
-    plan_path: Path | None,
+def nightly(  # noqa: PLR0913 - click passes one argument per option
+    manifest_path: Path | None,
     target: str | None,
     model: str | None,
     list_jobs: bool,
@@ -353,17 +348,18 @@ def nightly(
     was found broken), then verify each in a fresh process."""
     import json
 
-    from zoo.nightly import ci_jobs, only_model, read_plan, run_nightly
+    from zoo.nightly.manifest import ci_jobs, only_model, read_manifest
+    from zoo.nightly.run import run_nightly
     from zoo.sources.assets import cache_dir
 
-    plan_path = _plan_path(plan_path, "nightly.toml")
+    manifest_path = _manifest_path(manifest_path, "nightly.toml")
     if list_jobs:
-        click.echo(json.dumps(ci_jobs(plan_path)))
+        click.echo(json.dumps(ci_jobs(manifest_path)))
         return
-    variants, settings = read_plan(plan_path)
+    variants, settings = read_manifest(manifest_path)
     if model is not None:
         variants = only_model(variants, model)
-    publisher = _plan_publisher(settings, target, org, private, allow_offline_scores)
+    publisher = _manifest_publisher(settings, target, org, private, allow_offline_scores)
     outcomes = run_nightly(variants, publisher, workdir or cache_dir() / "nightly", report_dir)
     click.echo((report_dir / "report.md").read_text())
     problems = []
@@ -385,7 +381,7 @@ def verify(variant: str, target: str | None, org: str | None) -> None:
     """Download the published VARIANT from TARGET in a fresh process, reload it, score the slice its
     scorecard recorded and mark it verified or broken where it is published (as `zoo nightly` does)."""
     from zoo.publish.publishers import publisher_for
-    from zoo.verify import verify_published
+    from zoo.rescore import verify_published
 
     publisher = publisher_for(target, org)
     published = publisher.get(variant)
@@ -399,17 +395,11 @@ def verify(variant: str, target: str | None, org: str | None) -> None:
 
 @main.command()
 @click.argument("reports", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False))
-@click.option(
-    "--report-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("nightly-report"),
-    show_default=True,
-    help="Where the gathered report.json and report.md go.",
-)
+@_report_dir_option("the gathered report.json and report.md")
 def gather(reports: tuple[Path, ...], report_dir: Path) -> None:
     """Gather the report folders of `zoo nightly --model` jobs into one nightly report; fails when a
     variant failed or a job left no report."""
-    from zoo.nightly import gather_reports
+    from zoo.nightly.report import gather_reports
 
     data = gather_reports(list(reports), report_dir)
     click.echo((report_dir / "report.md").read_text())
@@ -421,11 +411,11 @@ def gather(reports: tuple[Path, ...], report_dir: Path) -> None:
 
 
 @main.command()
-@_plan_option("gate.toml", "The variants to check")
+@_manifest_option("gate.toml", "The variants to check")
 @click.option(
     "--against",
     default=None,
-    help="Published scorecards to compare with: 'hub', 'hub:ORG' or a local registry folder (default: the plan's).",
+    help="Published scorecards to compare with: 'hub', 'hub:ORG' or a local registry folder (default: the manifest's).",
 )
 @click.option(
     "--tolerance",
@@ -443,9 +433,9 @@ def gather(reports: tuple[Path, ...], report_dir: Path) -> None:
     show_default=True,
     help="Where gate.json and gate.md (the pull-request comment) go.",
 )
-@click.option("--org", default=None, help="Organisation (default: the plan's [publish]).")
+@click.option("--org", default=None, help="Organisation (default: the manifest's [publish]).")
 def gate(
-    plan_path: Path | None,
+    manifest_path: Path | None,
     against: str | None,
     tolerance: float | None,
     report_only: bool,
@@ -453,14 +443,14 @@ def gate(
     out: Path,
     org: str | None,
 ) -> None:
-    """Compress and score the gate plan and compare each metric with the published scorecards;
+    """Compress and score the gate manifest and compare each metric with the published scorecards;
     exit non-zero when one worsens beyond the tolerance (unless --report-only)."""
     from zoo.gate import GATE_TOLERANCE, run_gate, write_gate_report
-    from zoo.nightly import read_plan
+    from zoo.nightly.manifest import read_manifest
     from zoo.sources.assets import cache_dir
 
-    variants, settings = read_plan(_plan_path(plan_path, "gate.toml"))
-    publisher = _plan_publisher(settings, against, org, None)
+    variants, settings = read_manifest(_manifest_path(manifest_path, "gate.toml"))
+    publisher = _manifest_publisher(settings, against, org, None)
     tolerance = GATE_TOLERANCE if tolerance is None else tolerance
     results = run_gate(variants, publisher, workdir or cache_dir() / "gate", tolerance)
     report = write_gate_report(results, out, repr(publisher), tolerance, report_only)

@@ -1,4 +1,4 @@
-"""`zoo gate`: the check on every change. A small fixed plan (zoo/ci/gate.toml) is compressed and
+"""`zoo gate`: the check on every change. A small fixed manifest (zoo/ci/gate.toml) is compressed and
 scored as the nightly job would, and each metric is compared with the published scorecard of the
 same variant; the table goes to a pull-request comment, and the gate fails when a metric worsens
 beyond GATE_TOLERANCE, unless the change says it is meant to move the numbers (report only).
@@ -10,11 +10,13 @@ import json
 import logging
 import shutil
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from zoo.files import write_text
-from zoo.nightly import ModelContext, Variant, by_model, compare
+from zoo.nightly.manifest import Variant
+from zoo.nightly.report import MetricChange, change_table, compare
+from zoo.nightly.run import ModelContext, run_each
 from zoo.publish.publishers import Publisher
 from zoo.publish.scorecard import SCORECARD, Scorecard
 
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 # runs with 2 threads were too, while 1 thread moved one word of the 183 in tts-wiki-test (3.7%
 # of its WER). 2% leaves continuous metrics (perplexity) room for another machine's arithmetic.
 GATE_TOLERANCE = 0.02
-# Counted metrics move by whole items: the gate plan scores 20 items per lm-eval task and 71 and 183
+# Counted metrics move by whole items: the gate manifest scores 20 items per lm-eval task and 71 and 183
 # words in its WER sets, so one item (0.05 accuracy) or one word (up to 0.014 WER) is the finest
 # change, and the measured thread-count noise was one word. Such a metric fails the gate only when
 # it also worsens by more than this (absolute): more than one item or word.
@@ -35,52 +37,50 @@ ABSOLUTE_FLOOR = {"acc": 0.06, "acc_norm": 0.06, "wer": 0.015}
 
 @dataclass
 class GateResult:
-    """One variant of the gate plan: its metrics now against the published ones."""
+    """One variant of the gate manifest: its metrics now against the published ones."""
 
     variant: str
     url: str | None = None  # the published variant compared with; None when there is none
     same_inputs: bool | None = None  # whether the published fingerprint is the one built now
-    changes: list[dict] = field(default_factory=list)  # nightly.compare's rows
+    changes: list[MetricChange] = field(default_factory=list)
     error: str = ""
 
     @property
     def passed(self) -> bool:
-        return not self.error and self.url is not None and not any(c["regression"] for c in self.changes)
+        return not self.error and self.url is not None and not any(c.regression for c in self.changes)
 
 
 def run_gate(variants: list[Variant], publisher: Publisher, workdir: Path, tolerance: float) -> list[GateResult]:
     """Build and score every variant (nothing is published), compare it with `publisher`'s copy."""
     results = {v.name: GateResult(v.name) for v in variants}
-    for entry, model_variants in by_model(variants):
+
+    def attempt(context: ModelContext, v: Variant) -> None:
+        result, out = results[v.name], workdir / v.name
         try:
-            context = ModelContext(entry)
-        except Exception as exc:  # noqa: BLE001 - a model that cannot load fails its variants, not the gate run
-            for v in model_variants:
-                results[v.name].error = _error(exc)
-            continue
-        for v in model_variants:
-            result, out = results[v.name], workdir / v.name
-            try:
-                published = publisher.get(v.name)
-                context.score(v, out, f"{publisher.organization}/{v.name}")
-                now = Scorecard.load(out / SCORECARD)
-            except Exception as exc:  # noqa: BLE001
-                result.error = _error(exc)
-                continue
-            finally:
-                shutil.rmtree(out, ignore_errors=True)
-            if published is not None:
-                result.url = published.url
-                result.same_inputs = published.scorecard.fingerprint == now.fingerprint
-                result.changes = [floored(c) for c in compare(published.scorecard, now, tolerance)]
-            log.warning("gate: %s %s", v.name, "passed" if result.passed else "failed")
+            published = publisher.get(v.name)
+            context.score(v, out, f"{publisher.organization}/{v.name}")
+            now = Scorecard.load(out / SCORECARD)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        if published is not None:
+            result.url = published.url
+            result.same_inputs = published.scorecard.fingerprint == now.fingerprint
+            result.changes = [floored(c) for c in compare(published.scorecard, now, tolerance)]
+
+    def failed(v: Variant, exc: Exception) -> None:
+        results[v.name].error = _error(exc)
+
+    def finished(v: Variant) -> None:
+        log.warning("gate: %s %s", v.name, "passed" if results[v.name].passed else "failed")
+
+    run_each(variants, attempt, failed, finished)
     return list(results.values())
 
 
-def floored(change: dict) -> dict:
+def floored(change: MetricChange) -> MetricChange:
     """A change within one item or word of a counted metric is noise, whatever its relative size."""
-    small = abs(change["current"] - change["previous"]) <= ABSOLUTE_FLOOR.get(change["metric"], 0.0)
-    return {**change, "regression": change["regression"] and not small}
+    small = abs(change.current - change.previous) <= ABSOLUTE_FLOOR.get(change.metric, 0.0)
+    return replace(change, regression=change.regression and not small)
 
 
 def _error(exc: Exception) -> str:
@@ -100,21 +100,14 @@ def markdown(results: list[GateResult], against: str, tolerance: float, report_o
     lines = [
         f"## compot-zoo gate: {verdict}",
         "",
-        f"Each metric of the gate plan's variants against the scorecards published in {against}; a change "
+        f"Each metric of the gate manifest's variants against the scorecards published in {against}; a change "
         f"of more than {tolerance:.1%} in the metric's bad direction fails the gate (accuracy and WER: "
         "only when also more than one item or word).",
         "",
-        "| variant | task | metric | published | now | change |",
-        "| --- | --- | --- | --- | --- | --- |",
+        *change_table([(r.variant, c) for r in results for c in r.changes], "published", " ❌"),
     ]
     notes = []
     for r in results:
-        for c in r.changes:
-            flag = " ❌" if c["regression"] else ""
-            lines.append(
-                f"| {r.variant} | {c['task']} | {c['metric']} | {c['previous']:.4g} | {c['current']:.4g} | "
-                f"{100 * c['relative_change']:+.2f}%{flag} |"
-            )
         if r.error:
             notes.append(f"- {r.variant}: ❌ could not be built and scored: {r.error}")
         elif r.url is None:

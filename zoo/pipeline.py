@@ -37,7 +37,7 @@ from zoo.format.checkpoint import check_target, mark_compressed, save_compressed
 from zoo.format.progress import BlockProgress
 from zoo.format.record import CalibrationInfo, VariantRecord
 from zoo.modalities.base import Adapter, get_adapter
-from zoo.modality import DEFAULT, modality_of
+from zoo.modality_table import DEFAULT, modality_of
 from zoo.publish.card import inherited_license, write_card
 from zoo.publish.fingerprint import variant_fingerprint
 from zoo.publish.scorecard import SCORECARD, Scorecard, SliceScore, metrics_from_results
@@ -61,7 +61,7 @@ EVAL_SETTINGS = (
     "eval_chat_tokens",
     "chat",
 )
-# The slice a published variant is verified on (zoo.verify), over the run's own settings: two
+# The slice a published variant is verified on (zoo.rescore), over the run's own settings: two
 # perplexity windows, no zero-shot tasks and 8-token answers to the chat prompts for LLMs, four
 # utterances or questions per set.
 SLICE_SETTINGS = {"eval_windows": 2, "eval_limit": 4, "eval_tasks": [], "eval_chat_tokens": 8}
@@ -264,9 +264,10 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
     read: reported line by line, and a ZooError when it would not fit the memory there is."""
     spec = resolve(req.model, req.modality, online)
     adapter = get_adapter(spec.modality)
+    source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
+    adapter.check_calibration(source, online)
     skeleton = adapter.load(spec, online, req.config.dtype, weights=False)
     dtype = req.config.resolved(skeleton.dtype, spec.defaults.get("dtype", "bfloat16")).dtype
-    _, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
     device = torch.device(req.config.device or default_device())
     config = skeleton.model.config
     stacks = adapter.stacks(skeleton.model, req.config.components)
@@ -287,6 +288,7 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
         req.config.iters,
         not req.config.static,
         req.config.offload_activations,
+        req.config.heal,
     )
     report(f"Plan for {shown(spec.name)}:")
     for line in the_plan.lines():

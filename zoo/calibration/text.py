@@ -120,9 +120,14 @@ def _wiki_articles() -> list[tuple[str, str]]:
     return articles
 
 
+def offline_articles(split: str) -> list[tuple[str, str]]:
+    """(title, text) of one split: every fourth article by title is test, the rest train, disjoint
+    by construction."""
+    return [article for i, article in enumerate(_wiki_articles()) if (i % 4 == 3) == (split == "test")]
+
+
 def _offline_split(split: str) -> list[str]:
-    """Every fourth article by title is test, the rest train: disjoint by construction."""
-    return [text for i, (_, text) in enumerate(_wiki_articles()) if (i % 4 == 3) == (split == "test")]
+    return [text for _, text in offline_articles(split)]
 
 
 def _column(ds, source: str, split: str, field: str | None = None) -> list[str]:
@@ -221,20 +226,24 @@ def load_texts(name_or_path: str, split: str, online: bool = True) -> list[str]:
 def calibration_batches(
     tokenizer, name_or_path: str, n_samples: int, seq_len: int, seed: int = 0, online: bool = True
 ) -> torch.Tensor:
-    """(n_samples, seq_len) int64 token windows at seeded random offsets of the joined train text.
+    """(n_samples, seq_len) int64 token windows of a set's train text (`token_windows`)."""
+    return token_windows(tokenizer, load_texts(name_or_path, "train", online), n_samples, seq_len, seed, name_or_path)
+
+
+def token_windows(tokenizer, texts: list[str], n_samples: int, seq_len: int, seed: int, name: str) -> torch.Tensor:
+    """(n_samples, seq_len) int64 token windows at seeded random offsets of the joined texts.
 
     The GPTQ / SVD-LLM recipe: documents joined by blank lines, tokenized once, windows drawn
     with a seeded generator, so the same seed gives the same tokens on any machine.
     """
     if n_samples < 1 or seq_len < 1:
         raise ZooError(f"n_samples and seq_len must be positive, got {n_samples} and {seq_len}")
-    texts = load_texts(name_or_path, "train", online)
     if not texts:
-        raise ZooError(f"calibration set {name_or_path!r} has no text")
+        raise ZooError(f"calibration set {name!r} has no text")
     ids = tokenizer("\n\n".join(texts), return_tensors="pt", verbose=False).input_ids[0].to(torch.int64)
     if ids.numel() < n_samples * seq_len:
         raise ZooError(
-            f"calibration set {name_or_path!r} has {ids.numel()} tokens, fewer than the "
+            f"calibration set {name!r} has {ids.numel()} tokens, fewer than the "
             f"{n_samples} x {seq_len} = {n_samples * seq_len} requested"
         )
     generator = torch.Generator().manual_seed(seed)

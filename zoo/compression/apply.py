@@ -15,6 +15,8 @@ the activations, whatever the model's size.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +27,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zoo.compression.config import CompressionConfig
-from zoo.compression.grams import GramStat, block_grams, capture_block_inputs, moved, replay
+from zoo.compression.grams import BlockInput, GramStat, block_grams, capture_block_inputs, moved, replay
+from zoo.compression.healing import heal_block
 from zoo.compression.layer import CompotLinear
 from zoo.compression.quantized import QuantLinear
 from zoo.compression.report import LayerRecord
@@ -135,15 +138,19 @@ def compress_model(
     with tqdm(total=len(targets), desc="compress", unit="matrix") as bar:
         for stack in stacks:
             home = torch.device("cpu") if config.offload_activations else device  # where activations stay
-            stack_inputs = [moved(item, home, torch.float32) for item in inputs.pop(stack.name)]
+            captured = [moved(item, home, torch.float32) for item in inputs.pop(stack.name)]
+            streams = Streams(
+                teacher=captured if not config.sequential or config.heal else None,
+                student=captured if config.sequential or config.heal else None,
+            )
             runs_on = device if home != device else None
             for index, (prefix, block) in enumerate(stack.blocks, 1):
                 bar.set_postfix_str(prefix)
                 log.info("block %s (%d of %d in %s)", prefix, index, len(stack.blocks), stack.name)
                 done = store.load(prefix) if store is not None else None
                 if done is not None:
-                    if not config.sequential:  # the 16-bit block's outputs, before its layers are restored
-                        stack_inputs = replay(working_copy(block, device), stack_inputs, runs_on)
+                    if streams.teacher is not None:  # the 16-bit block's outputs, before its layers are restored
+                        streams.teacher = replay(working_copy(block, device), streams.teacher, runs_on)
                     block_records, layers = done
                     for full, layer in layers.items():
                         linear = targets[full]  # held as this run holds the model (an earlier run may have differed)
@@ -153,21 +160,45 @@ def compress_model(
                     bar.update(len(block_records))
                 else:
                     work = working_copy(block, device)
-                    stats, outputs = block_grams(work, stack.groups, stack_inputs, device=runs_on)
+                    calibrating = streams.student if config.sequential else streams.teacher
+                    stats, outputs = block_grams(work, stack.groups, calibrating, device=runs_on)
                     _check_finite(prefix, stats, len(outputs))
-                    if not config.sequential:
-                        stack_inputs = outputs  # the 16-bit block's outputs are the next block's inputs
+                    if streams.teacher is not None:  # the 16-bit block's outputs are the next block's inputs
+                        streams.teacher = outputs if calibrating is streams.teacher else replay(work, streams.teacher)
                     del outputs
                     names = {f"{prefix}.{name}": (name, stats[group[0]]) for group in stack.groups for name in group}
-                    block_records = _compress_block(block, work, names, targets, crs, config, storage_dtype, bar)
+                    healing = Healing(prefix, streams.student, streams.teacher, runs_on) if config.heal else None
+                    block_records = _compress_block(
+                        block, work, names, targets, crs, config, storage_dtype, bar, healing
+                    )
                     if store is not None:
                         layers = {r.name: model.get_submodule(r.name) for r in block_records if r.method != "dense"}
                         store.save(prefix, block_records, layers)
                     del work
-                if config.sequential:  # the next block's inputs are what this one gives, compressed
-                    stack_inputs = replay(working_copy(block, device), stack_inputs, runs_on)
+                if streams.student is not None:  # what this block gives, compressed
+                    streams.student = replay(working_copy(block, device), streams.student, runs_on)
                 records += block_records
     return records
+
+
+@dataclasses.dataclass
+class Streams:
+    """The activations the blocks are fed: the 16-bit model's (teacher: SVD-LLM's whitening, and
+    healing's targets) and the compressed model's so far (student: `sequential`, and healing's
+    inputs). A run carries only the ones it reads."""
+
+    teacher: list[BlockInput] | None
+    student: list[BlockInput] | None
+
+
+@dataclasses.dataclass
+class Healing:
+    """What healing a block reads: its compressed inputs and the 16-bit block's outputs."""
+
+    prefix: str
+    inputs: list[BlockInput]
+    targets: list[BlockInput]
+    runs_on: torch.device | None
 
 
 def working_copy(block: nn.Module, device: torch.device) -> nn.Module:
@@ -201,9 +232,10 @@ def _compress_block(
     config: CompressionConfig,
     storage_dtype: torch.dtype,
     bar: tqdm,
+    healing: Healing | None = None,
 ) -> list[LayerRecord]:
-    """Factorize a block's projections side by side from its working copy, then swap each into
-    the block itself, where it lives, unless it stays dense."""
+    """Factorize a block's projections side by side from its working copy, heal them together
+    (`healing`), then swap each into the block itself, where it lives, unless it stays dense."""
     jobs = {
         full: (work.get_submodule(name).weight.detach(), stat.gram, crs[full])
         for full, (name, stat) in names.items()
@@ -217,7 +249,11 @@ def _compress_block(
         tol=config.tol,
         on_done=lambda name, _: _done(bar, name),
     )
+    if config.method == "compot" and config.forms == "mixed":
+        factors = _better_form(factors, factorize_many(jobs, method="svd-llm"))
     bar.update(len(names) - len(jobs))
+    if healing is not None:
+        factors = _healed(work, names, factors, healing, config)
 
     def build(full: str) -> tuple[CompotLinear | QuantLinear, float] | None:
         """The layer that replaces `full` and its calibration-weighted error; None: it stays as it is."""
@@ -233,8 +269,12 @@ def _compress_block(
             return QuantLinear.from_quantized(quantized, linear.bias), relative_error(weight, approx, stat.gram)
         if config.quantize is None:
             return CompotLinear.from_factorization(f, linear.bias, storage_dtype), f.relative_error
-        q = quantize_factors(f, weight, stat.gram, config.bits, config.quantize_group_size, storage_dtype, full)
-        return CompotLinear.from_factorization(f, linear.bias, storage_dtype, q), q.relative_error
+        # GPTQ approximates the matrix the factors stand for: the weight, or what healing made of it
+        fitted = weight if healing is None else f.reconstruct()
+        q = quantize_factors(f, fitted, stat.gram, config.bits, config.quantize_group_size, storage_dtype, full)
+        return CompotLinear.from_factorization(f, linear.bias, storage_dtype, q), relative_error(
+            weight, q.approx, stat.gram
+        )
 
     if config.quantize is None:
         built = {full: build(full) for full in names}
@@ -256,6 +296,50 @@ def _compress_block(
             _record(full, linear, stat, crs[full], f, layer, error=error, group_size=config.quantize_group_size)
         )
     return records
+
+
+def _better_form(compot: dict[str, Factorization], lowrank: dict[str, Factorization]) -> dict[str, Factorization]:
+    """Per matrix, SVD-LLM's low-rank pair where it fits the calibration data better than COMPOT at
+    the same CR (tall matrices, e.g. Qwen2.5's down_proj, were seen to lose to it under eq. 11); a
+    matrix COMPOT keeps dense stays so, as the allocation counted it."""
+    better = {
+        name
+        for name, f in compot.items()
+        if not f.is_dense and not lowrank[name].is_dense and lowrank[name].relative_error < f.relative_error
+    }
+    return {name: lowrank[name] if name in better else f for name, f in compot.items()}
+
+
+def _healed(
+    work: nn.Module,
+    names: dict[str, tuple[str, GramStat]],
+    factors: dict[str, Factorization],
+    healing: Healing,
+    config: CompressionConfig,
+) -> dict[str, Factorization]:
+    """The block's factors after healing, each with its calibration-weighted error appended to its
+    objective (healing fits the block's outputs, so a matrix's own error may rise)."""
+    local = {names[full][0]: f for full, f in factors.items() if not f.is_dense}
+    seed = int.from_bytes(hashlib.sha256(healing.prefix.encode()).digest()[:4], "little")
+    healed = heal_block(
+        work,
+        local,
+        healing.inputs,
+        healing.targets,
+        config.heal,
+        config.heal_lr,
+        seed=seed,
+        device=healing.runs_on,
+        desc=f"heal {healing.prefix}",
+    )
+    result = dict(factors)
+    for full, (name, stat) in names.items():
+        if name in healed:
+            f = healed[name]
+            weight = work.get_submodule(name).weight.detach()
+            error = relative_error(weight, f.reconstruct(), stat.gram) * f.whitened_norm_sq
+            result[full] = dataclasses.replace(f, objective=[*f.objective, error])
+    return result
 
 
 def _done(bar: tqdm, name: str) -> None:

@@ -1,5 +1,5 @@
 """What a compression run is asked to do. Each setting carries its default, its help and its
-check here, once (as PEFT's configs do); the CLI's options, the nightly plan's keys and the
+check here, once (as PEFT's configs do); the CLI's options, the nightly manifest's keys and the
 command line recorded with a variant are all read from these fields."""
 
 from __future__ import annotations
@@ -78,6 +78,13 @@ class CompressionConfig:
         "quantized dense (needs --quantize).",
         choices=METHODS,
     )
+    forms: str = setting(
+        "mixed",
+        "mixed: a COMPOT matrix takes SVD-LLM's low-rank pair instead where that has the lower "
+        "calibration-weighted error at the same CR (the record names each matrix's form); single: "
+        "every matrix in the method's form, as the paper.",
+        choices=("mixed", "single"),
+    )
     static: bool = setting(False, "One CR for every matrix (COMPOT-dagger) instead of dynamic allocation.")
     ks_ratio: float = setting(2.0, "Dictionary size over sparsity, k/s.", at_least(1.0))
     iters: int = setting(20, "Alternating minimisation steps.", at_least(0))
@@ -105,6 +112,13 @@ class CompressionConfig:
         "Calibrate each block on what the blocks already compressed give it (GPTQ's sequential mode), "
         "not on the 16-bit model's activations.",
     )
+    heal: int = setting(
+        0,
+        "Healing: Adam steps per block that refine its factors (dictionary and kept codes; mask, k and s "
+        "fixed, so the bytes are the same) to reproduce the 16-bit block's outputs; 0: the training-free method.",
+        at_least(0),
+    )
+    heal_lr: float = setting(1e-3, "Healing's Adam step, relative to each factor's RMS.", between(0.0, 1.0))
     dtype: str | None = setting(
         None,
         "Dtype of the checkpoint's tensors that are not compressed (embeddings, norms, heads): the base's own "

@@ -90,7 +90,7 @@ def capture_block_inputs(
     return captured
 
 
-def _block_output(out):
+def block_output(out):
     """Blocks return their hidden states alone or first in a tuple, by transformers version."""
     return out[0] if isinstance(out, tuple) else out
 
@@ -116,9 +116,9 @@ def replay(block: nn.Module, inputs: list[BlockInput], device: torch.device | No
     with torch.inference_mode():
         for item in inputs:
             run = item if device is None else moved(item, device)
-            out = _block_output(block(*run.args, **run.kwargs))
+            out = block_output(block(*run.args, **run.kwargs))
             if device is not None:
-                out = out.to(_hidden(item).device)
+                out = out.to(hidden_of(item).device)
             if item.args:
                 outputs.append(BlockInput((out,) + tuple(item.args[1:]), item.kwargs))
             else:
@@ -126,7 +126,7 @@ def replay(block: nn.Module, inputs: list[BlockInput], device: torch.device | No
     return outputs
 
 
-def _hidden(item: BlockInput) -> torch.Tensor:
+def hidden_of(item: BlockInput) -> torch.Tensor:
     return item.args[0] if item.args else item.kwargs["hidden_states"]
 
 

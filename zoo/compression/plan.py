@@ -30,6 +30,9 @@ GIB = 2**30
 # its input Gram, from peak resident memory measured on shapes from 576 to 5120 wide, one matrix
 # at a time (6 and 0.6 fit those within 3%); matrices factorized side by side took about 20% more.
 ENGINE_WEIGHT_COPIES, ENGINE_GRAM_COPIES = 7, 0.6
+# Floats autograd keeps per token and per input or output feature of a block's projections while
+# healing one sample (their inputs, the dictionaries' outputs, the norms' and activations' own).
+HEAL_SAVED = 3
 
 
 def gib(n: float) -> str:
@@ -94,6 +97,7 @@ def make_plan(
     iters: int,
     dynamic: bool,
     offload: bool,
+    heal_steps: int = 0,
 ) -> Plan:
     """`skeleton`: the model on the meta device; `carried_floats(stack, tokens)`: the floats one
     sample carries into a block of that stack, as (replaced by each block: its hidden states;
@@ -109,7 +113,9 @@ def make_plan(
         grams = [block.get_submodule(group[0]).in_features for group in stack.groups]
         block_parameters = sum(p.numel() for p in block.parameters())
         replaced, constant = carried_floats(stack.name, tokens)
-        per_sample = 2 * replaced + constant  # a block's inputs and outputs, sharing the constant part
+        # a block's inputs and outputs, sharing the constant part; healing also carries the
+        # compressed model's inputs and outputs beside the 16-bit model's
+        per_sample = (4 if heal_steps else 2) * replaced + constant
         on_device = 1 if offload else samples  # offloaded, one sample's batch at a time
         work = (
             4 * block_parameters  # the float32 working copy
@@ -117,12 +123,18 @@ def make_plan(
             + sum(sorted((_engine_bytes(m.out_features, m.in_features) for m in linears), reverse=True)[:parallel])
             + 4 * on_device * per_sample  # the activations in float32
         )
+        if heal_steps:  # a trainable copy with its gradients and Adam's two moments; one sample's autograd
+            work += 4 * 4 * block_parameters + 4 * HEAL_SAVED * tokens * sum(
+                m.in_features + m.out_features for m in linears
+            )
         if work > device_bytes:
             device_bytes, device_sample = work, 0 if offload else 4 * per_sample
         captured += size * samples * (replaced + constant)  # every stack's, before the first is compressed
         if offload:
             offloaded = max(offloaded, 4 * samples * per_sample)
         flops = 2 * samples * tokens * (block_parameters + sum(n * n for n in grams))  # replay and Grams
+        if heal_steps:  # the compressed block's replay, and each step's forward and backward on one sample
+            flops += 2 * tokens * block_parameters * (samples + 3 * heal_steps)
         widest = max(linears, key=lambda m: m.weight.numel())
         counts = Counter((m.out_features, m.in_features) for m in linears)
         with intra_op_threads(1 if parallel > 1 else torch.get_num_threads()):

@@ -1,5 +1,7 @@
 """The engine's one error type: inputs it cannot factorize (shapes, CRs, Grams)."""
 
+from zoo.errors import UserError
 
-class EngineError(ValueError):
+
+class EngineError(UserError):
     """Raised with a message that names the matrix or value at fault."""

@@ -246,6 +246,28 @@ def check_factors(model: nn.Module, source: Path) -> None:
                 )
 
 
+def _skeleton(path: Path) -> tuple[nn.Module, dict]:
+    """The checkpoint's architecture with empty compressed layers swapped in, and its
+    `quantization_config`, from config.json alone."""
+    import transformers
+
+    for name in (CONFIG, WEIGHTS):
+        if not (path / name).is_file():
+            raise ZooError(f"{path / name} is missing: {path} is not a compressed checkpoint")
+    config = transformers.AutoConfig.from_pretrained(path)
+    quantization = config.to_dict().get("quantization_config") or {}
+    if quantization.get("quant_method") != "compot":
+        raise ZooError(f"{path / CONFIG} has no compot quantization_config: not a compressed checkpoint")
+    del config.quantization_config  # the shells go in below; the constructor must not build a quantizer
+    architecture = (config.architectures or [None])[0]
+    model_class = getattr(transformers, architecture or "", None)
+    if model_class is None:
+        raise ZooError(f"{path / CONFIG}: architecture {architecture!r} is not a transformers model class")
+    model = model_class(config)
+    swap_in_shells(model, quantization["layers"])
+    return model, quantization
+
+
 def load_compressed(path: str | Path, device: str | torch.device = "cpu", inference: bool = True) -> nn.Module:
     """The compressed model from a folder or Hub repo, rebuilt with CompotLinear layers swapped in.
 
@@ -261,20 +283,7 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu", infere
         from huggingface_hub import snapshot_download
 
         path = Path(snapshot_download(str(path)))  # a published variant on the Hub
-    for name in (CONFIG, WEIGHTS):
-        if not (path / name).is_file():
-            raise ZooError(f"{path / name} is missing: {path} is not a compressed checkpoint")
-    config = transformers.AutoConfig.from_pretrained(path)
-    quantization = config.to_dict().get("quantization_config") or {}
-    if quantization.get("quant_method") != "compot":
-        raise ZooError(f"{path / CONFIG} has no compot quantization_config: not a compressed checkpoint")
-    del config.quantization_config  # the shells go in below; the constructor must not build a quantizer
-    architecture = (config.architectures or [None])[0]
-    model_class = getattr(transformers, architecture or "", None)
-    if model_class is None:
-        raise ZooError(f"{path / CONFIG}: architecture {architecture!r} is not a transformers model class")
-    model = model_class(config)
-    swap_in_shells(model, quantization["layers"])
+    model, quantization = _skeleton(path)
     weights = path / WEIGHTS
     try:
         state = load_file(weights, device=str(device))

@@ -15,7 +15,7 @@ from torch import nn
 
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
-from zoo.modality import MODALITIES
+from zoo.modality_table import MODALITIES
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel
 
@@ -42,6 +42,9 @@ class Adapter(Protocol):
     ) -> CalibrationData:
         """`n_samples` inputs of at most `seq_len` tokens from `source` (a set's name or a local
         path), picked with `seed`; Hub sets need `online`."""
+
+    def check_calibration(self, source: str, online: bool) -> None:
+        """Refuse a calibration source this adapter can tell is unusable without loading the model."""
 
     def save_processor(self, loaded: LoadedModel, out_dir: Path) -> None: ...
 

@@ -26,6 +26,10 @@ OFFLINE_TEXT = "wiki-offline"
 # Calibration rows replayed per forward: equal-length rows need no mask, and four at once
 # replay a block about 15% faster than one at a time on CPU (SmolLM2, 512 tokens).
 CALIBRATION_ROWS = 4
+# Self-chat conversations generated per calibration token asked for: one per this many tokens (a
+# prompt, half of them on a passage, and an answer of at most 128 tokens take about 200 in
+# SmolLM2's and Qwen2.5's templates).
+SELF_CHAT_TOKENS = 128
 
 _LLAMA_LIKE = [
     ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
@@ -92,14 +96,34 @@ class DecoderLLM:
     def calibration(
         self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int, online: bool
     ) -> CalibrationData:
-        from zoo.calibration.text import calibration_batches, dataset_fingerprint
+        """Token windows of a text set, or of conversations in the model's chat template (a chat set,
+        a local file of them, or self-chat: the model's own answers)."""
+        from zoo.calibration import chat
+        from zoo.calibration.text import calibration_batches, dataset_fingerprint, token_windows
 
-        ids = calibration_batches(loaded.processor, source, n_samples, seq_len, seed, online)
+        if chat.is_chat_source(source):
+            if source == chat.SELF_CHAT:
+                count = max(chat.GENERATION_BATCH, -(-n_samples * seq_len // SELF_CHAT_TOKENS))
+                identity = f"{loaded.base_model}@{loaded.revision or _weights_digest(loaded.model)}"
+                conversations = chat.self_chat(loaded.model, loaded.processor, count, seed, identity)
+            else:
+                conversations = chat.load_conversations(source, online)
+            texts = chat.rendered(loaded.processor, conversations, source)
+            ids = token_windows(loaded.processor, texts, n_samples, seq_len, seed, source)
+        else:
+            ids = calibration_batches(loaded.processor, source, n_samples, seq_len, seed, online)
         batches = [
             {"input_ids": ids[i : i + CALIBRATION_ROWS], "use_cache": False}
             for i in range(0, len(ids), CALIBRATION_ROWS)
         ]
         return CalibrationData(batches, source, dataset_fingerprint(ids), ids.numel())
+
+    def check_calibration(self, source: str, online: bool) -> None:
+        """A local chat file's conversations are checked before any weights load."""
+        from zoo.calibration import chat
+
+        if chat.is_chat_source(source) and source not in chat.CHAT_SETS and source != chat.SELF_CHAT:
+            chat.load_conversations(source, online)
 
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
         loaded.processor.save_pretrained(out_dir)
@@ -145,6 +169,14 @@ class DecoderLLM:
             )
         metrics.update(chat_results(loaded.model, loaded.processor, spec.defaults))
         return metrics
+
+
+def _weights_digest(model: nn.Module) -> str:
+    """What names an in-memory model's weights when no revision does: its input embeddings."""
+    from zoo.digest import digest
+
+    table = model.get_input_embeddings().weight.detach()
+    return digest([table.float().cpu().numpy().tobytes()])
 
 
 @functools.cache

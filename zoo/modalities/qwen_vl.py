@@ -178,6 +178,9 @@ class QwenVL:
         tokens = sum(b["input_ids"].shape[1] for b in batches)
         return CalibrationData(batches, source, visual_fingerprint(items), tokens)
 
+    def check_calibration(self, source: str, online: bool) -> None:
+        """Its sets are read with the model's processor: checked when they are read."""
+
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
         loaded.processor.save_pretrained(out_dir)
 

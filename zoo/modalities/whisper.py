@@ -99,6 +99,9 @@ class Whisper:
         tokens = sum(b["decoder_input_ids"].shape[1] for b in batches)
         return CalibrationData(batches, source, speech_fingerprint(utterances), tokens)
 
+    def check_calibration(self, source: str, online: bool) -> None:
+        """Its sets are read with the model's processor: checked when they are read."""
+
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
         from zoo.sources.converters.whisper_ct2 import save_processor
 

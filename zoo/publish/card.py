@@ -13,7 +13,7 @@ from zoo.compression.report import LayerRecord
 from zoo.errors import ZooError
 from zoo.files import write_file
 from zoo.format.record import VariantRecord, read_record, size_line
-from zoo.modality import MODALITIES
+from zoo.modality_table import MODALITIES
 from zoo.publish.scorecard import SCORECARD, Scorecard
 from zoo.sources.catalogue import ModelSpec
 
@@ -31,7 +31,9 @@ TEMPLATE = """---
 {% if provenance_note %}{{ provenance_note }}
 
 {% endif %}{{ base_model }} compressed with COMPOT (Calibration-Optimized Matrix Procrustes Orthogonalization:
-sparse codes over an orthogonal dictionary, training-free) to
+sparse codes over an orthogonal dictionary{% if scorecard.heal %}, then healed: {{ scorecard.heal }} Adam steps per
+block refined the factors, their sparsity pattern fixed, so that each block reproduces the base's
+outputs{% else %}, training-free{% endif %}) to
 **{{ "%.1f" | format(100 * scorecard.achieved_cr) }}% less storage** in its compressed projections
 (target CR {{ scorecard.target_cr }}, {{ scorecard.allocation }} allocation, method `{{ scorecard.method }}`).
 The embeddings, norms and heads stay dense.
@@ -45,7 +47,9 @@ whole shrinks by less.
 {{ table }}
 
 Recovery is the share of the base model's score kept (base/compressed for error metrics).
-Calibration: `{{ scorecard.calibration_set }}` ({{ scorecard.calibration_hash }}). Compressed in
+Calibration: `{{ scorecard.calibration_set }}` ({{ scorecard.calibration_hash }}){% if
+scorecard.calibration_set == "self-chat" %}, conversations the base model wrote itself in its chat template,
+answering prompts built from Wikipedia articles it is never scored on{% endif %}. Compressed in
 {{ "%.0f" | format(scorecard.compression_seconds) }} s on {{ scorecard.hardware }}, peak memory
 {{ "%.0f" | format(scorecard.peak_memory_mb) }} MiB, engine {{ scorecard.engine_version }}.
 

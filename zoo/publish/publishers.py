@@ -20,10 +20,10 @@ from typing import Protocol
 
 from zoo.errors import ZooError
 from zoo.files import recover, recover_all, staged_dir, write_text
-from zoo.format.verify import verify_files
+from zoo.format.checks import check_files
 from zoo.publish.card import card_repo_id, read_scored, write_card
 from zoo.publish.scorecard import SCORECARD, Scorecard
-from zoo.publish.verification import VERIFICATION, Verification
+from zoo.publish.verdict import VERIFICATION, Verification
 from zoo.sources.assets import cache_dir
 from zoo.sources.catalogue import publish_settings
 from zoo.sources.hub import hub_reachable
@@ -81,7 +81,7 @@ def check_folder(folder: Path) -> Scorecard:
     """A folder is publishable when it is a scored compressed checkpoint whose files hold what its
     record says (and no links to files elsewhere)."""
     record, scorecard = read_scored(folder)
-    verify_files(folder, record)
+    check_files(folder, record)
     return scorecard
 
 

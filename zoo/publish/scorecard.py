@@ -18,7 +18,7 @@ from zoo.errors import ZooError
 from zoo.evaluators.provenance import BENCHMARK, PROVENANCES
 from zoo.files import write_text
 from zoo.format.record import VariantRecord
-from zoo.modality import MODALITIES
+from zoo.modality_table import MODALITIES
 
 SCHEMA_VERSION = 4  # 2: fingerprint and command; 3: standard errors, item limit, file sizes; 4: provenance, slice
 # Older versions read as scorecards without what came later: no standard errors or limit (2), no
@@ -85,7 +85,7 @@ class MetricResult:
 @dataclass(frozen=True)
 class SliceScore:
     """A short fixed slice of the evaluation, scored at build time on the model as it was scored:
-    the published variant, reloaded elsewhere, must score the same on it (zoo.verify)."""
+    the published variant, reloaded elsewhere, must score the same on it (zoo.rescore)."""
 
     settings: dict  # the evaluation settings (EVAL_SETTINGS keys) that make the slice
     online: bool  # whether the Hub's sets were scored
@@ -118,6 +118,7 @@ class Scorecard:
     base_bytes: int | None = None  # the base's tensors in a 16-bit checkpoint
     slice_score: SliceScore | None = None  # what the published variant is verified against
     quantize: str | None = None  # GPTQ grid of the stored values, e.g. "gptq-w4 g128"; None: 16-bit values
+    heal: int = 0  # healing's Adam steps per block; 0: training-free
     # A chat model's answers to the first chat prompts, [{"prompt", "base", "compressed"}], for the card.
     chat_answers: list[dict] | None = None
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -171,6 +172,7 @@ class Scorecard:
             base_bytes=record.base_bytes,
             slice_score=slice_score,
             quantize=record.quantize,
+            heal=record.config.heal,
             chat_answers=chat_answers,
         )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import tomllib
 
 from zoo.errors import ZooError
-from zoo.modality import MODALITIES, modality_of
+from zoo.modality_table import MODALITIES, modality_of
 from zoo.sources.hub import hub_model_type
 
 

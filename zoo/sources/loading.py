@@ -33,7 +33,7 @@ class LoadedModel:
     dtype: str | None = None  # what the base checkpoint stores
 
 
-def load_model(
+def load_model(  # noqa: PLR0913 - the catalogue entry, the adapter's classes and hooks, the run's choices: to become typed records
     spec: ModelSpec,
     online: bool,
     model_class: Any,

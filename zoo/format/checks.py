@@ -44,7 +44,16 @@ def expected_shapes(layer: LayerRecord) -> dict[str, list[int]]:
     return expected
 
 
-def verify_files(folder: Path, record: VariantRecord) -> None:
+def _header(weights: Path) -> dict[str, tuple[list[int], str]]:
+    """Tensor name -> (shape, dtype) from a safetensors header, without reading the tensors."""
+    try:
+        with safe_open(weights, framework="numpy") as f:
+            return {key: (f.get_slice(key).get_shape(), f.get_slice(key).get_dtype()) for key in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ZooError(f"{weights} is corrupt or truncated: {exc}") from exc
+
+
+def check_files(folder: Path, record: VariantRecord) -> None:
     """Refuse a folder whose files do not hold what its record says, naming the file and layer."""
     links = [p for p in folder.rglob("*") if p.is_symlink()]
     if links:
@@ -53,11 +62,7 @@ def verify_files(folder: Path, record: VariantRecord) -> None:
     for required in (weights, folder / "config.json"):
         if not required.is_file():
             raise ZooError(f"{required} is missing: {folder} is not a complete checkpoint")
-    try:
-        with safe_open(weights, framework="numpy") as f:
-            header = {key: (f.get_slice(key).get_shape(), f.get_slice(key).get_dtype()) for key in f.keys()}
-    except (SafetensorError, OSError) as exc:
-        raise ZooError(f"{weights} is corrupt or truncated: {exc}") from exc
+    header = _header(weights)
     for layer in record.layers:
         if layer.method == "dense":
             continue

@@ -3,7 +3,7 @@
 import pytest
 
 from zoo.errors import ZooError
-from zoo.publish.verification import BROKEN, SLICE_TOLERANCE, VERIFIED, Verification, mismatches, verdict
+from zoo.publish.verdict import BROKEN, SLICE_TOLERANCE, VERIFIED, Verification, mismatches, verdict
 
 EXPECTED = {"perplexity/wiki-offline": {"perplexity": 20.0}, "wer/librivox-offline": {"wer": 0.0}}
 

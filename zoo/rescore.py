@@ -1,9 +1,10 @@
-"""Verify what was published: download the variant in a fresh process that shares nothing with
-the build, load it as a user would (`import zoo`, then the Auto class's `from_pretrained`), make
-it generate, score the slice its scorecard recorded at build time, and compare. A variant that
-does not load, generate or score the same is marked broken where it is published.
+"""Re-score what was published (`zoo verify`, and `zoo nightly` after each publish): download the
+variant in a fresh process that shares nothing with the build, load it as a user would (`import
+zoo`, then the Auto class's `from_pretrained`), make it generate, score the slice its scorecard
+recorded at build time, and compare (zoo.publish.verdict). A variant that does not load, generate
+or score the same is marked broken where it is published.
 
-    python -m zoo.verify TARGET ORGANIZATION VARIANT OUT   # the fresh process; writes OUT (JSON)
+    python -m zoo.rescore TARGET ORGANIZATION VARIANT OUT   # the fresh process; writes OUT (JSON)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from zoo.errors import ZooError
 from zoo.files import write_text
 from zoo.publish.publishers import PublishedVariant, Publisher
-from zoo.publish.verification import Scores, Verification, verdict
+from zoo.publish.verdict import Scores, Verification, verdict
 
 VERIFY_TIMEOUT = 3600.0  # seconds the fresh process may take to download, load and score
 PROMPT = "The"  # what an LLM is asked to continue
@@ -35,7 +36,7 @@ def verify_published(
     variant = published.repo_id.split("/", 1)[1]
     with tempfile.TemporaryDirectory(prefix="zoo-verify-") as tmp:
         out = Path(tmp) / "measured.json"
-        command = [sys.executable, "-m", "zoo.verify", publisher.target, publisher.organization, variant, str(out)]
+        command = [sys.executable, "-m", "zoo.rescore", publisher.target, publisher.organization, variant, str(out)]
         try:
             run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
         except subprocess.TimeoutExpired:

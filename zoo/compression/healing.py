@@ -1,0 +1,128 @@
+"""Healing under a fixed support: after a block is factorized, its factors (the dictionary and the
+kept code values) are refined so that the block reproduces the 16-bit block's outputs, the
+paper's proposed extension (section 6). The mask, k and s stay as factorized, so the stored
+bytes are exactly the unhealed variant's.
+
+Local distillation, block by block: the compressed block reads what the already-compressed
+blocks give it (`inputs`) and is fitted by Adam to what the 16-bit block gives on the 16-bit
+model's own activations (`targets`), so it also corrects the error its predecessors pass on.
+Each tensor's step size is relative to its own scale: COMPOT's atoms and codes differ in scale
+by orders of magnitude, and one absolute rate would move some not at all and others too far.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._pytree import tree_map
+from tqdm.auto import tqdm
+
+from zoo.compression.grams import BlockInput, block_output, hidden_of, moved
+from zoo.engine import Factorization
+
+
+class HealedLinear(nn.Module):
+    """Factors as float32 parameters, y = (x A) (C * support) + b: gradients never reach a pruned
+    code, so Adam leaves every one at exactly 0."""
+
+    def __init__(self, f: Factorization, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.dictionary = nn.Parameter(f.dictionary.detach().float().clone())  # (in, k)
+        self.codes = nn.Parameter(f.codes.detach().float().clone())  # (k, out)
+        support = None if f.support is None else f.support.to(self.codes.dtype)
+        self.register_buffer("support", support)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        codes = self.codes if self.support is None else self.codes * self.support
+        return F.linear(x @ self.dictionary, codes.mT, self.bias)
+
+    def healed(self, f: Factorization) -> Factorization:
+        codes = self.codes.detach() if self.support is None else self.codes.detach() * self.support
+        return dataclasses.replace(
+            f, dictionary=self.dictionary.detach().to(f.dictionary.dtype), codes=codes.to(f.codes.dtype)
+        )
+
+
+def heal_block(
+    block: nn.Module,
+    factors: dict[str, Factorization],
+    inputs: list[BlockInput],
+    targets: list[BlockInput],
+    steps: int,
+    lr: float,
+    seed: int = 0,
+    device: torch.device | None = None,
+    desc: str = "heal",
+) -> dict[str, Factorization]:
+    """`factors` (keyed by linear name within `block`, a float32 working copy) refined by `steps`
+    Adam steps on the relative squared error of the block's outputs, one calibration sample a step
+    in a seeded order; `device`: where each batch runs, when the activations are kept elsewhere."""
+    if steps <= 0 or not factors:
+        return factors
+    student = copy.deepcopy(block)
+    student.requires_grad_(False)
+    layers = {}
+    for name, f in factors.items():
+        linear = student.get_submodule(name)
+        layers[name] = HealedLinear(f, linear.bias)
+        student.set_submodule(name, layers[name])
+    groups = [
+        {"params": [p], "lr": lr * max(p.detach().pow(2).mean().sqrt().item(), 1e-12)}
+        for layer in layers.values()
+        for p in (layer.dictionary, layer.codes)
+    ]
+    optimizer = torch.optim.Adam(groups)
+    samples = [pair for x, y in zip(inputs, targets, strict=True) for pair in zip(rows(x), rows(y), strict=True)]
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    for _ in tqdm(range(steps), desc=desc, unit="step", leave=False):
+        if not order:
+            order = torch.randperm(len(samples), generator=generator).tolist()
+        x, y = samples[order.pop()]
+        loss = relative_error(student, x, y, device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return {name: layer.healed(factors[name]) for name, layer in layers.items()}
+
+
+def relative_error(
+    block: nn.Module, item: BlockInput, target: BlockInput, device: torch.device | None = None
+) -> torch.Tensor:
+    """||block(x) - y||^2 / ||y||^2 for one calibration batch, differentiable in the block's factors."""
+    run = _trainable(item if device is None else moved(item, device))
+    want = hidden_of(target if device is None else moved(target, device)).clone()
+    out = block_output(block(*run.args, **run.kwargs))
+    return (out - want).pow(2).sum() / want.pow(2).sum().clamp_min(torch.finfo(want.dtype).tiny)
+
+
+def block_error(block: nn.Module, inputs: list[BlockInput], targets: list[BlockInput], device=None) -> float:
+    """The mean relative output error over batches (for measuring healing on held-out inputs)."""
+    with torch.no_grad():
+        errors = [relative_error(block, x, y, device).item() for x, y in zip(inputs, targets, strict=True)]
+    return math.fsum(errors) / len(errors)
+
+
+def rows(item: BlockInput) -> list[BlockInput]:
+    """A batch as single samples (views): every tensor whose first dimension is the batch's is cut
+    along it, the rest (shared positions, rotary tables) kept whole. Healing steps on one sample
+    each: many small steps fit the factors better than a few large ones at the same cost."""
+    batch = hidden_of(item).shape[0]
+    if batch == 1:
+        return [item]
+
+    def cut(i: int):
+        return lambda t: t[i : i + 1] if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == batch else t
+
+    return [BlockInput(*tree_map(cut(i), (item.args, item.kwargs))) for i in range(batch)]
+
+
+def _trainable(item: BlockInput) -> BlockInput:
+    """Calibration tensors are made under inference mode, which autograd cannot save: plain copies."""
+    return BlockInput(*tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, (item.args, item.kwargs)))
