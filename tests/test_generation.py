@@ -24,7 +24,7 @@ from zoo.evaluators.generation import (
 )
 from zoo.evaluators.provenance import STAND_IN, provenance
 from zoo.publish.card import CARD, answers_table, markdown_cell
-from zoo.publish.scorecard import SCORECARD, Scorecard, higher_is_better
+from zoo.publish.scorecard import SCORECARD, Scorecard, higher_is_better, schema
 
 END, START = "<|im_end|>", "<|im_start|>"
 TEMPLATE = (
@@ -169,6 +169,8 @@ def test_the_scorecard_and_the_card_carry_the_chat_check(chat_scored):
     assert settings["chat"] is True and len(settings[REFERENCE]) == 24 and settings["eval_chat_tokens"] == 8
     assert set(scorecard.slice_score.scores[TASK]) == {"answered", "agreement"}
     assert ANSWERS not in scorecard.slice_score.scores
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(json.loads((chat_scored / SCORECARD).read_text()), schema())  # as documented
     card = (chat_scored / CARD).read_text()
     assert "## Answers, base and compressed" in card
     assert answers_table(scorecard.chat_answers) in card
