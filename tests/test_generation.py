@@ -215,3 +215,16 @@ def test_the_packaged_smollm2_answers_its_chat_prompts():
     print(f"SmolLM2-135M-Instruct base, {len(chat_prompts())} chat prompts: {scores} in {seconds:.1f} s")
     assert scores["answered"] >= 0.9 and scores["agreement"] >= 0.95
     assert "Canberra" in results[ANSWERS][0]["answer"]
+
+
+def test_the_gate_takes_one_prompt_of_24_for_noise_but_not_two():
+    from zoo.gate import floored
+    from zoo.nightly.report import MetricChange
+
+    def change(previous: float, current: float) -> MetricChange:
+        relative = (current - previous) / previous
+        return MetricChange(
+            task=TASK, metric="answered", previous=previous, current=current, relative_change=relative, regression=True
+        )
+
+    assert not floored(change(1.0, 23 / 24)).regression and floored(change(1.0, 22 / 24)).regression

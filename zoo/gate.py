@@ -31,8 +31,9 @@ GATE_TOLERANCE = 0.02
 # Counted metrics move by whole items: the gate manifest scores 20 items per lm-eval task and 71 and 183
 # words in its WER sets, so one item (0.05 accuracy) or one word (up to 0.014 WER) is the finest
 # change, and the measured thread-count noise was one word. Such a metric fails the gate only when
-# it also worsens by more than this (absolute): more than one item or word.
-ABSOLUTE_FLOOR = {"acc": 0.06, "acc_norm": 0.06, "wer": 0.015}
+# it also worsens by more than this (absolute): more than one item or word. A chat model's
+# `answered` moves by one prompt of 24 (0.042).
+ABSOLUTE_FLOOR = {"acc": 0.06, "acc_norm": 0.06, "wer": 0.015, "answered": 0.05}
 
 
 @dataclass
