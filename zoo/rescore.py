@@ -59,7 +59,7 @@ def score_download(folder: Path) -> Scores:
 
     import zoo  # noqa: F401  (registers the compot quantizer with transformers, as the card tells users)
     from zoo.compression.apply import default_device
-    from zoo.evaluators.generation import ANSWERS, TASK, check_answered
+    from zoo.evaluators.generation import TASK, check_answered, split_answers
     from zoo.format.record import read_record
     from zoo.modalities.base import get_adapter
     from zoo.pipeline import held_dtype, with_settings
@@ -79,9 +79,9 @@ def score_download(folder: Path) -> Scores:
         inputs = loaded.processor(PROMPT, return_tensors="pt")
         with torch.no_grad():
             loaded.model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-    scores = adapter.evaluate(loaded, spec, expected.online)
-    if ANSWERS in scores:  # a chat model: it must still answer, as it did at build time
-        check_answered(scores[ANSWERS], expected.scores.get(TASK, {}).get("answered"))
+    scores, answers = split_answers(adapter.evaluate(loaded, spec, expected.online))
+    if answers is not None:  # a chat model: it must still answer, as it did at build time
+        check_answered(answers, expected.scores.get(TASK, {}).get("answered"))
     return scores
 
 
