@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--sequential", action="store_true", help="every variant calibrated block by block on itself")
     parser.add_argument("--n-samples", type=int, default=None, help="calibration samples (the catalogue's if unset)")
+    parser.add_argument("--calibration", default=None, help="calibration set (the catalogue's if unset)")
     parser.add_argument("--out", type=Path, default=Path("quantized-variants"))
     parser.add_argument("--eval-windows", type=int, default=None, help="perplexity windows (LLMs)")
     parser.add_argument("--eval-limit", type=int, default=None, help="items per task or utterances per set")
@@ -58,7 +59,12 @@ def main() -> None:
     # all checked before any work
     configs = {spec: variant_config(spec, args.group_size, args.iters, args.sequential) for spec in args.variants}
     request = CompressRequest(
-        args.model, next(iter(configs.values())), n_samples=args.n_samples, eval_settings=eval_settings, evaluate=True
+        args.model,
+        next(iter(configs.values())),
+        calibration=args.calibration,
+        n_samples=args.n_samples,
+        eval_settings=eval_settings,
+        evaluate=True,
     )
     prepared = prepare(request)
     loaded, calibration, base_model = prepared.loaded, prepared.calibration, prepared.loaded.model
@@ -80,6 +86,7 @@ def main() -> None:
             config,
             out=args.out / spec,
             overwrite=True,
+            calibration=args.calibration,
             n_samples=args.n_samples,
             evaluate=True,
             eval_settings=eval_settings,

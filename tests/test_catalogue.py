@@ -14,7 +14,8 @@ def test_paper_models_resolve_to_hub_ids():
     assert resolve("qwen3-vl-8b").modality == "vlm"
     spec = resolve("smollm2-135m")
     assert spec.packaged == "smollm2-135m" and spec.defaults["chat"]  # a chat model calibrates on chats
-    assert (spec.defaults["calibration"], spec.defaults["offline_calibration"]) == ("ultrachat", "self-chat")
+    sets = (spec.defaults["calibration"], spec.defaults["offline_calibration"])
+    assert sets == ("ultrachat+refinedweb", "self-chat+wiki-offline")
     assert resolve("qwen3-0.6b").defaults["calibration"] == "refinedweb"  # the paper's default
     assert {"llama3.2-1b", "qwen3-8b", "llama2-7b", "qwen3-0.6b"} <= set(aliases())
 

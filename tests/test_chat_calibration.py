@@ -4,6 +4,7 @@ offline the model's own answers (self-chat), generated once and cached."""
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from tests.conftest import TEXT
@@ -119,3 +120,12 @@ def test_generated_answers_use_the_template_and_greedy_decoding(chat_tokenizer):
     assert len(answers) == 2 and answers == chat.generate_answers(
         model, chat_tokenizer, ["the quick fox", "a lazy dog jumps"], 5
     )
+
+
+def test_a_mixed_source_takes_half_its_samples_from_each_set(chats_file, text_file, chat_tokenizer):
+    loaded = LoadedModel(tiny_llama(), chat_tokenizer, "tiny")
+    data = ADAPTER.calibration(loaded, f"{chats_file}+{text_file}", 5, 24, seed=0, online=False)
+    rows = torch.cat([batch["input_ids"] for batch in data.batches])
+    start = chat_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert rows.shape == (5, 24) and data.name == f"{chats_file}+{text_file}"
+    assert [bool((row == start).any()) for row in rows] == [True, True, True, False, False]  # 3 chat, 2 prose

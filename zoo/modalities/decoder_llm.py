@@ -97,33 +97,44 @@ class DecoderLLM:
         self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int, online: bool
     ) -> CalibrationData:
         """Token windows of a text set, or of conversations in the model's chat template (a chat set,
-        a local file of them, or self-chat: the model's own answers)."""
-        from zoo.calibration import chat
-        from zoo.calibration.text import calibration_batches, dataset_fingerprint, token_windows
+        a local file of them, or self-chat: the model's own answers); `a+b` takes half from each."""
+        import torch
 
-        if chat.is_chat_source(source):
-            if source == chat.SELF_CHAT:
-                count = max(chat.GENERATION_BATCH, -(-n_samples * seq_len // SELF_CHAT_TOKENS))
-                identity = f"{loaded.base_model}@{loaded.revision or _weights_digest(loaded.model)}"
-                conversations = chat.self_chat(loaded.model, loaded.processor, count, seed, identity)
-            else:
-                conversations = chat.load_conversations(source, online)
-            texts = chat.rendered(loaded.processor, conversations, source)
-            ids = token_windows(loaded.processor, texts, n_samples, seq_len, seed, source)
-        else:
-            ids = calibration_batches(loaded.processor, source, n_samples, seq_len, seed, online)
+        from zoo.calibration.text import dataset_fingerprint
+
+        parts = _parts(source)
+        shares = [n_samples // len(parts) + (i < n_samples % len(parts)) for i in range(len(parts))]
+        ids = torch.cat(
+            [self._windows(loaded, part, n, seq_len, seed, online) for part, n in zip(parts, shares, strict=True) if n]
+        )
         batches = [
             {"input_ids": ids[i : i + CALIBRATION_ROWS], "use_cache": False}
             for i in range(0, len(ids), CALIBRATION_ROWS)
         ]
         return CalibrationData(batches, source, dataset_fingerprint(ids), ids.numel())
 
+    def _windows(self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int, online: bool):
+        from zoo.calibration import chat
+        from zoo.calibration.text import calibration_batches, token_windows
+
+        if not chat.is_chat_source(source):
+            return calibration_batches(loaded.processor, source, n_samples, seq_len, seed, online)
+        if source == chat.SELF_CHAT:
+            count = max(chat.GENERATION_BATCH, -(-n_samples * seq_len // SELF_CHAT_TOKENS))
+            identity = f"{loaded.base_model}@{loaded.revision or _weights_digest(loaded.model)}"
+            conversations = chat.self_chat(loaded.model, loaded.processor, count, seed, identity)
+        else:
+            conversations = chat.load_conversations(source, online)
+        texts = chat.rendered(loaded.processor, conversations, source)
+        return token_windows(loaded.processor, texts, n_samples, seq_len, seed, source)
+
     def check_calibration(self, source: str, online: bool) -> None:
         """A local chat file's conversations are checked before any weights load."""
         from zoo.calibration import chat
 
-        if chat.is_chat_source(source) and source not in chat.CHAT_SETS and source != chat.SELF_CHAT:
-            chat.load_conversations(source, online)
+        for part in _parts(source):
+            if chat.is_chat_source(part) and part not in chat.CHAT_SETS and part != chat.SELF_CHAT:
+                chat.load_conversations(part, online)
 
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
         loaded.processor.save_pretrained(out_dir)
@@ -169,6 +180,13 @@ class DecoderLLM:
             )
         metrics.update(chat_results(loaded.model, loaded.processor, spec.defaults))
         return metrics
+
+
+def _parts(source: str) -> list[str]:
+    """The sets a calibration source names: `self-chat+wiki-offline` is two (a path is one, `+` or not)."""
+    from pathlib import Path
+
+    return [source] if Path(source).expanduser().exists() else source.split("+")
 
 
 def _weights_digest(model: nn.Module) -> str:
