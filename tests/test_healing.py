@@ -144,9 +144,13 @@ def test_svd_llm_factors_heal_too(fitted):
     assert block_error(_student(block, healed), held, held_targets) < 0.9 * before
 
 
-def test_the_plan_counts_healing_in_time_and_memory():
+def test_the_plan_counts_healing_in_time_and_memory(monkeypatch):
+    import zoo.compression.plan as plan
     from zoo.compression.plan import make_plan
     from zoo.modalities.decoder_llm import ADAPTER
+
+    monkeypatch.setattr(plan, "_probe", lambda *a: 1.0)  # the timed probes are noise at this size
+    monkeypatch.setattr(plan, "_gemm_rate", lambda *a: 1e9)
 
     model = tiny_llama()
     stacks = ADAPTER.stacks(model)
