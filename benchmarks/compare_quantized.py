@@ -21,6 +21,7 @@ import dataclasses
 from pathlib import Path
 
 from zoo.compression.config import CompressionConfig
+from zoo.evaluators.generation import split_answers
 from zoo.pipeline import CompressRequest, compress_variant, evaluate, prepare
 
 
@@ -67,16 +68,17 @@ def main() -> None:
     )
     prepared = prepare(request)
     loaded, calibration, base_model = prepared.loaded, prepared.calibration, prepared.loaded.model
-    base = evaluate(prepared)
-    columns = [(task, metric) for task, metrics in base.items() for metric in metrics if not metric.endswith("stderr")]
+    base = evaluate(prepared)  # with a chat model's answers, for the variants' agreement
+    scores, _ = split_answers(base)
+    columns = [(t, metric) for t, metrics in scores.items() for metric in metrics if not metric.endswith("stderr")]
     print(
-        f"{args.model} ({loaded.base_model}), calibration {calibration.name}: {len(calibration.batches)} samples, "
+        f"{args.model} ({loaded.base_model}), calibration {calibration.name}: {len(calibration.batches)} batches, "
         f"{calibration.tokens} tokens, {calibration.fingerprint}"
     )
     header = " | ".join(f"{task} {metric}" for task, metric in columns)
     print(f"| variant | {header} | projection bytes | file bytes | achieved CR | compress s (no scoring) |")
     print("|---" * (len(columns) + 5) + "|")
-    values = " | ".join(f"{base[t][m]:.4g}" for t, m in columns)
+    values = " | ".join(f"{scores[t][m]:.4g}" for t, m in columns)
     print(f"| 16-bit base | {values} | - | {prepared.base_bytes} | 0 | - |", flush=True)
     for spec, config in configs.items():
         prepared.loaded = dataclasses.replace(loaded, model=copy.deepcopy(base_model))
