@@ -7,30 +7,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import TEXT
-from tests.tiny_models import tiny_llama, tiny_tokenizer
+from tests.tiny_models import START, WORDS, tiny_chat_tokenizer, tiny_llama, tiny_tokenizer
 from zoo.calibration import chat
 from zoo.cli import main
 from zoo.errors import ZooError
 from zoo.modalities.decoder_llm import ADAPTER
 from zoo.sources.loading import LoadedModel
 
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
-)
-
 
 @pytest.fixture
 def chat_tokenizer():
-    tok = tiny_tokenizer()
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tok.chat_template = TEMPLATE
-    return tok
+    return tiny_chat_tokenizer()
 
 
 def _conversations(n: int = 12) -> list[list[dict]]:
-    words = TEXT.split()
+    words = WORDS[2:]
     return [
         [
             {"role": "user", "content": " ".join(words[i : i + 6])},
@@ -51,7 +42,7 @@ def test_a_local_chat_set_calibrates_in_the_models_chat_template(chats_file, cha
     assert chat.is_chat_source(str(chats_file))
     loaded = LoadedModel(tiny_llama(), chat_tokenizer, "tiny")
     data = ADAPTER.calibration(loaded, str(chats_file), 4, 24, seed=0, online=False)
-    start, end = chat_tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    start, end = chat_tokenizer.convert_tokens_to_ids([START, "<|im_end|>"])
     ids = [t for batch in data.batches for t in batch["input_ids"].reshape(-1).tolist()]
     assert len(ids) == 4 * 24 and data.tokens == 4 * 24
     assert ids.count(start) >= 4 and ids.count(end) >= 4  # turns marked as the template marks them
@@ -84,20 +75,20 @@ def test_a_chat_set_without_the_expected_fields_is_refused_before_any_weights_lo
 
 def test_self_chat_is_generated_once_in_the_template_and_cached(monkeypatch, tmp_path, chat_tokenizer):
     monkeypatch.setenv("COMPOT_ZOO_CACHE", str(tmp_path))
-    monkeypatch.setattr(chat, "self_chat_prompts", lambda count, seed: [f"tell me about fox {i}" for i in range(count)])
+    monkeypatch.setattr(chat, "self_chat_prompts", lambda count, seed: [f"w1 w2 w{i}" for i in range(count)])
     calls = []
 
-    def answers(model, tokenizer, prompts, max_new_tokens, desc=""):
+    def answers(model, tokenizer, prompts, new_tokens, desc=""):
         calls.append(len(prompts))
-        return ["the quick brown fox jumps over a lazy dog"] * len(prompts)
+        return [{"prompt": p, "answer": "w5 w6 w7", "tokens": [7, 8, 9]} for p in prompts]
 
-    monkeypatch.setattr(chat, "generate_answers", answers)
+    monkeypatch.setattr(chat, "greedy_answers", answers)
     first = chat.self_chat(None, chat_tokenizer, 5, 0, "tiny@1")
     again = chat.self_chat(None, chat_tokenizer, 5, 0, "tiny@1")
     assert calls == [5] and first == again  # the second from the cache
     assert first[0] == [
-        {"role": "user", "content": "tell me about fox 0"},
-        {"role": "assistant", "content": "the quick brown fox jumps over a lazy dog"},
+        {"role": "user", "content": "w1 w2 w0"},
+        {"role": "assistant", "content": "w5 w6 w7"},
     ]
     chat.self_chat(None, chat_tokenizer, 5, 0, "other-model@1")  # another model writes its own
     assert calls == [5, 5]
@@ -113,19 +104,10 @@ def test_self_chat_prompts_come_from_train_articles_only():
     assert chat.self_chat_prompts(40, seed=0) == prompts
 
 
-def test_generated_answers_use_the_template_and_greedy_decoding(chat_tokenizer):
-    model = tiny_llama()
-    model.generation_config.eos_token_id = None
-    answers = chat.generate_answers(model, chat_tokenizer, ["the quick fox", "a lazy dog jumps"], 5)
-    assert len(answers) == 2 and answers == chat.generate_answers(
-        model, chat_tokenizer, ["the quick fox", "a lazy dog jumps"], 5
-    )
-
-
 def test_a_mixed_source_takes_half_its_samples_from_each_set(chats_file, text_file, chat_tokenizer):
     loaded = LoadedModel(tiny_llama(), chat_tokenizer, "tiny")
     data = ADAPTER.calibration(loaded, f"{chats_file}+{text_file}", 5, 24, seed=0, online=False)
     rows = torch.cat([batch["input_ids"] for batch in data.batches])
-    start = chat_tokenizer.convert_tokens_to_ids("<|im_start|>")
+    start = chat_tokenizer.convert_tokens_to_ids(START)
     assert rows.shape == (5, 24) and data.name == f"{chats_file}+{text_file}"
     assert [bool((row == start).any()) for row in rows] == [True, True, True, False, False]  # 3 chat, 2 prose

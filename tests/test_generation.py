@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from tests.tiny_models import tiny_llama
+from tests.tiny_models import END, START, WORDS, tiny_chat_tokenizer, tiny_llama
 from zoo.compression.config import CompressionConfig
 from zoo.errors import ZooError
 from zoo.evaluators.generation import (
@@ -25,28 +25,6 @@ from zoo.evaluators.generation import (
 from zoo.evaluators.provenance import STAND_IN, provenance
 from zoo.publish.card import CARD, answers_table, markdown_cell
 from zoo.publish.scorecard import SCORECARD, Scorecard, higher_is_better, schema
-
-END, START = "<|im_end|>", "<|im_start|>"
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-WORDS = ["user", "assistant"] + [f"w{i}" for i in range(123)]  # with the 3 special tokens: the tiny vocab of 128
-
-
-def tiny_chat_tokenizer():
-    """A word-level tokenizer with a ChatML template over the tiny models' 128 ids; end-of-turn is id 0,
-    so a model whose logits are all equal (argmax: the first) ends its turn at once."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=[END, START, "<unk>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token=END, pad_token=END)
-    tokenizer.chat_template = TEMPLATE
-    assert len(tokenizer) == 128 and tokenizer.eos_token_id == 0
-    return tokenizer
 
 
 def _ends_turn_at_once(model) -> None:

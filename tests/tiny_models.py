@@ -49,3 +49,26 @@ def tiny_calibration(n: int = 6, seq_len: int = 24, seed: int = 0):
     from zoo.modalities.base import CalibrationData
 
     return CalibrationData(token_batches(n, seq_len, seed), "random-tokens", f"seed{seed}", n * seq_len)
+
+
+END, START = "<|im_end|>", "<|im_start|>"
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+WORDS = ["user", "assistant"] + [f"w{i}" for i in range(123)]  # with the 3 special tokens: the tiny vocab of 128
+
+
+def tiny_chat_tokenizer():
+    """A word-level tokenizer with a ChatML template over the tiny models' 128 ids; end-of-turn is id 0,
+    so a model whose logits are all equal (argmax: the first) ends its turn at once."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=[END, START, "<unk>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token=END, pad_token=END)
+    tokenizer.chat_template = TEMPLATE
+    assert len(tokenizer) == 128 and tokenizer.eos_token_id == 0
+    return tokenizer

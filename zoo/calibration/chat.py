@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 
 SELF_CHAT = "self-chat"
 ROLES = ("system", "user", "assistant")
+Answer = dict  # {"prompt": str, "answer": str, "tokens": list[int]}: JSON as it is
 # Self-chat: how many new tokens an answer may take, and prompts generated per batch.
 ANSWER_TOKENS = 128
 GENERATION_BATCH = 32
-_CACHE_VERSION = "v1"  # bump when the prompts or the generation below change
+_CACHE_VERSION = "v2"  # bump when the prompts or the generation below change
 _PASSAGE_CHARS = 1500
 _ABOUT = ("Tell me about {title}.", "Write a short paragraph about {title}.", "Give me three facts about {title}.")
 _ON_PASSAGE = (
@@ -171,41 +172,66 @@ def self_chat(model, tokenizer, count: int, seed: int, identity: str) -> list[li
     cached = cache_dir() / "self-chat" / f"{key}.jsonl"
     if cached.is_file():
         return load_conversations(str(cached), online=False)
-    answers = generate_answers(model, tokenizer, prompts, ANSWER_TOKENS, desc="self-chat")
+    answers = greedy_answers(model, tokenizer, prompts, ANSWER_TOKENS, desc="self-chat")
     conversations = [
-        [{"role": "user", "content": p}, {"role": "assistant", "content": a}]
-        for p, a in zip(prompts, answers, strict=True)
+        [{"role": "user", "content": a["prompt"]}, {"role": "assistant", "content": a["answer"]}] for a in answers
     ]
     write_text(cached, "\n".join(json.dumps({"messages": c}, ensure_ascii=False) for c in conversations))
     return conversations
 
 
-def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int, desc: str = "generate") -> list[str]:
-    """Greedy answers to single-turn prompts in the model's chat template, batched with left padding."""
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    pad_token = tokenizer.pad_token
-    if pad_token is None:  # Llama-3's and others': padding is masked out, any token serves
-        tokenizer.pad_token = tokenizer.eos_token
-    device = next(model.parameters()).device
-    answers = []
-    try:
-        for start in tqdm(range(0, len(prompts), GENERATION_BATCH), desc=desc, unit="batch"):
-            texts = [
-                tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-                )
-                for p in prompts[start : start + GENERATION_BATCH]
-            ]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.inference_mode():
-                out = model.generate(
-                    **batch,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                    use_cache=True,
-                )
-            answers += tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side, tokenizer.pad_token = side, pad_token
-    return [a.strip() for a in answers]
+def chat_inputs(tokenizer, prompts: list[str] | tuple[str, ...]) -> list[list[int]]:
+    """Each prompt as one user turn in the model's own chat template, ready for the assistant's answer."""
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]  # the template has its own
+
+
+def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one left-padded batch and its attention mask."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def end_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a turn: the tokenizer's and the generation config's (Qwen lists two)."""
+    ends = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ends = [] if ends is None else [ends] if isinstance(ends, int) else list(ends)
+    if tokenizer.eos_token_id is not None:
+        ends.append(tokenizer.eos_token_id)
+    return sorted(set(ends))
+
+
+def model_device(model) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def greedy_answers(
+    model, tokenizer, prompts, new_tokens: int, batch: int = GENERATION_BATCH, desc: str = "generate"
+) -> list[Answer]:
+    """Greedy answers to single-turn prompts in the model's chat template, `new_tokens` at most,
+    cut after the first end-of-turn; batched with left padding."""
+    from transformers import GenerationConfig
+
+    ends = end_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ends[0]
+    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=ends, pad_token_id=pad)
+    inputs, device, answers = chat_inputs(tokenizer, prompts), model_device(model), []
+    for start in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch", disable=len(prompts) <= batch):
+        ids, mask = left_padded(inputs[start : start + batch], pad)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        for prompt, row in zip(prompts[start : start + batch], out[:, ids.shape[1] :].tolist(), strict=True):
+            cut = next((i + 1 for i, t in enumerate(row) if t in ends), len(row))
+            tokens = row[:cut]
+            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            answers.append({"prompt": prompt, "answer": text, "tokens": tokens})
+    return answers

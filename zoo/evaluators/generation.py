@@ -32,6 +32,7 @@ from importlib import resources
 
 import torch
 
+from zoo.calibration.chat import Answer, chat_inputs, end_ids, greedy_answers, left_padded, model_device
 from zoo.errors import ZooError
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,6 @@ CARD_PAIRS = 3  # answers of base and compressed shown on a card: the set's firs
 # How far below its recorded answered share a reloaded variant may fall (one prompt of 24 is 0.042):
 # greedy answers near the three-word line may flip on another machine's arithmetic.
 ANSWERED_TOLERANCE = 0.05
-
-Answer = dict  # {"prompt": str, "answer": str, "tokens": list[int]}: JSON as it is
 
 
 @functools.cache
@@ -74,58 +73,9 @@ def unanswered(answers: list[Answer]) -> list[str]:
     return [a["prompt"] for a in answers if not is_answer(a["answer"])]
 
 
-def chat_inputs(tokenizer, prompts: list[str] | tuple[str, ...]) -> list[list[int]]:
-    """Each prompt as one user turn in the model's own chat template, ready for the assistant's answer."""
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        for p in prompts
-    ]
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]  # the template has its own
-
-
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    return ids, mask
-
-
-def _end_ids(model, tokenizer) -> list[int]:
-    """Every token that ends a turn: the tokenizer's and the generation config's (Qwen lists two)."""
-    ends = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ends = [] if ends is None else [ends] if isinstance(ends, int) else list(ends)
-    if tokenizer.eos_token_id is not None:
-        ends.append(tokenizer.eos_token_id)
-    return sorted(set(ends))
-
-
-def _device(model) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-@torch.no_grad()
 def generate_answers(model, tokenizer, new_tokens: int = NEW_TOKENS, batch: int = BATCH) -> list[Answer]:
     """Greedy answers to the chat prompts, `new_tokens` at most, cut after the first end-of-turn."""
-    from transformers import GenerationConfig
-
-    prompts = chat_prompts()
-    ends = _end_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ends[0]
-    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=ends, pad_token_id=pad)
-    inputs, device, answers = chat_inputs(tokenizer, prompts), _device(model), []
-    for start in range(0, len(prompts), batch):
-        ids, mask = _left_pad(inputs[start : start + batch], pad)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
-        for prompt, row in zip(prompts[start : start + batch], out[:, ids.shape[1] :].tolist(), strict=True):
-            cut = next((i + 1 for i, t in enumerate(row) if t in ends), len(row))
-            tokens = row[:cut]
-            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            answers.append({"prompt": prompt, "answer": text, "tokens": tokens})
-    return answers
+    return greedy_answers(model, tokenizer, chat_prompts(), new_tokens, batch)
 
 
 @torch.no_grad()
@@ -134,12 +84,12 @@ def agreement(model, tokenizer, reference: list[Answer], own: list[Answer], batc
     reference so far; a prompt the model leaves unanswered where the reference answered agrees on nothing."""
     if [r["prompt"] for r in reference] != [o["prompt"] for o in own]:
         raise ValueError("the reference answers are to other prompts than the model's own")
-    inputs, device = chat_inputs(tokenizer, [r["prompt"] for r in reference]), _device(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _end_ids(model, tokenizer)[0]
+    inputs, device = chat_inputs(tokenizer, [r["prompt"] for r in reference]), model_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids(model, tokenizer)[0]
     matched = total = 0
     for start in range(0, len(reference), batch):
         answers = [r["tokens"] for r in reference[start : start + batch]]
-        ids, mask = _left_pad([p + a for p, a in zip(inputs[start : start + batch], answers, strict=True)], pad)
+        ids, mask = left_padded([p + a for p, a in zip(inputs[start : start + batch], answers, strict=True)], pad)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers a left-padded row
         width = max(map(len, answers)) + 1  # the answers sit at the right end: only their logits are needed
         out = model(
