@@ -25,7 +25,10 @@ def calibrated():
 def _compressed_ppl(spec, calibration, **config):
     loaded = ADAPTER.load(spec, online=False)
     compress_model(
-        loaded.model, ADAPTER.stacks(loaded.model), calibration, CompressionConfig(cr=0.2, iters=8, **config)
+        loaded.model,
+        ADAPTER.stacks(loaded.model),
+        calibration,
+        CompressionConfig(cr=0.2, iters=8, heal=0, forms="single", **config),
     )
     text = _evaluation_text("wiki-offline", False)
     return loaded, perplexity(loaded.model, loaded.processor, text, seq_len=1024, max_windows=3)["perplexity"]

@@ -37,7 +37,9 @@ def factorized(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "extra", [(), ("--sequential",), ("--heal", 3)], ids=["16-bit-calibrated", "sequential", "healed"]
+    "extra",
+    [("--heal", 0), ("--sequential", "--heal", 0), ("--heal", 3)],
+    ids=["16-bit-calibrated", "sequential", "healed"],
 )
 def test_a_killed_run_resumes_and_saves_the_same_checkpoint(tmp_path, model_dir, text_file, factorized, caplog, extra):
     """Sequentially, the restored block must feed the next one as it was when first compressed."""

@@ -34,7 +34,7 @@ def _compressed(method: str, cr: float = 0.2):
         loaded.model,
         ADAPTER.stacks(loaded.model),
         calibration,
-        CompressionConfig(cr=cr, method=method, static=True, iters=10),
+        CompressionConfig(cr=cr, method=method, static=True, iters=10, heal=0, forms="single"),
     )
     return loaded
 

@@ -113,9 +113,10 @@ class CompressionConfig:
         "not on the 16-bit model's activations.",
     )
     heal: int = setting(
-        0,
-        "Healing: Adam steps per block that refine its factors (dictionary and kept codes; mask, k and s "
-        "fixed, so the bytes are the same) to reproduce the 16-bit block's outputs; 0: the training-free method.",
+        64,
+        "Healing: Adam steps per block, one calibration sample each, that refine its factors (dictionary and "
+        "kept codes; mask, k and s fixed, so the bytes are the same) to reproduce the 16-bit block's outputs; "
+        "0: the paper's training-free method.",
         at_least(0),
     )
     heal_lr: float = setting(1e-3, "Healing's Adam step, relative to each factor's RMS.", between(0.0, 1.0))
