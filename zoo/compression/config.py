@@ -113,7 +113,7 @@ class CompressionConfig:
         "not on the 16-bit model's activations.",
     )
     heal: int = setting(
-        64,
+        32,
         "Healing: Adam steps per block, one calibration sample each, that refine its factors (dictionary and "
         "kept codes; mask, k and s fixed, so the bytes are the same) to reproduce the 16-bit block's outputs; "
         "0: the paper's training-free method.",
