@@ -85,14 +85,14 @@ def heal_block(
         if not order:
             order = torch.randperm(len(samples), generator=generator).tolist()
         x, y = samples[order.pop()]
-        loss = relative_error(student, x, y, device)
+        loss = output_error(student, x, y, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return {name: layer.healed(factors[name]) for name, layer in layers.items()}
 
 
-def relative_error(
+def output_error(
     block: nn.Module, item: BlockInput, target: BlockInput, device: torch.device | None = None
 ) -> torch.Tensor:
     """||block(x) - y||^2 / ||y||^2 for one calibration batch, differentiable in the block's factors."""
@@ -105,7 +105,7 @@ def relative_error(
 def block_error(block: nn.Module, inputs: list[BlockInput], targets: list[BlockInput], device=None) -> float:
     """The mean relative output error over batches (for measuring healing on held-out inputs)."""
     with torch.no_grad():
-        errors = [relative_error(block, x, y, device).item() for x, y in zip(inputs, targets, strict=True)]
+        errors = [output_error(block, x, y, device).item() for x, y in zip(inputs, targets, strict=True)]
     return math.fsum(errors) / len(errors)
 
 
