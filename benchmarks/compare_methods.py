@@ -15,8 +15,9 @@ import dataclasses
 import time
 
 from zoo.compression.apply import compress_model
-from zoo.compression.config import VARIANT_KINDS, CompressionConfig
+from zoo.compression.config import CompressionConfig
 from zoo.compression.report import achieved_cr
+from zoo.methods import variant_kinds
 from zoo.pipeline import CompressRequest, evaluate, prepare
 
 
@@ -24,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--cr", type=float, nargs="+", default=[0.2, 0.4])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANT_KINDS), choices=list(VARIANT_KINDS))
+    parser.add_argument("--variants", nargs="+", default=list(variant_kinds()), choices=list(variant_kinds()))
     parser.add_argument("--calibration", default=None, help="the model's default (offline stand-in) if unset")
     parser.add_argument("--n-samples", type=int, default=None)
     parser.add_argument("--seq-len", type=int, default=None)
@@ -38,8 +39,8 @@ def main() -> None:
     }
     prepared = prepare(
         CompressRequest(
-            args.model,
-            CompressionConfig(),
+            model=args.model,
+            config=CompressionConfig(),
             calibration=args.calibration,
             n_samples=args.n_samples,
             seq_len=args.seq_len,
@@ -64,7 +65,7 @@ def main() -> None:
     for cr in args.cr:
         for name in args.variants:
             prepared.loaded = dataclasses.replace(loaded, model=copy.deepcopy(base_model))
-            config = CompressionConfig(cr=cr, iters=args.iters, **VARIANT_KINDS[name])
+            config = CompressionConfig(cr=cr, iters=args.iters, **variant_kinds()[name])
             start = time.perf_counter()
             reports = compress_model(
                 prepared.loaded.model, prepared.adapter.stacks(prepared.loaded.model), calibration, config

@@ -59,8 +59,8 @@ def main() -> None:
     # all checked before any work
     configs = {spec: variant_config(spec, args.group_size, args.iters, args.sequential) for spec in args.variants}
     request = CompressRequest(
-        args.model,
-        next(iter(configs.values())),
+        model=args.model,
+        config=next(iter(configs.values())),
         calibration=args.calibration,
         n_samples=args.n_samples,
         eval_settings=eval_settings,
@@ -83,8 +83,8 @@ def main() -> None:
     for spec, config in configs.items():
         prepared.loaded = dataclasses.replace(loaded, model=copy.deepcopy(base_model))
         req = CompressRequest(
-            args.model,
-            config,
+            model=args.model,
+            config=config,
             out=args.out / spec,
             overwrite=True,
             calibration=args.calibration,

@@ -34,7 +34,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    prepared = prepare(CompressRequest(args.model, CompressionConfig(cr=args.cr), n_samples=args.n_samples))
+    request = CompressRequest(model=args.model, config=CompressionConfig(cr=args.cr), n_samples=args.n_samples)
+    prepared = prepare(request)
     model = prepared.loaded.model
     stack = prepared.adapter.stacks(model)[0]
     inputs = capture_block_inputs(model, stack.blocks[0][1], prepared.calibration.batches)

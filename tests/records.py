@@ -6,10 +6,10 @@ import dataclasses
 
 from torch import nn
 
+from zoo import methods
 from zoo.compression.config import CompressionConfig
 from zoo.compression.layer import CompotLinear
 from zoo.compression.report import LayerRecord
-from zoo.engine import storage
 from zoo.format.record import CalibrationInfo, VariantRecord
 
 
@@ -18,11 +18,7 @@ def layer_records(model: nn.Module) -> tuple[LayerRecord, ...]:
     rows = []
     for name, m in model.named_modules():
         if isinstance(m, CompotLinear):
-            eq11 = (
-                storage.compot_bits(m.in_features, m.out_features, m.k, m.s)
-                if m.method == "compot"
-                else storage.lowrank_bits(m.in_features, m.out_features, m.k)
-            )
+            eq11 = methods.get(m.method).bits(m.in_features, m.out_features, m.k, m.s)
             rows.append(
                 LayerRecord(
                     name,

@@ -12,12 +12,13 @@ from transformers import AutoModelForCausalLM
 import zoo
 from tests.records import make_record
 from tests.tiny_models import tiny_llama, tiny_qwen2
-from zoo.compression.layer import CompotLinear, unpack_mask
+from zoo.compression.layer import CompotLinear
+from zoo.compression.quantized import unpack_bits
 from zoo.engine import factorize
-from zoo.engine.storage import dense_bits
 from zoo.errors import ZooError
 from zoo.format.checkpoint import WEIGHTS, compot_layers, save_compressed
 from zoo.format.record import RECORD, read_record
+from zoo.methods.layout import dense_bits
 
 PROMPT = torch.tensor([[3, 17, 42, 9, 100, 5, 77, 1]])
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -93,7 +94,7 @@ def test_layers_compute_the_factorization(compressed):
         assert torch.allclose(layer(x_in), x_in @ a16 @ c16 + bias, atol=1e-5), name
         assert torch.allclose(layer(x_in), x_in @ f.reconstruct().T + bias, rtol=1e-2, atol=2e-2), name
         if f.method == "compot":
-            assert torch.equal(unpack_mask(layer.code_mask, (f.out_features, f.k)), f.support.T)
+            assert torch.equal(unpack_bits(layer.code_mask, 1, (f.out_features, f.k)).bool(), f.support.T)
 
 
 def test_stored_bytes_match_eq_11_and_the_record(compressed):

@@ -93,7 +93,7 @@ def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
         (["smollm2-135m", "--cr", "0"], 2, "0 must lie in (0, 1)"),
         (["smollm2-135m", "--ks-ratio", "0.5"], 1, "ks_ratio 0.5 must be at least 1"),
         (["smollm2-135m", "--min-cr", "0.3"], 1, "allocation guards must bracket the target"),
-        (["smollm2-135m", "--method", "awq"], 2, "'awq' is not one of 'compot', 'svd-llm', 'gptq'"),
+        (["smollm2-135m", "--method", "awq"], 1, "method 'awq' must be one of compot, gptq, svd-llm"),
         (["smollm2-135m", "--method", "gptq"], 1, "pass quantize (--quantize gptq-w3)"),
         (["smollm2-135m", "--quantize", "gptq-w5"], 1, "unsupported bit width 5; supported: 2, 3, 4, 8"),
         (  # 128 does not divide SmolLM2's 576: found from the model's skeleton, before any weights load

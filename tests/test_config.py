@@ -2,13 +2,15 @@
 
 import pytest
 
-from zoo.compression.config import METHODS, CompressionConfig
-from zoo.engine import METHODS as ENGINE_METHODS
+from zoo import methods
+from zoo.compression.config import CompressionConfig
+from zoo.engine.factorization import solvable
 from zoo.errors import ZooError
 
 
-def test_config_offers_exactly_the_engines_methods_and_quantization_alone():
-    assert METHODS == (*ENGINE_METHODS, "gptq")
+def test_every_registered_method_factorizes_in_the_engine_or_quantizes_alone():
+    assert set(methods.names()) == {"compot", "svd-llm", "gptq"}
+    assert set(solvable()) == {name for name in methods.names() if methods.get(name).factorizes}
 
 
 @pytest.mark.parametrize(
@@ -16,7 +18,7 @@ def test_config_offers_exactly_the_engines_methods_and_quantization_alone():
     [
         ({"cr": 1.0}, r"cr 1.0 must lie in \(0, 1\)"),
         ({"cr": float("nan")}, r"cr nan must lie in \(0, 1\)"),
-        ({"method": "awq"}, "method 'awq' must be one of compot, svd-llm, gptq"),
+        ({"method": "awq"}, "method 'awq' must be one of compot, gptq, svd-llm"),
         ({"ks_ratio": 0.5}, "ks_ratio 0.5 must be at least 1"),
         ({"iters": -1}, "iters -1 must be at least 0"),
         ({"tol": -0.1}, "tol -0.1 must be at least 0"),

@@ -5,10 +5,12 @@ import math
 import pytest
 import torch
 
-from zoo.engine import allocate, factorize, factorize_many, functional_error, storage
+from zoo import methods
+from zoo.engine import allocate, factorize, factorize_many, functional_error
 from zoo.engine.compot import compot, hard_threshold, leading_basis, polar_factor
 from zoo.engine.errors import EngineError
 from zoo.engine.whitening import cholesky_whitener
+from zoo.methods.layout import dense_bits
 
 
 def _layer(out_f=96, in_f=64, tokens=2000, seed=0):
@@ -147,8 +149,8 @@ def test_compot_beats_svd_llm_at_equal_storage():
     for cr in (0.2, 0.4):
         a = factorize(w, gram, cr=cr, method="compot")
         b = factorize(w, gram, cr=cr, method="svd-llm")
-        assert a.bits <= storage.dense_bits(128, 256) * (1 - cr)
-        assert b.bits <= storage.dense_bits(128, 256) * (1 - cr)
+        assert a.bits <= dense_bits(128, 256) * (1 - cr)
+        assert b.bits <= dense_bits(128, 256) * (1 - cr)
         assert functional_error(w, a.reconstruct(), gram) < functional_error(w, b.reconstruct(), gram)
 
 
@@ -323,8 +325,8 @@ def test_allocation_meets_budget_and_guards(cr):
             stored += 16 * w.numel()
             continue
         assert alloc.min_cr - 1e-9 <= alloc.cr[name] <= alloc.max_cr + 0.01
-        k, s = storage.compot_shape(w.shape[1], w.shape[0], alloc.cr[name], 2.0)
-        stored += storage.compot_bits(w.shape[1], w.shape[0], k, s)
+        k, s = methods.get("compot").shape(w.shape[1], w.shape[0], alloc.cr[name], 2.0)
+        stored += methods.get("compot").bits(w.shape[1], w.shape[0], k, s)
     assert stored <= (1 - cr) * total  # never over budget
     assert (1 - stored / total) - cr <= 0.005  # and within half a percent of it
     # Allocation differs across matrices: it is not the static ratio in disguise.

@@ -123,8 +123,8 @@ def chat_scored(tmp_path_factory):
     (root / "calib.jsonl").write_text("\n".join(json.dumps({"text": " ".join(WORDS * 2)}) for _ in range(8)))
     settings = {"chat": True, "eval_chat_tokens": 6, "eval_windows": 2, "eval_limit": 5, "eval_tasks": []}
     request = CompressRequest(
-        str(base),
-        CompressionConfig(cr=0.3, iters=3),
+        model=str(base),
+        config=CompressionConfig(cr=0.3, iters=3),
         out=root / "tiny-chat-compot",
         calibration=str(root / "calib.jsonl"),
         n_samples=4,

@@ -14,19 +14,20 @@ from transformers import AutoModelForCausalLM
 import zoo
 from tests.records import make_record
 from tests.tiny_models import tiny_calibration, tiny_llama
+from zoo import methods
 from zoo.compression.apply import compress_model
 from zoo.compression.config import CompressionConfig
 from zoo.compression.layer import COMPRESSED, CompotLinear, to_inference
-from zoo.compression.quantized import QuantLinear, pack_bits, unpack_bits
+from zoo.compression.quantized import QuantLinear, packed_tensor, unpack_bits
 from zoo.engine import factorize, functional_error
 from zoo.engine.errors import EngineError
 from zoo.engine.factorization import intra_op_threads
 from zoo.engine.gptq import balanced_atoms, gptq, quantize_factors, refit_codes, round_to_nearest
-from zoo.engine.storage import quantized_factor_bits
 from zoo.errors import ZooError
 from zoo.format.checkpoint import WEIGHTS, compot_layers, mark_compressed, save_compressed
 from zoo.format.checks import BYTES, check_files
 from zoo.format.progress import BlockProgress
+from zoo.methods.layout import stored_tensors
 from zoo.modalities.base import get_adapter
 
 PROMPT = torch.tensor([[3, 17, 42, 9, 100, 5, 77, 1]])
@@ -146,7 +147,7 @@ def test_a_quantized_layer_computes_the_matrix_gptq_measured(shape):
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_bit_packing_round_trips_and_takes_the_counted_bytes(bits):
     values = torch.randint(0, 2**bits, (7, 13), generator=torch.Generator().manual_seed(bits), dtype=torch.uint8)
-    packed = pack_bits(values, bits)
+    packed = packed_tensor(values, bits)
     assert packed.numel() == -(-values.numel() * bits // 8)
     assert torch.equal(unpack_bits(packed, bits, (7, 13)), values)
 
@@ -179,7 +180,8 @@ def test_every_projection_is_stored_quantized_in_the_counted_bits(saved):
         on_disk = {key: f.get_slice(key) for key in f.keys()}
     for r in record.layers:
         n, m = r.shape
-        assert r.stored_bits == r.eq11_bits == quantized_factor_bits(r.method, m, n, r.k, r.s, 4, 32)
+        expected = stored_tensors(methods.get(r.method), m, n, k=r.k, s=r.s, bits=4, group_size=32)
+        assert r.stored_bits == r.eq11_bits == sum(t.bits for t in expected.values())
         prefix = f"{r.name}."
         stored = [s for key, s in on_disk.items() if key.startswith(prefix) and not key.endswith("bias")]
         file_bits = sum(8 * math.prod(s.get_shape()) * BYTES[s.get_dtype()] for s in stored)

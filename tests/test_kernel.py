@@ -11,8 +11,8 @@ from torch import nn
 
 from zoo.compression import kernel, quantized
 from zoo.compression import layer as layer_module
-from zoo.compression.layer import CompotLinear, pack_mask, to_inference
-from zoo.compression.quantized import QuantLinear, pack_bits
+from zoo.compression.layer import CompotLinear, to_inference
+from zoo.compression.quantized import QuantLinear, packed_tensor
 from zoo.engine import factorize
 from zoo.engine.gptq import dequantize, gptq, quantize_factors
 
@@ -75,7 +75,7 @@ def _packed(rows: int, width: int, bits: int, group_size: int, seed: int) -> tup
     zeros = torch.randint(0, 2**bits, (rows, groups), generator=g, dtype=torch.uint8)
     scales = ((torch.rand(rows, groups, generator=g) + 0.5) / 2**bits).half()
     return (
-        kernel.Packed(pack_bits(q, bits), scales, pack_bits(zeros, bits), bits, group_size, width),
+        kernel.Packed(packed_tensor(q, bits), scales, packed_tensor(zeros, bits), bits, group_size, width),
         dequantize(q, scales, zeros, group_size),
     )
 
@@ -127,7 +127,7 @@ def test_quantized_sparse_codes_kernel_matches_the_dense_codes(
     support.scatter_(1, torch.rand(out, atoms, generator=g).argsort(dim=1)[:, :kept], True)
     codes, values = _packed(out, kept, bits, group_size, seed=out)
     dense = torch.zeros(out, atoms).masked_scatter_(support, values).to(device)
-    codes, mask = _on(codes, device), pack_mask(support).to(device)
+    codes, mask = _on(codes, device), packed_tensor(support, 1).to(device)
     hidden = torch.randn(*batch, atoms, generator=g).to(device)
     got = kernel.sparse_codes_matmul(hidden.to(dtype), codes, mask, atoms)
     assert got.shape == (*batch, out) and got.dtype == dtype

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from zoo.compression.layer import ATOMS_MULTIPLE, CompotLinear, pack_mask, unpack_mask
+from zoo.compression.layer import ATOMS_MULTIPLE, CompotLinear
+from zoo.compression.quantized import packed_tensor, unpack_bits
 from zoo.engine import factorize
 from zoo.errors import ZooError
 
@@ -12,9 +13,11 @@ def test_mask_packing_round_trips_exactly():
     g = torch.Generator().manual_seed(0)
     for shape in [(7, 13), (96, 40), (1, 1)]:
         mask = torch.rand(shape, generator=g) > 0.5
-        packed = pack_mask(mask)
+        packed = packed_tensor(mask, 1)
         assert packed.dtype == torch.uint8 and packed.numel() == -(-mask.numel() // 8)
-        assert torch.equal(unpack_mask(packed, shape), mask)
+        assert torch.equal(unpack_bits(packed, 1, shape).bool(), mask)
+        tail = mask.reshape(-1)[2:]
+        assert torch.equal(unpack_bits(packed, 1, tail.shape, skip=2).bool(), tail)
 
 
 def test_forward_is_the_factorized_product_with_16_bit_factors():

@@ -82,7 +82,9 @@ def _config_options(command):
         elif name == "components":
             option = click.option(flag, name, default=None, metavar="NAMES", help=meta["help"] + " Comma-separated.")
         else:
-            kind = click.Choice(meta["choices"]) if meta["choices"] else _value_type(name)
+            # a setting whose choices grow (the method table) is checked by the config when the run starts
+            fixed = isinstance(meta["choices"], tuple)
+            kind = click.Choice(meta["choices"]) if fixed else _value_type(name)
             option = click.option(
                 flag, name, type=kind, default=f.default, show_default=f.default is not None, help=meta["help"]
             )
@@ -195,20 +197,20 @@ def compress(  # noqa: PLR0913 - click passes one argument per option
     config = CompressionConfig(**settings)
     eval_settings = {k: v for k, v in (("eval_windows", eval_windows), ("eval_limit", eval_limit)) if v is not None}
     req = CompressRequest(
-        model,
-        config,
-        out,
-        overwrite,
-        calibration,
-        n_samples,
-        seq_len,
-        seed,
-        evaluate or push is not None,
-        eval_settings,
-        modality,
-        plan_only,
-        None if max_host_memory is None else int(max_host_memory * 2**30),
-        None if max_device_memory is None else int(max_device_memory * 2**30),
+        model=model,
+        config=config,
+        out=out,
+        overwrite=overwrite,
+        calibration=calibration,
+        n_samples=n_samples,
+        seq_len=seq_len,
+        seed=seed,
+        evaluate=evaluate or push is not None,
+        eval_settings=eval_settings,
+        modality=modality,
+        plan_only=plan_only,
+        max_host_memory=None if max_host_memory is None else int(max_host_memory * 2**30),
+        max_device_memory=None if max_device_memory is None else int(max_device_memory * 2**30),
     )
     if plan_only:
         from zoo.pipeline import plan
@@ -228,7 +230,7 @@ def compress(  # noqa: PLR0913 - click passes one argument per option
     for r in record.layers[:: max(1, len(record.layers) // 12)]:
         bits = f" bits={r.bits}" if r.bits != 16 else ""
         click.echo(f"  {r.name:45s} {r.method:8s} k={r.k:5d} s={r.s:5d} cr={r.cr:.3f}{bits} err={r.relative_error:.4f}")
-    target = "No factorization (GPTQ alone)" if config.method == "gptq" else f"Target CR {config.cr:g}"
+    target = f"Target CR {config.cr:g}" if config.factorizes else f"No factorization ({config.method} alone)"
     click.echo(
         f"{target}, achieved {record.achieved_cr:.4f} from stored bytes (eq. 11: "
         f"{record.eq11_cr:.4f}), over every target projection, dense-kept ones included"

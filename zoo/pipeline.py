@@ -69,7 +69,7 @@ SLICE_SETTINGS = {"eval_windows": 2, "eval_limit": 4, "eval_tasks": [], "eval_ch
 EVAL_FLAGS = {"eval_windows": "--eval-windows", "eval_limit": "--eval-limit"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CompressRequest:
     model: str  # an alias, a local folder or a Hub id
     config: CompressionConfig
@@ -122,7 +122,7 @@ class CompressResult:
 
 def default_out_dir(model: str, config: CompressionConfig) -> Path:
     name = Path(model).name
-    if config.method == "gptq":
+    if not config.factorizes:
         return Path(f"{name}-{config.quantize}-g{config.quantize_group_size}")
     quantized = f"-{config.quantize}" if config.quantize else ""
     return Path(f"{name}-{config.method}-{config.allocation}-cr{config.cr:g}{quantized}")
@@ -198,7 +198,7 @@ def command_line(prepared: Prepared, req: CompressRequest) -> str:
     req = effective(prepared, req)
     spec = prepared.spec
     args = ["zoo", "compress", shown(spec.name)]
-    if req.config.method != "gptq":  # GPTQ alone factorizes nothing: no CR to ask for
+    if req.config.factorizes:  # quantization alone has no CR to ask for
         args += ["--cr", f"{req.config.cr:g}"]
     if spec.local is None and spec.hub == spec.name and spec.modality != DEFAULT:
         args += ["--modality", spec.modality]
@@ -472,7 +472,9 @@ def compress(
     name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     online = hub_reachable()
     spec = ModelSpec(name, kind, defaults=modality_defaults(kind))
-    req = CompressRequest(name, config, calibration=calibration, n_samples=n_samples, seq_len=seq_len, seed=seed)
+    req = CompressRequest(
+        model=name, config=config, calibration=calibration, n_samples=n_samples, seq_len=seq_len, seed=seed
+    )
     adapter = get_adapter(kind)
     loaded = LoadedModel(model, processor, name)
     sampling = calibration_settings(spec, calibration, n_samples, seq_len, online)

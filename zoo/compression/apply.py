@@ -36,8 +36,10 @@ from zoo.compression.targets import CalibrationData, Stack
 from zoo.engine import Factorization, allocate, factorize_many
 from zoo.engine.factorization import intra_op_threads
 from zoo.engine.gptq import gptq, quantize_factors, relative_error
-from zoo.engine.storage import quantized_factor_bits
 from zoo.errors import ZooError
+from zoo.methods import DENSE
+from zoo.methods import get as method_named
+from zoo.methods.layout import stored_tensors
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def _power_of_two_divisor(sizes) -> int:
 def target_crs(targets: dict[str, nn.Linear], config: CompressionConfig) -> dict[str, float]:
     """The CR each matrix is asked for: the target everywhere (static), or Algorithm 2's allocation;
     0.0 (stays dense) everywhere for GPTQ alone."""
-    if config.method == "gptq":
+    if not config.factorizes:
         return dict.fromkeys(targets, 0.0)
     if config.static:
         return {name: config.cr for name in targets}
@@ -249,8 +251,9 @@ def _compress_block(
         tol=config.tol,
         on_done=lambda name, _: _done(bar, name),
     )
-    if config.method == "compot" and config.forms == "mixed":
-        factors = _better_form(factors, factorize_many(jobs, method="svd-llm"))
+    if config.forms == "mixed":
+        for alternative in method_named(config.method).alternatives:
+            factors = _better_form(factors, factorize_many(jobs, method=alternative))
     bar.update(len(names) - len(jobs))
     if healing is not None:
         factors = _healed(work, names, factors, healing, config)
@@ -298,16 +301,16 @@ def _compress_block(
     return records
 
 
-def _better_form(compot: dict[str, Factorization], lowrank: dict[str, Factorization]) -> dict[str, Factorization]:
-    """Per matrix, SVD-LLM's low-rank pair where it fits the calibration data better than COMPOT at
-    the same CR (tall matrices, e.g. Qwen2.5's down_proj, were seen to lose to it under eq. 11); a
-    matrix COMPOT keeps dense stays so, as the allocation counted it."""
+def _better_form(factors: dict[str, Factorization], other: dict[str, Factorization]) -> dict[str, Factorization]:
+    """Per matrix, the other form where it fits the calibration data better at the same CR (tall
+    matrices, e.g. Qwen2.5's down_proj, were seen to lose to a low-rank pair under eq. 11); a
+    matrix kept dense stays so, as the allocation counted it."""
     better = {
         name
-        for name, f in compot.items()
-        if not f.is_dense and not lowrank[name].is_dense and lowrank[name].relative_error < f.relative_error
+        for name, f in factors.items()
+        if not f.is_dense and not other[name].is_dense and other[name].relative_error < f.relative_error
     }
-    return {name: lowrank[name] if name in better else f for name, f in compot.items()}
+    return {name: other[name] if name in better else f for name, f in factors.items()}
 
 
 def _healed(
@@ -375,7 +378,7 @@ def _record(
     if layer is None:  # kept dense: stored as the weight is
         bits = 8 * weight.numel() * weight.element_size()
         return LayerRecord(
-            method="dense",
+            method=DENSE,
             k=0,
             s=0,
             storage_dtype=None,
@@ -385,17 +388,18 @@ def _record(
             relative_error=0.0,
             **common,
         )
-    method = layer.method
-    k, s = (0, 0) if method == QuantLinear.method else (f.k, f.s)
+    method = method_named(layer.method)
+    k, s = (f.k, f.s) if method.factorizes else (0, 0)
     n, m = weight.shape
     bits = layer.bits
+    quantized = stored_tensors(method, m, n, k=k, s=s, bits=bits, group_size=group_size)
     return LayerRecord(
-        method=method,
+        method=method.name,
         k=k,
         s=s,
         storage_dtype=str(layer.storage_dtype).removeprefix("torch."),
         stored_bits=layer.stored_bits(),
-        eq11_bits=f.bits if bits == 16 else quantized_factor_bits(method, m, n, k, s, bits, group_size),
+        eq11_bits=f.bits if bits == 16 else sum(t.bits for t in quantized.values()),
         damping=0.0 if f is None else f.damping,
         relative_error=error,
         bits=bits,

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from zoo import methods
 from zoo.errors import ZooError
 
-METHODS = ("compot", "svd-llm", "gptq")  # the engine's factorizations (zoo.engine.METHODS), or quantization alone
 QUANT_BITS = (2, 3, 4, 8)  # zoo.engine.gptq.SUPPORTED_BITS, torch-free here
 QUANTIZE = re.compile(r"gptq-w(\d+)")
 STORAGE_DTYPES = ("float16", "bfloat16")
@@ -24,10 +24,11 @@ def setting(
     default: Any,
     help: str,
     check: Callable[[Any], str | None] | None = None,
-    choices: tuple[str, ...] | None = None,
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
     runtime: bool = False,
 ) -> Any:
     """A dataclass field with its help text; `check(value)` returns what is wrong or None;
+    `choices` may be a function, read when checked (the method table grows as methods register);
     `runtime` settings (where it runs) change how fast, not what is computed."""
     return dataclasses.field(
         default=default, metadata={"help": help, "check": check, "choices": choices, "runtime": runtime}
@@ -43,6 +44,12 @@ def between(lo: float, hi: float, lo_open: bool = True, hi_open: bool = True) ->
         return f"must lie in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
     return check
+
+
+def choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """A setting's allowed values, as of now."""
+    allowed = f.metadata["choices"]
+    return allowed() if callable(allowed) else allowed
 
 
 def at_least(lo: float) -> Callable[[Any], str | None]:
@@ -74,15 +81,16 @@ class CompressionConfig:
     )
     method: str = setting(
         "compot",
-        "COMPOT, or the SVD-LLM baseline at the same storage; gptq: no factorization, every projection "
-        "quantized dense (needs --quantize).",
-        choices=METHODS,
+        "Compression method (zoo.methods): "
+        + "; ".join(f"{m.name}: {m.summary}" for m in methods.METHODS.values())
+        + ". One that factorizes nothing needs --quantize.",
+        choices=methods.names,
     )
     forms: str = setting(
         "mixed",
-        "mixed: a COMPOT matrix takes SVD-LLM's low-rank pair instead where that has the lower "
-        "calibration-weighted error at the same CR (the record names each matrix's form); single: "
-        "every matrix in the method's form, as the paper.",
+        "mixed: a matrix takes the form of one of its method's alternatives (COMPOT's: SVD-LLM's low-rank "
+        "pair) where that has the lower calibration-weighted error at the same CR (the record names each "
+        "matrix's form); single: every matrix in the method's form, as the paper.",
         choices=("mixed", "single"),
     )
     static: bool = setting(False, "One CR for every matrix (COMPOT-dagger) instead of dynamic allocation.")
@@ -155,13 +163,15 @@ class CompressionConfig:
             if value is None or value == f.default:
                 continue
             problem = meta["check"](value) if meta["check"] else None
-            if meta["choices"] and value not in meta["choices"]:
-                problem = f"must be one of {', '.join(meta['choices'])}"
+            allowed = choices(f)
+            if allowed and value not in allowed:
+                problem = f"must be one of {', '.join(allowed)}"
             if problem:
                 raise ZooError(f"{f.name} {value!r} {problem}")
-        if self.method == "gptq" and self.quantize is None:
+        if not self.factorizes and self.quantize is None:
             raise ZooError(
-                "method gptq quantizes the dense projections and factorizes nothing: pass quantize (--quantize gptq-w3)"
+                f"method {self.method} quantizes the dense projections and factorizes nothing: pass quantize "
+                "(--quantize gptq-w3)"
             )
         if not isinstance(self.quantize_group_size, int) or isinstance(self.quantize_group_size, bool):
             raise ZooError(f"quantize_group_size {self.quantize_group_size!r} must be a positive integer")
@@ -199,6 +209,10 @@ class CompressionConfig:
         return dataclasses.replace(self, dtype=dtype, storage_dtype=storage)
 
     @property
+    def factorizes(self) -> bool:
+        return methods.get(self.method).factorizes
+
+    @property
     def bits(self) -> int | None:
         """The GPTQ bit width, None when nothing is quantized."""
         return None if self.quantize is None else quantize_bits(self.quantize)
@@ -206,11 +220,3 @@ class CompressionConfig:
     @property
     def allocation(self) -> str:
         return "static" if self.static else "dynamic"
-
-
-# The variants of a model that the zoo publishes and compares, as CompressionConfig settings.
-VARIANT_KINDS = {
-    "compot-dynamic": {},
-    "compot-static": {"static": True},
-    "svd-llm": {"method": "svd-llm", "static": True},
-}

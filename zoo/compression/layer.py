@@ -1,12 +1,9 @@
 """CompotLinear: the drop-in for nn.Linear that a compressed checkpoint holds.
 
-y = (x A) C + b. What is stored is what eq. 11 counts: the dictionary A^T (k, in) in 16
-bits, each output's s kept codes in 16 bits (in increasing atom order), and the (out, k)
-support bitmask, row-major, packed eight to a byte in little bit order (numpy's
-`packbits(..., bitorder="little")`: mask element i is bit i % 8 of byte i // 8). SVD-LLM
-layers store their codes dense and no mask.
-
-GPTQ-quantized factors are stored packed instead (zoo.compression.quantized).
+y = (x A) C + b, for every factorizing method of zoo.methods. What is stored is what eq. 11
+counts, in the layout of `zoo.methods.layout.stored_tensors`: the dictionary A^T (k, in), each
+output's kept codes (all k, or for a masked method its s values and the (out, k) support
+bitmask), in 16 bits or GPTQ-quantized and packed (zoo.compression.quantized).
 
 A layer computes from the stored form (on CUDA through the kernels of zoo.compression.kernel,
 elsewhere through dense codes rebuilt per call and dropped) until `to_inference` gives it the
@@ -23,11 +20,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo import methods
 from zoo.compression import kernel
 from zoo.compression.quantized import (
     QuantLinear,
@@ -36,11 +33,12 @@ from zoo.compression.quantized import (
     drop_quantized,
     fill_quantized,
     packed,
+    packed_tensor,
     quantized_bytes,
     register_quantized,
+    unpack_bits,
 )
 from zoo.engine import Factorization
-from zoo.engine.factorization import METHODS
 from zoo.engine.gptq import QuantizedFactors
 from zoo.errors import ZooError
 
@@ -60,21 +58,9 @@ ATOMS_MULTIPLE = 64
 CHUNK_BYTES = 1 << 18
 
 
-def pack_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Row-major bool (out, k) -> uint8 (ceil(out*k / 8),), little bit order."""
-    return torch.from_numpy(np.packbits(mask.cpu().numpy().reshape(-1), bitorder="little"))
-
-
-def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...], skip: int = 0) -> torch.Tensor:
-    """Inverse of `pack_mask`: the bool mask of `shape` starting `skip` bits into `packed`,
-    computed on the packed tensor's device."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(-1)[skip : skip + math.prod(shape)].reshape(shape).bool()
-
-
 class CompotLinear(StoredLayer):
-    """An nn.Linear stored as an orthogonal-dictionary sparse factorization (or a low-rank pair).
+    """An nn.Linear stored as a factorization: a dictionary and codes, sparse under a mask for a
+    masked method (COMPOT), dense otherwise (a low-rank pair).
 
     The empty shell (this constructor) is what loaders build before filling it from a
     checkpoint; `from_factorization` builds a filled one from the engine's output.
@@ -95,23 +81,25 @@ class CompotLinear(StoredLayer):
         group_size: int = 0,
     ) -> None:
         super().__init__()
-        if method not in METHODS:
-            raise ZooError(f"CompotLinear: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        spec = methods.get(method)
+        if not spec.factorizes:
+            raise ZooError(f"CompotLinear: method {method!r} stores no factors")
         if storage_dtype not in STORAGE_DTYPES:
             raise ZooError(f"CompotLinear: storage dtype must be float16 or bfloat16, got {storage_dtype}")
-        atoms = in_features if method == "compot" else min(in_features, out_features)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (in_features, out_features, k, s)):
             raise ZooError(
                 f"CompotLinear: sizes must be integers, got in={in_features!r}, out={out_features!r}, k={k!r}, s={s!r}"
             )
+        atoms = spec.max_atoms(in_features, out_features)
         if not 1 <= s <= k <= atoms or min(in_features, out_features) < 1:
-            bound = "in_features" if method == "compot" else "min(in_features, out_features)"
-            raise ZooError(f"CompotLinear: need 1 <= s <= k <= {bound} = {atoms}, got k={k}, s={s}")
+            raise ZooError(f"CompotLinear: {method} needs 1 <= s <= k <= {atoms} atoms, got k={k}, s={s}")
+        if not spec.masked and s != k:
+            raise ZooError(f"CompotLinear: {method} keeps every code (s = k), got k={k}, s={s}")
         if bits != 16 and (not 1 <= bits <= 8 or group_size < 1):
             raise ZooError(f"CompotLinear: quantized factors need 1..8 bits and a group size, got {bits}, {group_size}")
         self.in_features, self.out_features, self.k, self.s, self.method = in_features, out_features, k, s, method
         self.bits, self.group_size, self.storage_dtype = bits, group_size, storage_dtype
-        width = s if method == "compot" else k
+        width = spec.width(k, s)
         if bits == 16:
             self.dictionary = nn.Parameter(
                 torch.empty(k, in_features, dtype=storage_dtype, device=device), requires_grad=False
@@ -122,18 +110,13 @@ class CompotLinear(StoredLayer):
         else:  # GPTQ-quantized factors: packed integers, scales and zero points (zoo.compression.quantized)
             register_quantized(self, "dictionary", k, in_features, bits, group_size, storage_dtype, device)
             register_quantized(self, "code_values", out_features, width, bits, group_size, storage_dtype, device)
-        if method == "compot":
+        if spec.masked:
             self.register_buffer(
                 "code_mask", torch.empty(math.ceil(out_features * k / 8), dtype=torch.uint8, device=device)
             )
         else:
             self.code_mask = None
-        self.bias = (
-            nn.Parameter(torch.empty(out_features, dtype=bias_dtype, device=device), requires_grad=False)
-            if bias
-            else None
-        )
-        self.layout = "stored"
+        self._stored_with_bias(out_features, bias, bias_dtype, device)
 
     @classmethod
     def from_factorization(
@@ -171,7 +154,7 @@ class CompotLinear(StoredLayer):
                 fill_quantized(layer, "code_values", quantized.codes)
             else:
                 layer.dictionary.copy_(f.dictionary.mT)
-            if f.method == "compot":
+            if layer.code_mask is not None:
                 support_t = f.support.mT
                 per_row = support_t.sum(dim=1)
                 if not bool((per_row == f.s).all()):
@@ -181,7 +164,7 @@ class CompotLinear(StoredLayer):
                     )
                 if quantized is None:
                     layer.code_values.copy_(codes_t[support_t].reshape(f.out_features, f.s))
-                layer.code_mask.copy_(pack_mask(support_t))
+                layer.code_mask.copy_(packed_tensor(support_t, 1))
             elif quantized is None:
                 layer.code_values.copy_(codes_t)
             if bias is not None:
@@ -205,7 +188,7 @@ class CompotLinear(StoredLayer):
         return self.bits != 16
 
     def _width(self) -> int:
-        return self.s if self.method == "compot" else self.k
+        return methods.get(self.method).width(self.k, self.s)
 
     def _dequantized_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The 16-bit dictionary (k, in) and code values the packed factors stand for."""
@@ -310,7 +293,7 @@ class CompotLinear(StoredLayer):
 
     def _mask_rows(self, start: int, stop: int) -> torch.Tensor:
         first, last = start * self.k, stop * self.k
-        return unpack_mask(self.code_mask[first // 8 : -(-last // 8)], (stop - start, self.k), first % 8)
+        return unpack_bits(self.code_mask[first // 8 : -(-last // 8)], 1, (stop - start, self.k), first % 8).bool()
 
     def kept_per_row(self) -> torch.Tensor:
         """How many codes the mask keeps in each output row (all k for SVD-LLM)."""

@@ -1,11 +1,8 @@
 """GPTQ-quantized tensors as a module stores them, and the dense GPTQ layer.
 
-A quantized (rows, width) matrix `name` is three tensors: `name_q`, the integers packed back
-to back at `bits` bits each (little bit order: bit i of integer t is bit (t*bits + i) % 8 of
-byte (t*bits + i) // 8); `name_scales`, (rows, groups) in the 16-bit storage dtype; and
-`name_zeros`, the (rows, groups) zero points packed the same way. Groups are `group_size`
-consecutive entries of a row, the last one possibly shorter. These are exactly the bytes
-`zoo.engine.storage.quantized_bits` counts.
+A quantized (rows, width) matrix `name` is three tensors, `name_q`, `name_scales` and
+`name_zeros`, in the layout `zoo.methods.layout.quantized_tensors` gives (and the file checks
+and eq. 11's accounting read).
 
 At run time nothing is kept wider than it computes in: on CUDA (`kernel.applies`) the layers
 multiply from these packed bytes, dequantized tile by tile inside the kernel; elsewhere they
@@ -16,33 +13,32 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zoo.compression import kernel
 from zoo.engine.gptq import Quantized, dequantize
-from zoo.engine.storage import packed_bytes
 from zoo.errors import ZooError
-
-PARTS = ("q", "scales", "zeros")
-
-
-def pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 integers below 2**bits, any shape, row-major -> uint8 (ceil(n * bits / 8),)."""
-    flat = values.detach().cpu().numpy().astype(np.uint8).reshape(-1, 1)
-    stream = np.unpackbits(flat, axis=1, bitorder="little")[:, :bits]
-    return torch.from_numpy(np.packbits(stream.reshape(-1), bitorder="little"))
+from zoo.methods.gptq import GPTQ
+from zoo.methods.layout import PACKED, QUANTIZED_PARTS, pack_bits, quantized_tensors
 
 
-def unpack_bits(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """Inverse of `pack_bits`, computed on the packed tensor's device."""
+def packed_tensor(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """`zoo.methods.layout.pack_bits` of a tensor's values, as a CPU uint8 tensor."""
+    return torch.from_numpy(pack_bits(values.detach().cpu().numpy(), bits))
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, shape: tuple[int, ...], skip: int = 0) -> torch.Tensor:
+    """Inverse of `pack_bits`: the integers of `shape` starting `skip` integers into `packed`,
+    computed on the packed tensor's device."""
     count = math.prod(shape)
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    stream = ((packed.unsqueeze(-1) >> shifts) & 1).reshape(-1)[: count * bits].reshape(count, bits)
+    stream = ((packed.unsqueeze(-1) >> shifts) & 1).reshape(-1)[skip * bits : (skip + count) * bits]
+    if bits == 1:
+        return stream.reshape(shape)
     weights = (1 << torch.arange(bits, device=packed.device)).to(torch.uint8)
-    return (stream * weights).sum(dim=1, dtype=torch.uint8).reshape(shape)
+    return (stream.reshape(count, bits) * weights).sum(dim=1, dtype=torch.uint8).reshape(shape)
 
 
 def register_quantized(
@@ -56,20 +52,17 @@ def register_quantized(
     device: torch.device | str | None,
 ) -> None:
     """Empty buffers for a quantized (rows, width) matrix `name` (the shapes a checkpoint must match)."""
-    groups = rows * math.ceil(width / group_size)
-    module.register_buffer(f"{name}_q", torch.empty(packed_bytes(rows * width, bits), dtype=torch.uint8, device=device))
-    module.register_buffer(
-        f"{name}_scales", torch.empty(rows, math.ceil(width / group_size), dtype=dtype, device=device)
-    )
-    module.register_buffer(f"{name}_zeros", torch.empty(packed_bytes(groups, bits), dtype=torch.uint8, device=device))
+    for key, stored in quantized_tensors(name, rows, width, bits, group_size).items():
+        kind = torch.uint8 if stored.kind == PACKED else dtype
+        module.register_buffer(key, torch.empty(stored.shape, dtype=kind, device=device))
 
 
 def fill_quantized(module: nn.Module, name: str, quantized: Quantized) -> None:
     """Copy the engine's result into the buffers `register_quantized` made."""
     with torch.no_grad():
-        getattr(module, f"{name}_q").copy_(pack_bits(quantized.q, quantized.bits))
+        getattr(module, f"{name}_q").copy_(packed_tensor(quantized.q, quantized.bits))
         getattr(module, f"{name}_scales").copy_(quantized.scales)
-        getattr(module, f"{name}_zeros").copy_(pack_bits(quantized.zeros, quantized.bits))
+        getattr(module, f"{name}_zeros").copy_(packed_tensor(quantized.zeros, quantized.bits))
 
 
 def dequantized(module: nn.Module, name: str, rows: int, width: int, bits: int, group_size: int) -> torch.Tensor:
@@ -82,18 +75,19 @@ def dequantized(module: nn.Module, name: str, rows: int, width: int, bits: int, 
 
 def packed(module: nn.Module, name: str, width: int, bits: int, group_size: int) -> kernel.Packed:
     """The buffers of the quantized (rows, width) matrix `name`, as the kernel reads them (no copy)."""
-    q, scales, zeros = (getattr(module, f"{name}_{part}") for part in PARTS)
+    q, scales, zeros = (getattr(module, f"{name}_{part}") for part in QUANTIZED_PARTS)
     return kernel.Packed(q, scales, zeros, bits, group_size, width)
 
 
 def quantized_bytes(module: nn.Module, name: str) -> int:
     return sum(
-        getattr(module, f"{name}_{part}").numel() * getattr(module, f"{name}_{part}").element_size() for part in PARTS
+        getattr(module, f"{name}_{part}").numel() * getattr(module, f"{name}_{part}").element_size()
+        for part in QUANTIZED_PARTS
     )
 
 
 def drop_quantized(module: nn.Module, name: str) -> None:
-    for part in PARTS:
+    for part in QUANTIZED_PARTS:
         delattr(module, f"{name}_{part}")
 
 
@@ -102,6 +96,15 @@ class StoredLayer(nn.Module):
     `to_inference` trades it for an inference layout (`layout` says which)."""
 
     layout: str
+
+    def _stored_with_bias(
+        self, out_features: int, bias: bool, dtype: torch.dtype | None, device: torch.device | str | None
+    ) -> None:
+        """An empty bias if the layer has one; the layer holds its stored form."""
+        self.bias = (
+            nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
+        )
+        self.layout = "stored"
 
     def require_factors(self, what: str) -> None:
         if self.layout != "stored":
@@ -117,7 +120,7 @@ class QuantLinear(StoredLayer):
     the kernel, for good; elsewhere dequantizing per call, until `to_inference` dequantizes it once
     into a 16-bit weight."""
 
-    method = "gptq"
+    method = GPTQ.name
     k = s = 0
     code_mask = None
 
@@ -141,12 +144,7 @@ class QuantLinear(StoredLayer):
         self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
         self.storage_dtype = storage_dtype
         register_quantized(self, "weight", out_features, in_features, bits, group_size, storage_dtype, device)
-        self.bias = (
-            nn.Parameter(torch.empty(out_features, dtype=bias_dtype, device=device), requires_grad=False)
-            if bias
-            else None
-        )
-        self.layout = "stored"
+        self._stored_with_bias(out_features, bias, bias_dtype, device)
 
     @classmethod
     def from_quantized(cls, quantized: Quantized, bias: torch.Tensor | None) -> QuantLinear:
@@ -205,6 +203,6 @@ class QuantLinear(StoredLayer):
 
     def extra_repr(self) -> str:
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, method=gptq, bits={self.bits}, "
-            f"group_size={self.group_size}, layout={self.layout}, bias={self.bias is not None}"
+            f"in_features={self.in_features}, out_features={self.out_features}, method={self.method}, "
+            f"bits={self.bits}, group_size={self.group_size}, layout={self.layout}, bias={self.bias is not None}"
         )

@@ -2,7 +2,7 @@
 
 from zoo.engine.allocation import Allocation, allocate, default_guards
 from zoo.engine.errors import EngineError
-from zoo.engine.factorization import METHODS, Factorization, factorize, factorize_many, functional_error
+from zoo.engine.factorization import Factorization, factorize, factorize_many, functional_error
 
 ENGINE_VERSION = "0.1.0"
 
@@ -12,7 +12,6 @@ __all__ = [
     "default_guards",
     "ENGINE_VERSION",
     "EngineError",
-    "METHODS",
     "Factorization",
     "factorize",
     "factorize_many",

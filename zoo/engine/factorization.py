@@ -10,22 +10,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from zoo.engine import storage
+from zoo import methods
 from zoo.engine.compot import compot
 from zoo.engine.errors import EngineError
 from zoo.engine.svd_llm import truncated_svd
 from zoo.engine.whitening import cholesky_whitener
-
-METHODS = ("compot", "svd-llm")
+from zoo.methods.layout import achieved_cr, dense_bits
 
 
 @dataclass
 class Factorization:
     """W ~ A C with W in the paper's (in, out) layout; `reconstruct` gives PyTorch's (out, in).
 
-    dictionary A: (in_features, k), dewhitened. codes C: (k, out_features); for COMPOT each
-    column holds at most s nonzeros, at the positions of `support`; for SVD-LLM C is dense
-    (s == k, no mask). A matrix that could not be made smaller is left dense: method
+    dictionary A: (in_features, k), dewhitened. codes C: (k, out_features); for a masked method
+    (COMPOT) each column holds at most s nonzeros, at the positions of `support`; otherwise C is
+    dense (s == k, no support). A matrix that could not be made smaller is left dense: method
     "dense", `weight` kept, `reason` says why.
     """
 
@@ -46,24 +45,21 @@ class Factorization:
 
     @property
     def is_dense(self) -> bool:
-        return self.method == "dense"
+        return self.method == methods.DENSE
 
     @property
     def bits(self) -> int:
-        m, n = self.in_features, self.out_features
-        if self.method == "compot":
-            return storage.compot_bits(m, n, self.k, self.s)
-        if self.method == "svd-llm":
-            return storage.lowrank_bits(m, n, self.k)
-        return storage.dense_bits(m, n)
+        if self.is_dense:
+            return self.dense_bits
+        return methods.get(self.method).bits(self.in_features, self.out_features, self.k, self.s)
 
     @property
     def dense_bits(self) -> int:
-        return storage.dense_bits(self.in_features, self.out_features)
+        return dense_bits(self.in_features, self.out_features)
 
     @property
     def cr(self) -> float:
-        return storage.achieved_cr(self.bits, self.in_features, self.out_features)
+        return achieved_cr(self.bits, self.in_features, self.out_features)
 
     @property
     def relative_error(self) -> float:
@@ -79,11 +75,37 @@ class Factorization:
         return self.codes.mT @ self.dictionary.mT
 
 
+# A method's solver (zoo.methods' `solver`): whitened weight, k, s, iterations, tolerance in;
+# dictionary, codes, support (None: dense codes) and the objective's history out.
+Solved = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None", list[float]]
+
+
+def _orthogonal_dictionary(w: torch.Tensor, k: int, s: int, iters: int, tol: float) -> Solved:
+    f = compot(w, k, s, iters, tol)
+    return f.dictionary, f.codes_t.mT, f.support_t.mT, f.objective
+
+
+def _truncated_svd(w: torch.Tensor, k: int, s: int, iters: int, tol: float) -> Solved:
+    d, codes, error = truncated_svd(w, k)
+    return d, codes, None, [error]
+
+
+SOLVERS: dict[str, Callable[[torch.Tensor, int, int, int, float], Solved]] = {
+    "orthogonal-dictionary": _orthogonal_dictionary,
+    "truncated-svd": _truncated_svd,
+}
+
+
+def solvable() -> tuple[str, ...]:
+    """The registered methods whose factors the engine can fit."""
+    return tuple(name for name, m in methods.METHODS.items() if m.solver in SOLVERS)
+
+
 def _validate(
     weight: torch.Tensor, gram: torch.Tensor, cr: float, ks_ratio: float, iters: int, method: str, name: str
 ) -> None:
-    if method not in METHODS:
-        raise EngineError(f"{name}: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in solvable():
+        raise EngineError(f"{name}: unknown method {method!r}; choose one of {', '.join(solvable())}")
     if not 0.0 < cr < 1.0:
         raise EngineError(f"{name}: compression ratio must lie in (0, 1), got {cr!r}")
     if not ks_ratio >= 1.0:
@@ -126,9 +148,10 @@ def factorize(
     device = torch.device(device) if device is not None else weight.device
     n, m = weight.shape
     result = Factorization(method=method, out_features=n, in_features=m, target_cr=cr)
-    shape = storage.compot_shape(m, n, cr, ks_ratio) if method == "compot" else storage.lowrank_rank(m, n, cr)
+    spec = methods.get(method)
+    shape = spec.shape(m, n, cr, ks_ratio)
     if shape is None:
-        result.method, result.weight = "dense", weight
+        result.method, result.weight = methods.DENSE, weight
         result.reason = f"{method} cannot store a {n}x{m} matrix in {1 - cr:.0%} of its dense bits"
         return result
 
@@ -136,14 +159,8 @@ def factorize(
     w = whitener.whiten(weight.to(device).mT).to(dtype)
     result.damping = whitener.damping
     result.whitened_norm_sq = torch.linalg.vector_norm(w, dtype=torch.float64).item() ** 2
-    if method == "compot":
-        result.k, result.s = shape
-        f = compot(w, result.k, result.s, iters, tol)
-        d, codes, result.support, result.objective = f.dictionary, f.codes_t.mT, f.support_t.mT, f.objective
-    else:
-        result.k = result.s = shape
-        d, codes, error = truncated_svd(w, shape)
-        result.objective = [error]
+    result.k, result.s = shape
+    d, codes, result.support, result.objective = SOLVERS[spec.solver](w, result.k, result.s, iters, tol)
     result.dictionary = whitener.dewhiten(d).to(dtype)
     result.codes = codes.contiguous()
     if result.support is not None:

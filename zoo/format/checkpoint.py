@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from zoo import methods
 from zoo.compression.layer import COMPRESSED, CompotLinear, to_inference
 from zoo.compression.quantized import QuantLinear
 from zoo.errors import ZooError
@@ -201,7 +202,7 @@ def shell_from_spec(name: str, spec: dict, device: torch.device, bias_dtype: tor
         raise ZooError(f"compressed layer {name}: unknown storage dtype {spec['storage_dtype']!r}")
     bits, group_size = (spec.get(key, default) for key, default in QUANT_SPEC.items())
     try:
-        if spec["method"] == QuantLinear.method:
+        if not methods.get(spec["method"]).factorizes:
             return QuantLinear(
                 spec["in_features"],
                 spec["out_features"],

@@ -9,39 +9,27 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from zoo import methods
 from zoo.compression.report import LayerRecord
 from zoo.errors import ZooError
 from zoo.format.record import VariantRecord
+from zoo.methods.layout import stored_tensors
 
 WEIGHTS = "model.safetensors"
 BYTES = {"F16": 2, "BF16": 2, "F32": 4, "U8": 1, "F64": 8, "I64": 8}
 
 
-def quantized_shapes(name: str, rows: int, width: int, bits: int, group_size: int) -> dict[str, list[int]]:
-    """The tensors of a GPTQ-quantized (rows, width) matrix (zoo.compression.quantized's layout)."""
-    groups = math.ceil(width / group_size)
-    return {
-        f"{name}_q": [math.ceil(rows * width * bits / 8)],
-        f"{name}_scales": [rows, groups],
-        f"{name}_zeros": [math.ceil(rows * groups * bits / 8)],
-    }
-
-
 def expected_shapes(layer: LayerRecord) -> dict[str, list[int]]:
     """Tensor name (within the layer) -> shape, for what the record says the layer stores."""
     out_features, in_features = layer.shape
-    bits, size = layer.bits, layer.group_size
-    if layer.method == "gptq":
-        return quantized_shapes("weight", out_features, in_features, bits, size)
-    width = layer.s if layer.method == "compot" else layer.k
-    if bits == 16:
-        expected = {"dictionary": [layer.k, in_features], "code_values": [out_features, width]}
-    else:
-        expected = quantized_shapes("dictionary", layer.k, in_features, bits, size)
-        expected |= quantized_shapes("code_values", out_features, width, bits, size)
-    if layer.method == "compot":
-        expected["code_mask"] = [math.ceil(out_features * layer.k / 8)]
-    return expected
+    try:
+        method = methods.get(layer.method)
+    except ZooError as exc:
+        raise ZooError(f"layer {layer.name}: {exc}") from exc
+    tensors = stored_tensors(
+        method, in_features, out_features, k=layer.k, s=layer.s, bits=layer.bits, group_size=layer.group_size
+    )
+    return {part: list(t.shape) for part, t in tensors.items()}
 
 
 def _header(weights: Path) -> dict[str, tuple[list[int], str]]:
@@ -64,7 +52,7 @@ def check_files(folder: Path, record: VariantRecord) -> None:
             raise ZooError(f"{required} is missing: {folder} is not a complete checkpoint")
     header = _header(weights)
     for layer in record.layers:
-        if layer.method == "dense":
+        if layer.method == methods.DENSE:
             continue
         expected = expected_shapes(layer)
         bits = 0

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import tomllib
 
-from zoo.compression.config import VARIANT_KINDS, CompressionConfig
+from zoo.compression.config import CompressionConfig
 from zoo.errors import ZooError
+from zoo.methods import variant_kinds
 from zoo.pipeline import EVAL_SETTINGS, default_out_dir
 
 # Compression settings a [[models]] entry may set for all its variants: every CompressionConfig
@@ -68,12 +69,12 @@ class Variant:
 
     entry: dict
     cr: float
-    kind: str  # a VARIANT_KINDS key
+    kind: str  # a variant_kinds() key
 
     @property
     def config(self) -> CompressionConfig:
         settings = {k: v for k, v in self.entry.items() if k in CONFIG_KEYS}
-        return CompressionConfig(cr=self.cr, **settings, **VARIANT_KINDS[self.kind])
+        return CompressionConfig(cr=self.cr, **settings, **variant_kinds()[self.kind])
 
     @property
     def name(self) -> str:
@@ -140,9 +141,9 @@ def _entry_variants(where: str, entry: dict, runners: dict) -> list[Variant]:
     if entry.get("runner", DEFAULT_RUNNER) not in runners:
         raise ZooError(f"{where}: runner {entry['runner']!r} is not in [runners]: {', '.join(sorted(runners))}")
     kinds = entry.get("methods", ["compot-dynamic"])
-    bad = [k for k in kinds if k not in VARIANT_KINDS]
+    bad = [k for k in kinds if k not in variant_kinds()]
     if bad:
-        raise ZooError(f"{where}: unknown methods {bad}; known: {', '.join(VARIANT_KINDS)}")
+        raise ZooError(f"{where}: unknown methods {bad}; known: {', '.join(variant_kinds())}")
     try:
         variants = [Variant(entry, float(cr), kind) for cr in entry["crs"] for kind in kinds]
         for v in variants:

@@ -97,17 +97,17 @@ class ModelContext:
         """The entry as a `zoo compress --eval --overwrite` request: the same for calibrating and building."""
         e = self.entry
         return CompressRequest(
-            e["model"],
-            config,
-            out,
-            True,
-            e.get("calibration"),
-            e.get("n_samples"),
-            e.get("seq_len"),
-            e.get("seed", 0),
-            True,
-            {k: v for k, v in e.items() if k in EVAL_SETTINGS},
-            e.get("modality"),
+            model=e["model"],
+            config=config,
+            out=out,
+            overwrite=True,
+            calibration=e.get("calibration"),
+            n_samples=e.get("n_samples"),
+            seq_len=e.get("seq_len"),
+            seed=e.get("seed", 0),
+            evaluate=True,
+            eval_settings={k: v for k, v in e.items() if k in EVAL_SETTINGS},
+            modality=e.get("modality"),
         )
 
     def fingerprint(self, variant: Variant) -> str:

@@ -13,7 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from zoo.compression.config import METHODS
+from zoo import methods
 from zoo.errors import ZooError
 from zoo.evaluators.provenance import BENCHMARK, PROVENANCES
 from zoo.files import write_text
@@ -38,7 +38,7 @@ def schema() -> dict:
     this version knows filled in from their one definition."""
     data = json.loads(SCHEMA_FILE.read_text())
     data["properties"]["modality"]["enum"] = list(MODALITIES)
-    data["properties"]["method"]["enum"] = list(METHODS)
+    data["properties"]["method"]["enum"] = list(methods.names())
     return data
 
 

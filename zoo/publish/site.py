@@ -23,12 +23,12 @@ from matplotlib.figure import Figure
 
 from zoo.evaluators.provenance import STAND_IN
 from zoo.files import check_replaceable, staged_dir
+from zoo.methods import display_name
 from zoo.publish.publishers import PublishedVariant
 from zoo.publish.scorecard import MetricResult, Scorecard
 
 # Marks a folder as one of our sites: only such a folder (or an empty one) is ever replaced.
 SITE_MARKER = ".compot-zoo-site"
-METHOD_NAMES = {"compot": "COMPOT", "svd-llm": "SVD-LLM"}
 # Links to anything else (javascript:, data:) would run code from a scorecard's author.
 SAFE_URL_SCHEMES = frozenset({"http", "https", "file"})
 MetricKey = tuple[str, str]  # (task, metric name)
@@ -87,7 +87,7 @@ def mean_recovery(variant: PublishedVariant) -> float:
 
 def series_name(variant: PublishedVariant) -> str:
     card = variant.scorecard
-    return f"{METHOD_NAMES.get(card.method, card.method)} ({card.allocation})"
+    return f"{display_name(card.method)} ({card.allocation})"
 
 
 def slugify(text: str) -> str:
@@ -195,7 +195,7 @@ _ENV.filters.update(
     file_size=fmt_file_size,
     seconds=fmt_seconds,
     link_url=link_url,
-    method_name=lambda method: METHOD_NAMES.get(method, method),
+    method_name=display_name,
 )
 _ENV.globals.update(
     metrics_by_key=metrics_by_key, mean_recovery=mean_recovery, metric_plot=metric_plot, series_name=series_name
