@@ -33,6 +33,7 @@ class Case:
     code: int = 1
     call: Callable[[], object] | None = None
     absent: list[Path] = field(default_factory=list)  # outputs that must not exist afterwards
+    kept: dict[Path, bytes] = field(default_factory=dict)  # files that must hold these bytes afterwards
 
 
 @dataclass
@@ -446,6 +447,110 @@ def browse_an_unreachable_hub(i: Inputs) -> Case:
     return Case(r"the Hugging Face Hub is unreachable .*cannot list models", ["browse", "hub"])
 
 
+# --- the registry: every access checks the name ------------------------------------------------
+
+
+def _registry(i: Inputs, variant: str = "tiny-compot") -> Path:
+    """A local registry holding the scored checkpoint as `variant`."""
+    registry = i.tmp / "registry"
+    shutil.copytree(i.checkpoint, registry / "compot-zoo" / variant)
+    return registry
+
+
+def _outside(i: Inputs) -> Path:
+    """A variant-like folder outside the registry, which no registry access may write into."""
+    return Path(shutil.copytree(i.checkpoint, i.tmp / "outside_variant"))
+
+
+@case
+def verify_a_name_that_climbs_out_of_the_registry(i: Inputs) -> Case:
+    outside = _outside(i)
+    return Case(
+        r"invalid repository name compot-zoo/\.\./\.\./outside_variant",
+        ["verify", "../../outside_variant", _registry(i)],
+        absent=[outside / "verification.json"],
+    )
+
+
+@case
+def verify_an_absolute_path(i: Inputs) -> Case:
+    outside = _outside(i)
+    return Case(
+        r"invalid repository name compot-zoo//.*outside_variant",
+        ["verify", outside, _registry(i)],
+        absent=[outside / "verification.json"],
+    )
+
+
+@case
+def verify_a_link_that_leaves_the_registry(i: Inputs) -> Case:
+    outside, registry = _outside(i), _registry(i)
+    os.symlink(outside, registry / "compot-zoo" / "linked")
+    return Case(
+        r"registry/compot-zoo/linked is a symbolic link to .*outside_variant, outside local registry",
+        ["verify", "linked", registry],
+        absent=[outside / "verification.json"],
+    )
+
+
+def _registry_call(i: Inputs, call: Callable[[object], object]) -> Callable[[], object]:
+    from zoo.publish.publishers import LocalRegistry
+
+    return lambda: call(LocalRegistry(_registry(i), "compot-zoo"))
+
+
+@case
+def mark_a_name_that_climbs_out_of_the_registry(i: Inputs) -> Case:
+    from zoo.publish.verdict import Verification
+
+    outside = _outside(i)
+    verdict = Verification(status="broken", reason="planted", fingerprint="x", expected={}, measured=None)
+    return Case(
+        r"invalid repository name compot-zoo/\.\./\.\./outside_variant",
+        call=_registry_call(i, lambda r: r.mark("../../outside_variant", verdict)),
+        absent=[outside / "verification.json"],
+    )
+
+
+@case
+def download_a_name_that_climbs_out_of_the_registry(i: Inputs) -> Case:
+    _outside(i)
+    return Case(
+        r"invalid repository name compot-zoo/\.\./\.\./outside_variant",
+        call=_registry_call(i, lambda r: r.download("../../outside_variant", i.tmp / "copy")),
+        absent=[i.tmp / "copy"],
+    )
+
+
+@case
+def browse_a_registry_that_does_not_exist(i: Inputs) -> Case:
+    return Case(r"there is no local registry .*no-such-registry", ["browse", i.tmp / "no-such-registry"])
+
+
+@case
+def site_of_a_registry_that_does_not_exist(i: Inputs) -> Case:
+    site = i.tmp / "site"
+    return Case(
+        r"there is no local registry .*no-such-registry",
+        ["site", i.tmp / "no-such-registry", "--out", site],
+        absent=[site],
+    )
+
+
+@case
+def site_of_a_registry_whose_every_scorecard_is_corrupt(i: Inputs) -> Case:
+    from zoo.publish.site import render_site
+
+    registry = _registry(i)
+    index = render_site([], i.tmp / "site")  # the site published before
+    (registry / "compot-zoo" / "tiny-compot" / "scorecard.json").write_text("{not json")
+    return Case(
+        r"no readable published variant: the site in .*site is kept",
+        ["site", registry, "--out", i.tmp / "site"],
+        kept={index: index.read_bytes()},
+    )
+
+
 def _tiny_compress(i: Inputs, out: Path) -> list:
     return ["compress", i.model_dir, *TINY_RUN, "--calibration", i.text_file, "--iters", 2, "--out", out]
 
@@ -488,3 +593,15 @@ def test_bad_input_gets_one_line_that_names_it(name, tmp_path, model_dir, text_f
     assert re.search(c.pattern, message), message
     for path in c.absent:
         assert not path.exists(), f"{name} left {path} behind"
+    for path, data in c.kept.items():
+        assert path.read_bytes() == data, f"{name} changed {path}"
+
+
+def test_browse_skips_a_link_that_leaves_the_registry(tmp_path, scored_checkpoint, caplog):
+    registry = tmp_path / "registry" / "compot-zoo"
+    shutil.copytree(scored_checkpoint, registry / "tiny-compot")
+    os.symlink(Path(shutil.copytree(scored_checkpoint, tmp_path / "elsewhere")), registry / "linked")
+    result = CliRunner().invoke(main, ["browse", str(tmp_path / "registry")])
+    assert result.exit_code == 0, result.output
+    assert "compot-zoo/tiny-compot" in result.output and "compot-zoo/linked" not in result.output
+    assert re.search(r"skipping .*linked: .*is a symbolic link to .*elsewhere", caplog.text), caplog.text

@@ -134,7 +134,13 @@ class LocalRegistry:
             raise ZooError(f"local registry {self.root} is not writable")
 
     def _dir(self, variant: str) -> Path:
-        return self.root / self.organization / variant
+        """The variant's folder; every access goes through here, so a name that would leave the
+        registry (`..`, an absolute path, a symbolic link to elsewhere) is refused once for all."""
+        check_names(self.organization, [variant], "repository")
+        folder = self.root / self.organization / variant
+        if not folder.resolve().is_relative_to(self.root.resolve()):
+            raise ZooError(f"{folder} is a symbolic link to {folder.resolve()}, outside {self}: refused")
+        return folder
 
     def publish(self, folder: Path, variant: str) -> PublishedVariant:
         """Copy under a temporary name, then swap it in: readers see the old variant or the new one."""
@@ -170,6 +176,8 @@ class LocalRegistry:
 
     def published(self) -> list[PublishedVariant]:
         """Every readable variant; one with a corrupt scorecard is skipped with a warning naming it."""
+        if not self.root.is_dir():
+            raise ZooError(f"there is no {self}: check the path, or publish a variant there first")
         root = self.root / self.organization
         if not root.is_dir():
             return []
@@ -312,11 +320,15 @@ class HubPublisher:
             _copy_with_card(folder, Path(tmp) / folder.name, repo_id, link=True)
             yield Path(tmp) / folder.name
 
+    def _repo_id(self, variant: str) -> str:
+        check_names(self.organization, [variant], "Hub repository")
+        return f"{self.organization}/{variant}"
+
     def get(self, variant: str) -> PublishedVariant | None:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
-        repo_id = f"{self.organization}/{variant}"
+        repo_id = self._repo_id(variant)
         try:
             path = self._retry(hf_hub_download, f"read {repo_id}", repo_id, SCORECARD, endpoint=self.api.endpoint)
         except (EntryNotFoundError, RepositoryNotFoundError):
@@ -333,12 +345,12 @@ class HubPublisher:
     def download(self, variant: str, into: Path) -> Path:
         from huggingface_hub import snapshot_download
 
-        repo_id = f"{self.organization}/{variant}"
+        repo_id = self._repo_id(variant)
         self._retry(snapshot_download, f"download {repo_id}", repo_id, local_dir=into, endpoint=self.api.endpoint)
         return into
 
     def mark(self, variant: str, verification: Verification) -> None:
-        repo_id = f"{self.organization}/{variant}"
+        repo_id = self._repo_id(variant)
         self._retry(
             self.api.upload_file,
             f"mark {repo_id}",
