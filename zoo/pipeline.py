@@ -236,6 +236,15 @@ def fingerprint(prepared: Prepared, req: CompressRequest) -> str:
         "hub": prepared.online,
         **{k: v for k, v in prepared.spec.defaults.items() if k.startswith(("eval", "offline_eval")) or k == "chat"},
     }
+    return _fingerprint(prepared, req, evaluation)
+
+
+def blocks_fingerprint(prepared: Prepared, req: CompressRequest) -> str:
+    """What determines the compressed blocks: the variant's fingerprint without its evaluation."""
+    return _fingerprint(prepared, effective(prepared, req), {})
+
+
+def _fingerprint(prepared: Prepared, req: CompressRequest, evaluation: dict) -> str:
     calibration = prepared.calibration
     return variant_fingerprint(
         prepared.loaded.base_model,
@@ -390,7 +399,7 @@ def compress_variant(
     `base_metrics` (evaluate's results for the base), score it and write scorecard.json and the model
     card (naming `repo_id`)."""
     out = req.out_dir
-    progress = BlockProgress(out, fingerprint(prepared, effective(prepared, req)))
+    progress = BlockProgress(out, blocks_fingerprint(prepared, req))
     record = compress_loaded(prepared, req, out.name, progress)
     record = save_compressed(
         prepared.loaded.model,
