@@ -9,6 +9,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -605,3 +608,72 @@ def test_browse_skips_a_link_that_leaves_the_registry(tmp_path, scored_checkpoin
     assert result.exit_code == 0, result.output
     assert "compot-zoo/tiny-compot" in result.output and "compot-zoo/linked" not in result.output
     assert re.search(r"skipping .*linked: .*is a symbolic link to .*elsewhere", caplog.text), caplog.text
+
+
+# --- two runs on one folder -----------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _zoo_process(*args) -> subprocess.Popen:
+    """`zoo ARGS` in its own process, as a second user would start it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", "from zoo.cli import main; main()", *map(str, args)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _refused_at_once(args: list, pattern: str) -> None:
+    start = time.monotonic()
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    seconds = time.monotonic() - start
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert re.search(pattern, result.output), result.output
+    assert seconds < 5, f"refused after {seconds:.1f} s"
+
+
+def test_a_second_compress_on_one_out_is_refused_at_once(tmp_path, model_dir, text_file):
+    """The first run holds --out's lock from before loading the model to after saving; the second
+    says which run holds it, and the first saves a whole checkpoint."""
+    import zoo
+
+    out = tmp_path / "out"
+    args = [*_tiny_compress(Inputs(tmp_path, model_dir, text_file, out), out)]
+    first = _zoo_process(*args, "--iters", 300)  # slow enough to be caught working
+    try:
+        _wait_for(tmp_path / ".out.lock.holder", first)
+        _refused_at_once(args, r"Error: output directory .*out is in use by another run \(pid \d+ on .* compress")
+        output = first.communicate(timeout=600)[0]
+    finally:
+        first.kill()
+    assert first.returncode == 0, output
+    zoo.load(out)
+    assert not (tmp_path / ".out.progress").exists() and not (tmp_path / ".out.lock.holder").exists()
+
+
+@pytest.mark.parametrize("held", ["registry", "work"])
+def test_a_second_nightly_on_one_registry_or_work_folder_is_refused_at_once(tmp_path, held):
+    """A nightly run holds its registry and its work folder from before its first model loads."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from zoo.files import exclusive\n"
+         "with exclusive(__import__('pathlib').Path(sys.argv[1]), 'x'):\n    print(flush=True); time.sleep(600)",
+         str(tmp_path / held / ".lock")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        _wait_for(tmp_path / held / ".lock.holder", holder)
+        args = _manifest(Inputs(tmp_path, tmp_path, tmp_path, tmp_path), f"{_ENTRY}crs = [0.2]\n")
+        what = "local registry .*registry" if held == "registry" else "nightly work folder .*work"
+        _refused_at_once(
+            [*args, "--workdir", tmp_path / "work"], f"Error: {what} is in use by another run \\(pid {holder.pid} "
+        )
+    finally:
+        holder.kill()
+    assert not (tmp_path / "report").exists()

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
+import socket
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from zoo.errors import ZooError
 
@@ -135,3 +141,39 @@ def check_replaceable(path: Path, marker: str, what: str) -> None:
         raise ZooError(f"{path} exists and is not a directory")
     if any(path.iterdir()) and not (path / marker).is_file():
         raise ZooError(f"refusing to replace {path}: it is not empty and holds no {marker}, so it is not {what}")
+
+
+def sibling_lock(target: Path) -> Path:
+    """The lock of a folder replaced whole (a checkpoint): beside it, as its progress folder is."""
+    return target.parent / f".{target.name}.lock"
+
+
+@contextmanager
+def exclusive(lock: Path, what: str) -> Iterator[None]:
+    """Hold the OS file lock `lock` while this run writes `what`: released on any exit, and by the
+    OS when the process dies, so a crash leaves no stale lock. Another process is refused at once,
+    told which run holds it (its pid, host and command, written beside the lock); within this
+    process the lock is re-entrant (a nightly run holding its registry publishes into it)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = lock.with_name(lock.name + ".holder")
+    file_lock = FileLock(lock, is_singleton=True)
+    try:
+        file_lock.acquire(timeout=0)
+    except Timeout:
+        raise ZooError(f"{what} is in use by another run ({_holder(holder)}): wait for it to end, or stop it") from None
+    try:
+        if file_lock.lock_counter == 1:
+            since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            write_text(holder, f"pid {os.getpid()} on {socket.gethostname()} since {since}: {shlex.join(sys.argv)}")
+        yield
+    finally:
+        if file_lock.lock_counter == 1:
+            holder.unlink(missing_ok=True)
+        file_lock.release()
+
+
+def _holder(holder: Path) -> str:
+    try:
+        return holder.read_text(encoding="utf-8").strip()
+    except OSError:  # the holder is between taking the lock and saying so
+        return "its holder is starting"

@@ -13,7 +13,7 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from zoo.files import write_text
+from zoo.files import exclusive, write_text
 from zoo.nightly.manifest import Variant
 from zoo.nightly.report import MetricChange, change_table, compare
 from zoo.nightly.run import ModelContext, run_each
@@ -74,7 +74,8 @@ def run_gate(variants: list[Variant], publisher: Publisher, workdir: Path, toler
     def finished(v: Variant) -> None:
         log.warning("gate: %s %s", v.name, "passed" if results[v.name].passed else "failed")
 
-    run_each(variants, attempt, failed, finished)
+    with exclusive(workdir / ".lock", f"gate work folder {workdir}"):
+        run_each(variants, attempt, failed, finished)
     return list(results.values())
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from zoo.compression.config import CompressionConfig
 from zoo.errors import ZooError
+from zoo.files import exclusive
 from zoo.nightly.manifest import CONFIG_KEYS, Variant, by_model
 from zoo.nightly.report import Outcome, compare, write_report
 from zoo.pipeline import EVAL_SETTINGS, CompressRequest, Prepared, compress_variant, evaluate, fingerprint, prepare
@@ -75,7 +76,8 @@ def run_nightly(variants: list[Variant], publisher: Publisher, workdir: Path, re
         log.warning("nightly: %s %s %s", v.name, outcomes[v.name].status, outcomes[v.name].reason)
         write_report(list(outcomes.values()), report_dir, publisher, started)
 
-    run_each(variants, attempt, lambda v, exc: _fail(outcomes[v.name], exc), finished)
+    with publisher.lock(), exclusive(workdir / ".lock", f"nightly work folder {workdir}"):
+        run_each(variants, attempt, lambda v, exc: _fail(outcomes[v.name], exc), finished)
     return list(outcomes.values())
 
 

@@ -13,13 +13,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from zoo.errors import ZooError
-from zoo.files import recover, recover_all, staged_dir, write_text
+from zoo.files import exclusive, recover, recover_all, staged_dir, write_text
 from zoo.format.checks import check_files
 from zoo.publish.card import card_repo_id, read_scored, write_card
 from zoo.publish.scorecard import SCORECARD, Scorecard
@@ -75,6 +75,9 @@ class Publisher(Protocol):
 
     def mark(self, variant: str, verification: Verification) -> None:
         """Store the verdict on the published variant beside its scorecard."""
+
+    def lock(self) -> AbstractContextManager:
+        """Held while this process writes here: another run writing the same place is refused."""
 
 
 def check_folder(folder: Path) -> Scorecard:
@@ -132,6 +135,11 @@ class LocalRegistry:
         self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK):
             raise ZooError(f"local registry {self.root} is not writable")
+        with self.lock():  # another run writing it now: said before any work
+            pass
+
+    def lock(self) -> AbstractContextManager:
+        return exclusive(self.root / ".lock", repr(self))
 
     def _dir(self, variant: str) -> Path:
         """The variant's folder; every access goes through here, so a name that would leave the
@@ -146,7 +154,7 @@ class LocalRegistry:
         """Copy under a temporary name, then swap it in: readers see the old variant or the new one."""
         check_folder(folder)
         self.check([variant])
-        with staged_dir(self._dir(variant)) as tmp:
+        with self.lock(), staged_dir(self._dir(variant)) as tmp:
             _copy_with_card(folder, tmp, f"{self.organization}/{variant}")
         found = self.get(variant)
         if found is None:
@@ -172,7 +180,8 @@ class LocalRegistry:
     def mark(self, variant: str, verification: Verification) -> None:
         if self.get(variant) is None:
             raise ZooError(f"{self} holds no variant {variant!r} to mark")
-        write_text(self._dir(variant) / VERIFICATION, verification.to_json())
+        with self.lock():
+            write_text(self._dir(variant) / VERIFICATION, verification.to_json())
 
     def published(self) -> list[PublishedVariant]:
         """Every readable variant; one with a corrupt scorecard is skipped with a warning naming it."""
@@ -220,6 +229,9 @@ class HubPublisher:
     @property
     def target(self) -> str:
         return f"hub:{self.organization}"
+
+    def lock(self) -> AbstractContextManager:
+        return nullcontext()  # each Hub commit is atomic; two runs' commits follow one another
 
     def check(self, variants: list[str]) -> None:
         from huggingface_hub import get_token
