@@ -4,6 +4,7 @@ looks complete. One row per class of bad input; add a row with every new one fou
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -45,6 +46,7 @@ class Inputs:
     model_dir: Path  # a tiny Llama folder
     text_file: Path  # calibration text for it
     checkpoint: Path  # a scored compressed checkpoint of it (copy before changing it)
+    patch: pytest.MonkeyPatch | None = None  # for faults: a full disk, a read-only filesystem
 
     def copy(self) -> Path:
         return Path(shutil.copytree(self.checkpoint, self.tmp / "ckpt"))
@@ -554,6 +556,148 @@ def site_of_a_registry_whose_every_scorecard_is_corrupt(i: Inputs) -> Case:
     )
 
 
+# --- filesystem faults: a full disk, a read-only or pseudo-filesystem, a file in the path -------------
+
+
+def _fail_writes(i: Inputs, owner: object, name: str, code: int, after: int = 0, message: str = "") -> None:
+    """`owner.name` (a writer) fails as a full or read-only disk makes it fail, after `after` calls
+    that work: OSError(code), or an error whose `message` carries the code (safetensors' Rust one)."""
+    real, calls = getattr(owner, name), []
+
+    def failing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) <= after:
+            return real(*args, **kwargs)
+        raise OSError(code, os.strerror(code)) if not message else safetensors.SafetensorError(message)
+
+    i.patch.setattr(owner, name, failing)
+
+
+def _read_only(i: Inputs) -> Path:
+    """A folder whose filesystem says it is read-only, as a read-only mount does (os.statvfs's flag)."""
+    folder = i.tmp / "ro"
+    folder.mkdir()
+    real = os.statvfs
+
+    def statvfs(path):
+        found = real(path)
+        if Path(path).resolve().is_relative_to(folder.resolve()):
+            return os.statvfs_result((*found[:8], found.f_flag | os.ST_RDONLY, found.f_namemax))
+        return found
+
+    i.patch.setattr(os, "statvfs", statvfs)
+    return folder
+
+
+@case
+def compress_on_a_full_disk(i: Inputs) -> Case:
+    import zoo.format.progress
+
+    _fail_writes(i, zoo.format.progress, "save_file", errno.ENOSPC, after=1)  # the second block's
+    out = i.tmp / "out"
+    return Case(
+        r"cannot write .*\.out\.progress/model\.layers\.1\.safetensors: No space left on device; free some space "
+        r"there or write elsewhere; 1 finished block\(s\) kept in .*\.out\.progress: rerun the same command",
+        _tiny_compress(i, out),
+        absent=[out, i.tmp / ".out.progress" / "model.layers.1.safetensors"],
+    )
+
+
+@case
+def compress_on_a_full_disk_while_saving(i: Inputs) -> Case:
+    import zoo.format.checkpoint
+
+    rust = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+    _fail_writes(i, zoo.format.checkpoint, "save_file", errno.ENOSPC, message=rust)
+    out = i.tmp / "out"
+    return Case(
+        r"cannot write .*/out: No space left on device; .*; 2 finished block\(s\) kept in .*\.out\.progress",
+        _tiny_compress(i, out),
+        absent=[out],
+    )
+
+
+@case
+def compress_to_a_read_only_filesystem(i: Inputs) -> Case:
+    out = _read_only(i) / "out"
+    return Case(r"cannot write .*ro/out: .*ro is on a read-only filesystem", _tiny_compress(i, out), absent=[out])
+
+
+@case
+def compress_into_proc(i: Inputs) -> Case:
+    out = Path("/proc/zoo-bad-input-out")
+    return Case(r"cannot write /proc/zoo-bad-input-out: /proc is on proc, a kernel's pseudo-filesystem",
+                _tiny_compress(i, out), absent=[out])  # fmt: skip
+
+
+@case
+def compress_into_sys(i: Inputs) -> Case:
+    out = Path("/sys/zoo-bad-input-out")
+    return Case(r"cannot write /sys/zoo-bad-input-out: /sys is on sysfs", _tiny_compress(i, out), absent=[out])
+
+
+@case
+def publish_to_a_full_disk(i: Inputs) -> Case:
+    ckpt, registry = i.copy(), i.tmp / "registry"
+    _fail_writes(i, shutil, "copy2", errno.ENOSPC)
+    return Case(
+        r"cannot write .*registry/compot-zoo/ckpt: No space left on device",
+        ["publish", ckpt, registry],
+        absent=[registry / "compot-zoo" / "ckpt"],
+    )
+
+
+@case
+def publish_to_a_read_only_filesystem(i: Inputs) -> Case:
+    ckpt, registry = i.copy(), i.tmp / "registry"
+    _fail_writes(i, shutil, "copy2", errno.EROFS)
+    return Case(
+        r"cannot write .*registry/compot-zoo/ckpt: Read-only file system; write elsewhere",
+        ["publish", ckpt, registry],
+        absent=[registry / "compot-zoo" / "ckpt"],
+    )
+
+
+@case
+def publish_to_a_registry_under_a_file(i: Inputs) -> Case:
+    ckpt = i.copy()
+    (i.tmp / "file").write_text("x")
+    return Case(
+        r"cannot write .*file/registry/compot-zoo: .*file is a file", ["publish", ckpt, i.tmp / "file" / "registry"]
+    )
+
+
+@case
+def site_on_a_full_disk(i: Inputs) -> Case:
+    import pathlib
+
+    registry, site = _registry(i), i.tmp / "site"
+    _fail_writes(i, pathlib.Path, "write_text", errno.ENOSPC)
+    return Case(r"cannot write .*/site: No space left on device", ["site", registry, "--out", site], absent=[site])
+
+
+@case
+def site_on_a_read_only_filesystem(i: Inputs) -> Case:
+    registry, site = _registry(i), _read_only(i) / "site"
+    return Case(r"cannot write .*ro/site: .*ro is on a read-only filesystem", ["site", registry, "--out", site])
+
+
+@case
+def nightly_report_on_a_read_only_filesystem(i: Inputs) -> Case:
+    report = _read_only(i) / "report"
+    args = [*_manifest(i, f"{_ENTRY}crs = [0.2]\n"), "--report-dir", report, "--workdir", i.tmp / "work"]
+    return Case(r"cannot write .*ro/report/report\.json: .*ro is on a read-only filesystem", args, absent=[report])
+
+
+@case
+def gate_report_on_a_read_only_filesystem(i: Inputs) -> Case:
+    out = _read_only(i) / "gate"
+    manifest = i.tmp / "gate.toml"
+    manifest.write_text(f"{_ENTRY}crs = [0.2]\n")
+    args = ["gate", "--manifest", manifest, "--against", i.tmp / "registry", "--workdir", i.tmp / "work", "--out", out]
+    return Case(r"cannot write .*ro/gate/gate\.md: .*ro is on a read-only filesystem", args, absent=[out])
+
+
 def _tiny_compress(i: Inputs, out: Path) -> list:
     return ["compress", i.model_dir, *TINY_RUN, "--calibration", i.text_file, "--iters", 2, "--out", out]
 
@@ -577,7 +721,7 @@ def scored_checkpoint(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gets_one_line_that_names_it(name, tmp_path, model_dir, text_file, scored_checkpoint, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", os.environ.get("HF_TOKEN", ""))  # a case may set it; restore afterwards
-    c = CASES[name](Inputs(tmp_path, model_dir, text_file, scored_checkpoint))
+    c = CASES[name](Inputs(tmp_path, model_dir, text_file, scored_checkpoint, monkeypatch))
     if c.cli is not None:
         result = CliRunner().invoke(main, [str(a) for a in c.cli])
         assert result.exception is None or isinstance(result.exception, SystemExit), (
@@ -598,6 +742,8 @@ def test_bad_input_gets_one_line_that_names_it(name, tmp_path, model_dir, text_f
         assert not path.exists(), f"{name} left {path} behind"
     for path, data in c.kept.items():
         assert path.read_bytes() == data, f"{name} changed {path}"
+    half_written = [*tmp_path.rglob("*.partial-*"), *tmp_path.rglob(".*.tmp*")]
+    assert not half_written, f"{name} left {half_written} behind"
 
 
 def test_browse_skips_a_link_that_leaves_the_registry(tmp_path, scored_checkpoint, caplog):

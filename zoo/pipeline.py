@@ -30,7 +30,7 @@ from zoo.compression.plan import Plan, make_plan
 from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
-from zoo.errors import ZooError
+from zoo.errors import UserError, ZooError
 from zoo.evaluators.generation import REFERENCE, answer_pairs, split_answers
 from zoo.evaluators.provenance import provenance
 from zoo.files import exclusive, sibling_lock
@@ -402,14 +402,17 @@ def compress_variant(
     card (naming `repo_id`)."""
     out = req.out_dir
     progress = BlockProgress(out, blocks_fingerprint(prepared, req))
-    record = compress_loaded(prepared, req, out.name, progress)
-    record = save_compressed(
-        prepared.loaded.model,
-        out,
-        record,
-        overwrite=req.overwrite,
-        extra_files=lambda tmp: prepared.adapter.save_processor(prepared.loaded, tmp),
-    )
+    try:
+        record = compress_loaded(prepared, req, out.name, progress)
+        record = save_compressed(
+            prepared.loaded.model,
+            out,
+            record,
+            overwrite=req.overwrite,
+            extra_files=lambda tmp: prepared.adapter.save_processor(prepared.loaded, tmp),
+        )
+    except UserError as exc:  # a full disk, NaN inputs, ...: said once, with what is kept
+        raise ZooError(f"{exc}{progress.left()}") from exc
     progress.finish()
     result = CompressResult(out, record)
     if base_metrics is not None:

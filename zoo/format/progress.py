@@ -99,3 +99,12 @@ class BlockProgress:
 
     def finish(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def left(self) -> str:
+        """What a failed run leaves for a resume, to end its message with: the blocks it finished
+        are kept, and said to be; a folder without any is removed."""
+        done = len(list(self.folder.glob("*.safetensors")))
+        if not done:
+            self.finish()
+            return ""
+        return f"; {done} finished block(s) kept in {self.folder}: rerun the same command to resume"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from zoo.compression.config import CompressionConfig
 from zoo.errors import ZooError
-from zoo.files import exclusive
+from zoo.files import check_writable, exclusive
 from zoo.nightly.manifest import CONFIG_KEYS, Variant, by_model
 from zoo.nightly.report import Outcome, compare, write_report
 from zoo.pipeline import EVAL_SETTINGS, CompressRequest, Prepared, compress_variant, evaluate, fingerprint, prepare
@@ -62,6 +62,7 @@ def run_nightly(variants: list[Variant], publisher: Publisher, workdir: Path, re
     """Every variant through run_each; the report is rewritten after each variant, so a killed run
     leaves an accurate partial one."""
     publisher.check([v.name for v in variants])
+    check_writable(report_dir / "report.json")
     outcomes = {v.name: Outcome(v.name, v.entry["model"], v.cr, v.kind) for v in variants}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 

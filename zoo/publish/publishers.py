@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from zoo.errors import ZooError
-from zoo.files import exclusive, recover, recover_all, staged_dir, write_text
+from zoo.files import check_writable, exclusive, recover, recover_all, staged_dir, write_text
 from zoo.format.checks import check_files
 from zoo.publish.card import card_repo_id, read_scored, write_card
 from zoo.publish.scorecard import SCORECARD, Scorecard
@@ -132,9 +132,9 @@ class LocalRegistry:
 
     def check(self, variants: list[str]) -> None:
         check_names(self.organization, variants, "repository")
-        self.root.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.root, os.W_OK):
-            raise ZooError(f"local registry {self.root} is not writable")
+        check_writable(self.root / self.organization)
+        for variant in variants:
+            check_writable(self._dir(variant))
         with self.lock():  # another run writing it now: said before any work
             pass
 

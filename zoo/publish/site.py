@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 
 from zoo.errors import ZooError
 from zoo.evaluators.provenance import STAND_IN
-from zoo.files import check_replaceable, staged_dir
+from zoo.files import check_replaceable, check_writable, staged_dir
 from zoo.publish.publishers import PublishedVariant
 from zoo.publish.scorecard import MetricResult, Scorecard
 
@@ -211,6 +211,7 @@ def render_site(variants: Sequence[PublishedVariant], out_dir: Path, title: str 
     """
     out_dir = Path(out_dir)
     check_replaceable(out_dir, SITE_MARKER, "a site rendered by `zoo site`")
+    check_writable(out_dir)
     if not variants and (out_dir / SITE_MARKER).is_file():  # e.g. every scorecard unreadable
         raise ZooError(f"no readable published variant: the site in {out_dir} is kept, not replaced by an empty one")
     groups = group_by_model(variants)
