@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -113,6 +114,39 @@ def truncated_model_weights(i: Inputs) -> Case:
 
 
 @case
+def calibration_folder_with_a_dataset_script(i: Inputs) -> Case:
+    folder = i.tmp / "calib-set"
+    folder.mkdir()
+    shutil.copy(i.text_file, folder / "train.jsonl")
+    (folder / "calib_set.py").write_text("import os  # datasets would once have run this\n")
+    out = i.tmp / "out"
+    args = ["compress", i.model_dir, *TINY_RUN, "--calibration", folder, "--out", out]
+    return Case(r"calib-set holds a dataset script \(calib_set\.py\), which is never run", args, absent=[out])
+
+
+class _NotATensor:
+    """What a pickle may hold besides tensors: a call made while it is read."""
+
+    def __reduce__(self):
+        return (print, ("a pickle ran code",))
+
+
+@case
+def base_model_stored_as_a_pickle(i: Inputs) -> Case:
+    import torch
+
+    weights = i.model_dir / "model.safetensors"
+    torch.save({**safetensors.torch.load_file(weights), "planted": _NotATensor()}, i.model_dir / "pytorch_model.bin")
+    weights.unlink()
+    out = i.tmp / "out"
+    return Case(
+        r"cannot load a model from .*tiny-llama: its weights are a pickle holding more than tensors, refused",
+        _tiny_compress(i, out),
+        absent=[out],
+    )
+
+
+@case
 def invalid_jsonl(i: Inputs) -> Case:
     i.text_file.write_text('{"text": "fine"}\n{not json\n')
     return Case(r"cannot read text from .*calib\.jsonl", _tiny_compress(i, i.tmp / "out"))
@@ -177,6 +211,20 @@ def checkpoint_without_config(i: Inputs) -> Case:
     ckpt = i.copy()
     (ckpt / "config.json").unlink()
     return Case(r"ckpt/config\.json is missing", call=_zoo_load(ckpt))
+
+
+@case
+def checkpoint_with_a_corrupt_config(i: Inputs) -> Case:
+    ckpt = i.copy()
+    (ckpt / "config.json").write_text("{not json")
+    return Case(r"ckpt/config\.json is not a valid config", call=_zoo_load(ckpt))
+
+
+@case
+def hub_variant_offline(i: Inputs) -> Case:
+    import zoo
+
+    return Case(r"cannot load someorg/somemodel from the Hub: ", call=lambda: zoo.load("someorg/somemodel"))
 
 
 @case
@@ -823,3 +871,21 @@ def test_a_second_nightly_on_one_registry_or_work_folder_is_refused_at_once(tmp_
     finally:
         holder.kill()
     assert not (tmp_path / "report").exists()
+
+
+def test_nightly_logs_a_user_error_in_one_line(tmp_path, model_dir, text_file, caplog):
+    """A plan of many bad entries must not print a traceback per entry; -v (INFO) shows them."""
+    manifest = tmp_path / "nightly.toml"
+    manifest.write_text(f'[[models]]\nmodel = "{tmp_path / "missing"}"\ncrs = [0.2]\ncalibration = "{text_file}"\n')
+    args = [*_manifest(Inputs(tmp_path, model_dir, text_file, model_dir), "")[:1], "--manifest", manifest]
+    args += ["--target", tmp_path / "registry", "--workdir", tmp_path / "work", "--report-dir", tmp_path / "report"]
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 1 and "1 of 1 variants failed" in result.output, result.output
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failed) == 1 and "Traceback" not in caplog.text, caplog.text
+    assert re.search(r"nightly: missing-\S+ failed: unknown model .*missing", failed[0].getMessage()), caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" in caplog.text

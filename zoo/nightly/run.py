@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from zoo.compression.config import CompressionConfig
-from zoo.errors import ZooError
+from zoo.errors import UserError, ZooError
 from zoo.files import check_writable, exclusive
 from zoo.nightly.manifest import CONFIG_KEYS, Variant, by_model
 from zoo.nightly.report import Outcome, compare, write_report
@@ -84,7 +84,17 @@ def run_nightly(variants: list[Variant], publisher: Publisher, workdir: Path, re
 
 def _fail(outcome: Outcome, exc: Exception) -> None:
     outcome.status, outcome.reason = "failed", f"{type(exc).__name__}: {exc}"
-    log.error("nightly: %s failed\n%s", outcome.variant, traceback.format_exc())
+    log_failure(f"nightly: {outcome.variant} failed", exc)
+
+
+def log_failure(what: str, exc: Exception) -> None:
+    """One line for an error the user can fix from its message (its traceback only with -v), so a
+    plan of many bad entries stays readable; the whole traceback for anything else (a bug)."""
+    if isinstance(exc, UserError):
+        log.error("%s: %s", what, exc)
+        log.info("%s", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    else:
+        log.error("%s", what, exc_info=exc)
 
 
 class ModelContext:
