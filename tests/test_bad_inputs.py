@@ -95,6 +95,34 @@ def overwrite_a_folder_that_is_not_ours(i: Inputs) -> Case:
 
 
 @case
+def quantize_group_size_without_quantize(i: Inputs) -> Case:
+    out = i.tmp / "out"
+    args = [*_tiny_compress(i, out), "--quantize-group-size", 7]
+    return Case(r"quantize_group_size 7 applies only with quantize", args, absent=[out])
+
+
+@case
+def static_with_method_gptq(i: Inputs) -> Case:
+    out = i.tmp / "out"
+    args = [*_tiny_compress(i, out), "--method", "gptq", "--quantize", "gptq-w4", "--static"]
+    return Case(r"static does not apply to method gptq", args, absent=[out])
+
+
+@case
+def nan_inputs_name_the_block(i: Inputs) -> Case:
+    weights = i.model_dir / "model.safetensors"
+    tensors = safetensors.torch.load_file(weights)
+    tensors["model.layers.0.input_layernorm.weight"][:] = float("nan")
+    safetensors.torch.save_file(tensors, weights, metadata={"format": "pt"})
+    out = i.tmp / "out"
+    return Case(
+        r"model\.layers\.0\.self_attn\.q_proj: 1 of 1 calibration batches reached it with NaN/Inf inputs",
+        _tiny_compress(i, out),
+        absent=[out, i.tmp / ".out.progress"],
+    )
+
+
+@case
 def corrupt_config_json(i: Inputs) -> Case:
     (i.model_dir / "config.json").write_text("{not json")
     return Case(r"tiny-llama/config\.json is not a valid JSON config", _tiny_compress(i, i.tmp / "out"))
@@ -450,6 +478,37 @@ def nightly_for_a_model_not_in_the_manifest(i: Inputs) -> Case:
 @case
 def gather_without_reports(i: Inputs) -> Case:
     return Case(r"no report to gather: .*nowhere: FileNotFoundError", ["gather", i.tmp / "nowhere"])
+
+
+def _job_report(i: Inputs, edit: Callable[[dict], None]) -> Path:
+    """A `zoo nightly --model` job's report folder, its report.json edited."""
+    folder = i.tmp / "job"
+    folder.mkdir()
+    data = {"started": "2025-01-01T00:00:00+00:00", "updated": "2025-01-01T01:00:00+00:00", "target": "x"}
+    variant = {"variant": "v", "status": "rebuilt", "reason": "", "seconds": 1.0, "url": None, "achieved_cr": 0.2}
+    variant |= {"regressions": [], "broken": False, "changes": [], "verification_reason": ""}
+    data["variants"] = [variant]
+    edit(data)
+    (folder / "report.json").write_text(json.dumps(data))
+    return folder
+
+
+@case
+def gather_a_report_with_a_number_for_a_date(i: Inputs) -> Case:
+    job = _job_report(i, lambda d: d.update(started=5))
+    return Case(r"no report to gather: .*job: ZooError: report\.json: started is 5, of the wrong type", ["gather", job])
+
+
+@case
+def gather_a_report_without_a_field(i: Inputs) -> Case:
+    job = _job_report(i, lambda d: d.pop("started"))
+    return Case(r"no report to gather: .*job: ZooError: report\.json lacks 'started'", ["gather", job])
+
+
+@case
+def gather_a_report_with_a_string_for_a_cr(i: Inputs) -> Case:
+    job = _job_report(i, lambda d: d["variants"][0].update(achieved_cr="0.2"))
+    return Case(r"job: ZooError: variant #1: achieved_cr is '0\.2', of the wrong type", ["gather", job])
 
 
 # --- publishing -------------------------------------------------------------------------------
@@ -889,3 +948,30 @@ def test_nightly_logs_a_user_error_in_one_line(tmp_path, model_dir, text_file, c
     with caplog.at_level(logging.INFO):
         CliRunner().invoke(main, [str(a) for a in args])
     assert "Traceback" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda card: card.update(achieved_cr="0.3"), r"achieved_cr '0\.3' is not a number in \[-1, 1\]"),
+        (lambda card: card.update(target_cr=1e300), r"target_cr 1e\+300 is not a number in \[0, 1\]"),
+        (lambda card: card["metrics"][0].update(compressed=1e308), r"metric .* scored 1e\+308, not a finite"),
+    ],
+    ids=["string-for-a-number", "cr-1e300", "metric-1e308"],
+)
+@pytest.mark.parametrize("command", ["browse", "site"])
+def test_a_scorecard_out_of_range_is_named_and_skipped(tmp_path, scored_checkpoint, caplog, edit, named, command):
+    registry = tmp_path / "registry" / "compot-zoo"
+    shutil.copytree(scored_checkpoint, registry / "good")
+    bad = Path(shutil.copytree(scored_checkpoint, registry / "bad")) / "scorecard.json"
+    card = json.loads(bad.read_text())
+    edit(card)
+    bad.write_text(json.dumps(card))
+    args = [command, tmp_path / "registry", *(["--out", tmp_path / "site"] if command == "site" else [])]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert re.search(f"skipping .*bad: .*bad/scorecard.json: {named}", caplog.text), caplog.text
+    shown = (
+        result.output if command == "browse" else "".join(p.read_text() for p in (tmp_path / "site").rglob("*.html"))
+    )
+    assert "compot-zoo/good" in shown and "compot-zoo/bad" not in shown
