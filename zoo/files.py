@@ -51,6 +51,8 @@ def writing(target: Path) -> Iterator[None]:
     `target`, into one line that names it and says what to do; other errors pass as they are."""
     try:
         yield
+    except ZooError:  # already says what is wrong
+        raise
     except Exception as exc:
         code = _errno(exc)
         if code not in _ADVICE:
