@@ -4,11 +4,16 @@ looks complete. One row per class of bad input; add a row with every new one fou
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +38,7 @@ class Case:
     code: int = 1
     call: Callable[[], object] | None = None
     absent: list[Path] = field(default_factory=list)  # outputs that must not exist afterwards
+    kept: dict[Path, bytes] = field(default_factory=dict)  # files that must hold these bytes afterwards
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Inputs:
     model_dir: Path  # a tiny Llama folder
     text_file: Path  # calibration text for it
     checkpoint: Path  # a scored compressed checkpoint of it (copy before changing it)
+    patch: pytest.MonkeyPatch | None = None  # for faults: a full disk, a read-only filesystem
 
     def copy(self) -> Path:
         return Path(shutil.copytree(self.checkpoint, self.tmp / "ckpt"))
@@ -88,6 +95,34 @@ def overwrite_a_folder_that_is_not_ours(i: Inputs) -> Case:
 
 
 @case
+def quantize_group_size_without_quantize(i: Inputs) -> Case:
+    out = i.tmp / "out"
+    args = [*_tiny_compress(i, out), "--quantize-group-size", 7]
+    return Case(r"quantize_group_size 7 applies only with quantize", args, absent=[out])
+
+
+@case
+def static_with_method_gptq(i: Inputs) -> Case:
+    out = i.tmp / "out"
+    args = [*_tiny_compress(i, out), "--method", "gptq", "--quantize", "gptq-w4", "--static"]
+    return Case(r"static does not apply to method gptq", args, absent=[out])
+
+
+@case
+def nan_inputs_name_the_block(i: Inputs) -> Case:
+    weights = i.model_dir / "model.safetensors"
+    tensors = safetensors.torch.load_file(weights)
+    tensors["model.layers.0.input_layernorm.weight"][:] = float("nan")
+    safetensors.torch.save_file(tensors, weights, metadata={"format": "pt"})
+    out = i.tmp / "out"
+    return Case(
+        r"model\.layers\.0\.self_attn\.q_proj: 1 of 1 calibration batches reached it with NaN/Inf inputs",
+        _tiny_compress(i, out),
+        absent=[out, i.tmp / ".out.progress"],
+    )
+
+
+@case
 def corrupt_config_json(i: Inputs) -> Case:
     (i.model_dir / "config.json").write_text("{not json")
     return Case(r"tiny-llama/config\.json is not a valid JSON config", _tiny_compress(i, i.tmp / "out"))
@@ -104,6 +139,39 @@ def truncated_model_weights(i: Inputs) -> Case:
     weights = i.model_dir / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     return Case(r"cannot load a model from .*tiny-llama", _tiny_compress(i, i.tmp / "out"), absent=[i.tmp / "out"])
+
+
+@case
+def calibration_folder_with_a_dataset_script(i: Inputs) -> Case:
+    folder = i.tmp / "calib-set"
+    folder.mkdir()
+    shutil.copy(i.text_file, folder / "train.jsonl")
+    (folder / "calib_set.py").write_text("import os  # datasets would once have run this\n")
+    out = i.tmp / "out"
+    args = ["compress", i.model_dir, *TINY_RUN, "--calibration", folder, "--out", out]
+    return Case(r"calib-set holds a dataset script \(calib_set\.py\), which is never run", args, absent=[out])
+
+
+class _NotATensor:
+    """What a pickle may hold besides tensors: a call made while it is read."""
+
+    def __reduce__(self):
+        return (print, ("a pickle ran code",))
+
+
+@case
+def base_model_stored_as_a_pickle(i: Inputs) -> Case:
+    import torch
+
+    weights = i.model_dir / "model.safetensors"
+    torch.save({**safetensors.torch.load_file(weights), "planted": _NotATensor()}, i.model_dir / "pytorch_model.bin")
+    weights.unlink()
+    out = i.tmp / "out"
+    return Case(
+        r"cannot load a model from .*tiny-llama: its weights are a pickle holding more than tensors, refused",
+        _tiny_compress(i, out),
+        absent=[out],
+    )
 
 
 @case
@@ -171,6 +239,20 @@ def checkpoint_without_config(i: Inputs) -> Case:
     ckpt = i.copy()
     (ckpt / "config.json").unlink()
     return Case(r"ckpt/config\.json is missing", call=_zoo_load(ckpt))
+
+
+@case
+def checkpoint_with_a_corrupt_config(i: Inputs) -> Case:
+    ckpt = i.copy()
+    (ckpt / "config.json").write_text("{not json")
+    return Case(r"ckpt/config\.json is not a valid config", call=_zoo_load(ckpt))
+
+
+@case
+def hub_variant_offline(i: Inputs) -> Case:
+    import zoo
+
+    return Case(r"cannot load someorg/somemodel from the Hub: ", call=lambda: zoo.load("someorg/somemodel"))
 
 
 @case
@@ -398,6 +480,37 @@ def gather_without_reports(i: Inputs) -> Case:
     return Case(r"no report to gather: .*nowhere: FileNotFoundError", ["gather", i.tmp / "nowhere"])
 
 
+def _job_report(i: Inputs, edit: Callable[[dict], None]) -> Path:
+    """A `zoo nightly --model` job's report folder, its report.json edited."""
+    folder = i.tmp / "job"
+    folder.mkdir()
+    data = {"started": "2025-01-01T00:00:00+00:00", "updated": "2025-01-01T01:00:00+00:00", "target": "x"}
+    variant = {"variant": "v", "status": "rebuilt", "reason": "", "seconds": 1.0, "url": None, "achieved_cr": 0.2}
+    variant |= {"regressions": [], "broken": False, "changes": [], "verification_reason": ""}
+    data["variants"] = [variant]
+    edit(data)
+    (folder / "report.json").write_text(json.dumps(data))
+    return folder
+
+
+@case
+def gather_a_report_with_a_number_for_a_date(i: Inputs) -> Case:
+    job = _job_report(i, lambda d: d.update(started=5))
+    return Case(r"no report to gather: .*job: ZooError: report\.json: started is 5, of the wrong type", ["gather", job])
+
+
+@case
+def gather_a_report_without_a_field(i: Inputs) -> Case:
+    job = _job_report(i, lambda d: d.pop("started"))
+    return Case(r"no report to gather: .*job: ZooError: report\.json lacks 'started'", ["gather", job])
+
+
+@case
+def gather_a_report_with_a_string_for_a_cr(i: Inputs) -> Case:
+    job = _job_report(i, lambda d: d["variants"][0].update(achieved_cr="0.2"))
+    return Case(r"job: ZooError: variant #1: achieved_cr is '0\.2', of the wrong type", ["gather", job])
+
+
 # --- publishing -------------------------------------------------------------------------------
 
 
@@ -446,6 +559,252 @@ def browse_an_unreachable_hub(i: Inputs) -> Case:
     return Case(r"the Hugging Face Hub is unreachable .*cannot list models", ["browse", "hub"])
 
 
+# --- the registry: every access checks the name ------------------------------------------------
+
+
+def _registry(i: Inputs, variant: str = "tiny-compot") -> Path:
+    """A local registry holding the scored checkpoint as `variant`."""
+    registry = i.tmp / "registry"
+    shutil.copytree(i.checkpoint, registry / "compot-zoo" / variant)
+    return registry
+
+
+def _outside(i: Inputs) -> Path:
+    """A variant-like folder outside the registry, which no registry access may write into."""
+    return Path(shutil.copytree(i.checkpoint, i.tmp / "outside_variant"))
+
+
+@case
+def verify_a_name_that_climbs_out_of_the_registry(i: Inputs) -> Case:
+    outside = _outside(i)
+    return Case(
+        r"invalid repository name compot-zoo/\.\./\.\./outside_variant",
+        ["verify", "../../outside_variant", _registry(i)],
+        absent=[outside / "verification.json"],
+    )
+
+
+@case
+def verify_an_absolute_path(i: Inputs) -> Case:
+    outside = _outside(i)
+    return Case(
+        r"invalid repository name compot-zoo//.*outside_variant",
+        ["verify", outside, _registry(i)],
+        absent=[outside / "verification.json"],
+    )
+
+
+@case
+def verify_a_link_that_leaves_the_registry(i: Inputs) -> Case:
+    outside, registry = _outside(i), _registry(i)
+    os.symlink(outside, registry / "compot-zoo" / "linked")
+    return Case(
+        r"registry/compot-zoo/linked is a symbolic link to .*outside_variant, outside local registry",
+        ["verify", "linked", registry],
+        absent=[outside / "verification.json"],
+    )
+
+
+def _registry_call(i: Inputs, call: Callable[[object], object]) -> Callable[[], object]:
+    from zoo.publish.publishers import LocalRegistry
+
+    return lambda: call(LocalRegistry(_registry(i), "compot-zoo"))
+
+
+@case
+def mark_a_name_that_climbs_out_of_the_registry(i: Inputs) -> Case:
+    from zoo.publish.verdict import Verification
+
+    outside = _outside(i)
+    verdict = Verification(status="broken", reason="planted", fingerprint="x", expected={}, measured=None)
+    return Case(
+        r"invalid repository name compot-zoo/\.\./\.\./outside_variant",
+        call=_registry_call(i, lambda r: r.mark("../../outside_variant", verdict)),
+        absent=[outside / "verification.json"],
+    )
+
+
+@case
+def download_a_name_that_climbs_out_of_the_registry(i: Inputs) -> Case:
+    _outside(i)
+    return Case(
+        r"invalid repository name compot-zoo/\.\./\.\./outside_variant",
+        call=_registry_call(i, lambda r: r.download("../../outside_variant", i.tmp / "copy")),
+        absent=[i.tmp / "copy"],
+    )
+
+
+@case
+def browse_a_registry_that_does_not_exist(i: Inputs) -> Case:
+    return Case(r"there is no local registry .*no-such-registry", ["browse", i.tmp / "no-such-registry"])
+
+
+@case
+def site_of_a_registry_that_does_not_exist(i: Inputs) -> Case:
+    site = i.tmp / "site"
+    return Case(
+        r"there is no local registry .*no-such-registry",
+        ["site", i.tmp / "no-such-registry", "--out", site],
+        absent=[site],
+    )
+
+
+@case
+def site_of_a_registry_whose_every_scorecard_is_corrupt(i: Inputs) -> Case:
+    from zoo.publish.site import render_site
+
+    registry = _registry(i)
+    index = render_site([], i.tmp / "site")  # the site published before
+    (registry / "compot-zoo" / "tiny-compot" / "scorecard.json").write_text("{not json")
+    return Case(
+        r"no readable published variant: the site in .*site is kept",
+        ["site", registry, "--out", i.tmp / "site"],
+        kept={index: index.read_bytes()},
+    )
+
+
+# --- filesystem faults: a full disk, a read-only or pseudo-filesystem, a file in the path -------------
+
+
+def _fail_writes(i: Inputs, owner: object, name: str, code: int, after: int = 0, message: str = "") -> None:
+    """`owner.name` (a writer) fails as a full or read-only disk makes it fail, after `after` calls
+    that work: OSError(code), or an error whose `message` carries the code (safetensors' Rust one)."""
+    real, calls = getattr(owner, name), []
+
+    def failing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) <= after:
+            return real(*args, **kwargs)
+        raise OSError(code, os.strerror(code)) if not message else safetensors.SafetensorError(message)
+
+    i.patch.setattr(owner, name, failing)
+
+
+def _read_only(i: Inputs) -> Path:
+    """A folder whose filesystem says it is read-only, as a read-only mount does (os.statvfs's flag)."""
+    folder = i.tmp / "ro"
+    folder.mkdir()
+    real = os.statvfs
+
+    def statvfs(path):
+        found = real(path)
+        if Path(path).resolve().is_relative_to(folder.resolve()):
+            return os.statvfs_result((*found[:8], found.f_flag | os.ST_RDONLY, found.f_namemax))
+        return found
+
+    i.patch.setattr(os, "statvfs", statvfs)
+    return folder
+
+
+@case
+def compress_on_a_full_disk(i: Inputs) -> Case:
+    import zoo.format.progress
+
+    _fail_writes(i, zoo.format.progress, "save_file", errno.ENOSPC, after=1)  # the second block's
+    out = i.tmp / "out"
+    return Case(
+        r"cannot write .*\.out\.progress/model\.layers\.1\.safetensors: No space left on device; free some space "
+        r"there or write elsewhere; 1 finished block\(s\) kept in .*\.out\.progress: rerun the same command",
+        _tiny_compress(i, out),
+        absent=[out, i.tmp / ".out.progress" / "model.layers.1.safetensors"],
+    )
+
+
+@case
+def compress_on_a_full_disk_while_saving(i: Inputs) -> Case:
+    import zoo.format.checkpoint
+
+    rust = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+    _fail_writes(i, zoo.format.checkpoint, "save_file", errno.ENOSPC, message=rust)
+    out = i.tmp / "out"
+    return Case(
+        r"cannot write .*/out: No space left on device; .*; 2 finished block\(s\) kept in .*\.out\.progress",
+        _tiny_compress(i, out),
+        absent=[out],
+    )
+
+
+@case
+def compress_to_a_read_only_filesystem(i: Inputs) -> Case:
+    out = _read_only(i) / "out"
+    return Case(r"cannot write .*ro/out: .*ro is on a read-only filesystem", _tiny_compress(i, out), absent=[out])
+
+
+@case
+def compress_into_proc(i: Inputs) -> Case:
+    out = Path("/proc/zoo-bad-input-out")
+    return Case(r"cannot write /proc/zoo-bad-input-out: /proc is on proc, a kernel's pseudo-filesystem",
+                _tiny_compress(i, out), absent=[out])  # fmt: skip
+
+
+@case
+def compress_into_sys(i: Inputs) -> Case:
+    out = Path("/sys/zoo-bad-input-out")
+    return Case(r"cannot write /sys/zoo-bad-input-out: /sys is on sysfs", _tiny_compress(i, out), absent=[out])
+
+
+@case
+def publish_to_a_full_disk(i: Inputs) -> Case:
+    ckpt, registry = i.copy(), i.tmp / "registry"
+    _fail_writes(i, shutil, "copy2", errno.ENOSPC)
+    return Case(
+        r"cannot write .*registry/compot-zoo/ckpt: No space left on device",
+        ["publish", ckpt, registry],
+        absent=[registry / "compot-zoo" / "ckpt"],
+    )
+
+
+@case
+def publish_to_a_read_only_filesystem(i: Inputs) -> Case:
+    ckpt, registry = i.copy(), i.tmp / "registry"
+    _fail_writes(i, shutil, "copy2", errno.EROFS)
+    return Case(
+        r"cannot write .*registry/compot-zoo/ckpt: Read-only file system; write elsewhere",
+        ["publish", ckpt, registry],
+        absent=[registry / "compot-zoo" / "ckpt"],
+    )
+
+
+@case
+def publish_to_a_registry_under_a_file(i: Inputs) -> Case:
+    ckpt = i.copy()
+    (i.tmp / "file").write_text("x")
+    return Case(
+        r"cannot write .*file/registry/compot-zoo: .*file is a file", ["publish", ckpt, i.tmp / "file" / "registry"]
+    )
+
+
+@case
+def site_on_a_full_disk(i: Inputs) -> Case:
+    import pathlib
+
+    registry, site = _registry(i), i.tmp / "site"
+    _fail_writes(i, pathlib.Path, "write_text", errno.ENOSPC)
+    return Case(r"cannot write .*/site: No space left on device", ["site", registry, "--out", site], absent=[site])
+
+
+@case
+def site_on_a_read_only_filesystem(i: Inputs) -> Case:
+    registry, site = _registry(i), _read_only(i) / "site"
+    return Case(r"cannot write .*ro/site: .*ro is on a read-only filesystem", ["site", registry, "--out", site])
+
+
+@case
+def nightly_report_on_a_read_only_filesystem(i: Inputs) -> Case:
+    report = _read_only(i) / "report"
+    args = [*_manifest(i, f"{_ENTRY}crs = [0.2]\n"), "--report-dir", report, "--workdir", i.tmp / "work"]
+    return Case(r"cannot write .*ro/report/report\.json: .*ro is on a read-only filesystem", args, absent=[report])
+
+
+@case
+def gate_report_on_a_read_only_filesystem(i: Inputs) -> Case:
+    out = _read_only(i) / "gate"
+    manifest = i.tmp / "gate.toml"
+    manifest.write_text(f"{_ENTRY}crs = [0.2]\n")
+    args = ["gate", "--manifest", manifest, "--against", i.tmp / "registry", "--workdir", i.tmp / "work", "--out", out]
+    return Case(r"cannot write .*ro/gate/gate\.md: .*ro is on a read-only filesystem", args, absent=[out])
+
+
 def _tiny_compress(i: Inputs, out: Path) -> list:
     return ["compress", i.model_dir, *TINY_RUN, "--calibration", i.text_file, "--iters", 2, "--out", out]
 
@@ -469,7 +828,7 @@ def scored_checkpoint(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gets_one_line_that_names_it(name, tmp_path, model_dir, text_file, scored_checkpoint, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", os.environ.get("HF_TOKEN", ""))  # a case may set it; restore afterwards
-    c = CASES[name](Inputs(tmp_path, model_dir, text_file, scored_checkpoint))
+    c = CASES[name](Inputs(tmp_path, model_dir, text_file, scored_checkpoint, monkeypatch))
     if c.cli is not None:
         result = CliRunner().invoke(main, [str(a) for a in c.cli])
         assert result.exception is None or isinstance(result.exception, SystemExit), (
@@ -488,3 +847,131 @@ def test_bad_input_gets_one_line_that_names_it(name, tmp_path, model_dir, text_f
     assert re.search(c.pattern, message), message
     for path in c.absent:
         assert not path.exists(), f"{name} left {path} behind"
+    for path, data in c.kept.items():
+        assert path.read_bytes() == data, f"{name} changed {path}"
+    half_written = [*tmp_path.rglob("*.partial-*"), *tmp_path.rglob(".*.tmp*")]
+    assert not half_written, f"{name} left {half_written} behind"
+
+
+def test_browse_skips_a_link_that_leaves_the_registry(tmp_path, scored_checkpoint, caplog):
+    registry = tmp_path / "registry" / "compot-zoo"
+    shutil.copytree(scored_checkpoint, registry / "tiny-compot")
+    os.symlink(Path(shutil.copytree(scored_checkpoint, tmp_path / "elsewhere")), registry / "linked")
+    result = CliRunner().invoke(main, ["browse", str(tmp_path / "registry")])
+    assert result.exit_code == 0, result.output
+    assert "compot-zoo/tiny-compot" in result.output and "compot-zoo/linked" not in result.output
+    assert re.search(r"skipping .*linked: .*is a symbolic link to .*elsewhere", caplog.text), caplog.text
+
+
+# --- two runs on one folder -----------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _zoo_process(*args) -> subprocess.Popen:
+    """`zoo ARGS` in its own process, as a second user would start it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", "from zoo.cli import main; main()", *map(str, args)]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def _refused_at_once(args: list, pattern: str) -> None:
+    start = time.monotonic()
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    seconds = time.monotonic() - start
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert re.search(pattern, result.output), result.output
+    assert seconds < 5, f"refused after {seconds:.1f} s"
+
+
+def test_a_second_compress_on_one_out_is_refused_at_once(tmp_path, model_dir, text_file):
+    """The first run holds --out's lock from before loading the model to after saving; the second
+    says which run holds it, and the first saves a whole checkpoint."""
+    import zoo
+
+    out = tmp_path / "out"
+    args = [*_tiny_compress(Inputs(tmp_path, model_dir, text_file, out), out)]
+    first = _zoo_process(*args, "--iters", 300)  # slow enough to be caught working
+    try:
+        _wait_for(tmp_path / ".out.lock.holder", first)
+        _refused_at_once(args, r"Error: output directory .*out is in use by another run \(pid \d+ on .* compress")
+        output = first.communicate(timeout=600)[0]
+    finally:
+        first.kill()
+    assert first.returncode == 0, output
+    zoo.load(out)
+    assert not (tmp_path / ".out.progress").exists() and not (tmp_path / ".out.lock.holder").exists()
+
+
+@pytest.mark.parametrize("held", ["registry", "work"])
+def test_a_second_nightly_on_one_registry_or_work_folder_is_refused_at_once(tmp_path, held):
+    """A nightly run holds its registry and its work folder from before its first model loads."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from zoo.files import exclusive\n"
+         "with exclusive(__import__('pathlib').Path(sys.argv[1]), 'x'):\n    print(flush=True); time.sleep(600)",
+         str(tmp_path / held / ".lock")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        _wait_for(tmp_path / held / ".lock.holder", holder)
+        args = _manifest(Inputs(tmp_path, tmp_path, tmp_path, tmp_path), f"{_ENTRY}crs = [0.2]\n")
+        what = "local registry .*registry" if held == "registry" else "nightly work folder .*work"
+        _refused_at_once(
+            [*args, "--workdir", tmp_path / "work"], f"Error: {what} is in use by another run \\(pid {holder.pid} "
+        )
+    finally:
+        holder.kill()
+    assert not (tmp_path / "report").exists()
+
+
+def test_nightly_logs_a_user_error_in_one_line(tmp_path, model_dir, text_file, caplog):
+    """A plan of many bad entries must not print a traceback per entry; -v (INFO) shows them."""
+    manifest = tmp_path / "nightly.toml"
+    manifest.write_text(f'[[models]]\nmodel = "{tmp_path / "missing"}"\ncrs = [0.2]\ncalibration = "{text_file}"\n')
+    args = [*_manifest(Inputs(tmp_path, model_dir, text_file, model_dir), "")[:1], "--manifest", manifest]
+    args += ["--target", tmp_path / "registry", "--workdir", tmp_path / "work", "--report-dir", tmp_path / "report"]
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 1 and "1 of 1 variants failed" in result.output, result.output
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failed) == 1 and "Traceback" not in caplog.text, caplog.text
+    assert re.search(r"nightly: missing-\S+ failed: unknown model .*missing", failed[0].getMessage()), caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda card: card.update(achieved_cr="0.3"), r"achieved_cr '0\.3' is not a number in \[-1, 1\]"),
+        (lambda card: card.update(target_cr=1e300), r"target_cr 1e\+300 is not a number in \[0, 1\]"),
+        (lambda card: card["metrics"][0].update(compressed=1e308), r"metric .* scored 1e\+308, not a finite"),
+    ],
+    ids=["string-for-a-number", "cr-1e300", "metric-1e308"],
+)
+@pytest.mark.parametrize("command", ["browse", "site"])
+def test_a_scorecard_out_of_range_is_named_and_skipped(tmp_path, scored_checkpoint, caplog, edit, named, command):
+    registry = tmp_path / "registry" / "compot-zoo"
+    shutil.copytree(scored_checkpoint, registry / "good")
+    bad = Path(shutil.copytree(scored_checkpoint, registry / "bad")) / "scorecard.json"
+    card = json.loads(bad.read_text())
+    edit(card)
+    bad.write_text(json.dumps(card))
+    args = [command, tmp_path / "registry", *(["--out", tmp_path / "site"] if command == "site" else [])]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert re.search(f"skipping .*bad: .*bad/scorecard.json: {named}", caplog.text), caplog.text
+    shown = (
+        result.output if command == "browse" else "".join(p.read_text() for p in (tmp_path / "site").rglob("*.html"))
+    )
+    assert "compot-zoo/good" in shown and "compot-zoo/bad" not in shown

@@ -157,7 +157,7 @@ def quantized_model(method: str):
     """A tiny Llama through the pipeline with 4-bit GPTQ (group 32 divides its 64 and 160 inputs)."""
     model = tiny_llama()
     config = CompressionConfig(
-        cr=0.3, method=method, static=method != "compot", quantize="gptq-w4", quantize_group_size=32, device="cpu"
+        cr=0.3, method=method, static=method == "svd-llm", quantize="gptq-w4", quantize_group_size=32, device="cpu"
     )
     records = compress_model(model, get_adapter("llm").stacks(model, None), tiny_calibration(), config)
     mark_compressed(model)
@@ -246,6 +246,8 @@ def test_quantized_layers_refuse_saving_once_dequantized(saved):
         ({"quantize": "int4"}, "spell it gptq-w<bits>"),
         ({"method": "gptq"}, "pass quantize"),
         ({"quantize": "gptq-w4", "quantize_group_size": 0}, "quantize_group_size 0 must be at least 1"),
+        ({"quantize_group_size": 7}, "quantize_group_size 7 applies only with quantize"),
+        ({"method": "gptq", "quantize": "gptq-w4", "static": True}, "static does not apply to method gptq"),
     ],
 )
 def test_bad_quantize_settings_are_refused_with_the_value(settings, message):

@@ -1,6 +1,7 @@
 """A run killed between blocks resumes at the first unfinished block and saves the same bytes."""
 
 import logging
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -75,3 +76,26 @@ def test_a_rerun_with_other_settings_starts_over(tmp_path, model_dir, text_file,
         assert _compress(model_dir, text_file, out, "--ks-ratio", 3).exit_code == 0
     assert "holds progress of other settings" in caplog.text and "starting out over" in caplog.text
     assert factorized.calls == ["model.layers.0", "model.layers.1"]
+
+
+def test_a_block_another_run_left_is_rebuilt_not_restored(tmp_path, model_dir, text_file, factorized, caplog):
+    """Two runs with other settings on one --out can leave each other's blocks: a block stamped by
+    another run (here at CR 0.4) is rebuilt, and the checkpoint is the bytes of a clean run."""
+    clean = tmp_path / "clean"
+    assert _compress(model_dir, text_file, clean).exit_code == 0
+    blocks = list(factorized.calls)
+
+    factorized.fail_at = blocks[1]
+    other, out = tmp_path / "other", tmp_path / "out"
+    assert _compress(model_dir, text_file, other, "--cr", 0.4).exit_code != 0
+    assert _compress(model_dir, text_file, out).exit_code != 0
+    foreign = progress_dir(other) / f"{blocks[0]}.safetensors"
+    shutil.copy(foreign, progress_dir(out) / foreign.name)  # this run's folder fingerprint, the other's block
+
+    factorized.calls.clear()
+    factorized.fail_at = None
+    with caplog.at_level(logging.WARNING):
+        assert _compress(model_dir, text_file, out).exit_code == 0
+    assert f"{foreign.name} was not built by this run's settings (its stamp differs): rebuilding it" in caplog.text
+    assert factorized.calls == blocks
+    assert (out / WEIGHTS).read_bytes() == (clean / WEIGHTS).read_bytes()

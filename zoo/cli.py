@@ -447,12 +447,14 @@ def gate(
 ) -> None:
     """Compress and score the gate manifest and compare each metric with the published scorecards;
     exit non-zero when one worsens beyond the tolerance (unless --report-only)."""
+    from zoo.files import check_writable
     from zoo.gate import GATE_TOLERANCE, run_gate, write_gate_report
     from zoo.nightly.manifest import read_manifest
     from zoo.sources.assets import cache_dir
 
     variants, settings = read_manifest(_manifest_path(manifest_path, "gate.toml"))
     publisher = _manifest_publisher(settings, against, org, None)
+    check_writable(out / "gate.md")  # before the work, not after
     tolerance = GATE_TOLERANCE if tolerance is None else tolerance
     results = run_gate(variants, publisher, workdir or cache_dir() / "gate", tolerance)
     report = write_gate_report(results, out, repr(publisher), tolerance, report_only)

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from zoo.files import write_text
+from zoo.files import exclusive, write_text
 from zoo.nightly.manifest import Variant
 from zoo.nightly.report import MetricChange, change_table, compare
-from zoo.nightly.run import ModelContext, run_each
+from zoo.nightly.run import ModelContext, log_failure, run_each
 from zoo.publish.publishers import Publisher
 from zoo.publish.scorecard import SCORECARD, Scorecard
 
@@ -74,7 +73,8 @@ def run_gate(variants: list[Variant], publisher: Publisher, workdir: Path, toler
     def finished(v: Variant) -> None:
         log.warning("gate: %s %s", v.name, "passed" if results[v.name].passed else "failed")
 
-    run_each(variants, attempt, failed, finished)
+    with exclusive(workdir / ".lock", f"gate work folder {workdir}"):
+        run_each(variants, attempt, failed, finished)
     return list(results.values())
 
 
@@ -85,7 +85,7 @@ def floored(change: MetricChange) -> MetricChange:
 
 
 def _error(exc: Exception) -> str:
-    log.error("gate: %s", traceback.format_exc())
+    log_failure("gate", exc)
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -30,9 +30,10 @@ from zoo.compression.plan import Plan, make_plan
 from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
-from zoo.errors import ZooError
+from zoo.errors import UserError, ZooError
 from zoo.evaluators.generation import REFERENCE, answer_pairs, split_answers
 from zoo.evaluators.provenance import provenance
+from zoo.files import exclusive, sibling_lock
 from zoo.format.checkpoint import check_target, mark_compressed, save_compressed, tensor_bytes
 from zoo.format.progress import BlockProgress
 from zoo.format.record import CalibrationInfo, VariantRecord
@@ -236,6 +237,15 @@ def fingerprint(prepared: Prepared, req: CompressRequest) -> str:
         "hub": prepared.online,
         **{k: v for k, v in prepared.spec.defaults.items() if k.startswith(("eval", "offline_eval")) or k == "chat"},
     }
+    return _fingerprint(prepared, req, evaluation)
+
+
+def blocks_fingerprint(prepared: Prepared, req: CompressRequest) -> str:
+    """What determines the compressed blocks: the variant's fingerprint without its evaluation."""
+    return _fingerprint(prepared, effective(prepared, req), {})
+
+
+def _fingerprint(prepared: Prepared, req: CompressRequest, evaluation: dict) -> str:
     calibration = prepared.calibration
     return variant_fingerprint(
         prepared.loaded.base_model,
@@ -361,9 +371,10 @@ def run_compress(
     """`zoo compress`: one variant, compressed in place in the loaded model; `repo_id` is the
     repository the card names (default: the variant's folder name); `report` hears the plan."""
     check_target(req.out_dir, req.overwrite)
-    prepared = prepare(req, report=report)
-    base_metrics = evaluate(prepared) if req.evaluate else None
-    return compress_variant(prepared, req, base_metrics, repo_id)
+    with exclusive(sibling_lock(req.out_dir), f"output directory {req.out_dir}"):
+        prepared = prepare(req, report=report)
+        base_metrics = evaluate(prepared) if req.evaluate else None
+        return compress_variant(prepared, req, base_metrics, repo_id)
 
 
 def compress_loaded(
@@ -390,15 +401,18 @@ def compress_variant(
     `base_metrics` (evaluate's results for the base), score it and write scorecard.json and the model
     card (naming `repo_id`)."""
     out = req.out_dir
-    progress = BlockProgress(out, fingerprint(prepared, effective(prepared, req)))
-    record = compress_loaded(prepared, req, out.name, progress)
-    record = save_compressed(
-        prepared.loaded.model,
-        out,
-        record,
-        overwrite=req.overwrite,
-        extra_files=lambda tmp: prepared.adapter.save_processor(prepared.loaded, tmp),
-    )
+    progress = BlockProgress(out, blocks_fingerprint(prepared, req))
+    try:
+        record = compress_loaded(prepared, req, out.name, progress)
+        record = save_compressed(
+            prepared.loaded.model,
+            out,
+            record,
+            overwrite=req.overwrite,
+            extra_files=lambda tmp: prepared.adapter.save_processor(prepared.loaded, tmp),
+        )
+    except UserError as exc:  # a full disk, NaN inputs, ...: said once, with what is kept
+        raise ZooError(f"{exc}{progress.left()}") from exc
     progress.finish()
     result = CompressResult(out, record)
     if base_metrics is not None:

@@ -159,6 +159,12 @@ def _local_texts(path: Path, split: str) -> list[str]:
         raise ZooError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(_BUILDERS)}")
     if path.is_file() and not path.read_bytes().strip():  # datasets' JSON reader fails on it obscurely
         raise ZooError(f"{path} is empty: no text to read")
+    scripts = sorted(p.name for p in path.glob("*.py")) if path.is_dir() else []
+    if scripts:  # code that `datasets` used to run; we never do
+        raise ZooError(
+            f"{path} holds a dataset script ({', '.join(scripts)}), which is never run: give data files "
+            f"({', '.join(_BUILDERS)}) or a `save_to_disk` folder"
+        )
     try:
         if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json")):
             ds = datasets.load_from_disk(str(path))

@@ -175,10 +175,22 @@ class CompressionConfig:
             )
         if not isinstance(self.quantize_group_size, int) or isinstance(self.quantize_group_size, bool):
             raise ZooError(f"quantize_group_size {self.quantize_group_size!r} must be a positive integer")
+        self._check_applies()
         if self.min_cr is not None and self.min_cr > self.cr or self.max_cr is not None and self.max_cr < self.cr:
             raise ZooError(
                 f"allocation guards must bracket the target: min_cr {self.min_cr} <= cr {self.cr} "
                 f"<= max_cr {self.max_cr}"
+            )
+
+    def _check_applies(self) -> None:
+        """A setting that changes nothing for this run is refused, not recorded as if it had."""
+        if self.quantize is None and self.quantize_group_size != type(self).quantize_group_size:
+            raise ZooError(
+                f"quantize_group_size {self.quantize_group_size} applies only with quantize (--quantize gptq-w4)"
+            )
+        if not self.factorizes and self.static:
+            raise ZooError(
+                f"static does not apply to method {self.method}: it factorizes nothing, so it allocates no CR"
             )
 
     @classmethod

@@ -12,6 +12,7 @@ import json
 import random
 import re
 from pathlib import Path
+from unittest import mock
 
 from tqdm.auto import tqdm
 
@@ -209,21 +210,25 @@ def run_lm_eval(
 ) -> dict[str, dict[str, float]]:
     """Evaluate a transformers causal LM on lm-eval tasks; returns {task: {metric: value}}."""
     import lm_eval
+    import lm_eval.evaluator
     from lm_eval.models.huggingface import HFLM
 
     if not tasks:
         raise ZooError("run_lm_eval needs at least one task name")
     manager, loaded = _load_tasks(tasks, include_path)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=loaded,
-        task_manager=manager,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        # Standard errors: closed form for means (acc), this many bootstrap resamples for the rest
-        # (perplexity); lm-eval's default of 100000 costs minutes on full tasks.
-        bootstrap_iters=BOOTSTRAP_ITERS,
-        log_samples=False,
-    )
+    # lm-eval records the git commit of the working directory with `git describe`, which prints
+    # "fatal: not a git repository" outside a checkout; nothing of ours reads that commit.
+    with mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", return_value=None):
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=loaded,
+            task_manager=manager,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            # Standard errors: closed form for means (acc), this many bootstrap resamples for the rest
+            # (perplexity); lm-eval's default of 100000 costs minutes on full tasks.
+            bootstrap_iters=BOOTSTRAP_ITERS,
+            log_samples=False,
+        )
     return {task: _metrics(values) for task, values in results["results"].items()}

@@ -255,7 +255,10 @@ def _skeleton(path: Path) -> tuple[nn.Module, dict]:
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():
             raise ZooError(f"{path / name} is missing: {path} is not a compressed checkpoint")
-    config = transformers.AutoConfig.from_pretrained(path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:  # not JSON, or not a config transformers knows
+        raise ZooError(f"{path / CONFIG} is not a valid config: {_first_line(exc)}") from exc
     quantization = config.to_dict().get("quantization_config") or {}
     if quantization.get("quant_method") != "compot":
         raise ZooError(f"{path / CONFIG} has no compot quantization_config: not a compressed checkpoint")
@@ -281,9 +284,7 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu", infere
 
     path = Path(path)
     if not path.exists() and "/" in str(path) and not str(path).startswith((".", "/")):
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(str(path)))  # a published variant on the Hub
+        path = _hub_snapshot(str(path))  # a published variant on the Hub
     model, quantization = _skeleton(path)
     weights = path / WEIGHTS
     try:
@@ -316,6 +317,22 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu", infere
     if inference:
         to_inference(model)
     return model
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """A published variant's files from the Hub (or its cache), or one line saying why not."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return Path(snapshot_download(repo_id))
+    except (OSError, ValueError, HfHubHTTPError) as exc:  # offline and not cached, no such repo, a bad id
+        raise ZooError(f"cannot load {repo_id} from the Hub: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _listing(keys: list[str], limit: int = 5) -> str:

@@ -2,9 +2,11 @@
 
 Beside the output folder, `.<name>.progress/` holds one safetensors file per finished block
 (its compressed layers' tensors as stored, their shells and records in the metadata) and the
-fingerprint of the variant they belong to. A rerun with the same fingerprint restores those
-blocks instead of factorizing them again; another fingerprint means other settings, and the
-folder is started over. The folder goes once the checkpoint is saved.
+fingerprint of what determines the blocks (base weights, engine, configuration, calibration). A
+rerun with the same fingerprint restores those blocks instead of factorizing them again; another
+fingerprint means other settings, and the folder is started over. Each block is stamped too (the
+fingerprint and its own name), so a block another run left there (two runs on one `--out`, a file
+copied in) is rebuilt, never restored. The folder goes once the checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from safetensors.torch import save_file
 
 from zoo.compression.layer import CompotLinear
 from zoo.compression.report import LayerRecord
+from zoo.digest import json_digest
 from zoo.errors import ZooError
 from zoo.files import write_file, write_text
 from zoo.format.checkpoint import layer_spec, shell_from_spec
@@ -36,7 +39,7 @@ class BlockProgress:
     """The `BlockStore` of `compress_model` for a run writing `out_dir`."""
 
     def __init__(self, out_dir: Path, fingerprint: str) -> None:
-        self.folder = progress_dir(out_dir)
+        self.folder, self.fingerprint = progress_dir(out_dir), fingerprint
         stamp = self.folder / FINGERPRINT
         if self.folder.exists():
             if stamp.is_file() and stamp.read_text() == fingerprint:
@@ -53,14 +56,23 @@ class BlockProgress:
     def _file(self, prefix: str) -> Path:
         return self.folder / f"{prefix}.safetensors"
 
+    def _stamp(self, prefix: str) -> str:
+        """What block `prefix` of this run is built from: the run's fingerprint and the block's name."""
+        return json_digest({"fingerprint": self.fingerprint, "block": prefix})
+
     def load(self, prefix: str) -> tuple[list[LayerRecord], dict[str, CompotLinear]] | None:
-        """Block `prefix`'s records and compressed layers (qualified name -> layer, on CPU), if it was done."""
+        """Block `prefix`'s records and compressed layers (qualified name -> layer, on CPU), if this
+        run's settings built it; one stamped otherwise is removed, to be built again."""
         path = self._file(prefix)
         if not path.is_file():
             return None
         try:
             with safe_open(path, framework="pt") as f:
                 meta = f.metadata()
+                if (meta or {}).get("stamp") != self._stamp(prefix):
+                    log.warning("%s was not built by this run's settings (its stamp differs): rebuilding it", path)
+                    path.unlink()
+                    return None
                 records = [LayerRecord.from_dict(r) for r in json.loads(meta["records"])]
                 layers = {}
                 for name, spec in json.loads(meta["layers"]).items():
@@ -78,8 +90,21 @@ class BlockProgress:
             tensors |= {f"{name}.{key}": t.contiguous().cpu() for key, t in layer.state_dict().items()}
             bias_dtype = layer.bias.dtype if layer.bias is not None else layer.storage_dtype
             specs[name] = {**layer_spec(layer), "bias_dtype": str(bias_dtype).removeprefix("torch.")}
-        metadata = {"records": json.dumps([r.to_dict() for r in records]), "layers": json.dumps(specs)}
+        metadata = {
+            "records": json.dumps([r.to_dict() for r in records]),
+            "layers": json.dumps(specs),
+            "stamp": self._stamp(prefix),
+        }
         write_file(self._file(prefix), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     def finish(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def left(self) -> str:
+        """What a failed run leaves for a resume, to end its message with: the blocks it finished
+        are kept, and said to be; a folder without any is removed."""
+        done = len(list(self.folder.glob("*.safetensors")))
+        if not done:
+            self.finish()
+            return ""
+        return f"; {done} finished block(s) kept in {self.folder}: rerun the same command to resume"

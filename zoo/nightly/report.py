@@ -17,6 +17,7 @@ from zoo.publish.publishers import Publisher
 from zoo.publish.scorecard import Scorecard
 from zoo.publish.verdict import BROKEN
 
+STATUSES = ("rebuilt", "skipped", "failed", "pending")  # an Outcome's
 REGRESSION_TOLERANCE = 0.01  # relative change of a metric, in its bad direction, flagged as a regression
 
 
@@ -113,7 +114,7 @@ def _write(report_dir: Path, data: dict) -> dict:
 
 
 def _counts(variants: list[dict]) -> dict[str, int]:
-    counts = {s: 0 for s in ("rebuilt", "skipped", "failed", "pending")}
+    counts = dict.fromkeys(STATUSES, 0)
     for v in variants:
         counts[v["status"]] += 1
     counts["regressions"] = sum(bool(v["regressions"]) for v in variants)
@@ -127,8 +128,8 @@ def gather_reports(report_dirs: list[Path], out: Path) -> dict:
     reports, missing = [], []
     for folder in report_dirs:
         try:
-            reports.append(json.loads((folder / "report.json").read_text()))
-        except (OSError, ValueError) as exc:
+            reports.append(_checked(json.loads((folder / "report.json").read_text())))
+        except (OSError, ValueError) as exc:  # ZooError is a ValueError
             missing.append(f"{folder}: {type(exc).__name__}: {exc}")
     if not reports:
         raise ZooError("no report to gather: " + "; ".join(missing or ["no report folders given"]))
@@ -140,6 +141,54 @@ def gather_reports(report_dirs: list[Path], out: Path) -> dict:
         "missing": missing,
     }
     return _write(out, data)
+
+
+NUMBER = (int, float)
+# What a job's report.json must hold, with the types `markdown_report` reads: a report from another
+# version, or edited by hand, is named and left out rather than met as a KeyError halfway through.
+REPORT_FIELDS = {"started": str, "updated": str, "target": str, "variants": list}
+VARIANT_FIELDS = {
+    "variant": str,
+    "status": str,
+    "reason": str,
+    "seconds": NUMBER,
+    "url": (str, type(None)),
+    "achieved_cr": (*NUMBER, type(None)),
+    "regressions": list,
+    "broken": bool,
+    "changes": list,
+    "verification_reason": str,
+}
+CHANGE_FIELDS = {
+    "task": str,
+    "metric": str,
+    "previous": NUMBER,
+    "current": NUMBER,
+    "relative_change": NUMBER,
+    "regression": bool,
+}
+
+
+def _checked(data: object) -> dict:
+    """A job's report as read, once its fields have the types a report is written with."""
+    _check_fields(data, REPORT_FIELDS, "report.json")
+    for n, variant in enumerate(data["variants"], 1):
+        _check_fields(variant, VARIANT_FIELDS, f"variant #{n}")
+        if variant["status"] not in STATUSES:
+            raise ZooError(f"variant #{n}: status {variant['status']!r} is not one a nightly run writes")
+        for change in variant["changes"]:
+            _check_fields(change, CHANGE_FIELDS, f"variant #{n}'s changes")
+    return data
+
+
+def _check_fields(data: object, types: dict[str, type | tuple], what: str) -> None:
+    if not isinstance(data, dict):
+        raise ZooError(f"{what} is {type(data).__name__}, not an object")
+    for key, kind in types.items():
+        if key not in data:
+            raise ZooError(f"{what} lacks {key!r}")
+        if not isinstance(data[key], kind) or (isinstance(data[key], bool) and kind is not bool):
+            raise ZooError(f"{what}: {key} is {data[key]!r}, of the wrong type")
 
 
 def markdown_report(data: dict) -> str:

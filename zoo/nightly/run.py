@@ -21,7 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from zoo.compression.config import CompressionConfig
-from zoo.errors import ZooError
+from zoo.errors import UserError, ZooError
+from zoo.files import check_writable, exclusive
 from zoo.nightly.manifest import CONFIG_KEYS, Variant, by_model
 from zoo.nightly.report import Outcome, compare, write_report
 from zoo.pipeline import EVAL_SETTINGS, CompressRequest, Prepared, compress_variant, evaluate, fingerprint, prepare
@@ -61,6 +62,7 @@ def run_nightly(variants: list[Variant], publisher: Publisher, workdir: Path, re
     """Every variant through run_each; the report is rewritten after each variant, so a killed run
     leaves an accurate partial one."""
     publisher.check([v.name for v in variants])
+    check_writable(report_dir / "report.json")
     outcomes = {v.name: Outcome(v.name, v.entry["model"], v.cr, v.kind) for v in variants}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -75,13 +77,24 @@ def run_nightly(variants: list[Variant], publisher: Publisher, workdir: Path, re
         log.warning("nightly: %s %s %s", v.name, outcomes[v.name].status, outcomes[v.name].reason)
         write_report(list(outcomes.values()), report_dir, publisher, started)
 
-    run_each(variants, attempt, lambda v, exc: _fail(outcomes[v.name], exc), finished)
+    with publisher.lock(), exclusive(workdir / ".lock", f"nightly work folder {workdir}"):
+        run_each(variants, attempt, lambda v, exc: _fail(outcomes[v.name], exc), finished)
     return list(outcomes.values())
 
 
 def _fail(outcome: Outcome, exc: Exception) -> None:
     outcome.status, outcome.reason = "failed", f"{type(exc).__name__}: {exc}"
-    log.error("nightly: %s failed\n%s", outcome.variant, traceback.format_exc())
+    log_failure(f"nightly: {outcome.variant} failed", exc)
+
+
+def log_failure(what: str, exc: Exception) -> None:
+    """One line for an error the user can fix from its message (its traceback only with -v), so a
+    plan of many bad entries stays readable; the whole traceback for anything else (a bug)."""
+    if isinstance(exc, UserError):
+        log.error("%s: %s", what, exc)
+        log.info("%s", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    else:
+        log.error("%s", what, exc_info=exc)
 
 
 class ModelContext:

@@ -13,13 +13,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from zoo.errors import ZooError
-from zoo.files import recover, recover_all, staged_dir, write_text
+from zoo.files import check_writable, exclusive, recover, recover_all, staged_dir, write_text
 from zoo.format.checks import check_files
 from zoo.publish.card import card_repo_id, read_scored, write_card
 from zoo.publish.scorecard import SCORECARD, Scorecard
@@ -76,6 +76,9 @@ class Publisher(Protocol):
     def mark(self, variant: str, verification: Verification) -> None:
         """Store the verdict on the published variant beside its scorecard."""
 
+    def lock(self) -> AbstractContextManager:
+        """Held while this process writes here: another run writing the same place is refused."""
+
 
 def check_folder(folder: Path) -> Scorecard:
     """A folder is publishable when it is a scored compressed checkpoint whose files hold what its
@@ -129,18 +132,29 @@ class LocalRegistry:
 
     def check(self, variants: list[str]) -> None:
         check_names(self.organization, variants, "repository")
-        self.root.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.root, os.W_OK):
-            raise ZooError(f"local registry {self.root} is not writable")
+        check_writable(self.root / self.organization)
+        for variant in variants:
+            check_writable(self._dir(variant))
+        with self.lock():  # another run writing it now: said before any work
+            pass
+
+    def lock(self) -> AbstractContextManager:
+        return exclusive(self.root / ".lock", repr(self))
 
     def _dir(self, variant: str) -> Path:
-        return self.root / self.organization / variant
+        """The variant's folder; every access goes through here, so a name that would leave the
+        registry (`..`, an absolute path, a symbolic link to elsewhere) is refused once for all."""
+        check_names(self.organization, [variant], "repository")
+        folder = self.root / self.organization / variant
+        if not folder.resolve().is_relative_to(self.root.resolve()):
+            raise ZooError(f"{folder} is a symbolic link to {folder.resolve()}, outside {self}: refused")
+        return folder
 
     def publish(self, folder: Path, variant: str) -> PublishedVariant:
         """Copy under a temporary name, then swap it in: readers see the old variant or the new one."""
         check_folder(folder)
         self.check([variant])
-        with staged_dir(self._dir(variant)) as tmp:
+        with self.lock(), staged_dir(self._dir(variant)) as tmp:
             _copy_with_card(folder, tmp, f"{self.organization}/{variant}")
         found = self.get(variant)
         if found is None:
@@ -166,10 +180,13 @@ class LocalRegistry:
     def mark(self, variant: str, verification: Verification) -> None:
         if self.get(variant) is None:
             raise ZooError(f"{self} holds no variant {variant!r} to mark")
-        write_text(self._dir(variant) / VERIFICATION, verification.to_json())
+        with self.lock():
+            write_text(self._dir(variant) / VERIFICATION, verification.to_json())
 
     def published(self) -> list[PublishedVariant]:
         """Every readable variant; one with a corrupt scorecard is skipped with a warning naming it."""
+        if not self.root.is_dir():
+            raise ZooError(f"there is no {self}: check the path, or publish a variant there first")
         root = self.root / self.organization
         if not root.is_dir():
             return []
@@ -212,6 +229,9 @@ class HubPublisher:
     @property
     def target(self) -> str:
         return f"hub:{self.organization}"
+
+    def lock(self) -> AbstractContextManager:
+        return nullcontext()  # each Hub commit is atomic; two runs' commits follow one another
 
     def check(self, variants: list[str]) -> None:
         from huggingface_hub import get_token
@@ -312,11 +332,15 @@ class HubPublisher:
             _copy_with_card(folder, Path(tmp) / folder.name, repo_id, link=True)
             yield Path(tmp) / folder.name
 
+    def _repo_id(self, variant: str) -> str:
+        check_names(self.organization, [variant], "Hub repository")
+        return f"{self.organization}/{variant}"
+
     def get(self, variant: str) -> PublishedVariant | None:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
-        repo_id = f"{self.organization}/{variant}"
+        repo_id = self._repo_id(variant)
         try:
             path = self._retry(hf_hub_download, f"read {repo_id}", repo_id, SCORECARD, endpoint=self.api.endpoint)
         except (EntryNotFoundError, RepositoryNotFoundError):
@@ -333,12 +357,12 @@ class HubPublisher:
     def download(self, variant: str, into: Path) -> Path:
         from huggingface_hub import snapshot_download
 
-        repo_id = f"{self.organization}/{variant}"
+        repo_id = self._repo_id(variant)
         self._retry(snapshot_download, f"download {repo_id}", repo_id, local_dir=into, endpoint=self.api.endpoint)
         return into
 
     def mark(self, variant: str, verification: Verification) -> None:
-        repo_id = f"{self.organization}/{variant}"
+        repo_id = self._repo_id(variant)
         self._retry(
             self.api.upload_file,
             f"mark {repo_id}",

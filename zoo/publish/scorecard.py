@@ -31,6 +31,26 @@ SCORECARD = "scorecard.json"  # its file name in a checkpoint and a published re
 LOWER_IS_BETTER = frozenset(
     {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "nll", "loss", "wer", "cer"}
 )
+# The range of each number a scorecard holds: a value outside it, such as a CR of 1e300, comes
+# from a corrupt or forged file and is never shown as a result. Those in OPTIONAL_NUMBERS may be None.
+RANGES = {
+    "target_cr": (0.0, 1.0),
+    "achieved_cr": (-1.0, 1.0),
+    "compression_seconds": (0.0, 1e9),
+    "peak_memory_mb": (0.0, 1e9),
+    "file_bytes": (0, 1e15),
+    "base_bytes": (0, 1e15),
+    "eval_limit": (1, 1e12),
+    "heal": (0, 1e9),
+}
+OPTIONAL_NUMBERS = ("file_bytes", "base_bytes", "eval_limit")
+METRIC_LIMIT = 1e12  # no metric (an accuracy, a WER, a perplexity) comes near it in magnitude
+
+
+def check_number(label: str, value: object, lo: float, hi: float) -> None:
+    """`value` is a finite number in [lo, hi]; a bool or a string is not."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ZooError(f"{label} {value!r} is not a number in [{lo:g}, {hi:g}]")
 
 
 def schema() -> dict:
@@ -69,10 +89,10 @@ class MetricResult:
             value = getattr(self, label)
             if value is None and label.endswith(STDERR):
                 continue
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not abs(value) <= METRIC_LIMIT:
                 raise ZooError(
                     f"metric {self.name!r} of task {self.task!r}: the {label} model scored {value!r}, "
-                    "not a finite number; a scorecard cannot hold it"
+                    f"not a finite number within ±{METRIC_LIMIT:g}; a scorecard cannot hold it"
                 )
 
     @property
@@ -129,6 +149,10 @@ class Scorecard:
             raise ZooError(f"scorecard allocation must be 'static' or 'dynamic', got {self.allocation!r}")
         if self.modality not in MODALITIES:
             raise ZooError(f"scorecard modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
+        for label, (lo, hi) in RANGES.items():
+            value = getattr(self, label)
+            if value is not None or label not in OPTIONAL_NUMBERS:
+                check_number(label, value, lo, hi)
 
     @property
     def stand_ins(self) -> list[MetricResult]:

@@ -21,8 +21,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 from matplotlib.figure import Figure
 
+from zoo.errors import ZooError
 from zoo.evaluators.provenance import STAND_IN
-from zoo.files import check_replaceable, staged_dir
+from zoo.files import check_replaceable, check_writable, staged_dir
 from zoo.methods import display_name
 from zoo.publish.publishers import PublishedVariant
 from zoo.publish.scorecard import MetricResult, Scorecard
@@ -210,6 +211,9 @@ def render_site(variants: Sequence[PublishedVariant], out_dir: Path, title: str 
     """
     out_dir = Path(out_dir)
     check_replaceable(out_dir, SITE_MARKER, "a site rendered by `zoo site`")
+    check_writable(out_dir)
+    if not variants and (out_dir / SITE_MARKER).is_file():  # e.g. every scorecard unreadable
+        raise ZooError(f"no readable published variant: the site in {out_dir} is kept, not replaced by an empty one")
     groups = group_by_model(variants)
     with staged_dir(out_dir) as tmp:
         (tmp / SITE_MARKER).write_text("rendered by compot-zoo's `zoo site`; replaced on every run\n")

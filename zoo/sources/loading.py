@@ -5,6 +5,7 @@ Shared by every adapter, so the order and the error a user sees are the same for
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,11 +70,11 @@ def load_model(  # noqa: PLR0913 - the catalogue entry, the adapter's classes an
                 return LoadedModel(skeleton, None, label, revision, dtype=saved)
             model = model_class.from_pretrained(source, revision=revision, dtype=computed).eval()
             processor = processor_class.from_pretrained(source, revision=revision)
-        except (OSError, ValueError, SafetensorError) as exc:  # missing or corrupt files, JSON errors
-            if not Path(source).is_dir():
+        except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as exc:
+            error = _load_error(source, exc)
+            if error is None:
                 raise
-            lines = str(exc).strip().splitlines()
-            raise ZooError(f"cannot load a model from {source}: {lines[0] if lines else type(exc).__name__}") from exc
+            raise error from exc
         check(model)
         if Path(source).is_dir():  # local or packaged: what the files hold is the revision
             revision = folder_digest(Path(source))
@@ -95,3 +96,18 @@ def load_model(  # noqa: PLR0913 - the catalogue entry, the adapter's classes an
         return loaded
     reason = "; ".join(errors) or "the Hub is unreachable (HF_HUB_OFFLINE or no network) and no packaged copy exists"
     raise ZooError(f"cannot load {spec.name}: {reason}")
+
+
+def _load_error(source: str, exc: Exception) -> ZooError | None:
+    """The one-line error for a model `source` that would not load: missing or corrupt files, JSON
+    errors, or a pickle torch's weights-only loader refused (it holds more than tensors). None for a
+    Hub id's own error, which the caller reports with the next source it tries."""
+    if isinstance(exc, pickle.UnpicklingError):
+        return ZooError(
+            f"cannot load a model from {source}: its weights are a pickle holding more than tensors, refused "
+            "without running it; save them as safetensors"
+        )
+    if not Path(source).is_dir():
+        return None
+    lines = str(exc).strip().splitlines()
+    return ZooError(f"cannot load a model from {source}: {lines[0] if lines else type(exc).__name__}")
