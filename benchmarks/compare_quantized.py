@@ -20,6 +20,7 @@ import copy
 import dataclasses
 from pathlib import Path
 
+from zoo import methods
 from zoo.compression.config import CompressionConfig
 from zoo.evaluators.generation import split_answers
 from zoo.pipeline import CompressRequest, compress_variant, evaluate, prepare
@@ -30,13 +31,12 @@ def variant_config(spec: str, group_size: int, iters: int, sequential: bool = Fa
     first, *rest = spec.split("+")
     heal = next((int(part.removeprefix("heal")) for part in rest if part.startswith("heal")), 0)
     quantize = next((part for part in rest if part.startswith("gptq")), None)
-    common = dict(quantize_group_size=group_size, sequential=sequential, heal=heal)
+    common = dict(sequential=sequential, heal=heal)
     if "@" not in first:
-        return CompressionConfig(method="gptq", quantize=first, **common)
+        return CompressionConfig(method="gptq", quantize=first, quantize_group_size=group_size, **common)
     method, cr = first.split("@")
-    return CompressionConfig(
-        cr=float(cr), method=method, static=method == "svd-llm", iters=iters, quantize=quantize, **common
-    )
+    grid = {"quantize": quantize, "quantize_group_size": group_size} if quantize else {}
+    return CompressionConfig(cr=float(cr), method=method, static=methods.get(method).static, iters=iters, **grid, **common)
 
 
 def main() -> None:
