@@ -36,7 +36,9 @@ def variant_config(spec: str, group_size: int, iters: int, sequential: bool = Fa
         return CompressionConfig(method="gptq", quantize=first, quantize_group_size=group_size, **common)
     method, cr = first.split("@")
     grid = {"quantize": quantize, "quantize_group_size": group_size} if quantize else {}
-    return CompressionConfig(cr=float(cr), method=method, static=methods.get(method).static, iters=iters, **grid, **common)
+    return CompressionConfig(
+        cr=float(cr), method=method, static=methods.get(method).static, iters=iters, **grid, **common
+    )
 
 
 def main() -> None:
