@@ -170,9 +170,8 @@ def compress_model(
                     del outputs
                     names = {f"{prefix}.{name}": (name, stats[group[0]]) for group in stack.groups for name in group}
                     healing = Healing(prefix, streams.student, streams.teacher, runs_on) if config.heal else None
-                    block_records = _compress_block(
-                        block, work, names, targets, crs, config, storage_dtype, bar, healing
-                    )
+                    job = BlockJob(work, names, targets, crs, config, storage_dtype, healing)
+                    block_records = _compress_block(block, job, bar)
                     if store is not None:
                         layers = {r.name: model.get_submodule(r.name) for r in block_records if r.method != "dense"}
                         store.save(prefix, block_records, layers)
@@ -225,24 +224,55 @@ def _check_finite(prefix: str, stats: dict[str, GramStat], batches: int) -> None
         log.warning(message)
 
 
-def _compress_block(
-    block: nn.Module,
-    work: nn.Module,
-    names: dict[str, tuple[str, GramStat]],
-    targets: dict[str, nn.Linear],
-    crs: dict[str, float],
-    config: CompressionConfig,
-    storage_dtype: torch.dtype,
-    bar: tqdm,
-    healing: Healing | None = None,
-) -> list[LayerRecord]:
+@dataclasses.dataclass(frozen=True)
+class BlockJob:
+    """One block's compression: its float32 working copy, its projections (qualified name -> name
+    in the block and its Gram), the model's linears they replace, their CRs, and the run's settings."""
+
+    work: nn.Module
+    names: dict[str, tuple[str, GramStat]]
+    targets: dict[str, nn.Linear]
+    crs: dict[str, float]
+    config: CompressionConfig
+    storage_dtype: torch.dtype
+    healing: Healing | None = None
+
+    def weight(self, full: str) -> torch.Tensor:
+        return self.work.get_submodule(self.names[full][0]).weight.detach()
+
+
+def _compress_block(block: nn.Module, job: BlockJob, bar: tqdm) -> list[LayerRecord]:
     """Factorize a block's projections side by side from its working copy, heal them together
-    (`healing`), then swap each into the block itself, where it lives, unless it stays dense."""
-    jobs = {
-        full: (work.get_submodule(name).weight.detach(), stat.gram, crs[full])
-        for full, (name, stat) in names.items()
-        if crs[full] != 0.0
-    }
+    (`job.healing`), then swap each into the block itself, where it lives, unless it stays dense."""
+    factors = _factorized(job, bar)
+    if job.healing is not None:
+        factors = _healed(job, factors)
+    if job.config.quantize is None:
+        built = {full: _built(job, factors.get(full), full) for full in job.names}
+    else:  # GPTQ's column loop is many small tensor ops: one thread each, matrices side by side
+        workers = min(torch.get_num_threads(), len(job.names)) if work_device(job.work).type == "cpu" else 1
+        with intra_op_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="gptq") as pool:
+            built = dict(
+                zip(job.names, pool.map(lambda full: _built(job, factors.get(full), full), job.names), strict=True)
+            )
+    records = []
+    for full, (name, _) in job.names.items():
+        f, linear = factors.get(full), job.targets[full]
+        if built[full] is None:
+            records.append(_record(job, full, None, None, f.reason if f else "allocation kept it dense"))
+            continue
+        layer, error = built[full]
+        block.set_submodule(name, layer.to(linear.weight.device))
+        records.append(_record(job, full, f, layer, error=error))
+    return records
+
+
+def _factorized(job: BlockJob, bar: tqdm) -> dict[str, Factorization]:
+    """The block's matrices factorized at their CRs (those allocation keeps dense left out), each in
+    the method's form or, with mixed forms, an alternative's where that fits better."""
+    config = job.config
+    jobs = {full: (job.weight(full), stat.gram, job.crs[full]) for full, (_, stat) in job.names.items()}
+    jobs = {full: item for full, item in jobs.items() if item[2] != 0.0}
     factors = factorize_many(
         jobs,
         method=config.method,
@@ -254,51 +284,28 @@ def _compress_block(
     if config.forms == "mixed":
         for alternative in method_named(config.method).alternatives:
             factors = _better_form(factors, factorize_many(jobs, method=alternative))
-    bar.update(len(names) - len(jobs))
-    if healing is not None:
-        factors = _healed(work, names, factors, healing, config)
+    bar.update(len(job.names) - len(jobs))
+    return factors
 
-    def build(full: str) -> tuple[CompotLinear | QuantLinear, float] | None:
-        """The layer that replaces `full` and its calibration-weighted error; None: it stays as it is."""
-        name, stat = names[full]
-        linear, f = targets[full], factors.get(full)
-        weight = work.get_submodule(name).weight.detach()
-        if f is None or f.is_dense:
-            if config.quantize is None:
-                return None
-            quantized, approx = gptq(
-                weight, stat.gram, config.bits, config.quantize_group_size, scale_dtype=storage_dtype, name=full
-            )
-            return QuantLinear.from_quantized(quantized, linear.bias), relative_error(weight, approx, stat.gram)
+
+def _built(job: BlockJob, f: Factorization | None, full: str) -> tuple[CompotLinear | QuantLinear, float] | None:
+    """The layer that replaces `full` and its calibration-weighted error; None: it stays as it is."""
+    config, linear, gram = job.config, job.targets[full], job.names[full][1].gram
+    weight = job.weight(full)
+    if f is None or f.is_dense:
         if config.quantize is None:
-            return CompotLinear.from_factorization(f, linear.bias, storage_dtype), f.relative_error
-        # GPTQ approximates the matrix the factors stand for: the weight, or what healing made of it
-        fitted = weight if healing is None else f.reconstruct()
-        q = quantize_factors(f, fitted, stat.gram, config.bits, config.quantize_group_size, storage_dtype, full)
-        return CompotLinear.from_factorization(f, linear.bias, storage_dtype, q), relative_error(
-            weight, q.approx, stat.gram
+            return None
+        quantized, approx = gptq(
+            weight, gram, config.bits, config.quantize_group_size, scale_dtype=job.storage_dtype, name=full
         )
-
+        return QuantLinear.from_quantized(quantized, linear.bias), relative_error(weight, approx, gram)
     if config.quantize is None:
-        built = {full: build(full) for full in names}
-    else:  # GPTQ's column loop is many small tensor ops: one thread each, matrices side by side
-        workers = min(torch.get_num_threads(), len(names)) if work_device(work).type == "cpu" else 1
-        with intra_op_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="gptq") as pool:
-            built = dict(zip(names, pool.map(build, names), strict=True))
-    records = []
-    for full, (name, stat) in names.items():
-        linear, f = targets[full], factors.get(full)
-        if built[full] is None:
-            records.append(
-                _record(full, linear, stat, crs[full], None, None, f.reason if f else "allocation kept it dense")
-            )
-            continue
-        layer, error = built[full]
-        block.set_submodule(name, layer.to(linear.weight.device))
-        records.append(
-            _record(full, linear, stat, crs[full], f, layer, error=error, group_size=config.quantize_group_size)
-        )
-    return records
+        return CompotLinear.from_factorization(f, linear.bias, job.storage_dtype), f.relative_error
+    # GPTQ approximates the matrix the factors stand for: the weight, or what healing made of it
+    fitted = weight if job.healing is None else f.reconstruct()
+    q = quantize_factors(f, fitted, gram, config.bits, config.quantize_group_size, job.storage_dtype, full)
+    layer = CompotLinear.from_factorization(f, linear.bias, job.storage_dtype, q)
+    return layer, relative_error(weight, q.approx, gram)
 
 
 def _better_form(factors: dict[str, Factorization], other: dict[str, Factorization]) -> dict[str, Factorization]:
@@ -313,34 +320,28 @@ def _better_form(factors: dict[str, Factorization], other: dict[str, Factorizati
     return {name: other[name] if name in better else f for name, f in factors.items()}
 
 
-def _healed(
-    work: nn.Module,
-    names: dict[str, tuple[str, GramStat]],
-    factors: dict[str, Factorization],
-    healing: Healing,
-    config: CompressionConfig,
-) -> dict[str, Factorization]:
+def _healed(job: BlockJob, factors: dict[str, Factorization]) -> dict[str, Factorization]:
     """The block's factors after healing, each with its calibration-weighted error appended to its
     objective (healing fits the block's outputs, so a matrix's own error may rise)."""
-    local = {names[full][0]: f for full, f in factors.items() if not f.is_dense}
+    healing, config = job.healing, job.config
+    local = {job.names[full][0]: f for full, f in factors.items() if not f.is_dense}
     seed = int.from_bytes(hashlib.sha256(healing.prefix.encode()).digest()[:4], "little")
     healed = heal_block(
-        work,
+        job.work,
         local,
         healing.inputs,
         healing.targets,
-        config.heal,
-        config.heal_lr,
+        steps=config.heal,
+        lr=config.heal_lr,
         seed=seed,
         device=healing.runs_on,
         desc=f"heal {healing.prefix}",
     )
     result = dict(factors)
-    for full, (name, stat) in names.items():
+    for full, (name, stat) in job.names.items():
         if name in healed:
             f = healed[name]
-            weight = work.get_submodule(name).weight.detach()
-            error = relative_error(weight, f.reconstruct(), stat.gram) * f.whitened_norm_sq
+            error = relative_error(job.weight(full), f.reconstruct(), stat.gram) * f.whitened_norm_sq
             result[full] = dataclasses.replace(f, objective=[*f.objective, error])
     return result
 
@@ -356,19 +357,18 @@ def work_device(module: nn.Module) -> torch.device:
 
 
 def _record(
-    name: str,
-    linear: nn.Linear,
-    stat: GramStat,
-    target_cr: float,
+    job: BlockJob,
+    full: str,
     f: Factorization | None,
     layer: CompotLinear | QuantLinear | None,
     note: str = "",
     error: float = 0.0,
-    group_size: int = 0,
 ) -> LayerRecord:
+    linear, stat, target_cr = job.targets[full], job.names[full][1], job.crs[full]
+    group_size = job.config.quantize_group_size
     weight = linear.weight
     common = dict(
-        name=name,
+        name=full,
         shape=tuple(weight.shape),
         target_cr=target_cr,
         gram_tokens=stat.tokens,

@@ -49,7 +49,7 @@ class HealedLinear(nn.Module):
         )
 
 
-def heal_block(
+def heal_block(  # noqa: PLR0913 (the block, its factors, both activation streams and Adam's settings)
     block: nn.Module,
     factors: dict[str, Factorization],
     inputs: list[BlockInput],
