@@ -24,12 +24,12 @@ def factorized(monkeypatch):
     calls: list[str] = []
     real = apply._compress_block
 
-    def counting(block, work, names, *args):
-        prefix = next(iter(names)).rsplit(".", 2)[0]
+    def counting(block, job, bar):
+        prefix = next(iter(job.names)).rsplit(".", 2)[0]
         if prefix == counting.fail_at:
             raise KeyboardInterrupt  # as a kill would, after the earlier blocks were kept
         calls.append(prefix)
-        return real(block, work, names, *args)
+        return real(block, job, bar)
 
     counting.fail_at = None
     counting.calls = calls

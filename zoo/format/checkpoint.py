@@ -44,23 +44,84 @@ def compot_layers(model: nn.Module) -> dict[str, CompotLinear | QuantLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, COMPRESSED)}
 
 
-def layer_spec(layer: CompotLinear | QuantLinear) -> dict:
-    """What a loader needs to rebuild one compressed layer's empty shell (bits 16: not quantized)."""
-    return {
-        "in_features": layer.in_features,
-        "out_features": layer.out_features,
-        "k": layer.k,
-        "s": layer.s,
-        "method": layer.method,
-        "bias": layer.bias is not None,
-        "storage_dtype": str(layer.storage_dtype).removeprefix("torch."),
-        "bits": layer.bits,
-        "group_size": layer.group_size,
-    }
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LayerSpec:
+    """One compressed layer as config.json's layer table names it: what a loader needs to build its
+    empty shell. bits 16: not quantized (checkpoints written before quantization lack both keys)."""
+
+    in_features: int
+    out_features: int
+    k: int
+    s: int
+    method: str
+    bias: bool
+    storage_dtype: str
+    bits: int = 16
+    group_size: int = 0
+
+    @classmethod
+    def of(cls, layer: CompotLinear | QuantLinear) -> LayerSpec:
+        return cls(
+            in_features=layer.in_features,
+            out_features=layer.out_features,
+            k=layer.k,
+            s=layer.s,
+            method=layer.method,
+            bias=layer.bias is not None,
+            storage_dtype=str(layer.storage_dtype).removeprefix("torch."),
+            bits=layer.bits,
+            group_size=layer.group_size,
+        )
+
+    @classmethod
+    def read(cls, name: str, entry: object) -> LayerSpec:
+        """The spec a layer table's entry holds, each field checked: a checkpoint's metadata is input."""
+        fields = dataclasses.fields(cls)
+        given = entry if isinstance(entry, dict) else {}
+        bad = [
+            f"{f.name} ({f.type})"
+            for f in fields
+            if (f.name in given or f.default is dataclasses.MISSING) and not _typed(given.get(f.name), f.type)
+        ]
+        if bad:
+            raise ZooError(f"compressed layer {name}: quantization_config entry lacks or mistypes {', '.join(bad)}")
+        return cls(**{f.name: given[f.name] for f in fields if f.name in given})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def shell(self, name: str, device: torch.device, bias_dtype: torch.dtype) -> CompotLinear | QuantLinear:
+        """The empty layer this spec describes; `name` goes in the message."""
+        storage_dtype = getattr(torch, self.storage_dtype, None)
+        if not isinstance(storage_dtype, torch.dtype):
+            raise ZooError(f"compressed layer {name}: unknown storage dtype {self.storage_dtype!r}")
+        common = {"storage_dtype": storage_dtype, "device": device, "bias_dtype": bias_dtype}
+        try:
+            if not methods.get(self.method).factorizes:
+                return QuantLinear(self.in_features, self.out_features, self.bits, self.group_size, self.bias, **common)
+            return CompotLinear(
+                self.in_features,
+                self.out_features,
+                self.k,
+                self.s,
+                self.method,
+                self.bias,
+                bits=self.bits,
+                group_size=self.group_size,
+                **common,
+            )
+        except ZooError as exc:
+            raise ZooError(f"compressed layer {name}: {exc}") from exc
+
+
+def _typed(value: object, kind: str) -> bool:
+    """`value` is of the annotated type (a bool is no int)."""
+    expected = {"int": int, "bool": bool, "str": str}[kind]
+    return isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
 
 
 def layer_table(model: nn.Module) -> dict[str, dict]:
-    return {name: layer_spec(m) for name, m in compot_layers(model).items()}
+    return {name: LayerSpec.of(m).to_dict() for name, m in compot_layers(model).items()}
 
 
 def _saved_tensors(model: nn.Module, dtype: str | None) -> dict[str, tuple[torch.Tensor, torch.dtype]]:
@@ -145,18 +206,6 @@ def check_target(out_dir: Path, overwrite: bool) -> None:
     check_writable(out_dir)
 
 
-LAYER_SPEC = {
-    "in_features": int,
-    "out_features": int,
-    "k": int,
-    "s": int,
-    "method": str,
-    "bias": bool,
-    "storage_dtype": str,
-}
-QUANT_SPEC = {"bits": 16, "group_size": 0}  # optional: checkpoints written before quantization lack them
-
-
 def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
     """Replace each named nn.Linear by an empty CompotLinear of the recorded shape, on its device.
 
@@ -164,20 +213,8 @@ def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
     metadata is input, and a wrong k must not try to allocate terabytes."""
     if not isinstance(layers, dict) or not layers:
         raise ZooError("quantization_config.layers must name at least one compressed layer")
-    for name, spec in layers.items():
-        kinds = LAYER_SPEC | {key: int for key in QUANT_SPEC if isinstance(spec, dict) and key in spec}
-        bad = [
-            key
-            for key, kind in kinds.items()
-            if not isinstance(spec, dict)
-            or not isinstance(spec.get(key), kind)
-            or (kind is int and isinstance(spec.get(key), bool))
-        ]
-        if bad:
-            raise ZooError(
-                f"compressed layer {name}: quantization_config entry lacks or mistypes "
-                f"{', '.join(f'{k} ({kinds[k].__name__})' for k in bad)}"
-            )
+    for name, entry in layers.items():
+        spec = LayerSpec.read(name, entry)
         try:
             old = model.get_submodule(name)
         except AttributeError as exc:
@@ -187,47 +224,12 @@ def swap_in_shells(model: nn.Module, layers: dict[str, dict]) -> None:
                 f"compressed layer {name} replaces an nn.Linear, but {type(model).__name__} "
                 f"has a {type(old).__name__} there"
             )
-        if (old.in_features, old.out_features) != (spec["in_features"], spec["out_features"]):
+        if (old.in_features, old.out_features) != (spec.in_features, spec.out_features):
             raise ZooError(
-                f"compressed layer {name} is {spec['out_features']}x{spec['in_features']}, "
+                f"compressed layer {name} is {spec.out_features}x{spec.in_features}, "
                 f"but the architecture's linear is {old.out_features}x{old.in_features}"
             )
-        model.set_submodule(name, shell_from_spec(name, spec, old.weight.device, old.weight.dtype))
-
-
-def shell_from_spec(name: str, spec: dict, device: torch.device, bias_dtype: torch.dtype) -> CompotLinear | QuantLinear:
-    """The empty layer a `layer_spec` entry describes; `name` goes in the message."""
-    storage_dtype = getattr(torch, spec["storage_dtype"], None)
-    if not isinstance(storage_dtype, torch.dtype):
-        raise ZooError(f"compressed layer {name}: unknown storage dtype {spec['storage_dtype']!r}")
-    bits, group_size = (spec.get(key, default) for key, default in QUANT_SPEC.items())
-    try:
-        if not methods.get(spec["method"]).factorizes:
-            return QuantLinear(
-                spec["in_features"],
-                spec["out_features"],
-                bits,
-                group_size,
-                spec["bias"],
-                storage_dtype,
-                device=device,
-                bias_dtype=bias_dtype,
-            )
-        return CompotLinear(
-            spec["in_features"],
-            spec["out_features"],
-            spec["k"],
-            spec["s"],
-            spec["method"],
-            spec["bias"],
-            storage_dtype,
-            device=device,
-            bias_dtype=bias_dtype,
-            bits=bits,
-            group_size=group_size,
-        )
-    except ZooError as exc:
-        raise ZooError(f"compressed layer {name}: {exc}") from exc
+        model.set_submodule(name, spec.shell(name, old.weight.device, old.weight.dtype))
 
 
 def check_factors(model: nn.Module, source: Path) -> None:

@@ -25,7 +25,7 @@ from zoo.compression.report import LayerRecord
 from zoo.digest import json_digest
 from zoo.errors import ZooError
 from zoo.files import write_file, write_text
-from zoo.format.checkpoint import layer_spec, shell_from_spec
+from zoo.format.checkpoint import LayerSpec
 
 log = logging.getLogger(__name__)
 FINGERPRINT = "fingerprint.txt"
@@ -75,8 +75,9 @@ class BlockProgress:
                     return None
                 records = [LayerRecord.from_dict(r) for r in json.loads(meta["records"])]
                 layers = {}
-                for name, spec in json.loads(meta["layers"]).items():
-                    layer = shell_from_spec(name, spec, torch.device("cpu"), getattr(torch, spec["bias_dtype"]))
+                for name, entry in json.loads(meta["layers"]).items():
+                    bias_dtype = getattr(torch, entry.pop("bias_dtype"))
+                    layer = LayerSpec.read(name, entry).shell(name, torch.device("cpu"), bias_dtype)
                     state = {key: f.get_tensor(f"{name}.{key}") for key in layer.state_dict()}
                     layer.load_state_dict(state, assign=True)
                     layers[name] = layer
@@ -89,7 +90,7 @@ class BlockProgress:
         for name, layer in layers.items():
             tensors |= {f"{name}.{key}": t.contiguous().cpu() for key, t in layer.state_dict().items()}
             bias_dtype = layer.bias.dtype if layer.bias is not None else layer.storage_dtype
-            specs[name] = {**layer_spec(layer), "bias_dtype": str(bias_dtype).removeprefix("torch.")}
+            specs[name] = {**LayerSpec.of(layer).to_dict(), "bias_dtype": str(bias_dtype).removeprefix("torch.")}
         metadata = {
             "records": json.dumps([r.to_dict() for r in records]),
             "layers": json.dumps(specs),
