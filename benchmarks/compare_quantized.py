@@ -2,7 +2,8 @@
 
 Loads and calibrates once, scores the base once, then compresses and saves a copy of the base
 per variant (exactly what `zoo compress ... --eval` writes, record and scorecard included) and
-prints one table: metrics, the bytes the target projections store, and the weights file's size:
+prints one table: metrics, the bytes the target projections store, and the size of each weights file
+as saved (the base's too, saved as its 16-bit checkpoint):
 
     .venv/bin/python -m benchmarks.compare_quantized --model smollm2-135m --group-size 64 \\
         --variants gptq-w3 svd-llm@0.25+gptq-w4 compot@0.32+gptq-w4
@@ -39,6 +40,23 @@ def variant_config(spec: str, group_size: int, iters: int, sequential: bool = Fa
     return CompressionConfig(
         cr=float(cr), method=method, static=methods.get(method).static, iters=iters, **grid, **common
     )
+
+
+def saved_base(model, into: Path) -> int:
+    """The size of model.safetensors of the base saved as the 16-bit checkpoint it is published as
+    (its own dtype when 16-bit, else bfloat16): measured from the file, header included, as the
+    variants' sizes are."""
+    import torch
+
+    dtype = model.dtype if model.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    state = {name: tensor.to(dtype) for name, tensor in model.state_dict().items()}
+    model.save_pretrained(into, state_dict=state)
+    return file_bytes(into)
+
+
+def file_bytes(folder: Path) -> int:
+    """The weights files' bytes as written (every shard)."""
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
 def main() -> None:
@@ -81,7 +99,8 @@ def main() -> None:
     print(f"| variant | {header} | projection bytes | file bytes | achieved CR | compress s (no scoring) |")
     print("|---" * (len(columns) + 5) + "|")
     values = " | ".join(f"{scores[t][m]:.4g}" for t, m in columns)
-    print(f"| 16-bit base | {values} | - | {prepared.base_bytes} | 0 | - |", flush=True)
+    base_file = saved_base(base_model, args.out / "16-bit-base")
+    print(f"| 16-bit base | {values} | - | {base_file} | - | - |", flush=True)
     for spec, config in configs.items():
         prepared.loaded = dataclasses.replace(loaded, model=copy.deepcopy(base_model))
         req = CompressRequest(
@@ -99,7 +118,7 @@ def main() -> None:
         projection = sum(r.stored_bits for r in record.layers) // 8
         scores = {(m.task, m.name): m.compressed for m in result.scorecard.metrics}
         values = " | ".join(f"{scores.get((t, m), float('nan')):.4g}" for t, m in columns)
-        sizes = f"{projection} | {record.file_bytes} | {record.achieved_cr:.4f}"
+        sizes = f"{projection} | {file_bytes(req.out_dir)} | {record.achieved_cr:.4f}"
         print(f"| {spec} | {values} | {sizes} | {record.compression_seconds:.0f} |", flush=True)
         print(f"  {record.command}", flush=True)
 

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from huggingface_hub import ModelCard
 
 import zoo
 from tests.conftest import TEXT, TINY_EVAL, TINY_RUN
-from tests.fake_hub import TOKEN, FakeHub
+from tests.fake_hub import GITATTRIBUTES, TOKEN, FakeHub, card_errors
 from tests.tiny_models import tiny_llama, tiny_tokenizer
 from zoo.cli import main
 from zoo.errors import ZooError
@@ -232,6 +233,7 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the fake speaks LFS, not Xet
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
@@ -244,18 +246,29 @@ def fake_hub(monkeypatch, tmp_path):
 
 def test_hub_publisher_uploads_through_huggingface_hub_and_retries(fake_hub, scored, caplog):
     publisher = HubPublisher("compot-zoo", backoff=0.0, allow_offline_scores=True)  # scored offline
-    publisher.check(["tiny-compot"])
-    fake_hub.fail_next = 1  # one transient 503: retried, not fatal
+    publisher.check(["tiny-compot"])  # creates the repository, before any work
+    assert fake_hub.repos["compot-zoo/tiny-compot"].keys() == {".gitattributes"}
+    fake_hub.fail("create", 503)  # one transient 503: retried, not fatal
     published = publisher.publish(scored, "tiny-compot")
     assert published.repo_id == "compot-zoo/tiny-compot"
-    stored = fake_hub.repos["compot-zoo/tiny-compot"]
+    stored = dict(fake_hub.repos["compot-zoo/tiny-compot"])
+    assert stored.pop(".gitattributes") == GITATTRIBUTES.encode()  # the Hub's, kept
     uploaded = {name: hashlib.sha256(data).hexdigest() for name, data in stored.items()}
     before = _files(scored)
-    assert uploaded.keys() == before.keys() and uploaded[SCORECARD] == before[SCORECARD]
+    assert uploaded.keys() == before.keys()
+    rewritten = {CARD, ALLOCATION_PLOT}  # naming the repository; every other file uploaded as it is
+    assert {k: v for k, v in uploaded.items() if k not in rewritten} == {
+        k: v for k, v in before.items() if k not in rewritten
+    }
+    # The binary files took the LFS path (batch, PUT, verify), the text ones went inline.
+    lfs = fake_hub.lfs_paths["compot-zoo/tiny-compot"]
+    assert {"model.safetensors", ALLOCATION_PLOT} <= lfs and not lfs & {SCORECARD, CARD, "config.json"}
+    assert sum(m == "PUT" and p.startswith("/lfs-storage/") for m, p in fake_hub.requests) == len(lfs)
     assert "compot-zoo/tiny-compot" in stored[CARD].decode()  # the uploaded card names its repository ...
     assert _files(scored) == before and not list(scored.parent.glob(".*upload*"))  # ... the source is untouched
-    assert sum(p == "/api/repos/create" for _, p in fake_hub.requests) == 2
-    assert any("model-index" in content for content in fake_hub.validated)  # the card's metadata was checked
+    assert sum(p == "/api/repos/create" for _, p in fake_hub.requests) == 3  # check, 503, exists (409)
+    assert stored[CARD].decode() in fake_hub.validated  # the card's metadata was checked ...
+    assert card_errors(stored[CARD].decode()) == []  # ... by the Hub's rules, and passed
     assert f"Bearer {TOKEN}" in fake_hub.authorizations  # the token travels only in the header ...
     assert TOKEN not in caplog.text and all(TOKEN.encode() not in data for data in stored.values())  # ... nowhere else
     found = publisher.get("tiny-compot")
@@ -315,14 +328,167 @@ def test_a_variant_published_to_the_hub_is_downloaded_verified_and_marked(fake_h
 
 
 def test_hub_publisher_check_rejects_a_bad_token_or_a_foreign_organisation(fake_hub, monkeypatch):
-    with pytest.raises(ZooError, match="cannot publish to 'someone-else'"):
+    with pytest.raises(ZooError, match="cannot publish to 'someone-else': no such organisation, or the user is not"):
         HubPublisher("someone-else").check(["x"])
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
-    with pytest.raises(ZooError, match=r"rejected the token \(HTTP 401\)") as info:
+    with pytest.raises(ZooError, match=r"HTTP 401 to check the token.*: the token is invalid or expired") as info:
         HubPublisher("compot-zoo", backoff=0.0).check(["x"])
     assert "hf_wrong" not in str(info.value)
     with pytest.raises(ZooError, match="invalid Hub repository name"):
         HubPublisher("compot-zoo").check(["a" * 200])
+    assert not any(p == "/api/repos/create" for _, p in fake_hub.requests)
+
+
+def _fine_grained(hub: FakeHub, *permissions: str) -> None:
+    hub.token_role = "fineGrained"
+    hub.scopes = [{"entity": {"type": "org", "name": "compot-zoo"}, "permissions": list(permissions)}]
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda hub: setattr(hub, "token_role", "read"), r"the token is read-only \(role read\)"),
+        (lambda hub: _fine_grained(hub, "repo.content.read"), "fine-grained token has no repo.write permission"),
+        (lambda hub: hub.orgs.update({"compot-zoo": "read"}), "has the read role in compot-zoo"),
+    ],
+    ids=["read-token", "fine-grained-read", "read-role-in-org"],
+)
+def test_pre_flight_refuses_a_token_that_cannot_write_to_the_organisation(fake_hub, setup, message):
+    """whoami says what the token may do; the pre-flight reads it as the Hub would judge a write."""
+    setup(fake_hub)
+    publisher = HubPublisher("compot-zoo", backoff=0.0)
+    with pytest.raises(ZooError, match=message) as info:
+        publisher.check(["x"])
+    assert "\n" not in str(info.value)
+    assert not any(p == "/api/repos/create" for _, p in fake_hub.requests)  # refused before creating anything
+    # The Hub agrees: past the pre-flight, creating the repository is a 403, told in one line.
+    with pytest.raises(ZooError, match=r"HTTP 403 to create compot-zoo/x \(You don't have the rights") as info:
+        publisher._claim("compot-zoo/x")
+    assert "\n" not in str(info.value) and "cannot write to compot-zoo: use a write token" in str(info.value)
+
+
+def test_pre_flight_passes_a_fine_grained_token_with_repo_write_and_records_visibility(fake_hub):
+    _fine_grained(fake_hub, "repo.content.read", "repo.write")
+    HubPublisher("compot-zoo", private=True).check(["a"])
+    HubPublisher("compot-zoo", private=False).check(["b"])
+    assert fake_hub.private == {"compot-zoo/a": True, "compot-zoo/b": False}
+
+
+def test_private_and_public_reach_the_hub(fake_hub, scored, tmp_path):
+    """`--private/--public` set the visibility of the repository the Hub creates."""
+    for flag in ("--private", "--public"):
+        folder = tmp_path / f"tiny{flag.replace('-', '_')}"
+        shutil.copytree(scored, folder)
+        result = _invoke("publish", folder, "hub", flag, "--allow-offline-scores")
+        assert result.exit_code == 0, result.output
+    assert fake_hub.private == {"compot-zoo/tiny__private": True, "compot-zoo/tiny__public": False}
+    # The list the Hub gives an anonymous reader leaves out the private one.
+    from huggingface_hub import HfApi
+
+    anonymous = [m.id for m in HfApi(endpoint=fake_hub.url, token=False).list_models(author="compot-zoo")]
+    assert anonymous == ["compot-zoo/tiny__public"]
+
+
+def _foreign_repo(hub: FakeHub) -> None:
+    hub.repos["compot-zoo/out"] = {".gitattributes": GITATTRIBUTES.encode(), "pytorch_model.bin": b"\0" * 8}
+
+
+@pytest.mark.parametrize(
+    "setup, message, sleeps",
+    [
+        (lambda hub: setattr(hub, "token_role", "read"), "the token is read-only (role read)", []),
+        (_foreign_repo, "HTTP 409 to create compot-zoo/out: compot-zoo/out exists and holds no compot-zoo variant", []),
+        (
+            lambda hub: hub.fail("whoami", 429, times=4),
+            "HTTP 429 to check the token (You have exceeded our hourly quotas for action 'api'. We invite you to "
+            "retry later.): the Hub rate-limited it 4 times: wait for the limit to reset, then run again; it resets",
+            [2.0, 4.0, 8.0],
+        ),
+    ],
+    ids=["read-only-token", "name-conflict-409", "rate-limited-429"],
+)
+def test_compress_push_hub_fails_before_any_compression_in_one_line(
+    fake_hub, monkeypatch, tmp_path, model_dir, text_file, setup, message, sleeps
+):
+    """`zoo compress ... --push hub` against a Hub that refuses: one line, no model loaded, no wait
+    beyond the backoff (doubling from 2 s) on a 429."""
+    setup(fake_hub)
+    slept = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    monkeypatch.setattr("zoo.pipeline.prepare", lambda *a, **k: pytest.fail("work started before the check"))
+    out = tmp_path / "out"
+    began = time.monotonic()
+    result = _invoke("compress", model_dir, "--calibration", text_file, "--out", out, "--push", "hub")
+    assert result.exit_code == 1 and not out.exists()
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and message in line, line
+    assert slept == sleeps and time.monotonic() - began < 10
+
+
+def _bad_license_card(folder, scored):
+    record, scorecard = read_record(scored), Scorecard.load(scored / SCORECARD)
+    write_card(folder, dataclasses.replace(record, license="my-own-license"), scorecard, "compot-zoo/tiny-compot")
+
+
+@pytest.mark.parametrize(
+    "plan, message, commits",
+    [
+        (
+            ("commit", 409, 1),
+            "HTTP 409 to upload compot-zoo/tiny-compot (You already created this model repo): "
+            "the name is taken by a conflicting repository or upload",
+            1,
+        ),
+        (
+            ("commit", 503, 4),
+            "HTTP 503 to upload compot-zoo/tiny-compot (Service Unavailable): the Hub is "
+            "unavailable after 4 tries: try again later",
+            4,
+        ),
+        (("commit", 403, 1), "HTTP 403 to upload compot-zoo/tiny-compot", 1),
+        (("commit", 429, 4), "HTTP 429 to upload compot-zoo/tiny-compot", 4),
+        (
+            None,
+            'HTTP 400 to upload compot-zoo/tiny-compot: the card\'s metadata is invalid ("license" must be one '
+            "of the Hub's license identifiers, not 'my-own-license')",
+            0,
+        ),
+    ],
+    ids=["conflict-409", "unavailable-503", "forbidden-403", "rate-limited-429", "bad-card-400"],
+)
+def test_a_hub_error_during_upload_is_one_line_naming_the_status(fake_hub, scored, tmp_path, plan, message, commits):
+    folder = tmp_path / "tiny-compot"
+    shutil.copytree(scored, folder)
+    if plan is None:
+        _bad_license_card(folder, scored)
+    else:
+        fake_hub.fail(*plan)
+    with pytest.raises(ZooError) as info:
+        HubPublisher("compot-zoo", backoff=0.0, allow_offline_scores=True).publish(folder, "tiny-compot")
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert sum(p.endswith("/commit/main") for _, p in fake_hub.requests) == commits
+    assert fake_hub.repos["compot-zoo/tiny-compot"].keys() == {".gitattributes"}  # nothing half-published
+
+
+def test_a_hub_that_cannot_be_reached_is_one_line(fake_hub):
+    fake_hub.close()  # the endpoint refuses connections
+    with pytest.raises(ZooError, match=r"unreachable \(ConnectError\): cannot check the token: check the network"):
+        HubPublisher("compot-zoo", backoff=0.0).check(["x"])
+
+
+def test_the_fake_hub_validates_cards_by_the_hub_s_rules(scored):
+    """Our card passes; what the Hub refuses, the fake refuses (so a passing upload means something)."""
+    card = (scored / CARD).read_text()
+    assert card_errors(card) == []
+    relation = card.replace("license: other", "license: other\nbase_model_relation: compressed")
+    assert card_errors(relation) == [
+        "\"base_model_relation\" must be one of ['adapter', 'finetune', 'merge', 'quantized']"
+    ]
+    no_dataset = card.replace("    dataset:\n", "    datasetx:\n", 1)
+    assert "Invalid `model_index`" in card_errors(no_dataset)[0]  # huggingface_hub's own model-index parser
+    assert card_errors(card.replace("license: other", "license: my-own")) == [
+        "\"license\" must be one of the Hub's license identifiers, not 'my-own'"
+    ]
 
 
 def test_publisher_for_reads_targets_and_configuration(tmp_path, monkeypatch):

@@ -267,9 +267,7 @@ def publish(
     from zoo.publish.publishers import check_folder, publisher_for
 
     check_folder(checkpoint)
-    publisher = publisher_for(target, org, private, allow_offline_scores)
-    publisher.check([checkpoint.name])
-    _publish(publisher, checkpoint)
+    _publish(publisher_for(target, org, private, allow_offline_scores), checkpoint)  # publish() checks first
 
 
 def _manifest_path(manifest_path: Path | None, default: str) -> Path:

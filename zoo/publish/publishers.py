@@ -21,7 +21,8 @@ from typing import Protocol
 from zoo.errors import ZooError
 from zoo.files import check_writable, exclusive, recover, recover_all, staged_dir, write_text
 from zoo.format.checks import check_files
-from zoo.publish.card import card_repo_id, read_scored, write_card
+from zoo.publish.card import CARD, card_repo_id, read_scored, write_card
+from zoo.publish.hub_errors import hub_error, write_problem
 from zoo.publish.scorecard import SCORECARD, Scorecard
 from zoo.publish.verdict import VERIFICATION, Verification
 from zoo.sources.assets import cache_dir
@@ -203,6 +204,13 @@ class LocalRegistry:
         return variants
 
 
+def _unreachable(exc: Exception, what: str) -> ZooError:
+    return ZooError(
+        f"the Hugging Face Hub is unreachable ({type(exc).__name__}): cannot {what}: check the network, "
+        "or HF_ENDPOINT, and run again"
+    )
+
+
 class HubPublisher:
     """The Hugging Face Hub through huggingface_hub: create_repo, then upload_folder, retried with
     backoff on transient failures. The token comes from the environment (HF_TOKEN) or the login
@@ -234,8 +242,11 @@ class HubPublisher:
         return nullcontext()  # each Hub commit is atomic; two runs' commits follow one another
 
     def check(self, variants: list[str]) -> None:
+        """Before any work: the token can write to the organisation (its role and the user's role in
+        the organisation, from `whoami`), and each repository is created now, empty, with the asked
+        visibility (as transformers' Trainer does before training): only a write proves a token can
+        write, and a name taken by a repository that is no compot-zoo variant is refused."""
         from huggingface_hub import get_token
-        from huggingface_hub.errors import HfHubHTTPError
 
         check_names(self.organization, variants, "Hub repository")
         if not get_token():
@@ -243,31 +254,59 @@ class HubPublisher:
                 "publishing to the Hub needs a token: set HF_TOKEN (a write token for "
                 f"{self.organization}) or run `hf auth login`"
             )
+        problem = write_problem(self._retry(self.api.whoami, "check the token", cache=True), self.organization)
+        if problem:
+            raise ZooError(problem)
+        for variant in variants:
+            self._claim(f"{self.organization}/{variant}")
+
+    def _claim(self, repo_id: str) -> None:
+        """Create `repo_id`; one that exists must be a compot-zoo variant (or empty) to be replaced."""
+        from huggingface_hub.errors import HfHubHTTPError
+
+        what = f"create {repo_id}"
         try:
-            user = self._retry(self.api.whoami, "check the token")
+            self._call(self.api.create_repo, what, repo_id, private=self.private, repo_type="model")
         except HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            raise ZooError(f"the Hub rejected the token (HTTP {status}): set HF_TOKEN to a valid write token") from exc
-        orgs = {o["name"] for o in user.get("orgs", [])} | {user.get("name")}
-        if self.organization not in orgs:
-            raise ZooError(
-                f"the token's user {user.get('name')!r} cannot publish to {self.organization!r}: "
-                f"it belongs to {', '.join(sorted(o for o in orgs if o))}"
-            )
+            if exc.response.status_code != 409:
+                raise hub_error(exc, what, self.organization, self.retries) from exc
+            files = set(self._retry(self.api.list_repo_files, f"read {repo_id}", repo_id))
+            if SCORECARD not in files and files - {".gitattributes", CARD}:
+                raise ZooError(
+                    f"the Hub answered HTTP 409 to {what}: {repo_id} exists and holds no compot-zoo variant "
+                    f"(no {SCORECARD}): publish under another name (--out), or delete that repository"
+                ) from exc
 
     def _retry(self, call, what: str, *args, **kwargs):
-        """Call, retrying 5xx and 429 answers with exponential backoff; others fail at once. A Hub that
-        cannot be reached at all is a ZooError at once: huggingface_hub already retried the
-        connection, and stacking our retries on its own only makes a user wait."""
+        """`_call`, with the Hub's HTTP errors as one-line ZooErrors naming the status and what to do."""
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            return self._call(call, what, *args, **kwargs)
+        except HfHubHTTPError as exc:
+            raise hub_error(exc, what, self.organization, self.retries) from exc
+        except ValueError as exc:  # the Hub refused a card's metadata (huggingface_hub's ValueError from a 400)
+            if isinstance(exc.__cause__, HfHubHTTPError):
+                raise hub_error(exc, what, self.organization, self.retries) from exc
+            raise
+
+    def _wait(self, state) -> float:
+        """Exponential backoff, and at least until a 429's rate limit resets (capped at a minute)."""
+        from huggingface_hub.utils import parse_ratelimit_headers
+
+        wait = self.backoff * 2 ** (state.attempt_number - 1)
+        response = getattr(state.outcome.exception(), "response", None)
+        info = parse_ratelimit_headers(response.headers) if response is not None else None
+        return min(60.0, max(wait, info.reset_in_seconds if info is not None else 0.0))
+
+    def _call(self, call, what: str, *args, **kwargs):
+        """Call, retrying 5xx and 429 answers with backoff; others fail at once, as huggingface_hub
+        raised them. A Hub that cannot be reached at all is a ZooError at once: huggingface_hub
+        already retried the connection, and stacking our retries on its own only makes a user wait."""
         if not hub_reachable():
             raise ZooError(f"the Hugging Face Hub is unreachable (no network, or HF_HUB_OFFLINE): cannot {what}")
         from huggingface_hub.errors import HfHubHTTPError
-        from tenacity import (
-            Retrying,
-            retry_if_exception,
-            stop_after_attempt,
-            wait_exponential,
-        )
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
         def transient(exc: BaseException) -> bool:
             if isinstance(exc, HfHubHTTPError) and exc.response is not None:
@@ -278,7 +317,7 @@ class HubPublisher:
             for attempt in Retrying(
                 stop=stop_after_attempt(self.retries),
                 reraise=True,
-                wait=wait_exponential(multiplier=self.backoff, max=60),
+                wait=self._wait,
                 retry=retry_if_exception(transient),
                 before_sleep=lambda state: log.warning(
                     "%s failed (%s), retrying", what, type(state.outcome.exception()).__name__
@@ -287,12 +326,12 @@ class HubPublisher:
                 with attempt:
                     return call(*args, **kwargs)
         except (ConnectionError, TimeoutError) as exc:
-            raise ZooError(f"the Hugging Face Hub is unreachable ({type(exc).__name__}): cannot {what}") from exc
+            raise _unreachable(exc, what) from exc
         except Exception as exc:
             # huggingface_hub's HTTP client (httpx, or httpx2 in 2.x) raises a TransportError when it
             # cannot connect; matched by name so either client works.
             if any(c.__name__ == "TransportError" for c in type(exc).__mro__):
-                raise ZooError(f"the Hugging Face Hub is unreachable ({type(exc).__name__}): cannot {what}") from exc
+                raise _unreachable(exc, what) from exc
             raise
 
     def publish(self, folder: Path, variant: str) -> PublishedVariant:
@@ -305,10 +344,8 @@ class HubPublisher:
                 f"{folder} was scored only on offline stand-ins ({tasks}), not on a real benchmark: score it "
                 "where the Hub is reachable, or publish anyway with --allow-offline-scores (its card says so)"
             )
+        self.check([variant])  # the token, and the repository created (or a variant's, to replace)
         repo_id = f"{self.organization}/{variant}"
-        url = self._retry(
-            self.api.create_repo, f"create {repo_id}", repo_id, private=self.private, exist_ok=True, repo_type="model"
-        )
         with self._upload_copy(folder, repo_id) as upload:
             self._retry(
                 self.api.upload_folder,
@@ -320,7 +357,7 @@ class HubPublisher:
                 ignore_patterns=[".*"],
                 delete_patterns=[VERIFICATION],  # a verdict on the build this one replaces
             )
-        return PublishedVariant(repo_id, str(url), scorecard)
+        return PublishedVariant(repo_id, f"{self.api.endpoint}/{repo_id}", scorecard)
 
     @contextmanager
     def _upload_copy(self, folder: Path, repo_id: str) -> Iterator[Path]:
@@ -336,22 +373,29 @@ class HubPublisher:
         check_names(self.organization, [variant], "Hub repository")
         return f"{self.organization}/{variant}"
 
-    def get(self, variant: str) -> PublishedVariant | None:
+    def _file(self, repo_id: str, filename: str) -> Path | None:
+        """A file of a Hub repository, downloaded; None when the repository or the file is missing."""
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
-        repo_id = self._repo_id(variant)
+        what = f"read {repo_id}/{filename}"
         try:
-            path = self._retry(hf_hub_download, f"read {repo_id}", repo_id, SCORECARD, endpoint=self.api.endpoint)
+            return Path(self._call(hf_hub_download, what, repo_id, filename, endpoint=self.api.endpoint))
         except (EntryNotFoundError, RepositoryNotFoundError):
             return None
+        except HfHubHTTPError as exc:
+            raise hub_error(exc, what, self.organization, self.retries) from exc
+
+    def get(self, variant: str) -> PublishedVariant | None:
+        repo_id = self._repo_id(variant)
+        path = self._file(repo_id, SCORECARD)
+        if path is None:
+            return None
         scorecard = Scorecard.load(path)
-        try:
-            verdict = self._retry(hf_hub_download, f"read {repo_id}", repo_id, VERIFICATION, endpoint=self.api.endpoint)
-        except EntryNotFoundError:
-            verification = None
-        else:
-            verification = Verification.from_json(Path(verdict).read_text(), f"{repo_id}/{VERIFICATION}")
+        verdict = self._file(repo_id, VERIFICATION)
+        verification = (
+            None if verdict is None else Verification.from_json(verdict.read_text(), f"{repo_id}/{VERIFICATION}")
+        )
         return PublishedVariant(repo_id, f"{self.api.endpoint}/{repo_id}", scorecard, current(verification, scorecard))
 
     def download(self, variant: str, into: Path) -> Path:
