@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import transformers
 from click.testing import CliRunner
 
 import zoo
@@ -77,7 +78,16 @@ def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
     assert 0 <= acc["base"] <= 1
     # lm-eval's standard error travels with its score; the item limit is on the scorecard.
     assert 0 < acc["base_stderr"] < 0.5 and 0 < acc["compressed_stderr"] < 0.5 and metric["base_stderr"] is None
-    assert card["eval_limit"] == 5 and card["schema_version"] == 4
+    assert card["eval_limit"] == 5 and card["schema_version"] == 5
+    # The run's own evaluation: the sets it scored (offline: the stand-ins), not the catalogue's lists.
+    evaluation = card["evaluation"]
+    assert evaluation["online"] is False and evaluation["eval_limit"] == 5 and evaluation["eval_windows"] == 2
+    assert evaluation["scored"] == ["perplexity/wiki-offline", "zoo_lambada_local", "zoo_cloze_mc_local"]
+    assert not {"eval_texts", "eval_tasks"} & evaluation.keys()
+    assert card["versions"]["torch"] == torch.__version__ and card["versions"]["compot-zoo"] == zoo.__version__
+    assert card["versions"]["transformers"] == transformers.__version__
+    record = json.loads((out / "compot_record.json").read_text())
+    assert record["calibration"]["samples"] == 4  # --n-samples 4, in one batch of windows
     assert {m["source"] for m in card["metrics"]} == {"stand-in"}  # offline: the local sets
     assert card["slice_score"]["scores"].keys() == {"perplexity/wiki-offline"}  # two windows, no zero-shot tasks
     assert "At most 5 items per task or set" in result.output and " ± " in result.output

@@ -122,6 +122,7 @@ def test_card_sections_deployment_and_evaluation(scored):
     evaluation = _section(text, "Evaluation")
     assert Scorecard.load(scored / SCORECARD).to_markdown_table() in evaluation
     assert "`perplexity/wiki-offline`" in evaluation and "zoo verify" in evaluation
+    assert f"torch {torch.__version__}" in evaluation and f"compot-zoo {zoo.__version__}" in evaluation
 
 
 def test_card_of_an_offline_build_names_the_hub_base_and_what_its_weights_were(scored, tmp_path):

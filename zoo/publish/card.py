@@ -170,8 +170,14 @@ def evaluation_text(scorecard: Scorecard, repo_id: str) -> str:
         f"Scored in the run that made it (`--eval` in the command under *How it was made*), base and "
         f"compressed alike, on {sets or 'nothing'}. `{verify}` (which the nightly job runs) downloads this "
         "repository in a fresh process and checks that it scores the short slice its scorecard records as it "
-        "did when built."
+        "did when built." + versions_text(scorecard)
     )
+
+
+def versions_text(scorecard: Scorecard) -> str:
+    if not scorecard.versions:
+        return ""
+    return " Built and scored with " + ", ".join(f"{name} {v}" for name, v in scorecard.versions.items()) + "."
 
 
 def inherited_license(spec: ModelSpec, online: bool) -> str:
