@@ -1,7 +1,9 @@
 """`zoo compress` as a user types it, on a tiny local model folder and local text."""
 
 import json
+import re
 
+import click
 import pytest
 import torch
 import transformers
@@ -105,7 +107,11 @@ def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
         (["smollm2-135m", "--min-cr", "0.3"], 1, "allocation guards must bracket the target"),
         (["smollm2-135m", "--method", "awq"], 2, "'awq' is not one of 'compot', 'svd-llm', 'gptq'"),
         (["smollm2-135m", "--method", "gptq"], 1, "pass quantize (--quantize gptq-w3)"),
-        (["smollm2-135m", "--quantize", "gptq-w5"], 1, "unsupported bit width 5; supported: 2, 3, 4, 8"),
+        (
+            ["smollm2-135m", "--quantize", "gptq-w5"],
+            2,
+            "'gptq-w5' is not one of 'gptq-w2', 'gptq-w3', 'gptq-w4', 'gptq-w8'",
+        ),
         (  # 128 does not divide SmolLM2's 576: found from the model's skeleton, before any weights load
             ["smollm2-135m", "--quantize", "gptq-w4"],
             1,
@@ -140,6 +146,34 @@ def test_cli_options_come_from_the_config():
     by_name = {p.name: p for p in command.params}
     for f in CompressionConfig.settings():
         assert by_name[f.name].help == f.metadata["help"] + (" Comma-separated." if f.name == "components" else "")
+
+
+def _sections(text: str) -> dict[str, str]:
+    """A help page's sections: title -> the text under it."""
+    parts = re.split(r"^(\S[^\n]*):$", text, flags=re.MULTILINE)
+    return {title: body for title, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def test_zoo_help_lists_the_users_commands_apart_from_the_ci_ones():
+    sections = _sections(CliRunner().invoke(main, ["--help"]).output)
+    listed = {title: re.findall(r"^  (\w+) ", body, flags=re.MULTILINE) for title, body in sections.items()}
+    assert {"compress", "browse", "publish", "list", "verify", "site"} <= set(listed["Commands"])
+    assert listed["CI commands (the nightly job and the pull-request gate)"] == ["gate", "gather", "nightly"]
+
+
+def test_compress_help_groups_every_option_and_gives_examples():
+    output = CliRunner().invoke(main, ["compress", "--help"]).output
+    sections = _sections(output)
+    titles = ["Model and output", "Compression", "Calibration", "Evaluation", "Publishing", "Resources", "Other"]
+    assert list(sections)[: len(titles)] == titles
+    assert re.findall(r"^  (--[\w-]+)", sections["Other"], flags=re.MULTILINE) == ["--help"]
+    assert "--seed INTEGER             Seed of the calibration samples' draw" in sections["Calibration"]
+    assert "--quantize [gptq-w2|gptq-w3|gptq-w4|gptq-w8]" in sections["Compression"]
+    assert "--plan " in sections["Resources"] and "--push " in sections["Publishing"]
+    examples = re.findall(r"^    (zoo compress .+)$", output, flags=re.MULTILINE)
+    assert len(examples) == 2
+    command = main.commands["compress"]
+    assert all(p.help for p in command.params if isinstance(p, click.Option))  # every option says what it does
 
 
 def test_python_compress_goes_through_the_pipeline(text_file):

@@ -261,6 +261,18 @@ def test_zoo_publish_and_browse(tmp_path, scored):
     assert "team/tiny-compot" in _invoke("browse", registry, "--org", "team", "--base-model", "TINY").output
 
 
+def test_browse_finds_an_offline_build_by_its_bases_hub_id(tmp_path, scored):
+    folder = tmp_path / "tiny-compot"
+    shutil.copytree(scored, folder)
+    scorecard = Scorecard.load(folder / SCORECARD)
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    dataclasses.replace(scorecard, base_model="packaged:smollm2-135m", base_hub_id=hub_id).save(folder / SCORECARD)
+    registry = tmp_path / "registry"
+    assert _invoke("publish", folder, registry, "--org", "team").exit_code == 0
+    for query in (hub_id, "packaged:smollm2", "smollm2-135m-instruct"):
+        assert "team/tiny-compot" in _invoke("browse", registry, "--org", "team", "--base-model", query).output, query
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -22,7 +22,7 @@ from zoo.format.record import VariantRecord
 from zoo.modality_table import MODALITIES
 
 SCHEMA_VERSION = 5  # 2: fingerprint and command; 3: standard errors, item limit, file sizes; 4: provenance, slice;
-# 5: library versions, the run's evaluation settings
+# 5: library versions, the run's evaluation settings, the base's Hub id
 # Older versions read as scorecards without what came later: no standard errors or limit (2), no
 # provenance (None: not recorded) and no verification slice (3), no versions or run settings (4).
 READABLE_VERSIONS = (2, 3, 4, 5)
@@ -142,6 +142,7 @@ class Scorecard:
     # scored (offline, stand-ins replace the catalogue's). None: not recorded (schema 4 and older).
     evaluation: dict | None = None
     versions: dict[str, str] | None = None  # library_versions() where it was built; None: not recorded
+    base_hub_id: str | None = None  # the base's Hub id (base_model may be an offline copy); None: none or not recorded
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -199,6 +200,7 @@ class Scorecard:
             chat_answers=chat_answers,
             evaluation=evaluation,
             versions=library_versions(),
+            base_hub_id=record.hub_id,
         )
 
     def to_dict(self) -> dict:
