@@ -172,8 +172,8 @@ def test_compress_help_groups_every_option_and_gives_examples():
     assert "--plan " in sections["Resources"] and "--push " in sections["Publishing"]
     examples = re.findall(r"^    (zoo compress .+)$", output, flags=re.MULTILINE)
     assert len(examples) == 2
-    command = main.commands["compress"]
-    assert all(p.help for p in command.params if isinstance(p, click.Option))  # every option says what it does
+    for command in main.commands.values():  # every option of every command says what it does
+        assert all(p.help for p in command.params if isinstance(p, click.Option)), command.name
 
 
 def test_python_compress_goes_through_the_pipeline(text_file):

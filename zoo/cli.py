@@ -528,7 +528,7 @@ def gate(
     default=None,
     help="Only variants of this base model: a substring of its Hub id or of what was loaded (e.g. packaged:...).",
 )
-@click.option("--modality", type=click.Choice(list(MODALITIES)), default=None)
+@click.option("--modality", type=click.Choice(list(MODALITIES)), default=None, help="Only variants of this modality.")
 @click.option("--org", default=None, help="Organisation (default: the catalogue's [publish]).")
 def browse(target: str | None, base_model: str | None, modality: str | None, org: str | None) -> None:
     """List the published variants of TARGET with their scorecards."""
@@ -572,7 +572,7 @@ def _names_base(scorecard, query: str) -> bool:
     show_default=True,
     help="Site folder (replaced whole; a non-empty folder that is not a site is refused).",
 )
-@click.option("--title", default="compot-zoo", show_default=True)
+@click.option("--title", default="compot-zoo", show_default=True, help="The site's title, on every page.")
 @click.option("--org", default=None, help="Organisation (default: the catalogue's [publish]).")
 def site(target: str | None, out: Path, title: str, org: str | None) -> None:
     """Render TARGET's published variants as a static scoreboard site in OUT."""

@@ -12,12 +12,18 @@ and names configuration_compot.py, shipped beside it (zoo/format/remote): transf
 for `trust_remote_code`; with it, that file imports compot-zoo or raises "pip install compot-zoo,
 then `import zoo`". `import zoo` registers "compot" below, so the folder loads as before, from the
 base's own config class: the same config, the same model, the same outputs. This is the Hub's
-own mechanism for models that need code (its "Use this model" snippet adds `trust_remote_code`),
-and it cannot be bypassed by a flag that silently drops weights. The same registration refuses a
-config.json whose `quantization_config` was lost, which would otherwise load the base architecture
-with nothing to say that the projections were never read. (transformers' own `save_pretrained`
-writes a config class's own type, so a folder it writes from a compressed model carries the base's
-`model_type` and lacks this guard: `zoo.save` / `zoo compress` write what is published.)
+own mechanism for models that need code (a repository tagged `custom_code` gets
+`trust_remote_code=True` in its "Use this model" snippet), and it holds for every path through
+`AutoConfig`. The same registration refuses a config.json whose `quantization_config` was lost,
+which would otherwise load the base architecture with nothing to say that the projections were
+never read.
+
+What it does not cover: a concrete class (`LlamaForCausalLM.from_pretrained(variant)`) reads the
+config with its own class, which only warns about the foreign `model_type`; without this project
+it still builds the base with fresh projections (and transformers' report lists them MISSING).
+And transformers' own `save_pretrained` writes a config class's own type, so a folder it writes
+from a compressed model carries the base's `model_type`: `zoo.save` / `zoo compress` write what
+is published.
 """
 
 from __future__ import annotations
