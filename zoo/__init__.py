@@ -1,7 +1,7 @@
 """compot-zoo: training-free compression of Transformers with COMPOT.
 
-`import zoo` is cheap (no torch, no transformers): the "compot" quantization method is
-registered with transformers when transformers loads its quantizers, so after `import zoo`,
+`import zoo` is cheap (no torch, no transformers): the "compot" model type and quantization
+method are registered with transformers when transformers loads its configs or quantizers, so after `import zoo`,
 `AutoModelForCausalLM.from_pretrained(checkpoint)` rebuilds compressed layers; `zoo.compress`
 and `zoo.load` import what they need when first used.
 """
@@ -22,7 +22,12 @@ _LAZY = {
 
 @wrapt.when_imported("transformers.quantizers.auto")
 def _register_quantizer(_module) -> None:
-    import zoo.format.quantizer  # noqa: F401  (registers "compot" with transformers)
+    import zoo.format.quantizer  # noqa: F401  (registers the "compot" quantizer with transformers)
+
+
+@wrapt.when_imported("transformers.models.auto.configuration_auto")
+def _register_model_type(_module) -> None:
+    import zoo.format.variant_config  # noqa: F401  (registers the "compot" model type with transformers)
 
 
 def __getattr__(name: str):

@@ -11,20 +11,53 @@ from pathlib import Path
 import click
 
 from zoo import __version__
-from zoo.compression.config import CompressionConfig
+from zoo.compression.config import QUANT_BITS, CompressionConfig
 from zoo.errors import UserError, ZooError
 from zoo.modality_table import MODALITIES
+
+CI_COMMANDS = ("gate", "gather", "nightly")  # what the workflows run; `zoo --help` lists them apart
 
 
 class _ZooGroup(click.Group):
     """Turns the errors a user can fix (ZooError, the engine's EngineError) into a one-line message
-    and exit code 1, without a traceback."""
+    and exit code 1, without a traceback; `--help` lists the user's commands apart from CI_COMMANDS."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as exc:
             raise click.ClickException(str(exc)) from exc
+
+    def format_commands(self, ctx, formatter) -> None:
+        commands = {name: self.get_command(ctx, name) for name in self.list_commands(ctx)}
+        limit = formatter.width - 6 - max(map(len, commands), default=0)
+        for title, ci in (("Commands", False), ("CI commands (the nightly job and the pull-request gate)", True)):
+            rows = [(n, c.get_short_help_str(limit)) for n, c in commands.items() if (n in CI_COMMANDS) == ci]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+class _SectionedCommand(click.Command):
+    """`--help` lists the options in `sections` (title -> option names), in that order; an option no
+    section names goes under `default`."""
+
+    def __init__(self, *args, sections: dict[str, tuple[str, ...]], default: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sections, self.default = sections, default
+
+    def format_options(self, ctx, formatter) -> None:
+        rows: dict[str, list[tuple[str, str]]] = {title: [] for title in (*self.sections, self.default, "Other")}
+        options = [p for p in self.get_params(ctx) if isinstance(p, click.Option)]
+        for option in options:
+            title = next((t for t, names in self.sections.items() if option.name in names), self.default)
+            record = option.get_help_record(ctx)
+            if record is not None:
+                rows["Other" if option is self.get_help_option(ctx) else title].append(record)
+        for title, records in rows.items():
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
 
 
 @click.group(cls=_ZooGroup)
@@ -63,6 +96,22 @@ def list_models() -> None:
 
 
 SETTINGS = {f.name: f for f in CompressionConfig.settings()}
+QUANTIZE_CHOICES = tuple(f"gptq-w{bits}" for bits in QUANT_BITS)
+# `zoo compress --help`'s sections; the CompressionConfig settings no other section names are "Compression".
+COMPRESS_SECTIONS = {
+    "Model and output": ("out", "overwrite", "modality", "dtype"),
+    "Compression": (),
+    "Calibration": ("calibration", "n_samples", "seq_len", "seed"),
+    "Evaluation": ("evaluate", "eval_windows", "eval_limit"),
+    "Publishing": ("push", "org", "private", "allow_offline_scores"),
+    "Resources": ("plan_only", "max_host_memory", "max_device_memory", "device", "offload_activations"),
+}
+COMPRESS_EXAMPLES = """Examples:
+
+\b
+  zoo compress smollm2-135m --cr 0.2 --eval
+  zoo compress HuggingFaceTB/SmolLM2-135M-Instruct --method gptq --quantize gptq-w4 --push hub:my-org
+"""
 
 
 def _value_type(name: str) -> type:
@@ -83,8 +132,9 @@ def _config_options(command):
             option = click.option(flag, name, default=None, metavar="NAMES", help=meta["help"] + " Comma-separated.")
         else:
             # a setting whose choices grow (the method table) is checked by the config when the run starts
-            fixed = isinstance(meta["choices"], tuple)
-            kind = click.Choice(meta["choices"]) if fixed else _value_type(name)
+            fixed = meta["choices"] if isinstance(meta["choices"], tuple) else None
+            choices = fixed or (QUANTIZE_CHOICES if name == "quantize" else None)
+            kind = click.Choice(choices) if choices else _value_type(name)
             option = click.option(
                 flag, name, type=kind, default=f.default, show_default=f.default is not None, help=meta["help"]
             )
@@ -110,7 +160,12 @@ def _check_cr(_ctx, _param, value: float) -> float:
     return value
 
 
-@main.command()
+@main.command(
+    cls=_SectionedCommand,
+    sections=COMPRESS_SECTIONS,
+    default="Compression",
+    epilog=COMPRESS_EXAMPLES,
+)
 @click.argument("model")
 @click.option(
     "--cr",
@@ -130,7 +185,13 @@ def _check_cr(_ctx, _param, value: float) -> float:
     "--n-samples", type=click.IntRange(min=1), default=None, help="Calibration samples (model default if unset)."
 )
 @click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Tokens per calibration sample.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the calibration samples' draw: the same seed, the same samples and the same variant.",
+)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Checkpoint directory.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--eval", "evaluate", is_flag=True, help="Score base and compressed model.")
@@ -464,8 +525,12 @@ def gate(
 
 @main.command()
 @click.argument("target", required=False)
-@click.option("--base-model", default=None, help="Only variants of this base model (substring match).")
-@click.option("--modality", type=click.Choice(list(MODALITIES)), default=None)
+@click.option(
+    "--base-model",
+    default=None,
+    help="Only variants of this base model: a substring of its Hub id or of what was loaded (e.g. packaged:...).",
+)
+@click.option("--modality", type=click.Choice(list(MODALITIES)), default=None, help="Only variants of this modality.")
 @click.option("--org", default=None, help="Organisation (default: the catalogue's [publish]).")
 def browse(target: str | None, base_model: str | None, modality: str | None, org: str | None) -> None:
     """List the published variants of TARGET with their scorecards."""
@@ -475,7 +540,7 @@ def browse(target: str | None, base_model: str | None, modality: str | None, org
     variants = [
         v
         for v in publisher_for(target, org, None).published()
-        if (base_model is None or base_model.lower() in v.scorecard.base_model.lower())
+        if (base_model is None or _names_base(v.scorecard, base_model))
         and (modality is None or v.scorecard.modality == modality)
     ]
     if not variants:
@@ -493,6 +558,13 @@ def browse(target: str | None, base_model: str | None, modality: str | None, org
         click.echo(s.to_markdown_table())
 
 
+def _names_base(scorecard, query: str) -> bool:
+    """Whether `query` names the scorecard's base: by what was loaded, or by its Hub id (an offline
+    copy's scorecard names both)."""
+    names = (scorecard.base_model, scorecard.base_hub_id or "")
+    return any(query.lower() in name.lower() for name in names)
+
+
 @main.command()
 @click.argument("target", required=False)
 @click.option(
@@ -502,7 +574,7 @@ def browse(target: str | None, base_model: str | None, modality: str | None, org
     show_default=True,
     help="Site folder (replaced whole; a non-empty folder that is not a site is refused).",
 )
-@click.option("--title", default="compot-zoo", show_default=True)
+@click.option("--title", default="compot-zoo", show_default=True, help="The site's title, on every page.")
 @click.option("--org", default=None, help="Organisation (default: the catalogue's [publish]).")
 def site(target: str | None, out: Path, title: str, org: str | None) -> None:
     """Render TARGET's published variants as a static scoreboard site in OUT."""

@@ -41,7 +41,7 @@ from zoo.modalities.base import Adapter, get_adapter
 from zoo.modality_table import DEFAULT, modality_of
 from zoo.publish.card import inherited_license, write_card
 from zoo.publish.fingerprint import variant_fingerprint
-from zoo.publish.scorecard import SCORECARD, Scorecard, SliceScore, metrics_from_results
+from zoo.publish.scorecard import SCORECARD, MetricResult, Scorecard, SliceScore, metrics_from_results
 from zoo.sources.catalogue import ModelSpec, modality_defaults, resolve
 from zoo.sources.hub import hub_reachable
 from zoo.sources.loading import LoadedModel
@@ -66,6 +66,8 @@ EVAL_SETTINGS = (
 # perplexity windows, no zero-shot tasks and 8-token answers to the chat prompts for LLMs, four
 # utterances or questions per set.
 SLICE_SETTINGS = {"eval_windows": 2, "eval_limit": 4, "eval_tasks": [], "eval_chat_tokens": 8}
+# Settings that name the sets and tasks to score: a scorecard records those actually scored instead.
+SET_LISTS = ("eval_texts", "eval_tasks", "eval_sets", "offline_eval_sets")
 # Those with a `zoo compress` flag, in the order the recorded command spells them.
 EVAL_FLAGS = {"eval_windows": "--eval-windows", "eval_limit": "--eval-limit"}
 
@@ -365,6 +367,18 @@ def score_slice(prepared: Prepared) -> SliceScore:
     return SliceScore(settings, prepared.online, split_answers(scores)[0])
 
 
+def run_evaluation(prepared: Prepared, metrics: list[MetricResult]) -> dict:
+    """The evaluation as this run scored it: its settings, whether the Hub was reachable, and the sets
+    and tasks the metrics come from, which offline are the stand-ins, not the catalogue's lists."""
+    settings = {k: v for k, v in prepared.spec.defaults.items() if k in EVAL_SETTINGS and k not in SET_LISTS}
+    return {**settings, "online": prepared.online, "scored": list(dict.fromkeys(m.task for m in metrics))}
+
+
+def calibration_samples(calibration: CalibrationData) -> int:
+    """Samples, not batches: an LLM's batch holds several token windows, Whisper's and Qwen-VL's one sample."""
+    return sum(batch.get("input_ids", batch.get("input_features")).shape[0] for batch in calibration.batches)
+
+
 def run_compress(
     req: CompressRequest, repo_id: str | None = None, report: Callable[[str], None] = log.info
 ) -> CompressResult:
@@ -424,7 +438,12 @@ def compress_variant(
         metrics = metrics_from_results(base_scores, scores, provenance)
         limit = prepared.spec.defaults.get("eval_limit")
         result.scorecard = Scorecard.from_record(
-            record, metrics, limit, score_slice(prepared), answer_pairs(reference, answers)
+            record,
+            metrics,
+            limit,
+            score_slice(prepared),
+            answer_pairs(reference, answers),
+            run_evaluation(prepared, metrics),
         )
         result.scorecard.save(out / SCORECARD)
         write_card(out, record, result.scorecard, repo_id or out.name)
@@ -447,7 +466,11 @@ def build_record(
         base_notes=tuple(loaded.notes),
         config=req.config,
         calibration=CalibrationInfo(
-            shown(calibration.name), calibration.fingerprint, calibration.tokens, len(calibration.batches), req.seed
+            shown(calibration.name),
+            calibration.fingerprint,
+            calibration.tokens,
+            calibration_samples(calibration),
+            req.seed,
         ),
         layers=tuple(layers),
         fingerprint=fingerprint(prepared, req),

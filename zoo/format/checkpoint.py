@@ -6,7 +6,11 @@
                            (zoo.compression.quantized)
     config.json            the model config plus `quantization_config` {"quant_method":
                            "compot", "layers": {...}}: what zoo.format.quantizer and
-                           `load_compressed` rebuild as CompotLinear
+                           `load_compressed` rebuild as CompotLinear; its `model_type` is
+                           "compot" (the base's moves to `base_model_type`) and its `auto_map`
+                           names configuration_compot.py, so that transformers without this
+                           project refuses it (zoo.format.quantizer says why)
+    configuration_compot.py  the code that `auto_map` names (zoo/format/remote)
     generation_config.json when the model has one
     compot_record.json     the variant record: how it was made, every layer, achieved CR
     (tokenizer / processor files, written by the caller's `extra_files`)
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +43,10 @@ from zoo.format.record import RECORD, VariantRecord
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
+VARIANT_TYPE = "compot"  # config.json's model_type: unknown to transformers until `import zoo` registers it
+BASE_TYPE = "base_model_type"  # config.json key holding the architecture's own model_type
+REMOTE_CODE = Path(__file__).with_name("remote") / "configuration_compot.py"
+AUTO_MAP = {"AutoConfig": f"{REMOTE_CODE.stem}.CompotConfig"}
 
 
 def compot_layers(model: nn.Module) -> dict[str, CompotLinear | QuantLinear]:
@@ -188,13 +198,23 @@ def save_compressed(
     with staged_dir(out_dir) as tmp:
         save_file(state_to_save(model, dtype), tmp / WEIGHTS, metadata={"format": "pt"})
         record = dataclasses.replace(record, file_bytes=(tmp / WEIGHTS).stat().st_size)
-        checkpoint_config(model, dtype).to_json_file(tmp / CONFIG)
+        write_variant_config(checkpoint_config(model, dtype), tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         record.save(tmp)
         if extra_files is not None:
             extra_files(tmp)
     return record
+
+
+def write_variant_config(config, folder: Path) -> None:
+    """config.json as transformers writes it, but typed "compot" with the base's type kept aside and
+    `auto_map` naming the remote code copied beside it: a loader without this project then stops
+    instead of building the base architecture around weights it cannot read."""
+    data = json.loads(config.to_json_string())
+    data |= {"model_type": VARIANT_TYPE, BASE_TYPE: data["model_type"], "auto_map": AUTO_MAP}
+    (folder / CONFIG).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    shutil.copyfile(REMOTE_CODE, folder / REMOTE_CODE.name)
 
 
 def check_target(out_dir: Path, overwrite: bool) -> None:

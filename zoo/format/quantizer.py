@@ -7,6 +7,9 @@ model.safetensors into whatever modules are present. Shell tensors carry their s
 dtype, so the 16-bit factors and the uint8 mask load as saved. Once checked, the layers take
 their inference layout on the device they were loaded to (`CompotLinear.to_inference`), which
 no longer holds the factors: such a model runs, and refuses `save_pretrained`.
+
+A variant's config.json is typed "compot" so that transformers alone refuses it:
+zoo.format.variant_config says why and resolves it to the base's config.
 """
 
 from __future__ import annotations

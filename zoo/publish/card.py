@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from string import Template
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -30,30 +31,59 @@ TEMPLATE = """---
 
 {% if provenance_note %}{{ provenance_note }}
 
-{% endif %}{{ base_model }} compressed with COMPOT (Calibration-Optimized Matrix Procrustes Orthogonalization:
+{% endif %}## Overview
+
+{{ base_link }} compressed with COMPOT (Calibration-Optimized Matrix Procrustes Orthogonalization:
 sparse codes over an orthogonal dictionary{% if scorecard.heal %}, then healed: {{ scorecard.heal }} Adam steps per
 block refined the factors, their sparsity pattern fixed, so that each block reproduces the base's
 outputs{% else %}, training-free{% endif %}) to
 **{{ "%.1f" | format(100 * scorecard.achieved_cr) }}% less storage** in its compressed projections
 (target CR {{ scorecard.target_cr }}, {{ scorecard.allocation }} allocation, method `{{ scorecard.method }}`).
 The embeddings, norms and heads stay dense.
-
+{% if offline_base %}
+**Base weights.** Built where the Hub was out of reach, from `{{ record.base_model }}`: {{ offline_base }}.
+Every score below compares this variant with those weights, not with the original 16-bit release.
+{% endif %}
 **Size.** {{ size }}. "CR {{ scorecard.target_cr }}" is the share of the compressed projections'
 16-bit storage removed (eq. 11); the embeddings, norms and heads are kept whole, so the file as a
 whole shrinks by less.
 
-## Scorecard
+## Deployment
+
+Install the project that reads COMPOT layers, then load the model with transformers after `import zoo`
+(or with `zoo.load`, which returns the same model):
+
+```bash
+pip install compot-zoo
+```
+
+```python
+{{ snippet }}
+```
+
+**What loads it.** `zoo.load("{{ repo_id }}")`, and transformers' `from_pretrained` and `pipeline()` in
+PyTorch once `import zoo` has run. Without it, transformers' Auto classes and `pipeline()` stop and ask for
+`trust_remote_code=True`; the repository's `configuration_compot.py` then imports compot-zoo, or says to install
+it: they never load random weights in place of the compressed projections. Load it with `{{ record.auto_class }}`
+(as above) or `zoo.load`, not with the base's own model class, which without the project would.
+
+**What does not.** vLLM, TGI, llama.cpp (GGUF), ONNX Runtime / Optimum, MLX and TensorRT-LLM have no COMPOT
+layers: none of them reads this checkpoint.
+
+**Savings at run time.** On CPU (and any device but CUDA) the layers multiply from a layout derived at load time
+(the factors with dense codes, or their product), never larger than the base's 16-bit weights: the saving is on
+disk and download, not in memory or speed. On CUDA the COMPOT layers multiply from the stored form (values and
+bitmask{% if scorecard.quantize %}, or the {{ scorecard.quantize }} quantized factors{% endif %}) through the
+project's kernels, so the resident projections take about their stored bytes.
+
+## Evaluation
 
 {{ table }}
 
 Recovery is the share of the base model's score kept (base/compressed for error metrics).
-Calibration: `{{ scorecard.calibration_set }}` ({{ scorecard.calibration_hash }}){% if
-scorecard.calibration_set == "self-chat" %}, conversations the base model wrote itself in its chat template,
-answering prompts built from Wikipedia articles it is never scored on{% endif %}. Compressed in
-{{ "%.0f" | format(scorecard.compression_seconds) }} s on {{ scorecard.hardware }}, peak memory
-{{ "%.0f" | format(scorecard.peak_memory_mb) }} MiB, engine {{ scorecard.engine_version }}.
+{{ evaluation }}
 
-{% if answers %}## Answers, base and compressed
+{% if answers %}### Answers, base and compressed
 
 {{ answers }}
 
@@ -63,27 +93,92 @@ answering prompts built from Wikipedia articles it is never scored on{% endif %}
 
 {{ allocation_summary }}
 
-## How to load it
-
-```python
-import zoo  # registers the COMPOT layers with transformers
-from transformers import {{ auto_class }}
-
-model = zoo.load("{{ repo_id }}")
-model = {{ auto_class }}.from_pretrained("{{ repo_id }}")  # the same model, after `import zoo`
-```
-
-Install with `pip install compot-zoo`.
-
 ## How it was made
 
 ```bash
 {{ scorecard.command }}
 ```
 
-Base model: `{{ scorecard.base_model }}` at revision `{{ scorecard.base_revision }}`.
+Calibration: `{{ scorecard.calibration_set }}` ({{ scorecard.calibration_hash }}){% if
+"self-chat" in scorecard.calibration_set %}: conversations the base model wrote itself in its chat template,
+answering prompts built from Wikipedia articles it is never scored on{% endif %}. Compressed in
+{{ "%.0f" | format(scorecard.compression_seconds) }} s on {{ scorecard.hardware }}, peak memory
+{{ "%.0f" | format(scorecard.peak_memory_mb) }} MiB, engine {{ scorecard.engine_version }}.
+Base weights: `{{ record.base_model }}` at revision `{{ scorecard.base_revision }}`.
 Variant fingerprint: `{{ scorecard.fingerprint }}`.
 """
+
+
+# The card's load snippet per modality: complete, runnable as pasted ($repo, $auto: the variant's Auto class).
+SNIPPETS = {
+    "llm": """import zoo  # registers COMPOT with transformers
+from transformers import $auto, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("$repo")
+model = $auto.from_pretrained("$repo")  # the same model as zoo.load("$repo")
+inputs = tokenizer("The capital of France is", return_tensors="pt")
+output = model.generate(**inputs, max_new_tokens=32, do_sample=False)
+print(tokenizer.decode(output[0], skip_special_tokens=True))""",
+    "whisper": """import numpy as np
+import zoo  # registers COMPOT with transformers
+from transformers import $auto, AutoProcessor
+
+processor = AutoProcessor.from_pretrained("$repo")
+model = $auto.from_pretrained("$repo")  # the same model as zoo.load("$repo")
+audio = np.zeros(16000, dtype=np.float32)  # one second of 16 kHz mono audio: put yours here
+features = processor(audio, sampling_rate=16000, return_tensors="pt").input_features
+print(processor.batch_decode(model.generate(features), skip_special_tokens=True)[0])""",
+    "vlm": """import zoo  # registers COMPOT with transformers
+from PIL import Image
+from transformers import $auto, AutoProcessor
+
+processor = AutoProcessor.from_pretrained("$repo")
+model = $auto.from_pretrained("$repo")  # the same model as zoo.load("$repo")
+image = Image.new("RGB", (448, 448), "white")  # put your image here
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = processor(text=[prompt], images=[image], return_tensors="pt")
+output = model.generate(**inputs, max_new_tokens=32, do_sample=False)
+print(processor.batch_decode(output[:, inputs.input_ids.shape[1] :], skip_special_tokens=True)[0])""",
+}
+
+
+def load_snippet(record: VariantRecord, repo_id: str) -> str:
+    return Template(SNIPPETS[record.modality]).substitute(repo=repo_id, auto=record.auto_class)
+
+
+def base_link(record: VariantRecord) -> str:
+    """The base as a visitor can open it: its Hub id, linked; a local base by what was loaded."""
+    if record.hub_id:
+        return f"[{record.hub_id}](https://huggingface.co/{record.hub_id})"
+    return f"`{record.base_model}`"
+
+
+def offline_base(record: VariantRecord) -> str:
+    """What the weights really were when they were not the Hub's (a packaged copy): its notes,
+    e.g. a dequantized 4-bit GGUF; "" when the base was loaded from its Hub id or a folder."""
+    if record.hub_id is None or record.base_model == record.hub_id:
+        return ""
+    return "; ".join(record.base_notes) or "an offline copy, not the Hub's files"
+
+
+def evaluation_text(scorecard: Scorecard, repo_id: str) -> str:
+    """What was scored, in which run, and how the published files are checked to score the same."""
+    sets = ", ".join(f"`{task}`" for task in dict.fromkeys(m.task for m in scorecard.metrics))
+    org, _, name = repo_id.rpartition("/")
+    verify = f"zoo verify {name} hub:{org}" if org else f"zoo verify {name}"
+    return (
+        f"Scored in the run that made it (`--eval` in the command under *How it was made*), base and "
+        f"compressed alike, on {sets or 'nothing'}. `{verify}` (which the nightly job runs) downloads this "
+        "repository in a fresh process and checks that it scores the short slice its scorecard records as it "
+        "did when built." + versions_text(scorecard)
+    )
+
+
+def versions_text(scorecard: Scorecard) -> str:
+    if not scorecard.versions:
+        return ""
+    return " Built and scored with " + ", ".join(f"{name} {v}" for name, v in scorecard.versions.items()) + "."
 
 
 def inherited_license(spec: ModelSpec, online: bool) -> str:
@@ -166,7 +261,15 @@ def card_data(record: VariantRecord, scorecard: Scorecard, repo_id: str) -> Mode
         library_name="transformers",
         pipeline_tag=task,
         license=record.license,
-        tags=["compot", "compressed", f"cr-{scorecard.target_cr:g}", scorecard.method, scorecard.modality],
+        # custom_code: the Hub's snippets then pass trust_remote_code, which the variant's config asks for
+        tags=[
+            "compot",
+            "compressed",
+            "custom_code",
+            f"cr-{scorecard.target_cr:g}",
+            scorecard.method,
+            scorecard.modality,
+        ],
         eval_results=results or None,
     )
 
@@ -192,7 +295,11 @@ def write_card(folder: Path, record: VariantRecord, scorecard: Scorecard, repo_i
         card_data(record, scorecard, repo_id),
         template_str=TEMPLATE,
         repo_id=repo_id,
-        base_model=record.base_model,
+        record=record,
+        base_link=base_link(record),
+        offline_base=offline_base(record),
+        snippet=load_snippet(record, repo_id),
+        evaluation=evaluation_text(scorecard, repo_id),
         scorecard=scorecard,
         size=size_line(scorecard.file_bytes, scorecard.base_bytes),
         table=scorecard.to_markdown_table(),
@@ -200,7 +307,6 @@ def write_card(folder: Path, record: VariantRecord, scorecard: Scorecard, repo_i
         plot=ALLOCATION_PLOT,
         allocation_summary=allocation_summary(layers),
         answers=answers_table(scorecard.chat_answers),
-        auto_class=record.auto_class,
     )
     return write_file(folder / CARD, card.save)
 

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 from zoo import methods
@@ -20,10 +21,11 @@ from zoo.files import write_text
 from zoo.format.record import VariantRecord
 from zoo.modality_table import MODALITIES
 
-SCHEMA_VERSION = 4  # 2: fingerprint and command; 3: standard errors, item limit, file sizes; 4: provenance, slice
+SCHEMA_VERSION = 5  # 2: fingerprint and command; 3: standard errors, item limit, file sizes; 4: provenance, slice;
+# 5: library versions, the run's evaluation settings, the base's Hub id
 # Older versions read as scorecards without what came later: no standard errors or limit (2), no
-# provenance (None: not recorded) and no verification slice (3).
-READABLE_VERSIONS = (2, 3, 4)
+# provenance (None: not recorded) and no verification slice (3), no versions or run settings (4).
+READABLE_VERSIONS = (2, 3, 4, 5)
 STDERR = "_stderr"  # evaluators report a metric's standard error as "<metric>_stderr" beside it
 SCHEMA_FILE = Path(__file__).with_name("scorecard.schema.json")
 SCORECARD = "scorecard.json"  # its file name in a checkpoint and a published repository
@@ -51,6 +53,21 @@ def check_number(label: str, value: object, lo: float, hi: float) -> None:
     """`value` is a finite number in [lo, hi]; a bool or a string is not."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
         raise ZooError(f"{label} {value!r} is not a number in [{lo:g}, {hi:g}]")
+
+
+# Distributions whose versions shape a variant or its scores: the scorecard records those installed.
+LIBRARIES = ("compot-zoo", "torch", "transformers", "safetensors", "huggingface-hub", "datasets", "lm-eval", "jiwer")
+
+
+def library_versions() -> dict[str, str]:
+    """The installed versions of LIBRARIES (read from package metadata: nothing is imported)."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
 
 
 def schema() -> dict:
@@ -141,6 +158,11 @@ class Scorecard:
     heal: int = 0  # healing's Adam steps per block; 0: training-free
     # A chat model's answers to the first chat prompts, [{"prompt", "base", "compressed"}], for the card.
     chat_answers: list[dict] | None = None
+    # The run's evaluation: its settings, whether the Hub was reachable, and the sets and tasks actually
+    # scored (offline, stand-ins replace the catalogue's). None: not recorded (schema 4 and older).
+    evaluation: dict | None = None
+    versions: dict[str, str] | None = None  # library_versions() where it was built; None: not recorded
+    base_hub_id: str | None = None  # the base's Hub id (base_model may be an offline copy); None: none or not recorded
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -172,7 +194,9 @@ class Scorecard:
         eval_limit: int | None = None,
         slice_score: SliceScore | None = None,
         chat_answers: list[dict] | None = None,
+        evaluation: dict | None = None,
     ) -> Scorecard:
+        """Scores of `record`, built here and now: the versions are this environment's."""
         return cls(
             base_model=record.base_model,
             base_revision=record.base_revision,
@@ -198,6 +222,9 @@ class Scorecard:
             quantize=record.quantize,
             heal=record.config.heal,
             chat_answers=chat_answers,
+            evaluation=evaluation,
+            versions=library_versions(),
+            base_hub_id=record.hub_id,
         )
 
     def to_dict(self) -> dict:
