@@ -13,10 +13,10 @@ def test_paper_models_resolve_to_hub_ids():
     assert resolve("whisper-large-v3").modality == "whisper"
     assert resolve("qwen3-vl-8b").modality == "vlm"
     spec = resolve("smollm2-135m")
-    assert spec.packaged == "smollm2-135m" and spec.defaults["chat"]  # a chat model calibrates on chats
-    sets = (spec.defaults["calibration"], spec.defaults["offline_calibration"])
+    assert spec.packaged == "smollm2-135m" and spec.defaults.chat  # a chat model calibrates on chats
+    sets = (spec.defaults.calibration, spec.defaults.offline_calibration)
     assert sets == ("ultrachat+refinedweb", "self-chat+wiki-offline")
-    assert resolve("qwen3-0.6b").defaults["calibration"] == "refinedweb"  # the paper's default
+    assert resolve("qwen3-0.6b").defaults.calibration == "refinedweb"  # the paper's default
     assert {"llama3.2-1b", "qwen3-8b", "llama2-7b", "qwen3-0.6b"} <= set(aliases())
 
 
@@ -37,13 +37,13 @@ def test_folders_and_hub_ids(tmp_path):
 
 # How each modality's adapter names a scored set in its results (the scorecard's task).
 TASK_NAMES = {
-    "llm": lambda d: [f"perplexity/{t}" for t in d.get("eval_texts", [])] + d.get("eval_tasks", []),
-    "whisper": lambda d: [f"wer/{s}" for s in d.get("eval_sets", [])],
-    "vlm": lambda d: [f"vlmeval/{s}" for s in d.get("eval_sets", [])],
+    "llm": lambda d: [f"perplexity/{t}" for t in d.eval_texts] + list(d.eval_tasks),
+    "whisper": lambda d: [f"wer/{s}" for s in d.eval_sets],
+    "vlm": lambda d: [f"vlmeval/{s}" for s in d.eval_sets],
 }
 OFFLINE_NAMES = {
-    "whisper": lambda d: [f"wer/{s}" for s in d["offline_eval_sets"]],
-    "vlm": lambda d: [f"vlmeval/{s}" for s in d["offline_eval_sets"]],
+    "whisper": lambda d: [f"wer/{s}" for s in d.offline_eval_sets],
+    "vlm": lambda d: [f"vlmeval/{s}" for s in d.offline_eval_sets],
 }
 
 
@@ -60,4 +60,4 @@ def test_every_model_names_a_suite_of_real_benchmarks_and_offline_stand_ins(alia
     offline = OFFLINE_NAMES[spec.modality](spec.defaults) if spec.modality in OFFLINE_NAMES else list(LOCAL_TASKS)
     assert {t: provenance(t) for t in offline} == dict.fromkeys(offline, STAND_IN)
     if spec.modality == "llm":
-        assert spec.defaults["eval_texts"] == ["wikitext2", "c4"]
+        assert spec.defaults.eval_texts == ["wikitext2", "c4"]

@@ -25,6 +25,7 @@ from zoo.evaluators.generation import (
 from zoo.evaluators.provenance import STAND_IN, provenance
 from zoo.publish.card import CARD, answers_table, markdown_cell
 from zoo.publish.scorecard import SCORECARD, Scorecard, higher_is_better, schema
+from zoo.sources.catalogue import modality_defaults
 
 
 def _ends_turn_at_once(model) -> None:
@@ -65,11 +66,12 @@ def test_the_base_agrees_with_itself_and_a_chat_model_only_answers_when_the_cata
     assert scores["agreement"] == 1.0
     assert generation_check(model, tokenizer, answers, new_tokens=6)[0] == scores  # the same, passed back
     assert [a["prompt"] for a in answers] == list(chat_prompts())
-    assert chat_results(model, tokenizer, {}) == {}  # not a chat model in the catalogue
-    results = chat_results(model, tokenizer, {"chat": True, "eval_chat_tokens": 6, REFERENCE: answers})
-    assert results == {TASK: scores, ANSWERS: answers}
+    llm = modality_defaults("llm")
+    assert chat_results(model, tokenizer, llm) == {}  # not a chat model in the catalogue
+    chat = llm.updated({"chat": True, "eval_chat_tokens": 6, REFERENCE: answers})
+    assert chat_results(model, tokenizer, chat) == {TASK: scores, ANSWERS: answers}
     tokenizer.chat_template = None
-    assert chat_results(model, tokenizer, {"chat": True}) == {}  # a tokenizer without a chat template
+    assert chat_results(model, tokenizer, chat) == {}  # a tokenizer without a chat template
 
 
 def test_a_model_that_ends_its_turn_first_answers_nothing_and_agrees_with_nothing():

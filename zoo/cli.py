@@ -91,8 +91,8 @@ def list_models() -> None:
         offline = f"  (offline: packaged {entry['packaged']})" if "packaged" in entry else ""
         click.echo(f"{name:22s} {entry['modality']:8s} {source}{offline}")
         suite = resolve(name).defaults
-        texts = [f"perplexity/{t}" for t in suite.get("eval_texts", [])]
-        click.echo(f"{'':31s} suite: {', '.join([*texts, *suite.get('eval_tasks', []), *suite.get('eval_sets', [])])}")
+        texts = [f"perplexity/{t}" for t in suite.eval_texts]
+        click.echo(f"{'':31s} suite: {', '.join([*texts, *suite.eval_tasks, *suite.eval_sets])}")
 
 
 SETTINGS = {f.name: f for f in CompressionConfig.settings()}

@@ -42,26 +42,14 @@ from zoo.modality_table import DEFAULT, modality_of
 from zoo.publish.card import inherited_license, write_card
 from zoo.publish.fingerprint import variant_fingerprint
 from zoo.publish.scorecard import SCORECARD, MetricResult, Scorecard, SliceScore, metrics_from_results
-from zoo.sources.catalogue import ModelSpec, modality_defaults, resolve
+from zoo.sources.catalogue import Defaults, ModelSpec, modality_defaults, resolve
 from zoo.sources.hub import hub_reachable
 from zoo.sources.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
 # Evaluation settings a run may override over the catalogue's (the nightly plan sets the suites too).
-EVAL_SETTINGS = (
-    "eval_windows",
-    "eval_limit",
-    "eval_tasks",
-    "eval_sets",
-    "offline_eval_sets",
-    "eval_seq_len",
-    "eval_texts",
-    "eval_image_tokens",
-    "eval_max_new_tokens",
-    "eval_chat_tokens",
-    "chat",
-)
+EVAL_SETTINGS = tuple(name for name in Defaults.evaluation_settings() if name != REFERENCE)
 # The slice a published variant is verified on (zoo.rescore), over the run's own settings: two
 # perplexity windows, no zero-shot tasks and 8-token answers to the chat prompts for LLMs, four
 # utterances or questions per set.
@@ -138,15 +126,15 @@ def calibration_settings(
     rest; offline, a set on the Hub gives way to the modality's offline stand-in."""
     defaults = spec.defaults
     if source is None:
-        source, offline = defaults.get("calibration"), defaults.get("offline_calibration")
+        source, offline = defaults.calibration, defaults.offline_calibration
         if offline and (source is None or (source != offline and not online)):
             if source:
                 log.warning("Hub offline: calibrating on %s instead of %s", offline, source)
             source = offline
         if source is None:
             raise ZooError("the zoo catalogue names no calibration set for this model; pass --calibration")
-    n_samples = defaults.get("n_samples", 256) if n_samples is None else n_samples
-    seq_len = defaults.get("seq_len", 1024) if seq_len is None else seq_len
+    n_samples = defaults.n_samples if n_samples is None else n_samples
+    seq_len = defaults.seq_len if seq_len is None else seq_len
     for name, value in (("n_samples", n_samples), ("seq_len", seq_len)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ZooError(f"{name} must be a positive integer, got {value!r}")
@@ -237,7 +225,7 @@ def fingerprint(prepared: Prepared, req: CompressRequest) -> str:
     req = effective(prepared, req)
     evaluation = {
         "hub": prepared.online,
-        **{k: v for k, v in prepared.spec.defaults.items() if k.startswith(("eval", "offline_eval")) or k == "chat"},
+        **{k: v for k, v in prepared.spec.defaults.evaluation().items() if k != REFERENCE},
     }
     return _fingerprint(prepared, req, evaluation)
 
@@ -279,7 +267,7 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
     source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
     adapter.check_calibration(source, online)
     skeleton = adapter.load(spec, online, req.config.dtype, weights=False)
-    dtype = req.config.resolved(skeleton.dtype, spec.defaults.get("dtype", "bfloat16")).dtype
+    dtype = req.config.resolved(skeleton.dtype, spec.defaults.dtype).dtype
     device = torch.device(req.config.device or default_device())
     config = skeleton.model.config
     stacks = adapter.stacks(skeleton.model, req.config.components)
@@ -322,7 +310,7 @@ def prepare(req: CompressRequest, online: bool | None = None, report: Callable[[
     spec = with_settings(spec, req.eval_settings)
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec, online, held)
-    dtype = req.config.resolved(loaded.dtype, spec.defaults.get("dtype", "bfloat16")).dtype
+    dtype = req.config.resolved(loaded.dtype, spec.defaults.dtype).dtype
     base_bytes = tensor_bytes(loaded.model, "float16")
     if held != dtype:  # calibrated and scored as its checkpoint holds it
         with torch.no_grad():
@@ -354,15 +342,14 @@ def evaluate(prepared: Prepared) -> dict:
 
 
 def with_settings(spec: ModelSpec, settings: dict) -> ModelSpec:
-    return dataclasses.replace(spec, defaults={**spec.defaults, **settings})
+    return dataclasses.replace(spec, defaults=spec.defaults.updated(settings))
 
 
 def score_slice(prepared: Prepared) -> SliceScore:
     """The model's scores as it is now on the verification slice: the run's evaluation settings
     (and a chat model's base answers) with SLICE_SETTINGS over them, all recorded, so a fresh
     process can score the same slice."""
-    kept = (*EVAL_SETTINGS, REFERENCE)
-    settings = {**{k: v for k, v in prepared.spec.defaults.items() if k in kept}, **SLICE_SETTINGS}
+    settings = {**prepared.spec.defaults.evaluation(), **SLICE_SETTINGS}
     scores = prepared.adapter.evaluate(prepared.loaded, with_settings(prepared.spec, settings), prepared.online)
     return SliceScore(settings, prepared.online, split_answers(scores)[0])
 
@@ -370,7 +357,8 @@ def score_slice(prepared: Prepared) -> SliceScore:
 def run_evaluation(prepared: Prepared, metrics: list[MetricResult]) -> dict:
     """The evaluation as this run scored it: its settings, whether the Hub was reachable, and the sets
     and tasks the metrics come from, which offline are the stand-ins, not the catalogue's lists."""
-    settings = {k: v for k, v in prepared.spec.defaults.items() if k in EVAL_SETTINGS and k not in SET_LISTS}
+    given = prepared.spec.defaults.evaluation()
+    settings = {k: v for k, v in given.items() if k not in (*SET_LISTS, REFERENCE)}
     return {**settings, "online": prepared.online, "scored": list(dict.fromkeys(m.task for m in metrics))}
 
 
@@ -436,7 +424,7 @@ def compress_variant(
             prepared = dataclasses.replace(prepared, spec=with_settings(prepared.spec, {REFERENCE: reference}))
         scores, answers = split_answers(evaluate(prepared))
         metrics = metrics_from_results(base_scores, scores, provenance)
-        limit = prepared.spec.defaults.get("eval_limit")
+        limit = prepared.spec.defaults.eval_limit
         result.scorecard = Scorecard.from_record(
             record,
             metrics,
@@ -516,7 +504,7 @@ def compress(
     loaded = LoadedModel(model, processor, name)
     sampling = calibration_settings(spec, calibration, n_samples, seq_len, online)
     data = adapter.calibration(loaded, *sampling, seed, online)
-    dtype = config.resolved(str(model.dtype).removeprefix("torch."), spec.defaults.get("dtype", "bfloat16")).dtype
+    dtype = config.resolved(str(model.dtype).removeprefix("torch."), spec.defaults.dtype).dtype
     base_bytes = tensor_bytes(model, "float16")
     prepared = Prepared(spec, adapter, loaded, data, online, sampling, dtype, base_bytes, peak_memory_mb())
     record = compress_loaded(prepared, req, req.out_dir.name)

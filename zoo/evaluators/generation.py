@@ -19,7 +19,7 @@ Not kept: the model's likelihood of the base's answers. It stays near the base's
 model's answers are empty, which is exactly the failure this check exists to show.
 
 The base's answers are plain data (a list of {"prompt", "answer", "tokens"}): kept when the base is
-scored, they come back as `spec.defaults[REFERENCE]` when the compressed model is scored.
+scored, they come back as `spec.defaults.chat_reference` when the compressed model is scored.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch
 
 from zoo.calibration.chat import Answer, chat_inputs, end_ids, greedy_answers, left_padded, model_device
 from zoo.errors import ZooError
+from zoo.sources.catalogue import Defaults
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ def chat_prompts() -> tuple[str, ...]:
     return tuple(data["prompts"])
 
 
-def is_chat(tokenizer, defaults: dict) -> bool:
+def is_chat(tokenizer, defaults: Defaults) -> bool:
     """A chat model: the catalogue says so (`chat = true`) and its tokenizer has a chat template."""
-    return bool(defaults.get("chat")) and bool(getattr(tokenizer, "chat_template", None))
+    return defaults.chat and bool(getattr(tokenizer, "chat_template", None))
 
 
 def is_answer(text: str) -> bool:
@@ -121,13 +122,13 @@ def generation_check(
     return scores, own
 
 
-def chat_results(model, tokenizer, defaults: dict) -> dict:
+def chat_results(model, tokenizer, defaults: Defaults) -> dict:
     """What the generation check adds to an adapter's results for a chat model: {TASK: its metrics,
     ANSWERS: the answers}, agreement taken against `defaults[REFERENCE]` when there; {} for others."""
     if not is_chat(tokenizer, defaults):
         return {}
     scores, answers = generation_check(
-        model, tokenizer, defaults.get(REFERENCE), defaults.get("eval_chat_tokens", NEW_TOKENS)
+        model, tokenizer, defaults.chat_reference, defaults.eval_chat_tokens or NEW_TOKENS
     )
     return {TASK: scores, ANSWERS: answers}
 

@@ -150,7 +150,7 @@ class DecoderLLM:
         from zoo.evaluators.lm_eval_tasks import LOCAL_TASKS, build_local_tasks, run_lm_eval
         from zoo.evaluators.perplexity import perplexity
 
-        texts = list(spec.defaults.get("eval_texts", ["wikitext2"]))
+        texts = list(spec.defaults.eval_texts)
         if not online and any(t in CALIBRATION_SETS for t in texts):
             offline = list(dict.fromkeys(OFFLINE_TEXT if t in CALIBRATION_SETS else t for t in texts))
             log.warning("Hub offline: perplexity texts %s replaced by %s", texts, offline)
@@ -161,11 +161,11 @@ class DecoderLLM:
                 loaded.model,
                 loaded.processor,
                 _evaluation_text(source, online),
-                seq_len=spec.defaults.get("eval_seq_len", 2048),
-                max_windows=spec.defaults.get("eval_windows"),
+                seq_len=spec.defaults.eval_seq_len,
+                max_windows=spec.defaults.eval_windows,
             )
             metrics[f"perplexity/{source}"] = {"perplexity": result["perplexity"]}
-        tasks = list(spec.defaults.get("eval_tasks", []))
+        tasks = list(spec.defaults.eval_tasks)
         if not online and any(t not in LOCAL_TASKS for t in tasks):
             log.warning("Hub offline: zero-shot tasks %s replaced by local %s", tasks, LOCAL_TASKS)
             tasks = list(LOCAL_TASKS)
@@ -174,9 +174,7 @@ class DecoderLLM:
             if any(t in LOCAL_TASKS for t in tasks):
                 include = str(build_local_tasks(_evaluation_texts(), cache_dir() / "lm-eval-tasks"))
             metrics.update(
-                run_lm_eval(
-                    loaded.model, loaded.processor, tasks, include_path=include, limit=spec.defaults.get("eval_limit")
-                )
+                run_lm_eval(loaded.model, loaded.processor, tasks, include_path=include, limit=spec.defaults.eval_limit)
             )
         metrics.update(chat_results(loaded.model, loaded.processor, spec.defaults))
         return metrics

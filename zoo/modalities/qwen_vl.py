@@ -190,17 +190,17 @@ class QwenVL:
         from zoo.evaluators.vlm import evaluate_vlm
 
         key = "eval_sets" if online else "offline_eval_sets"
-        names = spec.defaults.get(key, [])
+        names = getattr(spec.defaults, key)
         if not names:
             raise ZooError(f"{spec.name}: the zoo catalogue names no {key} for Qwen-VL")
-        budget = spec.defaults.get("eval_image_tokens")
+        budget = spec.defaults.eval_image_tokens
         return evaluate_vlm(
             loaded.model,
             loaded.processor,
             functools.partial(chat_inputs, loaded.processor, max_image_tokens=budget),
             names,
-            limit=spec.defaults.get("eval_limit"),
-            max_new_tokens=spec.defaults.get("eval_max_new_tokens", 32),
+            limit=spec.defaults.eval_limit,
+            max_new_tokens=spec.defaults.eval_max_new_tokens,
         )
 
 

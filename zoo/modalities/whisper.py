@@ -114,10 +114,10 @@ class Whisper:
         from zoo.evaluators.wer import evaluate_wer
 
         key = "eval_sets" if online else "offline_eval_sets"
-        names = spec.defaults.get(key, [])
+        names = getattr(spec.defaults, key)
         if not names:
             raise ZooError(f"{spec.name}: the zoo catalogue names no {key} for Whisper")
-        limit = spec.defaults.get("eval_limit")
+        limit = spec.defaults.eval_limit
         sets = {name: load_speech(name, limit, seed=0, at_most=True, online=online) for name in names}
         results = evaluate_wer(loaded.model, loaded.processor, sets)
         for name, m in results.items():

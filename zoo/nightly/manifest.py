@@ -15,6 +15,7 @@ from zoo.compression.config import CompressionConfig
 from zoo.errors import ZooError
 from zoo.methods import variant_kinds
 from zoo.pipeline import EVAL_SETTINGS, default_out_dir
+from zoo.sources.catalogue import Defaults
 
 # Compression settings a [[models]] entry may set for all its variants: every CompressionConfig
 # field but those its `crs` and `methods` set, and where the engine runs.
@@ -42,20 +43,9 @@ VALUE_TYPES = {
     "crs": ((int, float),),
     "methods": (str,),
     "seed": int,
-    "calibration": str,
-    "n_samples": int,
-    "seq_len": int,
     "runner": str,
     "components": (str,),
-    "eval_windows": int,
-    "eval_limit": int,
-    "eval_tasks": (str,),
-    "eval_sets": (str,),
-    "offline_eval_sets": (str,),
-    "eval_seq_len": int,
-    "eval_texts": (str,),
-    "eval_image_tokens": int,
-    "eval_max_new_tokens": int,
+    **{k: v for k, v in Defaults.value_types().items() if k in ("calibration", "n_samples", "seq_len", *EVAL_SETTINGS)},
 }
 # The CI runner class of an entry without `runner`; a manifest's [runners] table maps each class to its
 # runs-on labels, so which machines run the zoo is configuration, never code.

@@ -184,8 +184,8 @@ def versions_text(scorecard: Scorecard) -> str:
 def inherited_license(spec: ModelSpec, online: bool) -> str:
     """The base model's license: the catalogue's, else the base card's (local folder, or the Hub
     when `online`), else "other"."""
-    if "license" in spec.defaults:
-        return spec.defaults["license"]
+    if spec.defaults.license is not None:
+        return spec.defaults.license
     source = spec.local / CARD if spec.local is not None else spec.hub if spec.hub and online else None
     if source is not None and (spec.local is None or Path(source).is_file()):
         try:
