@@ -425,7 +425,7 @@ def non_utf8_questions(i: Inputs) -> Case:
 def _manifest(i: Inputs, text: str) -> list:
     path = i.tmp / "manifest.toml"
     path.write_text(text)
-    return ["nightly", "--manifest", path, "--target", i.tmp / "registry", "--report-dir", i.tmp / "report"]
+    return ["nightly", "--manifest", path, "--registry", i.tmp / "registry", "--report-dir", i.tmp / "report"]
 
 
 _ENTRY = '[[models]]\nmodel = "smollm2-135m"\n'
@@ -483,7 +483,7 @@ def _job_report(i: Inputs, edit: Callable[[dict], None]) -> Path:
     """A `zoo nightly --model` job's report folder, its report.json edited."""
     folder = i.tmp / "job"
     folder.mkdir()
-    data = {"started": "2025-01-01T00:00:00+00:00", "updated": "2025-01-01T01:00:00+00:00", "target": "x"}
+    data = {"started": "2025-01-01T00:00:00+00:00", "updated": "2025-01-01T01:00:00+00:00", "registry": "x"}
     variant = {"variant": "v", "status": "rebuilt", "reason": "", "seconds": 1.0, "url": None, "achieved_cr": 0.2}
     variant |= {"regressions": [], "broken": False, "changes": [], "verification_reason": ""}
     data["variants"] = [variant]
@@ -936,7 +936,7 @@ def test_nightly_logs_a_user_error_in_one_line(tmp_path, model_dir, text_file, c
     manifest = tmp_path / "nightly.toml"
     manifest.write_text(f'[[models]]\nmodel = "{tmp_path / "missing"}"\ncrs = [0.2]\ncalibration = "{text_file}"\n')
     args = [*_manifest(Inputs(tmp_path, model_dir, text_file, model_dir), "")[:1], "--manifest", manifest]
-    args += ["--target", tmp_path / "registry", "--workdir", tmp_path / "work", "--report-dir", tmp_path / "report"]
+    args += ["--registry", tmp_path / "registry", "--workdir", tmp_path / "work", "--report-dir", tmp_path / "report"]
     with caplog.at_level(logging.WARNING):
         result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 1 and "1 of 1 variants failed" in result.output, result.output

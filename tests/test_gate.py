@@ -68,7 +68,7 @@ def _run(*args) -> tuple[int, str]:
 def test_the_gate_passes_an_unchanged_tree_and_fails_a_worsened_engine(tmp_path, trained_dir, text_file, monkeypatch):
     registry, out = tmp_path / "registry", tmp_path / "gate"
     manifest = _manifest(tmp_path / "gate.toml", trained_dir, text_file)
-    code, output = _run("nightly", "--manifest", manifest, "--target", registry, "--workdir", tmp_path / "work",
+    code, output = _run("nightly", "--manifest", manifest, "--registry", registry, "--workdir", tmp_path / "work",
                         "--report-dir", tmp_path / "report")  # fmt: skip
     assert code == 0, output
 
@@ -171,7 +171,7 @@ def test_gather_joins_the_jobs_reports_and_names_a_job_without_one(tmp_path):
         entry = {"variant": variant, "model": "m", "cr": 0.2, "kind": "compot-dynamic", "status": status,
                  "reason": "", "seconds": 1.0, "repo_id": None, "url": None, "achieved_cr": 0.2, "changes": [],
                  "verification": "verified", "verification_reason": "", "regressions": [], "broken": False}  # fmt: skip
-        data = {"started": started, "updated": started, "target": "hub", "variants": [entry]}
+        data = {"started": started, "updated": started, "registry": "hub", "variants": [entry]}
         (folder / "report.json").write_text(json.dumps(data))
         return folder
 

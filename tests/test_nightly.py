@@ -47,7 +47,7 @@ def _nightly(manifest: Path, tmp_path: Path, *more):
         "nightly",
         "--manifest",
         manifest,
-        "--target",
+        "--registry",
         tmp_path / "registry",
         "--workdir",
         tmp_path / "work",
@@ -189,7 +189,7 @@ def test_a_killed_run_resumes_without_redoing_finished_variants(tmp_path, model_
         "nightly",
         "--manifest",
         str(manifest),
-        "--target",
+        "--registry",
         str(tmp_path / "registry"),
         "--workdir",
         str(tmp_path / "work"),
@@ -267,7 +267,7 @@ def test_manifest_errors_name_the_file_and_the_problem(tmp_path, text, message):
 def test_the_shipped_manifests_name_known_models(name):
     variants, settings = read_manifest(ROOT / "zoo" / "ci" / name)
     assert {v.entry["model"] for v in variants} <= set(aliases())
-    assert name != "nightly.toml" or settings["target"] == "hub"
+    assert name != "nightly.toml" or settings["registry"] == "hub"
 
 
 def test_the_workflow_is_scheduled_publishes_with_the_secret_and_reports():
@@ -341,6 +341,6 @@ def test_a_hub_run_without_a_token_fails_before_loading_anything(tmp_path, model
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setattr("zoo.pipeline.prepare", lambda *a, **k: pytest.fail("work started before the check"))
     manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.2])
-    args = ["nightly", "--manifest", manifest, "--target", "hub", "--report-dir", tmp_path / "report"]
+    args = ["nightly", "--manifest", manifest, "--registry", "hub", "--report-dir", tmp_path / "report"]
     result = CliRunner().invoke(main, [*map(str, args)])
     assert result.exit_code == 1 and "needs a token: set HF_TOKEN" in result.output

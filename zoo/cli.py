@@ -219,7 +219,7 @@ def _check_cr(_ctx, _param, value: float) -> float:
     is_flag=False,
     flag_value="",
     default=None,
-    metavar="[TARGET]",
+    metavar="[REGISTRY]",
     help="Score (implies --eval) and publish: 'hub', 'hub:ORG' or a local registry folder "
     "(bare --push: the default local registry).",
 )
@@ -291,9 +291,9 @@ def compress(  # noqa: PLR0913 - click passes one argument per option
     for r in record.layers[:: max(1, len(record.layers) // 12)]:
         bits = f" bits={r.bits}" if r.bits != 16 else ""
         click.echo(f"  {r.name:45s} {r.method:8s} k={r.k:5d} s={r.s:5d} cr={r.cr:.3f}{bits} err={r.relative_error:.4f}")
-    target = f"Target CR {config.cr:g}" if config.factorizes else f"No factorization ({config.method} alone)"
+    asked = f"Target CR {config.cr:g}" if config.factorizes else f"No factorization ({config.method} alone)"
     click.echo(
-        f"{target}, achieved {record.achieved_cr:.4f} from stored bytes (eq. 11: "
+        f"{asked}, achieved {record.achieved_cr:.4f} from stored bytes (eq. 11: "
         f"{record.eq11_cr:.4f}), over every target projection, dense-kept ones included"
     )
     stored = sum(r.stored_bits for r in record.layers) // 8
@@ -318,17 +318,17 @@ def _publish(publisher, folder: Path) -> None:
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.argument("target", required=False)
+@click.argument("registry", required=False)
 @_publish_options
 def publish(
-    checkpoint: Path, target: str | None, org: str | None, private: bool | None, allow_offline_scores: bool
+    checkpoint: Path, registry: str | None, org: str | None, private: bool | None, allow_offline_scores: bool
 ) -> None:
-    """Publish a scored CHECKPOINT (from `zoo compress --eval`) to TARGET: 'hub', 'hub:ORG' or a
+    """Publish a scored CHECKPOINT (from `zoo compress --eval`) to REGISTRY: 'hub', 'hub:ORG' or a
     local registry folder (default: the local registry). The checkpoint folder is only read."""
     from zoo.publish.publishers import check_folder, publisher_for
 
     check_folder(checkpoint)
-    _publish(publisher_for(target, org, private, allow_offline_scores), checkpoint)  # publish() checks first
+    _publish(publisher_for(registry, org, private, allow_offline_scores), checkpoint)  # publish() checks first
 
 
 def _manifest_path(manifest_path: Path | None, default: str) -> Path:
@@ -346,13 +346,13 @@ def _manifest_option(default: str, what: str):
 
 
 def _manifest_publisher(
-    settings: dict, target: str | None, org: str | None, private: bool | None, allow_offline_scores: bool = False
+    settings: dict, registry: str | None, org: str | None, private: bool | None, allow_offline_scores: bool = False
 ):
     """The publisher a command's options name, the manifest's [publish] table filling the rest."""
     from zoo.publish.publishers import publisher_for
 
     return publisher_for(
-        target or settings.get("target"),
+        registry or settings.get("registry"),
         org or settings.get("organization"),
         settings.get("private") if private is None else private,
         allow_offline_scores,
@@ -381,9 +381,10 @@ def _report_dir_option(what: str):
 @main.command()
 @_manifest_option("nightly.toml", "Models x CRs x methods to keep fresh")
 @click.option(
-    "--target",
+    "--registry",
     default=None,
-    help="'hub', 'hub:ORG' or a local registry folder (default: the manifest's, else the local registry).",
+    help="Where variants are published: 'hub', 'hub:ORG' or a local registry folder (default: the manifest's, "
+    "else the local registry).",
 )
 @click.option("--model", default=None, help="Only this model of the manifest (one CI job's share).")
 @click.option(
@@ -396,7 +397,7 @@ def _report_dir_option(what: str):
 @_publish_options
 def nightly(  # noqa: PLR0913 - click passes one argument per option
     manifest_path: Path | None,
-    target: str | None,
+    registry: str | None,
     model: str | None,
     list_jobs: bool,
     workdir: Path | None,
@@ -420,7 +421,7 @@ def nightly(  # noqa: PLR0913 - click passes one argument per option
     variants, settings = read_manifest(manifest_path)
     if model is not None:
         variants = only_model(variants, model)
-    publisher = _manifest_publisher(settings, target, org, private, allow_offline_scores)
+    publisher = _manifest_publisher(settings, registry, org, private, allow_offline_scores)
     outcomes = run_nightly(variants, publisher, workdir or cache_dir() / "nightly", report_dir)
     click.echo((report_dir / "report.md").read_text())
     problems = []
@@ -436,15 +437,15 @@ def nightly(  # noqa: PLR0913 - click passes one argument per option
 
 @main.command()
 @click.argument("variant")
-@click.argument("target", required=False)
+@click.argument("registry", required=False)
 @click.option("--org", default=None, help="Organisation (default: the catalogue's [publish]).")
-def verify(variant: str, target: str | None, org: str | None) -> None:
-    """Download the published VARIANT from TARGET in a fresh process, reload it, score the slice its
+def verify(variant: str, registry: str | None, org: str | None) -> None:
+    """Download the published VARIANT from REGISTRY in a fresh process, reload it, score the slice its
     scorecard recorded and mark it verified or broken where it is published (as `zoo nightly` does)."""
     from zoo.publish.publishers import publisher_for
     from zoo.rescore import verify_published
 
-    publisher = publisher_for(target, org)
+    publisher = publisher_for(registry, org)
     published = publisher.get(variant)
     if published is None:
         raise ZooError(f"{publisher!r} holds no variant {variant!r}")
@@ -524,7 +525,7 @@ def gate(
 
 
 @main.command()
-@click.argument("target", required=False)
+@click.argument("registry", required=False)
 @click.option(
     "--base-model",
     default=None,
@@ -532,14 +533,14 @@ def gate(
 )
 @click.option("--modality", type=click.Choice(list(MODALITIES)), default=None, help="Only variants of this modality.")
 @click.option("--org", default=None, help="Organisation (default: the catalogue's [publish]).")
-def browse(target: str | None, base_model: str | None, modality: str | None, org: str | None) -> None:
-    """List the published variants of TARGET with their scorecards."""
+def browse(registry: str | None, base_model: str | None, modality: str | None, org: str | None) -> None:
+    """List the published variants of REGISTRY with their scorecards."""
     from zoo.format.record import size_line
     from zoo.publish.publishers import publisher_for
 
     variants = [
         v
-        for v in publisher_for(target, org, None).published()
+        for v in publisher_for(registry, org, None).published()
         if (base_model is None or _names_base(v.scorecard, base_model))
         and (modality is None or v.scorecard.modality == modality)
     ]
@@ -566,7 +567,7 @@ def _names_base(scorecard, query: str) -> bool:
 
 
 @main.command()
-@click.argument("target", required=False)
+@click.argument("registry", required=False)
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
@@ -576,10 +577,10 @@ def _names_base(scorecard, query: str) -> bool:
 )
 @click.option("--title", default="compot-zoo", show_default=True, help="The site's title, on every page.")
 @click.option("--org", default=None, help="Organisation (default: the catalogue's [publish]).")
-def site(target: str | None, out: Path, title: str, org: str | None) -> None:
-    """Render TARGET's published variants as a static scoreboard site in OUT."""
+def site(registry: str | None, out: Path, title: str, org: str | None) -> None:
+    """Render REGISTRY's published variants as a static scoreboard site in OUT."""
     from zoo.publish.publishers import publisher_for
     from zoo.publish.site import render_site
 
-    index = render_site(publisher_for(target, org, None).published(), out, title)
+    index = render_site(publisher_for(registry, org, None).published(), out, title)
     click.echo(f"Site written to {index} (open {index.resolve().as_uri()})")

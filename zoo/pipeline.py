@@ -34,7 +34,7 @@ from zoo.errors import UserError, ZooError
 from zoo.evaluators.generation import REFERENCE, answer_pairs, split_answers
 from zoo.evaluators.provenance import provenance
 from zoo.files import exclusive, sibling_lock
-from zoo.format.checkpoint import check_target, mark_compressed, save_compressed, tensor_bytes
+from zoo.format.checkpoint import check_out_dir, mark_compressed, save_compressed, tensor_bytes
 from zoo.format.progress import BlockProgress
 from zoo.format.record import CalibrationInfo, VariantRecord
 from zoo.modalities.base import Adapter, get_adapter
@@ -372,7 +372,7 @@ def run_compress(
 ) -> CompressResult:
     """`zoo compress`: one variant, compressed in place in the loaded model; `repo_id` is the
     repository the card names (default: the variant's folder name); `report` hears the plan."""
-    check_target(req.out_dir, req.overwrite)
+    check_out_dir(req.out_dir, req.overwrite)
     with exclusive(sibling_lock(req.out_dir), f"output directory {req.out_dir}"):
         prepared = prepare(req, report=report)
         base_metrics = evaluate(prepared) if req.evaluate else None

@@ -36,7 +36,7 @@ def verify_published(
     variant = published.repo_id.split("/", 1)[1]
     with tempfile.TemporaryDirectory(prefix="zoo-verify-") as tmp:
         out = Path(tmp) / "measured.json"
-        command = [sys.executable, "-m", "zoo.rescore", publisher.target, publisher.organization, variant, str(out)]
+        command = [sys.executable, "-m", "zoo.rescore", publisher.registry, publisher.organization, variant, str(out)]
         try:
             run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
         except subprocess.TimeoutExpired:
@@ -86,11 +86,11 @@ def score_download(folder: Path) -> Scores:
 
 
 def main(argv: list[str]) -> None:
-    """The fresh process: download VARIANT from TARGET (as `publisher_for` reads it), score, write OUT."""
+    """The fresh process: download VARIANT from REGISTRY (as `publisher_for` reads it), score, write OUT."""
     from zoo.publish.publishers import publisher_for
 
-    target, organization, variant, out = argv
-    publisher = publisher_for(target, organization)
+    registry, organization, variant, out = argv
+    publisher = publisher_for(registry, organization)
     with tempfile.TemporaryDirectory(prefix="zoo-verify-download-") as tmp:
         folder = publisher.download(variant, Path(tmp) / variant)
         scores = score_download(folder)

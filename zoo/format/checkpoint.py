@@ -188,7 +188,7 @@ def save_compressed(
     tensors that are not compressed in `record.config.dtype` (None: as they are). Returns the
     record as written, with the weights file's size."""
     out_dir = Path(out_dir)
-    check_target(out_dir, overwrite)
+    check_out_dir(out_dir, overwrite)
     layers = compot_layers(model)
     if not layers:
         raise ZooError(f"{type(model).__name__} has no compressed layers: nothing compressed to save")
@@ -217,7 +217,7 @@ def write_variant_config(config, folder: Path) -> None:
     shutil.copyfile(REMOTE_CODE, folder / REMOTE_CODE.name)
 
 
-def check_target(out_dir: Path, overwrite: bool) -> None:
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse an existing target unless asked to overwrite it, and never replace a folder that is
     not a checkpoint (e.g. a typo'd home)."""
     if out_dir.exists() and not overwrite:

@@ -34,7 +34,7 @@ ENTRY_KEYS = {
     *CONFIG_KEYS,
     *EVAL_SETTINGS,
 }
-PUBLISH_KEYS = {"target": str, "organization": str, "private": bool}
+PUBLISH_KEYS = {"registry": str, "organization": str, "private": bool}
 # The type of each manifest value that is not a compression setting (CompressionConfig checks those);
 # a tuple is a list of that type.
 VALUE_TYPES = {

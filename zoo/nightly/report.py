@@ -101,7 +101,7 @@ def write_report(outcomes: list[Outcome], report_dir: Path, publisher: Publisher
         for o in outcomes
     ]
     updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _write(report_dir, {"started": started, "updated": updated, "target": repr(publisher), "variants": variants})
+    _write(report_dir, {"started": started, "updated": updated, "registry": repr(publisher), "variants": variants})
 
 
 def _write(report_dir: Path, data: dict) -> dict:
@@ -136,7 +136,7 @@ def gather_reports(report_dirs: list[Path], out: Path) -> dict:
     data = {
         "started": min(r["started"] for r in reports),
         "updated": max(r["updated"] for r in reports),
-        "target": ", ".join(dict.fromkeys(r["target"] for r in reports)),
+        "registry": ", ".join(dict.fromkeys(r["registry"] for r in reports)),
         "variants": [v for r in reports for v in r["variants"]],
         "missing": missing,
     }
@@ -146,7 +146,7 @@ def gather_reports(report_dirs: list[Path], out: Path) -> dict:
 NUMBER = (int, float)
 # What a job's report.json must hold, with the types `markdown_report` reads: a report from another
 # version, or edited by hand, is named and left out rather than met as a KeyError halfway through.
-REPORT_FIELDS = {"started": str, "updated": str, "target": str, "variants": list}
+REPORT_FIELDS = {"started": str, "updated": str, "registry": str, "variants": list}
 VARIANT_FIELDS = {
     "variant": str,
     "status": str,

@@ -57,7 +57,7 @@ class Publisher(Protocol):
     organization: str
 
     @property
-    def target(self) -> str:
+    def registry(self) -> str:
         """What `publisher_for` takes to reach this publisher again (in another process)."""
 
     def check(self, variants: list[str]) -> None:
@@ -128,7 +128,7 @@ class LocalRegistry:
         return f"local registry {self.root}"
 
     @property
-    def target(self) -> str:
+    def registry(self) -> str:
         return str(self.root.resolve())  # absolute: a folder named "hub" is no Hub
 
     def check(self, variants: list[str]) -> None:
@@ -235,7 +235,7 @@ class HubPublisher:
         return f"the Hugging Face Hub ({self.organization})"
 
     @property
-    def target(self) -> str:
+    def registry(self) -> str:
         return f"hub:{self.organization}"
 
     def lock(self) -> AbstractContextManager:
@@ -424,7 +424,7 @@ class HubPublisher:
 
 
 def publisher_for(
-    target: str | None,
+    registry: str | None,
     organization: str | None = None,
     private: bool | None = None,
     allow_offline_scores: bool = False,
@@ -434,13 +434,13 @@ def publisher_for(
     private flag default to the zoo catalogue's [publish] table. The Hub takes a scorecard of
     offline stand-ins only with `allow_offline_scores`; a local registry takes anything."""
     settings = publish_settings()
-    if target is not None and (target == "hub" or target.startswith("hub:")):
-        org = target.partition(":")[2] or organization or settings.get("organization")
+    if registry is not None and (registry == "hub" or registry.startswith("hub:")):
+        org = registry.partition(":")[2] or organization or settings.get("organization")
         if not org:
             raise ZooError("publishing to the Hub needs an organisation: hub:ORG or [publish] organization")
         visibility = settings.get("private", False) if private is None else private
         return HubPublisher(org, visibility, allow_offline_scores=allow_offline_scores)
-    root = Path(target) if target else Path(os.environ.get(REGISTRY_ENV) or cache_dir() / "registry")
+    root = Path(registry) if registry else Path(os.environ.get(REGISTRY_ENV) or cache_dir() / "registry")
     if root.exists() and not root.is_dir():
         raise ZooError(f"local registry {root} exists and is not a directory")
     return LocalRegistry(root, organization or settings.get("organization", "local"))
