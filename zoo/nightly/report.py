@@ -201,7 +201,7 @@ def markdown_report(data: dict) -> str:
         + (f", {c['broken']} broken once published" if c["broken"] else "")
         + (f", {len(data['missing'])} jobs without a report" if data.get("missing") else ""),
         "",
-        f"Target: {data['target']}. Started {data['started']}, updated {data['updated']}.",
+        f"Registry: {data['registry']}. Started {data['started']}, updated {data['updated']}.",
         "",
         "| variant | status | achieved CR | time s | why |",
         "| --- | --- | --- | --- | --- |",
