@@ -295,7 +295,7 @@ def card(record, source: Path, schemes: dict[str, tuple[int, int]], notes: tuple
         f"GPTQ weight-only quantization{f' of `{base}`' if base else ''} ({grids}; asymmetric: a zero point per "
         "group), made with compot-zoo and exported with `zoo export --format compressed-tensors`: the variant's "
         "own integers, scales and zero points, repacked, not requantized.",
-        *[f"\n{note}" for note in (record.base_notes if record else ())],
+        *[f"\nBase weights: {note}." for note in (record.base_notes if record else ())],
         "",
         "## Use",
         "",
