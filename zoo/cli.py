@@ -15,6 +15,7 @@ from zoo.compression.config import QUANT_BITS, CompressionConfig
 from zoo.errors import UserError, ZooError
 from zoo.modality_table import MODALITIES
 
+EXPORT_FORMATS = ("compressed-tensors",)  # zoo.format.export.FORMATS, named here so that the CLI imports no torch
 CI_COMMANDS = ("gate", "gather", "nightly")  # what the workflows run; `zoo --help` lists them apart
 
 
@@ -329,6 +330,34 @@ def publish(
 
     check_folder(checkpoint)
     _publish(publisher_for(registry, org, private, allow_offline_scores), checkpoint)  # publish() checks first
+
+
+@main.command("export")
+@click.argument("variant")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(EXPORT_FORMATS),
+    default=EXPORT_FORMATS[0],
+    show_default=True,
+    help="compressed-tensors: the pack-quantized layout that vLLM serves and transformers loads with the "
+    "compressed-tensors package (GPTQ-only variants).",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export there.")
+def export(variant: str, fmt: str, out: Path, overwrite: bool) -> None:
+    """Write the GPTQ-only VARIANT (folder or Hub id) in a standard format that runtimes read without
+    compot-zoo. Factorized (COMPOT, SVD-LLM) variants have none: they are refused."""
+    from zoo.format.export import export as export_variant
+
+    result = export_variant(variant, out, fmt, overwrite)
+    grids = ", ".join(f"{bits}-bit g{group}" for bits, group in result.schemes)
+    click.echo(
+        f"Exported {result.layers} quantized layers ({grids}, asymmetric) to {result.out} as {result.format} "
+        "pack-quantized: vLLM serves it, transformers loads it with the compressed-tensors package."
+    )
+    for note in result.notes:
+        click.echo(f"Note: {note}.")
 
 
 def _manifest_path(manifest_path: Path | None, default: str) -> Path:
