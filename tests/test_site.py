@@ -1,9 +1,12 @@
 """The static scoreboard site: grouping, slugs, atomic replacement, and the pages as a real browser shows them."""
 
+import base64
 import dataclasses
+import hashlib
 import re
 import shutil
 import struct
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from zoo.errors import ZooError
 from zoo.publish import site
 from zoo.publish.publishers import PublishedVariant
 from zoo.publish.scorecard import MetricResult, Scorecard
-from zoo.publish.site import group_by_model, mean_recovery, render_site, slugify
+from zoo.publish.site import group_by_model, mean_recovery, plot_data, render_site, slugify
 
 SMOL = "HuggingFaceTB/SmolLM2-135M"
 WHISPER = "openai/whisper-tiny.en"
@@ -96,11 +99,13 @@ class _Rows(HTMLParser):
     def __init__(self):
         super().__init__()
         self.rows: dict[str, list[str]] = {}
+        self.attrs: dict[str, dict[str, str]] = {}  # each row's attributes
         self._row: list[str] | None = None
 
     def handle_starttag(self, tag, attrs):
         if tag == "tr" and "data-variant" in dict(attrs):
             self._row = self.rows.setdefault(dict(attrs)["data-variant"], [])
+            self.attrs[dict(attrs)["data-variant"]] = dict(attrs)
         elif tag == "td" and self._row is not None:
             self._row.append("")
 
@@ -114,9 +119,38 @@ class _Rows(HTMLParser):
 
 
 def _rows(page: Path) -> dict[str, list[str]]:
+    return _parse(page).rows
+
+
+def _parse(page: Path) -> _Rows:
     parser = _Rows()
     parser.feed(page.read_text())
-    return parser.rows
+    return parser
+
+
+def _expected_index_row(variant: PublishedVariant, model: str) -> list[str]:
+    """The index's row as a reader should see it, formatted here independently of zoo.publish.site."""
+    card = variant.scorecard
+    recoveries = [100 * (m.compressed / m.base if m.higher_is_better else m.base / m.compressed) for m in card.metrics]
+    status = "not verified" if variant.verification is None else variant.verification.status
+    return [
+        model,
+        card.modality,
+        card.variant,
+        {"compot": "COMPOT", "svd-llm": "SVD-LLM"}[card.method],
+        card.allocation,
+        f"{card.target_cr:.3f}",
+        f"{card.file_bytes / 1e6:.1f} MB",
+        f"{100 * (1 - card.file_bytes / card.base_bytes):.1f}%",
+        f"{sum(recoveries) / len(recoveries):.1f}%",
+        f"{min(recoveries):.1f}%",
+        "stand-in",  # the test scorecards record no source: not known to be a benchmark
+        status,
+        "".join(
+            f"{m.task} {m.name} {'↑' if m.higher_is_better else '↓'} {r:.1f}%"
+            for m, r in zip(card.metrics, recoveries, strict=True)
+        ),
+    ]
 
 
 # --- fast tests, no browser -------------------------------------------------------------------------
@@ -257,8 +291,8 @@ def open_page(browser):
 
 
 def _assert_inert(page) -> None:
-    """Hostile names were shown as text: no script element, none ran, no javascript: link."""
-    assert page.evaluate("document.querySelectorAll('script').length") == 0
+    """Hostile names were shown as text: no script element but the index's own, none ran, no javascript: link."""
+    assert page.evaluate("Array.from(document.scripts, s => s.textContent)") in ([], [site.SCRIPT])
     assert page.evaluate("window.pwned") is None
     assert page.locator("a[href^='javascript']").count() == 0
 
@@ -274,8 +308,10 @@ def test_site_in_a_browser(tmp_path, open_page):
 
     page = open_page(index)
     links = page.locator("a.model-link")
-    assert links.all_inner_texts() == [g.base_model for g in groups]  # the hostile name shown as text
-    for i, group in enumerate(groups):
+    # One row per variant, each naming its model; the hostile name shown as text.
+    assert links.all_inner_texts() == [g.base_model for g in groups for _ in g.variants]
+    first_rows = [sum(len(g.variants) for g in groups[:i]) for i in range(len(groups))]
+    for i, group in zip(first_rows, groups, strict=True):
         page.locator("a.model-link").nth(i).click()
         assert page.url == (tmp_path / "site" / "models" / f"{group.slug}.html").as_uri()
         assert page.locator("h1").inner_text() == group.base_model
@@ -312,11 +348,11 @@ def test_site_in_a_browser(tmp_path, open_page):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and width >= 1000 and height >= 600 and len(data) > 20_000
 
 
-def test_mean_recovery_never_averages_perplexity_ratios_with_accuracies():
-    # Perplexity kept at 50% (20 -> 40) and accuracy at 100%: the mean is the accuracy's alone.
+def test_mean_recovery_counts_perplexity_as_much_as_accuracy():
+    # Perplexity kept at 50% (20 -> 40) and accuracy at 100%: a perplexity loss is never hidden.
     both = _variant(SMOL, "both", "compot", 0.2, ppl=40.0, acc=0.6)
-    assert mean_recovery(both) == pytest.approx(100.0)
-    # Error metrics only (a Whisper's WER, an LLM scored on perplexity alone): their own mean.
+    assert mean_recovery(both) == pytest.approx(75.0)
+    assert site.worst_recovery(both) == pytest.approx(50.0)
     assert mean_recovery(_variant(SMOL, "ppl-only", "compot", 0.2, ppl=40.0, acc=None)) == pytest.approx(50.0)
 
 
@@ -353,15 +389,16 @@ def test_a_broken_variant_in_the_registry_shows_as_broken_in_a_browser(tmp_path,
     assert CliRunner().invoke(main, args).exit_code == 0
 
     index = open_page(tmp_path / "site" / "index.html")
-    broken = index.locator("li[data-variant='smol-compot-0.2']")
+    broken = index.locator("tr[data-variant='smol-compot-0.2']")
     assert broken.locator(".status").inner_text() == "BROKEN"  # upper-cased by the page's style
     assert "wiki-offline perplexity: 97 once reloaded, 22.5 at build time" in broken.locator(".status").get_attribute(
         "title"
     )
-    assert broken.evaluate("li => getComputedStyle(li).backgroundColor") == "rgb(255, 235, 233)"
-    assert index.locator("li[data-variant='smol-compot-0.4'] .status").inner_text() == "verified"
-    assert index.locator("li[data-variant='smol-svd-0.2'] .status").inner_text() == "not verified"
-    assert "best recovery: smol-svd-0.2" in index.locator("section.model p.summary").inner_text()
+    assert broken.evaluate("tr => getComputedStyle(tr).backgroundColor") == "rgb(255, 235, 233)"
+    assert index.locator("tr[data-variant='smol-compot-0.4'] .status").inner_text() == "verified"
+    assert index.locator("tr[data-variant='smol-svd-0.2'] .status").inner_text() == "not verified"
+    index.locator("select[data-filter='status']").select_option("broken")  # a visitor finds what is broken
+    assert _visible(index) == ["smol-compot-0.2"]
 
     page = open_page(tmp_path / "site" / "models" / "huggingfacetb-smollm2-135m.html")
     rows = {r.get_attribute("data-variant"): r for r in page.locator("table.scorecard tbody tr").all()}
@@ -372,5 +409,176 @@ def test_a_broken_variant_in_the_registry_shows_as_broken_in_a_browser(tmp_path,
         "not verified",
     ]
     assert "do not use them" in page.locator("p.broken-note").inner_text()
+    assert "Highest mean recovery over every metric: smol-svd-0.2" in page.locator("p.best").inner_text()
     headers = page.locator("table.scorecard thead th[scope='colgroup']").all_inner_texts()
     assert [h.splitlines()[-1] for h in headers] == ["stand-in", "acc ↑"]  # only the stand-in says so
+
+
+# --- the index's table, perplexity recovery, file size on the plots, one page per Hub id --------------
+
+
+def _policy(html: str) -> str:
+    """The page's Content-Security-Policy, as the browser reads it."""
+    return unescape(re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', html).group(1))
+
+
+def _visible(page) -> list[str]:
+    """The variants of the index's rows a visitor sees, top to bottom."""
+    return page.locator("#variants tbody tr:visible").evaluate_all("rows => rows.map(r => r.dataset.variant)")
+
+
+def test_index_is_a_table_of_every_variant_with_sort_and_filter_controls(tmp_path):
+    zoo = _zoo()
+    index = render_site(zoo, tmp_path / "site")
+    parsed = _parse(index)
+    assert parsed.rows == {v.scorecard.variant: _expected_index_row(v, v.scorecard.base_model) for v in zoo}
+    for v in zoo:
+        attrs = parsed.attrs[v.scorecard.variant]
+        assert (attrs["data-modality"], attrs["data-method"], attrs["data-status"]) == (
+            v.scorecard.modality,
+            v.scorecard.method,
+            "not verified",
+        )
+    html = index.read_text()
+    headers = re.findall(r'<th scope="col" aria-sort="none" data-type="(\w+)"><button type="button" data-sort', html)
+    assert headers == ["text"] * 5 + ["number"] * 5 + ["text"] * 2  # every column but the metric list sorts
+    for name, options in (("modality", ["llm", "whisper"]), ("method", ["compot", "svd-llm"])):
+        select = re.search(rf'<select data-filter="{name}">(.*?)</select>', html).group(1)
+        assert re.findall(r'<option value="([^"]*)">', select) == ["", *options]
+    # The one script is ours, and the page's policy allows it alone, by its hash.
+    assert re.findall(r"<script>(.*?)</script>", html, flags=re.S) == [site.SCRIPT]
+    digest = base64.b64encode(hashlib.sha256(site.SCRIPT.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in _policy(html)
+    for page in (tmp_path / "site" / "models").iterdir():
+        assert "<script" not in page.read_text() and "script-src 'none'" in _policy(page.read_text())
+
+
+def test_hostile_names_are_escaped_in_the_index_cells_and_attributes(tmp_path):
+    hostile = _variant(HOSTILE, '"><script>window.pwned=5</script>', "compot", 0.2, 24.0, 0.5)
+    hostile.scorecard.metrics[0] = MetricResult('acc" onmouseover="window.pwned=6', "<i>t</i>", 20.0, 24.0, False)
+    index = render_site([hostile], tmp_path / "site")
+    html = index.read_text()
+    assert html.count("<script") == 1 and "window.pwned=5</script>" not in html and "<i>t</i>" not in html
+    assert 'data-variant="&#34;&gt;&lt;script&gt;window.pwned=5&lt;/script&gt;"' in html
+    assert 'data-metric="&lt;i&gt;t&lt;/i&gt; acc&#34; onmouseover=&#34;window.pwned=6"' in html
+    parsed = _parse(index)
+    assert parsed.rows[hostile.scorecard.variant][0] == HOSTILE  # shown as text
+
+
+def test_perplexity_recovery_is_shown_beside_the_mean(tmp_path):
+    # Accuracy kept whole, perplexity doubled: the index and the page show the 50%, and count it in the mean.
+    variant = _variant(SMOL, "half-ppl", "compot", 0.2, ppl=40.0, acc=0.6)
+    render_site([variant], tmp_path / "site")
+    row = _rows(tmp_path / "site" / "index.html")["half-ppl"]
+    assert row[8:10] == ["75.0%", "50.0%"]  # mean over both metrics, worst
+    assert row[12] == "perplexity/wiki-offline perplexity ↓ 50.0%arc_easy acc ↑ 100.0%"
+    page = (tmp_path / "site" / "models" / "huggingfacetb-smollm2-135m.html").read_text()
+    best = re.search(r'<p class="best">(.*?)</p>', page, flags=re.S).group(1)
+    assert "half-ppl" in best and "75.0% mean" in best and "perplexity ↓ 50.0%" in best
+
+
+def test_plots_put_file_size_on_the_x_axis(tmp_path):
+    zoo = _zoo()
+    smol = group_by_model(zoo)[0]
+    data = plot_data(smol, PPL)
+    mb = {v.scorecard.variant: v.scorecard.file_bytes / 1e6 for v in smol.variants}  # 223.8 MB at CR 0.2
+    assert data.series == {
+        "COMPOT (dynamic)": [(mb["smol-compot-0.4"], 31.25), (mb["smol-compot-0.2"], 22.5)],
+        "SVD-LLM (static)": [(mb["smol-svd-0.2"], 26.0)],
+    }
+    assert data.bases == {SMOL: (269.0, 20.0)}  # the base at its 16-bit checkpoint's size
+    render_site(zoo, tmp_path / "site")
+    page = (tmp_path / "site" / "models" / "huggingfacetb-smollm2-135m.html").read_text()
+    assert page.count("model.safetensors (MB)") == 2 and "compression ratio" not in page
+    # A variant whose file size was not recorded has no x: it is left out of the plot, not put at 0.
+    unsized = _variant(SMOL, "unsized", "compot", 0.3, 25.0, None)
+    unsized.scorecard.file_bytes = None
+    assert plot_data(group_by_model([*zoo[:1], unsized])[0], PPL).series == {
+        "COMPOT (dynamic)": [(mb["smol-compot-0.4"], 31.25)]
+    }
+
+
+def test_a_packaged_and_a_hub_build_of_one_model_share_one_page(tmp_path):
+    hub = _variant(SMOL, "smol-hub", "compot", 0.2, 22.0, 0.57)
+    offline = _variant("packaged:smollm2-135m", "smol-offline", "compot", 0.4, 30.0, 0.5)
+    for variant in (hub, offline):  # both scorecards name the base's Hub id; the offline one loaded a copy
+        variant.scorecard.base_hub_id = SMOL
+    older = _variant(SMOL, "smol-older", "svd-llm", 0.2, 26.0, 0.5)  # a scorecard from before base_hub_id
+    index = render_site([offline, hub, older], tmp_path / "site")
+    assert [p.name for p in (tmp_path / "site" / "models").iterdir()] == ["huggingfacetb-smollm2-135m.html"]
+    assert {row[0] for row in _rows(index).values()} == {SMOL}
+    page = tmp_path / "site" / "models" / "huggingfacetb-smollm2-135m.html"
+    html = page.read_text()
+    assert re.search(r"<h1>(.*?)</h1>", html).group(1) == SMOL
+    rows = _rows(page)
+    assert {name: cells[1] for name, cells in rows.items()} == {  # the weights each was built from
+        "smol-hub": SMOL,
+        "smol-offline": "packaged:smollm2-135m",
+        "smol-older": SMOL,
+    }
+    assert "an offline copy of HuggingFaceTB/SmolLM2-135M" in html
+    # Scored against different base weights, each build keeps its own base line and series.
+    data = plot_data(group_by_model([offline, hub, older])[0], PPL)
+    assert set(data.bases) == {SMOL, "packaged:smollm2-135m"}
+    assert set(data.series) == {
+        f"COMPOT (dynamic), {SMOL}",
+        "COMPOT (dynamic), packaged:smollm2-135m",
+        f"SVD-LLM (static), {SMOL}",
+    }
+
+
+def test_the_index_sorts_and_filters_in_a_browser(tmp_path, open_page):
+    hostile = _variant(HOSTILE, "<b>pwn</b>", "compot", 0.3, 24.0, 0.5, url="javascript:window.pwned=3")
+    zoo = _zoo() + [hostile]
+    page = open_page(render_site(zoo, tmp_path / "site"))
+    by_name = {v.scorecard.variant: v.scorecard for v in zoo}
+    assert len(_visible(page)) == len(zoo)
+
+    def sort(label: str) -> list[str]:
+        page.locator("#variants thead button", has_text=label).click()
+        return _visible(page)
+
+    ascending = sort("File size")
+    assert [by_name[n].file_bytes for n in ascending] == sorted(c.file_bytes for c in by_name.values())
+    assert page.locator("#variants thead th", has_text="File size").get_attribute("aria-sort") == "ascending"
+    descending = sort("File size")
+    assert [by_name[n].file_bytes for n in descending] == sorted((c.file_bytes for c in by_name.values()), reverse=True)
+    worst = sort("Worst recovery")
+    assert worst[0] == "smol-compot-0.4" and worst != descending  # 64.0%: its perplexity
+    assert sort("Variant") == sorted(by_name, key=str)  # text columns sort as text
+
+    page.locator("select[data-filter='modality']").select_option("whisper")
+    assert sorted(_visible(page)) == ["whisper-compot-0.2", "whisper-compot-0.4", "whisper-svd-0.2"]
+    page.locator("#filter-text").fill("svd")
+    assert _visible(page) == ["whisper-svd-0.2"]
+    assert page.locator("#shown").inner_text() == "1"
+    page.locator("select[data-filter='modality']").select_option("")
+    assert sorted(_visible(page)) == ["smol-svd-0.2", "whisper-svd-0.2"]
+    page.locator("#filter-text").fill("window.pwned")  # the hostile row is found by its text, and stays text
+    assert _visible(page) == ["<b>pwn</b>"]
+    _assert_inert(page)
+
+
+def test_the_pages_policy_stops_any_script_but_ours(tmp_path, browser):
+    """Were escaping ever to fail, a script that reached a page would still not run: the policy
+    allows the index's own script by its hash and nothing else (a model page: no script at all)."""
+    render_site(_zoo(), tmp_path / "site")
+    injected = "<script>window.pwned=7</script><img src=x onerror='window.pwned=8'>"
+    pages = [tmp_path / "site" / "index.html", tmp_path / "site" / "models" / "huggingfacetb-smollm2-135m.html"]
+    context = browser.new_context()
+    try:
+        for path in pages:
+            path.write_text(path.read_text().replace("<main>", "<main>" + injected))
+            page = context.new_page()
+            refused = []
+            page.on("console", lambda msg, refused=refused: refused.append(msg.text) if msg.type == "error" else None)
+            page.goto(path.as_uri())
+            page.wait_for_load_state("load")
+            assert page.evaluate("window.pwned") is None
+            assert any("Content Security Policy" in text for text in refused), refused
+            # The index's own script still ran (it shows the controls); the model page has none but the injected one.
+            if path.name == "index.html":
+                assert page.locator("#controls").is_visible()
+        assert page.evaluate("document.scripts.length") == 1  # the injected one, inert
+    finally:
+        context.close()

@@ -22,7 +22,7 @@ from zoo.publish.scorecard import SCORECARD, Scorecard
 log = logging.getLogger(__name__)
 
 # Relative change of a metric, in its bad direction, that fails the gate, chosen from measured
-# run-to-run noise (README, "The gate on every change"): three runs of SmolLM2 on one 2-core CPU,
+# run-to-run noise (docs/publishing.md, "The gate on every change"): three runs of SmolLM2 on one 2-core CPU,
 # and a fourth with 1 torch thread instead of 2, were bit-identical in every metric; Whisper's three
 # runs with 2 threads were too, while 1 thread moved one word of the 183 in tts-wiki-test (3.7%
 # of its WER). 2% leaves continuous metrics (perplexity) room for another machine's arithmetic.

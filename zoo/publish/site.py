@@ -1,11 +1,15 @@
-"""A static scoreboard site of published variants: works offline from file://, no JavaScript.
+"""A static scoreboard site of published variants: works offline from file://, no network.
 
 Every page is plain HTML with inline SVG plots (matplotlib), so the site can be copied,
-archived or served from anywhere and still shows every number and chart.
+archived or served from anywhere and still shows every number and chart. The index's table of
+every variant sorts and filters through one small inline script of ours (`site.js`); each page's
+Content-Security-Policy allows that script alone (by its hash) and nothing else, so no script
+from a scorecard's content ever runs, even if escaping were to fail.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import math
@@ -33,15 +37,41 @@ SITE_MARKER = ".compot-zoo-site"
 # Links to anything else (javascript:, data:) would run code from a scorecard's author.
 SAFE_URL_SCHEMES = frozenset({"http", "https", "file"})
 MetricKey = tuple[str, str]  # (task, metric name)
+# The index's sort and filter script, inlined; it reads text and data attributes, never writes HTML.
+SCRIPT = (Path(__file__).parent / "templates" / "site.js").read_text()
+
+
+def csp(script: str | None) -> str:
+    """A page's Content-Security-Policy: inline styles, the empty icon, and `script` alone (by hash)."""
+    allowed = "'none'"
+    if script is not None:
+        allowed = f"'sha256-{base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()}'"
+    return f"default-src 'none'; style-src 'unsafe-inline'; img-src data:; script-src {allowed}"
+
+
+def model_id(card: Scorecard) -> str:
+    """The name a model's page goes by: the base's Hub id where the scorecard has one, so an offline
+    build (`packaged:...`) and a Hub build of one model share a page; else what was loaded."""
+    return card.base_hub_id or card.base_model
 
 
 @dataclass(frozen=True)
 class ModelGroup:
     """One base model's page: its variants in table order and the metric columns they share."""
 
-    base_model: str
+    base_model: str  # model_id: the Hub id where known
     slug: str
     variants: list[PublishedVariant]
+
+    @property
+    def sources(self) -> list[str]:
+        """What was loaded as the base, where that is not the page's name (an offline copy)."""
+        return sorted({v.scorecard.base_model for v in self.variants} - {self.base_model})
+
+    @property
+    def loaded_from(self) -> list[str]:
+        """Every base that was loaded, the page's name among them only if it was."""
+        return sorted({v.scorecard.base_model for v in self.variants})
 
     @property
     def modality(self) -> str:
@@ -64,7 +94,8 @@ class ModelGroup:
 
     @property
     def best(self) -> PublishedVariant | None:
-        """The variant keeping most of the base quality (`mean_recovery`); a broken one never is."""
+        """The variant with the highest mean recovery over all its metrics (`mean_recovery`); a
+        broken one never is."""
         scored = [v for v in self.variants if not v.broken and not math.isnan(mean_recovery(v))]
         return max(scored, key=mean_recovery, default=None)
 
@@ -77,18 +108,57 @@ def metrics_by_key(card: Scorecard) -> dict[MetricKey, MetricResult]:
     return {metric_key(m): m for m in card.metrics}
 
 
+def recoveries(variant: PublishedVariant) -> list[tuple[MetricResult, float]]:
+    """Each metric with its recovery, in the scorecard's order: perplexity and WER as much as accuracy."""
+    return [(m, m.recovery) for m in variant.scorecard.metrics]
+
+
 def mean_recovery(variant: PublishedVariant) -> float:
-    """The mean recovery of the variant's scores (accuracies); of its error metrics (perplexity,
-    WER) only where it has no score, so ratios of perplexities are never averaged with
-    accuracies. NaN when no metric has a defined recovery: such variants never count as best."""
-    defined = [m for m in variant.scorecard.metrics if not math.isnan(m.recovery)]
-    kind = [m.recovery for m in defined if m.higher_is_better] or [m.recovery for m in defined]
-    return statistics.fmean(kind) if kind else math.nan
+    """The mean recovery over every metric with a defined one, error metrics (perplexity, WER)
+    included, so a variant that keeps its accuracy but loses half its perplexity never looks
+    whole; pages show each metric's recovery beside it. NaN when none is defined: such variants
+    never count as best."""
+    defined = [r for _, r in recoveries(variant) if not math.isnan(r)]
+    return statistics.fmean(defined) if defined else math.nan
 
 
-def series_name(variant: PublishedVariant) -> str:
+def worst_recovery(variant: PublishedVariant) -> float:
+    """The lowest recovery of any metric (NaN when none is defined)."""
+    defined = [r for _, r in recoveries(variant) if not math.isnan(r)]
+    return min(defined) if defined else math.nan
+
+
+def smaller(card: Scorecard) -> float:
+    """How much smaller the file is than the base's 16-bit checkpoint, in percent; NaN: not recorded."""
+    return 100 * (1 - card.file_bytes / card.base_bytes) if card.file_bytes and card.base_bytes else math.nan
+
+
+def file_mb(card: Scorecard) -> float:
+    return card.file_bytes / 1e6 if card.file_bytes else math.nan
+
+
+def score_sources(card: Scorecard) -> str:
+    """Whether the scores come from real benchmarks, offline stand-ins, or both."""
+    stand_ins = len(card.stand_ins)
+    return "benchmark" if not stand_ins else "stand-in" if stand_ins == len(card.metrics) else "mixed"
+
+
+def status(variant: PublishedVariant) -> str:
+    """ "broken", "verified" or "not verified": what reloading the published variant found."""
+    return "not verified" if variant.verification is None else "broken" if variant.broken else "verified"
+
+
+def sort_value(value: float) -> str:
+    """A number for the index's sort (data-sort); blank for NaN, which sorts last either way."""
+    return "" if math.isnan(value) else repr(float(value))
+
+
+def series_name(variant: PublishedVariant, group: ModelGroup | None = None) -> str:
+    """The plot's name for the variant's method and allocation; with the loaded base where a page
+    holds builds from more than one (an offline copy and the Hub's weights score differently)."""
     card = variant.scorecard
-    return f"{display_name(card.method)} ({card.allocation})"
+    name = f"{display_name(card.method)} ({card.allocation})"
+    return f"{name}, {card.base_model}" if group is not None and len(group.loaded_from) > 1 else name
 
 
 def slugify(text: str) -> str:
@@ -105,7 +175,7 @@ def group_by_model(variants: Sequence[PublishedVariant]) -> list[ModelGroup]:
     """
     by_model: dict[str, list[PublishedVariant]] = {}
     for variant in variants:
-        by_model.setdefault(variant.scorecard.base_model, []).append(variant)
+        by_model.setdefault(model_id(variant.scorecard), []).append(variant)
     names = sorted(by_model)
     plain = [slugify(name) for name in names]
     groups = []
@@ -114,7 +184,13 @@ def group_by_model(variants: Sequence[PublishedVariant]) -> list[ModelGroup]:
             slug = f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
         order = sorted(
             by_model[name],
-            key=lambda v: (v.scorecard.method, v.scorecard.allocation, v.scorecard.target_cr, v.scorecard.variant),
+            key=lambda v: (
+                v.scorecard.method,
+                v.scorecard.allocation,
+                v.scorecard.target_cr,
+                v.scorecard.base_model,
+                v.scorecard.variant,
+            ),
         )
         groups.append(ModelGroup(name, slug, order))
     return groups
@@ -149,32 +225,60 @@ def fmt_seconds(value: float) -> str:
     return f"{value:.1f} s"
 
 
+@dataclass(frozen=True)
+class PlotData:
+    """One metric's plot: per series, (file MB, score) points; per loaded base, (base file MB, score)."""
+
+    series: dict[str, list[tuple[float, float]]]
+    bases: dict[str, tuple[float, float]]  # loaded base -> (its 16-bit file MB or NaN, its score)
+
+
+def plot_data(group: ModelGroup, key: MetricKey) -> PlotData:
+    """Quality against file size: each variant at its model.safetensors' MB (one without a recorded
+    size is left out), each loaded base at its 16-bit checkpoint's MB."""
+    found = [(v, m) for v in group.variants for m in v.scorecard.metrics if metric_key(m) == key]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for variant, metric in found:
+        if variant.scorecard.file_bytes:
+            series.setdefault(series_name(variant, group), []).append((file_mb(variant.scorecard), metric.compressed))
+    bases = {}
+    for source in group.loaded_from:
+        mine = [(v.scorecard, m) for v, m in found if v.scorecard.base_model == source]
+        if mine:
+            # Runs of one evaluation may differ in the last digits; one reference per base is what a reader needs.
+            sizes = [c.base_bytes / 1e6 for c, _ in mine if c.base_bytes]
+            size = statistics.median(sizes) if sizes else math.nan
+            bases[source] = (size, statistics.median(m.base for _, m in mine))
+    return PlotData({name: sorted(points) for name, points in sorted(series.items())}, bases)
+
+
 def metric_plot(group: ModelGroup, key: MetricKey) -> Markup:
-    """One metric against achieved CR, a line per method+allocation, the base as a dashed line.
+    """One metric against file size (MB), a line per method+allocation, each base as a dashed line
+    and a point at its own 16-bit size.
 
     Markers on every point, so a series with a single CR still shows. Text goes out as SVG
     <text> (escaped by matplotlib) with mathtext off, so a "$" in a name stays a "$"; the
     fixed hash salt makes the same scorecards give byte-identical pages.
     """
-    found = [(v, m) for v in group.variants for m in v.scorecard.metrics if metric_key(m) == key]
-    series: dict[str, list[tuple[float, float]]] = {}
-    for variant, metric in found:
-        series.setdefault(series_name(variant), []).append((variant.scorecard.achieved_cr, metric.compressed))
+    data = plot_data(group, key)
     style = {"svg.fonttype": "none", "svg.hashsalt": "compot-zoo", "text.parse_math": False}
     with matplotlib.rc_context(style):
         fig = Figure(figsize=(5.2, 3.2), layout="constrained")
         ax = fig.add_subplot()
-        # Runs of one evaluation may differ in the last digits; one reference line is what a reader needs.
-        base = statistics.median(m.base for _, m in found)
-        ax.axhline(base, color="0.45", linestyle="--", linewidth=1, label="base", gid="base")
-        for i, (name, points) in enumerate(sorted(series.items())):
-            xs, ys = zip(*sorted(points), strict=True)
+        for i, (source, (size, score)) in enumerate(data.bases.items()):
+            label = "base" if len(data.bases) == 1 else f"base, {source}"
+            gid = "base" if i == 0 else f"base-{i}"
+            ax.axhline(score, color="0.45", linestyle="--" if i == 0 else ":", linewidth=1, label=label, gid=gid)
+            if not math.isnan(size):
+                ax.plot([size], [score], marker="s", color="0.45", linestyle="none", gid=f"{gid}-point")
+        for i, (name, points) in enumerate(data.series.items()):
+            xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o", label=name, gid=f"series-{i}")  # gid: the SVG group's id, a stable hook
         ax.set_title(f"{key[0]}: {key[1]}")
-        ax.set_xlabel("achieved compression ratio")
+        ax.set_xlabel("model.safetensors (MB); base: its 16-bit checkpoint")
         ax.set_ylabel(f"{key[1]} ({'higher' if group.metric_columns[key] else 'lower'} is better)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="x-small")
         buffer = io.StringIO()
         fig.savefig(buffer, format="svg", metadata={"Date": None})
     svg = buffer.getvalue()
@@ -198,8 +302,26 @@ _ENV.filters.update(
     link_url=link_url,
     method_name=display_name,
 )
+
+
+def fmt_megabytes(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.1f} MB"
+
+
+_ENV.filters.update(sort_value=sort_value, megabytes=fmt_megabytes, status=status, score_sources=score_sources)
 _ENV.globals.update(
-    metrics_by_key=metrics_by_key, mean_recovery=mean_recovery, metric_plot=metric_plot, series_name=series_name
+    metrics_by_key=metrics_by_key,
+    mean_recovery=mean_recovery,
+    worst_recovery=worst_recovery,
+    recoveries=recoveries,
+    smaller=smaller,
+    file_mb=file_mb,
+    score_sources=score_sources,
+    status=status,
+    metric_plot=metric_plot,
+    series_name=series_name,
+    script=SCRIPT,
+    csp=csp,
 )
 
 
@@ -219,8 +341,9 @@ def render_site(variants: Sequence[PublishedVariant], out_dir: Path, title: str 
         (tmp / SITE_MARKER).write_text("rendered by compot-zoo's `zoo site`; replaced on every run\n")
         (tmp / "models").mkdir()
         for group in groups:
-            page = _ENV.get_template("model.html").render(title=title, group=group)
+            page = _ENV.get_template("model.html").render(title=title, group=group, policy=csp(None))
             (tmp / "models" / f"{group.slug}.html").write_text(page, encoding="utf-8")
-        index = _ENV.get_template("index.html").render(title=title, groups=groups)
+        rows = [(group, variant) for group in groups for variant in group.variants]
+        index = _ENV.get_template("index.html").render(title=title, groups=groups, rows=rows, policy=csp(SCRIPT))
         (tmp / "index.html").write_text(index, encoding="utf-8")
     return out_dir / "index.html"
