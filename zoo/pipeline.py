@@ -211,11 +211,12 @@ def command_line(prepared: Prepared, req: CompressRequest) -> str:
         str(seq_len),
         "--seed",
         str(req.seed),
-        "--eval",
     ]
-    for name, flag in EVAL_FLAGS.items():
-        if req.eval_settings.get(name) is not None:
-            args += [flag, str(req.eval_settings[name])]
+    if req.evaluate:  # scored: the command rebuilds the scorecard too
+        args.append("--eval")
+        for name, flag in EVAL_FLAGS.items():
+            if req.eval_settings.get(name) is not None:
+                args += [flag, str(req.eval_settings[name])]
     return shlex.join(args)
 
 
