@@ -14,14 +14,14 @@ from tests.tiny_models import tiny_llama, tiny_tokenizer
 from zoo.cli import main
 from zoo.format.record import read_record
 from zoo.methods import registry
-from zoo.methods.layout import VALUE_BITS, budget_bits
+from zoo.methods.svd_llm import SVD_LLM
 from zoo.publish.publishers import LocalRegistry
 from zoo.publish.site import render_site
 
 
 def half_rank(m: int, n: int, cr: float, ks_ratio: float) -> tuple[int, int] | None:
-    """Half the rank a low-rank pair could afford at `cr`."""
-    r = min(m, n, budget_bits(m, n, cr) // (VALUE_BITS * (m + n))) // 2
+    """Half the rank a low-rank pair could afford at `cr` (SVD-LLM's shape rule)."""
+    r = (SVD_LLM.shape(m, n, cr, ks_ratio) or (0, 0))[0] // 2
     return (r, r) if r >= 1 else None
 
 
