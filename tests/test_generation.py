@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from tests.tiny_models import END, START, WORDS, tiny_chat_tokenizer, tiny_llama
+from tests.tiny_models import END, START, WORDS, saved_with_texts, tiny_chat_tokenizer, tiny_llama
 from zoo.compression.config import CompressionConfig
 from zoo.errors import ZooError
 from zoo.evaluators.generation import (
@@ -119,16 +119,13 @@ def chat_scored(tmp_path_factory):
     from zoo.pipeline import CompressRequest, run_compress
 
     root = tmp_path_factory.mktemp("chat")
-    base = root / "tiny-chat"
-    tiny_llama().save_pretrained(base)
-    tiny_chat_tokenizer().save_pretrained(base)
-    (root / "calib.jsonl").write_text("\n".join(json.dumps({"text": " ".join(WORDS * 2)}) for _ in range(8)))
+    base, texts = saved_with_texts(root, "tiny-chat", tiny_chat_tokenizer(), " ".join(WORDS * 2), 8)
     settings = {"chat": True, "eval_chat_tokens": 6, "eval_windows": 2, "eval_limit": 5, "eval_tasks": []}
     request = CompressRequest(
         model=str(base),
         config=CompressionConfig(cr=0.3, iters=3),
         out=root / "tiny-chat-compot",
-        calibration=str(root / "calib.jsonl"),
+        calibration=str(texts),
         n_samples=4,
         seq_len=16,
         evaluate=True,

@@ -1,8 +1,6 @@
 """A new compression method is one object in one file: this toy, registered here and nowhere else,
 runs through compress -> save -> load -> publish -> site like the built-in ones."""
 
-import json
-
 import pytest
 import torch
 from click.testing import CliRunner
@@ -10,7 +8,7 @@ from safetensors import safe_open
 
 import zoo
 from tests.conftest import TEXT, TINY_EVAL, TINY_RUN
-from tests.tiny_models import tiny_llama, tiny_tokenizer
+from tests.tiny_models import saved_with_texts, tiny_tokenizer
 from zoo.cli import main
 from zoo.format.record import read_record
 from zoo.methods import registry
@@ -49,11 +47,9 @@ def _logits(model) -> torch.Tensor:
 
 
 def test_a_method_registered_in_one_place_compresses_saves_loads_and_publishes(toy, tmp_path):
-    base, out = tmp_path / "tiny-llama", tmp_path / "tiny-toy"
-    tiny_llama().save_pretrained(base)
-    tiny_tokenizer().save_pretrained(base)
-    (tmp_path / "calib.jsonl").write_text("\n".join(json.dumps({"text": TEXT * 4}) for _ in range(20)))
-    args = [*TINY_RUN, "--calibration", tmp_path / "calib.jsonl", "--method", toy.name, "--static", *TINY_EVAL]
+    base, texts = saved_with_texts(tmp_path, "tiny-llama", tiny_tokenizer(), TEXT * 4, 20)
+    out = tmp_path / "tiny-toy"
+    args = [*TINY_RUN, "--calibration", texts, "--method", toy.name, "--static", *TINY_EVAL]
     command = ["compress", base, *args, "--out", out]
     result = CliRunner().invoke(main, [str(a) for a in command], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -18,7 +18,7 @@ from huggingface_hub import ModelCard
 import zoo
 from tests.conftest import TEXT, TINY_EVAL, TINY_RUN
 from tests.fake_hub import GITATTRIBUTES, TOKEN, FakeHub, card_errors
-from tests.tiny_models import tiny_llama, tiny_tokenizer
+from tests.tiny_models import saved_with_texts, tiny_tokenizer
 from zoo.cli import main
 from zoo.errors import ZooError
 from zoo.format.record import read_record
@@ -39,14 +39,9 @@ def _invoke(*args):
 def scored(tmp_path_factory):
     """A tiny Llama compressed and scored once for the module: a publishable checkpoint."""
     root = tmp_path_factory.mktemp("scored")
-    base = root / "tiny-llama"
-    tiny_llama().save_pretrained(base)
-    tiny_tokenizer().save_pretrained(base)
-    (root / "calib.jsonl").write_text("\n".join(json.dumps({"text": TEXT * 4}) for _ in range(20)))
+    base, texts = saved_with_texts(root, "tiny-llama", tiny_tokenizer(), TEXT * 4, 20)
     out = root / "tiny-compot"
-    result = _invoke(
-        "compress", base, *TINY_RUN, "--calibration", root / "calib.jsonl", "--iters", 3, "--out", out, *TINY_EVAL
-    )
+    result = _invoke("compress", base, *TINY_RUN, "--calibration", texts, "--iters", 3, "--out", out, *TINY_EVAL)
     assert result.exit_code == 0, result.output
     return out
 

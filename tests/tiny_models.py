@@ -1,5 +1,8 @@
 """Tiny random decoder configs shared by the fast tests."""
 
+import json
+from pathlib import Path
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -72,3 +75,13 @@ def tiny_chat_tokenizer():
     tokenizer.chat_template = TEMPLATE
     assert len(tokenizer) == 128 and tokenizer.eos_token_id == 0
     return tokenizer
+
+
+def saved_with_texts(root: Path, name: str, tokenizer, text: str, lines: int) -> tuple[Path, Path]:
+    """A tiny Llama and `tokenizer` saved as the folder `root/name`, and `lines` copies of `text` as
+    a local JSONL calibration set beside it."""
+    base, texts = root / name, root / "calib.jsonl"
+    tiny_llama().save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    texts.write_text("\n".join(json.dumps({"text": text}) for _ in range(lines)))
+    return base, texts
