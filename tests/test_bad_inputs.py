@@ -710,6 +710,23 @@ def compress_on_a_full_disk(i: Inputs) -> Case:
 
 
 @case
+def compress_where_the_checkpoint_cannot_fit(i: Inputs) -> Case:
+    import shutil
+
+    import zoo.pipeline
+
+    usage = shutil.disk_usage(i.tmp)
+    i.patch.setattr(zoo.pipeline.shutil, "disk_usage", lambda _: usage._replace(free=4096))
+    out = i.tmp / "out"
+    return Case(
+        r"\S+ has 0\.00 GiB free; writing .*/out takes about 0\.\d\d GiB \(the checkpoint and its per-block "
+        r"progress\): free some space there or pass another --out",
+        _tiny_compress(i, out),
+        absent=[out, i.tmp / ".out.progress"],
+    )
+
+
+@case
 def compress_on_a_full_disk_while_saving(i: Inputs) -> Case:
     import zoo.format.checkpoint
 

@@ -13,6 +13,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from zoo import __version__
 from zoo.compression.apply import BlockStore, check_group_size, compress_model, compression_targets, default_device
 from zoo.compression.config import CompressionConfig
 from zoo.compression.layer import to_inference
-from zoo.compression.plan import Plan, make_plan
+from zoo.compression.plan import Plan, gib, make_plan
 from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
@@ -294,12 +295,34 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
     report(f"Plan for {shown(spec.name)}:")
     for line in the_plan.lines():
         report(f"  {line}")
+    check_disk(req.out_dir, sum(p.numel() for p in skeleton.model.parameters()), targets, req.config, report)
     host_limit = req.max_host_memory or psutil.virtual_memory().available
     device_limit = req.max_device_memory
     if device_limit is None and device.type == "cuda":
         device_limit = torch.cuda.mem_get_info(device)[0]
     the_plan.check(host_limit, device_limit)
     return the_plan
+
+
+def check_disk(
+    out: Path, parameters: int, targets: dict[str, nn.Linear], config: CompressionConfig, report: Callable
+) -> None:
+    """Refuse a run whose checkpoint and per-block progress would not fit where they go, before any
+    weights load. Both are 16-bit: the checkpoint is the base less CR of its projections, the
+    progress blocks hold the projections' compressed share until the checkpoint is saved."""
+    projections = 2 * sum(linear.weight.numel() for linear in targets.values())
+    shrink = config.cr if config.factorizes else 1 - config.bits / 16
+    needed = int(2 * parameters - shrink * projections + (1 - shrink) * projections)
+    folder = out.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    report(f"  disk             {gib(needed)} for the checkpoint and its progress in {folder} ({gib(free)} free)")
+    if free < needed:
+        raise ZooError(
+            f"{folder} has {gib(free)} free; writing {out} takes about {gib(needed)} (the checkpoint and its "
+            "per-block progress): free some space there or pass another --out"
+        )
 
 
 def prepare(req: CompressRequest, online: bool | None = None, report: Callable[[str], None] = log.info) -> Prepared:
