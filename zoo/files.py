@@ -235,8 +235,9 @@ def exclusive(lock: Path, what: str) -> Iterator[None]:
             write_text(holder, f"pid {os.getpid()} on {socket.gethostname()} since {since}: {shlex.join(sys.argv)}")
         yield
     finally:
-        if file_lock.lock_counter == 1:
+        if file_lock.lock_counter == 1:  # gone with the run: removed while still held, so no other run holds it
             holder.unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)
         file_lock.release()
 
 
