@@ -31,6 +31,7 @@ from zoo.engine.gptq import gptq
 from zoo.errors import ZooError
 from zoo.format import export as export_module
 from zoo.format.checkpoint import compot_layers, mark_compressed, save_compressed
+from zoo.format.dense_export import DENSE, export_dense
 from zoo.format.export import FORMATS, MARKER, export, pack_int32
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,4 +220,46 @@ def test_an_existing_folder_is_replaced_only_when_asked_and_only_if_an_export(tm
 
 
 def test_the_cli_offers_the_formats_export_writes():
-    assert EXPORT_FORMATS == FORMATS
+    assert EXPORT_FORMATS == (*FORMATS, DENSE)
+
+
+def test_any_variant_exports_dense_and_plain_transformers_reads_it_as_zoo_load_runs_it(tmp_path):
+    """A COMPOT variant (which has no standard compressed format) written dense: plain transformers, no
+    project importable, loads it into the base architecture with the logits zoo.load gives on CPU,
+    where every layer multiplies from the same rounded product (the dense layout) or from its
+    factors (the rounding differs); the file is the base's size, and the card says the savings are gone."""
+    base = tmp_path / "base"
+    model, tokenizer = tiny_llama(), tiny_tokenizer()
+    model.save_pretrained(base)
+    calibration = tmp_path / "calib.jsonl"
+    calibration.write_text("\n".join(json.dumps({"text": TEXT * 4}) for _ in range(20)))
+    zoo.compress(model, tokenizer, cr=0.3, iters=3, heal=0, n_samples=4, seq_len=16, calibration=str(calibration))
+    variant = zoo.save(model, tmp_path / "variant", tokenizer)
+    out = tmp_path / "dense"
+    result = _cli("export", variant, "--format", "dense", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "savings are gone" in result.output and "savings do not survive" in (out / "README.md").read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and not {"quantization_config", "auto_map", "base_model_type"} & set(config)
+    env = {**os.environ, "PYTHONPATH": ""}  # nothing of this project importable
+    run = subprocess.run(
+        [sys.executable, "-c", PLAIN, str(out), str(tmp_path / "plain.pt")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    plain = torch.load(tmp_path / "plain.pt")
+    stored = zoo.load(variant, inference=False)
+    for name, layer in compot_layers(stored).items():
+        product = (layer.dense_codes().float() @ layer.dictionary.float()).to(layer.storage_dtype)
+        assert torch.equal(plain["state"][f"{name}.weight"], product.to(plain["state"][f"{name}.weight"].dtype))
+    with torch.no_grad():
+        ours = zoo.load(variant)(PROMPT).logits
+    assert torch.allclose(plain["logits"].float(), ours.float(), atol=0.05 * ours.float().std().item())
+    size = (out / "model.safetensors").stat().st_size
+    assert size > (variant / "model.safetensors").stat().st_size  # no savings left
+    with pytest.raises(ZooError, match="no compot quantization_config"):
+        export_dense(base, tmp_path / "again")  # a plain model is no variant

@@ -15,7 +15,8 @@ from zoo.compression.config import QUANT_BITS, CompressionConfig
 from zoo.errors import UserError, ZooError
 from zoo.modality_table import MODALITIES
 
-EXPORT_FORMATS = ("compressed-tensors",)  # zoo.format.export.FORMATS, named here so that the CLI imports no torch
+# zoo.format.export.FORMATS and dense_export.DENSE, named here so that the CLI imports no torch
+EXPORT_FORMATS = ("compressed-tensors", "dense")
 CI_COMMANDS = ("gate", "gather", "nightly")  # what the workflows run; `zoo --help` lists them apart
 
 
@@ -341,13 +342,24 @@ def publish(
     default=EXPORT_FORMATS[0],
     show_default=True,
     help="compressed-tensors: the pack-quantized layout that vLLM serves and transformers loads with the "
-    "compressed-tensors package (GPTQ-only variants).",
+    "compressed-tensors package (GPTQ-only variants). dense: any variant as a plain 16-bit checkpoint of its "
+    "base architecture, which every runtime reads; the savings do not survive it.",
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export there.")
 def export(variant: str, fmt: str, out: Path, overwrite: bool) -> None:
-    """Write the GPTQ-only VARIANT (folder or Hub id) in a standard format that runtimes read without
-    compot-zoo. Factorized (COMPOT, SVD-LLM) variants have none: they are refused."""
+    """Write VARIANT (folder or Hub id) in a format that runtimes read without compot-zoo: a GPTQ-only one
+    in compressed-tensors' layout; any one as a dense 16-bit checkpoint (the savings gone). Factorized
+    (COMPOT, SVD-LLM) variants have no standard compressed format."""
+    if fmt == "dense":
+        from zoo.format.dense_export import export_dense
+
+        result = export_dense(variant, out, overwrite)
+        click.echo(
+            f"Exported {result.layers} compressed layers to {result.out} as a dense 16-bit checkpoint: "
+            f"{result.notes[0]}."
+        )
+        return
     from zoo.format.export import export as export_variant
 
     result = export_variant(variant, out, fmt, overwrite)

@@ -73,8 +73,8 @@ def export(variant: str | Path, out: str | Path, fmt: str = COMPRESSED_TENSORS, 
     """Write the GPTQ-only variant at `variant` (a folder or a Hub repo id) to `out` in `fmt`."""
     if fmt not in FORMATS:
         raise ZooError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    source = _source(variant)
-    config = _read_config(source)
+    source = variant_source(variant)
+    config = variant_config(source)
     layers = _quantized_layers(source, config)
     out = Path(out)
     if out.exists() and not overwrite:
@@ -99,7 +99,7 @@ def export(variant: str | Path, out: str | Path, fmt: str = COMPRESSED_TENSORS, 
     return Exported(out, fmt, len(layers), tuple(sorted(set(schemes.values()))), notes)
 
 
-def _source(variant: str | Path) -> Path:
+def variant_source(variant: str | Path) -> Path:
     path = Path(variant)
     if not path.exists() and "/" in str(variant) and not str(variant).startswith((".", "/")):
         return _hub_snapshot(str(variant))
@@ -108,7 +108,7 @@ def _source(variant: str | Path) -> Path:
     return path
 
 
-def _read_config(source: Path) -> dict:
+def variant_config(source: Path) -> dict:
     file = source / CONFIG
     try:
         config = json.loads(file.read_text())
