@@ -115,8 +115,12 @@ def test_card_sections_deployment_and_evaluation(scored):
     does_not = deployment.split("**What does not.**")[1].split("**")[0]
     assert all(runtime in does_not for runtime in ("vLLM", "TGI", "llama.cpp", "ONNX"))
     assert "the saving is on disk and download" in deployment.split("**Savings at run time.**")[1]
+    scorecard = Scorecard.load(scored / SCORECARD)
+    row = f"| this variant | {scorecard.file_bytes:,} | {scorecard.file_bytes / 1e6:.1f} |"
+    assert row in _section(text, "Overview") and f"| the base, 16-bit | {scorecard.base_bytes:,} |" in text
+    assert (scored / "model.safetensors").stat().st_size == scorecard.file_bytes
     evaluation = _section(text, "Evaluation")
-    assert Scorecard.load(scored / SCORECARD).to_markdown_table() in evaluation
+    assert scorecard.to_markdown_table() in evaluation
     assert "`perplexity/wiki-offline`" in evaluation and "zoo verify" in evaluation
     assert f"torch {torch.__version__}" in evaluation and f"compot-zoo {zoo.__version__}" in evaluation
 

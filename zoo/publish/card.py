@@ -47,6 +47,9 @@ Every score below compares this variant with those weights, not with the origina
 **Size.** {{ size }}. "CR {{ scorecard.target_cr }}" is the share of the compressed projections'
 16-bit storage removed (eq. 11); the embeddings, norms and heads are kept whole, so the file as a
 whole shrinks by less.
+{% if size_table %}
+{{ size_table }}
+{% endif %}
 
 ## Deployment
 
@@ -181,6 +184,20 @@ def versions_text(scorecard: Scorecard) -> str:
     return " Built and scored with " + ", ".join(f"{name} {v}" for name, v in scorecard.versions.items()) + "."
 
 
+def size_table(file_bytes: int | None, base_bytes: int | None) -> str:
+    """The weights file of the base (as a 16-bit checkpoint) and of this variant, side by side."""
+    if not file_bytes or not base_bytes:
+        return ""
+    return "\n".join(
+        [
+            "| weights (`model.safetensors`) | bytes | MB | against the base |",
+            "| --- | --- | --- | --- |",
+            f"| the base, 16-bit | {base_bytes:,} | {base_bytes / 1e6:.1f} | - |",
+            f"| this variant | {file_bytes:,} | {file_bytes / 1e6:.1f} | {file_bytes / base_bytes - 1:+.1%} |",
+        ]
+    )
+
+
 def inherited_license(spec: ModelSpec, online: bool) -> str:
     """The base model's license: the catalogue's, else the base card's (local folder, or the Hub
     when `online`), else "other"."""
@@ -302,6 +319,7 @@ def write_card(folder: Path, record: VariantRecord, scorecard: Scorecard, repo_i
         evaluation=evaluation_text(scorecard, repo_id),
         scorecard=scorecard,
         size=size_line(scorecard.file_bytes, scorecard.base_bytes),
+        size_table=size_table(scorecard.file_bytes, scorecard.base_bytes),
         table=scorecard.to_markdown_table(),
         provenance_note=provenance_note(scorecard),
         plot=ALLOCATION_PLOT,
