@@ -248,11 +248,18 @@ def test_quantized_layers_refuse_saving_once_dequantized(saved):
         ({"quantize": "gptq-w4", "quantize_group_size": 0}, "quantize_group_size 0 must be at least 1"),
         ({"quantize_group_size": 7}, "quantize_group_size 7 applies only with quantize"),
         ({"method": "gptq", "quantize": "gptq-w4", "static": True}, "static does not apply to method gptq"),
+        ({"method": "gptq", "quantize": "gptq-w4", "heal": 64}, "heal does not apply to method gptq"),
     ],
 )
 def test_bad_quantize_settings_are_refused_with_the_value(settings, message):
     with pytest.raises(ZooError, match=message.replace("(", r"\(")):
         CompressionConfig(**settings)
+
+
+def test_gptq_alone_records_no_healing():
+    """Healing's default refines factors; GPTQ alone has none, so its record says none ran."""
+    assert CompressionConfig(method="gptq", quantize="gptq-w4").heal == 0
+    assert CompressionConfig(quantize="gptq-w4").heal == CompressionConfig().heal > 0
 
 
 def test_a_group_size_that_does_not_divide_a_projection_is_refused_before_any_work():

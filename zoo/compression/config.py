@@ -192,6 +192,10 @@ class CompressionConfig:
             raise ZooError(
                 f"static does not apply to method {self.method}: it factorizes nothing, so it allocates no CR"
             )
+        if not self.factorizes and self.heal:
+            if self.heal != type(self).heal:
+                raise ZooError(f"heal does not apply to method {self.method}: it has no factors to heal")
+            object.__setattr__(self, "heal", 0)  # healing's default is for factors; recorded as what ran
 
     @classmethod
     def settings(cls) -> tuple[dataclasses.Field, ...]:
