@@ -29,7 +29,7 @@ COMPOT = register(
     Method(
         name="compot",
         display_name="COMPOT",
-        summary="orthogonal dictionary, sparse codes (the paper)",
+        summary="sparse codes over an orthogonal dictionary, as the paper",
         solver="orthogonal-dictionary",
         shape=shape,
         max_atoms=lambda m, n: m,

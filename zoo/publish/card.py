@@ -10,6 +10,7 @@ from string import Template
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from zoo import methods
 from zoo.compression.report import LayerRecord
 from zoo.errors import ZooError
 from zoo.files import write_file
@@ -33,10 +34,9 @@ TEMPLATE = """---
 
 {% endif %}## Overview
 
-{{ base_link }} compressed with COMPOT (Calibration-Optimized Matrix Procrustes Orthogonalization:
-sparse codes over an orthogonal dictionary{% if scorecard.heal %}, then healed: {{ scorecard.heal }} Adam steps per
-block refined the factors, their sparsity pattern fixed, so that each block reproduces the base's
-outputs{% else %}, training-free{% endif %}) to
+{{ base_link }} compressed with {{ method_name }} ({{ method_summary }}{% if scorecard.heal %}, then healed:
+{{ scorecard.heal }} Adam steps per block refined the factors, their sparsity pattern fixed, so that each block
+reproduces the base's outputs{% else %}, training-free{% endif %}) to
 **{{ "%.1f" | format(100 * scorecard.achieved_cr) }}% less storage** in its compressed projections
 (target CR {{ scorecard.target_cr }}, {{ scorecard.allocation }} allocation, method `{{ scorecard.method }}`).
 The embeddings, norms and heads stay dense.
@@ -314,6 +314,8 @@ def write_card(folder: Path, record: VariantRecord, scorecard: Scorecard, repo_i
         repo_id=repo_id,
         record=record,
         base_link=base_link(record),
+        method_name=methods.display_name(scorecard.method),
+        method_summary=getattr(methods.METHODS.get(scorecard.method), "summary", scorecard.method),
         offline_base=offline_base(record),
         snippet=load_snippet(record, repo_id),
         evaluation=evaluation_text(scorecard, repo_id),
