@@ -71,9 +71,15 @@ def exported(request, tmp_path_factory):
     out = tmp / "exported"
     result = _cli("export", variant, "--format", "compressed-tensors", "--out", out)
     assert result.exit_code == 0, result.output
+    plain, output = _plain_load(out, tmp)
+    return variant, out, plain, output + result.output
+
+
+def _plain_load(folder: Path, tmp: Path) -> tuple[dict, str]:
+    """What plain transformers loads from `folder` in a fresh interpreter (PLAIN), and its output."""
     env = {**os.environ, "PYTHONPATH": ""}  # nothing of this project importable
     run = subprocess.run(
-        [sys.executable, "-c", PLAIN, str(out), str(tmp / "plain.pt")],
+        [sys.executable, "-c", PLAIN, str(folder), str(tmp / "plain.pt")],
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -81,7 +87,7 @@ def exported(request, tmp_path_factory):
         cwd=tmp,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    return variant, out, torch.load(tmp / "plain.pt"), run.stdout + run.stderr + result.output
+    return torch.load(tmp / "plain.pt"), run.stdout + run.stderr
 
 
 def test_plain_transformers_gives_zoo_loads_logits_exactly(exported):
@@ -241,17 +247,7 @@ def test_any_variant_exports_dense_and_plain_transformers_reads_it_as_zoo_load_r
     assert "savings are gone" in result.output and "savings do not survive" in (out / "README.md").read_text()
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llama" and not {"quantization_config", "auto_map", "base_model_type"} & set(config)
-    env = {**os.environ, "PYTHONPATH": ""}  # nothing of this project importable
-    run = subprocess.run(
-        [sys.executable, "-c", PLAIN, str(out), str(tmp_path / "plain.pt")],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    plain = torch.load(tmp_path / "plain.pt")
+    plain, _ = _plain_load(out, tmp_path)
     stored = zoo.load(variant, inference=False)
     for name, layer in compot_layers(stored).items():
         product = (layer.dense_codes().float() @ layer.dictionary.float()).to(layer.storage_dtype)
