@@ -148,3 +148,14 @@ def test_a_config_that_lost_its_quantization_config_is_refused_with_the_project(
     for load in (AutoModelForCausalLM.from_pretrained, zoo.load):
         with pytest.raises(ZooError, match=r"broken/config\.json is a COMPOT-compressed variant, .* is missing"):
             load(broken)
+
+
+def test_the_base_architecture_s_own_class_stops_instead_of_loading_random_weights(variant):
+    """`LlamaForCausalLM.from_pretrained(variant)` reads any config.json; the checkpoint's empty guard
+    `weight` then stops it on its shape, where it would fill the compressed projections at random."""
+    folder, _, _ = variant
+    architecture = json.loads((folder / "config.json").read_text())["architectures"][0]
+    run = load_without_zoo(folder, architecture, trust=False, blocked=True)
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "RAISED RuntimeError" in run.stdout and "ignore_mismatched_sizes" in run.stdout
+    assert "MISMATCH" in run.stdout + run.stderr

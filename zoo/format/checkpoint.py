@@ -49,6 +49,18 @@ REMOTE_CODE = Path(__file__).with_name("remote") / "configuration_compot.py"
 AUTO_MAP = {"AutoConfig": f"{REMOTE_CODE.stem}.CompotConfig"}
 
 
+# The base architecture's own loaders (e.g. `LlamaForCausalLM.from_pretrained`, which reads any
+# config.json whatever its model_type) would fill each compressed projection's missing `weight` with
+# random values and only warn. The checkpoint holds one such `weight`, empty: a loader without this
+# project then stops on its shape ("size mismatch"); ours drop it (the quantizer marks it expected).
+GUARD = "weight"
+
+
+def guard_keys(layer_names) -> set[str]:
+    """The keys a checkpoint's guard may take: a compressed layer's `weight`, which it never stores."""
+    return {f"{name}.{GUARD}" for name in layer_names}
+
+
 def compot_layers(model: nn.Module) -> dict[str, CompotLinear | QuantLinear]:
     """Every compressed layer: factorized (CompotLinear) or quantized dense (QuantLinear)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, COMPRESSED)}
@@ -196,7 +208,8 @@ def save_compressed(
         layer.require_factors(f"saving {name}")
     dtype = record.config.dtype
     with staged_dir(out_dir) as tmp:
-        save_file(state_to_save(model, dtype), tmp / WEIGHTS, metadata={"format": "pt"})
+        tensors = state_to_save(model, dtype) | {f"{min(layers)}.{GUARD}": torch.zeros(0, dtype=torch.uint8)}
+        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
         record = dataclasses.replace(record, file_bytes=(tmp / WEIGHTS).stat().st_size)
         write_variant_config(checkpoint_config(model, dtype), tmp)
         if getattr(model, "generation_config", None) is not None:
@@ -313,6 +326,8 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu", infere
         state = load_file(weights, device=str(device))
     except (SafetensorError, OSError) as exc:
         raise ZooError(f"{weights} is corrupt or truncated: {exc}") from exc
+    for key in guard_keys(quantization["layers"]):
+        state.pop(key, None)
     expected = model.state_dict()
     wrong = [k for k, t in state.items() if k in expected and t.shape != expected[k].shape]
     if wrong:

@@ -43,7 +43,16 @@ from zoo import methods
 from zoo.compression.quantized import unpack_bits
 from zoo.errors import ZooError
 from zoo.files import check_replaceable, check_writable, staged_dir
-from zoo.format.checkpoint import AUTO_MAP, BASE_TYPE, CONFIG, REMOTE_CODE, WEIGHTS, LayerSpec, _hub_snapshot
+from zoo.format.checkpoint import (
+    AUTO_MAP,
+    BASE_TYPE,
+    CONFIG,
+    REMOTE_CODE,
+    WEIGHTS,
+    LayerSpec,
+    _hub_snapshot,
+    guard_keys,
+)
 from zoo.format.record import RECORD, read_record
 from zoo.methods.layout import pack_bits, quantized_tensors
 
@@ -82,6 +91,8 @@ def export(variant: str | Path, out: str | Path, fmt: str = COMPRESSED_TENSORS, 
     check_replaceable(out, MARKER, "an exported variant")
     check_writable(out)
     tensors = _read_weights(source)
+    for key in guard_keys(layers):  # for loaders without this project, which the export no longer needs
+        tensors.pop(key, None)
     schemes = {name: _scheme(spec) for name, spec in layers.items()}
     for name, spec in layers.items():
         tensors |= to_pack_quantized(name, spec, schemes[name][1], _pop_ours(tensors, name, spec, source))

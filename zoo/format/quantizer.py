@@ -15,6 +15,7 @@ zoo.format.variant_config says why and resolves it to the base's config.
 from __future__ import annotations
 
 import logging
+import re
 
 from transformers.quantizers.auto import register_quantization_config, register_quantizer
 from transformers.quantizers.base import HfQuantizer
@@ -22,7 +23,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from zoo.compression.layer import COMPRESSED, to_inference
 from zoo.errors import ZooError
-from zoo.format.checkpoint import check_factors, swap_in_shells
+from zoo.format.checkpoint import check_factors, guard_keys, swap_in_shells
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class CompotQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         swap_in_shells(model, self.quantization_config.layers)
+        guards = {re.escape(key) + "$" for key in guard_keys(self.quantization_config.layers)}
+        model._keys_to_ignore_on_load_unexpected = set(model._keys_to_ignore_on_load_unexpected or ()) | guards
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):

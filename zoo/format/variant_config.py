@@ -18,10 +18,10 @@ own mechanism for models that need code (a repository tagged `custom_code` gets
 which would otherwise load the base architecture with nothing to say that the projections were
 never read.
 
-What it does not cover: a concrete class (`LlamaForCausalLM.from_pretrained(variant)`) reads the
-config with its own class, which only warns about the foreign `model_type`; without this project
-it still builds the base with fresh projections (and transformers' report lists them MISSING).
-And transformers' own `save_pretrained` writes a config class's own type, so a folder it writes
+A concrete class (`LlamaForCausalLM.from_pretrained(variant)`) reads the config with its own class,
+which only warns about the foreign `model_type`; what stops it is the checkpoint's guard, one empty
+`weight` of a compressed layer, whose shape transformers refuses (zoo.format.checkpoint.GUARD).
+What this does not cover: transformers' own `save_pretrained` writes a config class's own type, so a folder it writes
 from a compressed model carries the base's `model_type`: `zoo.save` / `zoo compress` write what
 is published.
 """

@@ -67,8 +67,8 @@ pip install compot-zoo
 **What loads it.** `zoo.load("{{ repo_id }}")`, and transformers' `from_pretrained` and `pipeline()` in
 PyTorch once `import zoo` has run. Without it, transformers' Auto classes and `pipeline()` stop and ask for
 `trust_remote_code=True`; the repository's `configuration_compot.py` then imports compot-zoo, or says to install
-it: they never load random weights in place of the compressed projections. Load it with `{{ record.auto_class }}`
-(as above) or `zoo.load`, not with the base's own model class, which without the project would.
+it: they never load random weights in place of the compressed projections. The base's own model class stops on
+a size mismatch (the checkpoint's empty guard tensor): load it with `{{ record.auto_class }}` (as above) or `zoo.load`.
 
 **What does not.** vLLM, TGI, llama.cpp (GGUF), ONNX Runtime / Optimum, MLX and TensorRT-LLM have no COMPOT
 layers: none of them reads this checkpoint.
