@@ -159,3 +159,22 @@ def test_the_base_architecture_s_own_class_stops_instead_of_loading_random_weigh
     assert run.returncode == 3, run.stdout + run.stderr
     assert "RAISED RuntimeError" in run.stdout and "ignore_mismatched_sizes" in run.stdout
     assert "MISMATCH" in run.stdout + run.stderr
+
+
+def test_a_compressed_model_s_own_save_pretrained_writes_the_guard_too(tmp_path):
+    """zoo.compress, then the model's own save_pretrained (which writes the base's model_type): plain
+    transformers still stops on the guard, with the project it loads the same model."""
+    model = compress(tiny_llama)[0]
+    save_compressed(model, tmp_path / "saved", make_record(model))
+    reloaded = zoo.load(tmp_path / "saved", inference=False)
+    folder = tmp_path / "variant"
+    reloaded.save_pretrained(folder)
+    torch.save({"input_ids": PROMPT}, tmp_path / INPUTS)
+    run = load_without_zoo(folder, "AutoModelForCausalLM", trust=False, blocked=True)
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "RAISED RuntimeError" in run.stdout and "ignore_mismatched_sizes" in run.stdout
+    served = zoo.load(tmp_path / "saved")  # inference layouts hold no factors: nothing to save
+    with torch.no_grad():
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(folder)(PROMPT).logits, served(PROMPT).logits)
+    with pytest.raises(ValueError, match="not serializable"):
+        served.save_pretrained(tmp_path / "again")

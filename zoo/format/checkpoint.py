@@ -174,10 +174,15 @@ def tensor_bytes(model: nn.Module, dtype: str | None = None) -> int:
 
 
 def mark_compressed(model: nn.Module) -> None:
-    """Name the compressed layers in the model's config, as transformers' quantized models carry
-    their `quantization_config`: `save_pretrained` then writes a folder that `from_pretrained`
-    (after `import zoo`) and `zoo.load` rebuild."""
-    model.config.quantization_config = {"quant_method": "compot", "layers": layer_table(model)}
+    """Name the compressed layers in the model's config and give the model its quantizer, as
+    `from_pretrained` gives transformers' quantized models theirs: its own `save_pretrained` then
+    writes a folder that `from_pretrained` (after `import zoo`) and `zoo.load` rebuild, guard
+    included, so that nothing else loads it at random."""
+    from zoo.format.quantizer import CompotConfig, CompotQuantizer  # it builds on this module
+
+    layers = layer_table(model)
+    model.config.quantization_config = {"quant_method": "compot", "layers": layers}
+    model.hf_quantizer = CompotQuantizer(CompotConfig(layers))
 
 
 def checkpoint_config(model: nn.Module, dtype: str | None = None):
@@ -349,10 +354,10 @@ def load_compressed(path: str | Path, device: str | torch.device = "cpu", infere
     check_factors(model, weights)
     if (path / GENERATION_CONFIG).is_file():  # Whisper's task tokens, LLM sampling defaults
         model.generation_config = transformers.GenerationConfig.from_pretrained(path)
-    model.config.quantization_config = quantization  # so save_pretrained keeps the layer table
+    mark_compressed(model)  # so save_pretrained keeps the layer table and the guard
     model = model.to(device).eval()
-    if inference:
-        to_inference(model)
+    if inference:  # and refuses, as from_pretrained's model does, once the factors are gone
+        model.hf_quantizer.layouts = to_inference(model)
     return model
 
 

@@ -39,6 +39,7 @@ def export_dense(variant: str | Path, out: str | Path, overwrite: bool = False) 
     for name, layer in layers.items():
         model.set_submodule(name, dense_linear(layer, dtype))
     del model.config.quantization_config
+    model.hf_quantizer = None  # a plain model now: no guard, nothing of ours to save
     for key in ("auto_map", "base_model_type"):  # the variant's own loading, gone with its layers
         if hasattr(model.config, key):
             delattr(model.config, key)

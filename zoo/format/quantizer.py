@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 import re
 
+import torch
 from transformers.quantizers.auto import register_quantization_config, register_quantizer
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from zoo.compression.layer import COMPRESSED, to_inference
 from zoo.errors import ZooError
-from zoo.format.checkpoint import check_factors, guard_keys, swap_in_shells
+from zoo.format.checkpoint import GUARD, check_factors, guard_keys, swap_in_shells
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ class CompotQuantizer(HfQuantizer):
         check_factors(model, source)
         self.layouts = to_inference(model)
         return model
+
+    def get_state_dict_and_metadata(self, model):
+        """What `save_pretrained` writes: the stored form and the checkpoint's guard (zoo.format.checkpoint)."""
+        guard = f"{min(self.quantization_config.layers)}.{GUARD}"
+        return {**model.state_dict(), guard: torch.zeros(0, dtype=torch.uint8)}, {}
 
     def is_serializable(self) -> bool:
         if self.layouts.get("stored", 0) == sum(self.layouts.values()):
