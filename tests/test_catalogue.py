@@ -61,3 +61,14 @@ def test_every_model_names_a_suite_of_real_benchmarks_and_offline_stand_ins(alia
     assert {t: provenance(t) for t in offline} == dict.fromkeys(offline, STAND_IN)
     if spec.modality == "llm":
         assert spec.defaults.eval_texts == ["wikitext2", "c4"]
+
+
+def test_healing_is_the_modality_s_default_unless_asked():
+    """Whisper's WER worsened with healing (docs/quality.md): its default is none; LLMs heal."""
+    from zoo.compression.config import CompressionConfig
+    from zoo.sources.catalogue import modality_defaults
+
+    whisper, llm = modality_defaults("whisper"), modality_defaults("llm")
+    assert whisper.heal == 0 < llm.heal
+    assert CompressionConfig().resolved(None, whisper.dtype, whisper.heal).heal == 0
+    assert CompressionConfig(heal=8).resolved(None, whisper.dtype, whisper.heal).heal == 8

@@ -258,8 +258,9 @@ def test_bad_quantize_settings_are_refused_with_the_value(settings, message):
 
 def test_gptq_alone_records_no_healing():
     """Healing's default refines factors; GPTQ alone has none, so its record says none ran."""
-    assert CompressionConfig(method="gptq", quantize="gptq-w4").heal == 0
-    assert CompressionConfig(quantize="gptq-w4").heal == CompressionConfig().heal > 0
+    assert CompressionConfig(method="gptq", quantize="gptq-w4").resolved(None, "bfloat16", 32).heal == 0
+    assert CompressionConfig(quantize="gptq-w4").resolved(None, "bfloat16", 32).heal == 32
+    assert CompressionConfig(quantize="gptq-w4", heal=0).resolved(None, "bfloat16", 32).heal == 0
 
 
 def test_a_group_size_that_does_not_divide_a_projection_is_refused_before_any_work():

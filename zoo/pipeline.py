@@ -269,7 +269,8 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
     source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
     adapter.check_calibration(source, online)
     skeleton = adapter.load(spec, online, req.config.dtype, weights=False)
-    dtype = req.config.resolved(skeleton.dtype, spec.defaults.dtype).dtype
+    resolved = req.config.resolved(skeleton.dtype, spec.defaults.dtype, spec.defaults.heal)
+    dtype = resolved.dtype
     device = torch.device(req.config.device or default_device())
     config = skeleton.model.config
     stacks = adapter.stacks(skeleton.model, req.config.components)
@@ -290,7 +291,7 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
         req.config.iters,
         not req.config.static,
         req.config.offload_activations,
-        req.config.heal,
+        resolved.heal,
     )
     report(f"Plan for {shown(spec.name)}:")
     for line in the_plan.lines():
@@ -334,7 +335,7 @@ def prepare(req: CompressRequest, online: bool | None = None, report: Callable[[
     spec = with_settings(spec, req.eval_settings)
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec, online, held)
-    dtype = req.config.resolved(loaded.dtype, spec.defaults.dtype).dtype
+    dtype = req.config.resolved(loaded.dtype, spec.defaults.dtype, spec.defaults.heal).dtype
     base_bytes = tensor_bytes(loaded.model, "float16")
     if held != dtype:  # calibrated and scored as its checkpoint holds it
         with torch.no_grad():
@@ -347,7 +348,7 @@ def prepare(req: CompressRequest, online: bool | None = None, report: Callable[[
 
 def effective(prepared: Prepared, req: CompressRequest) -> CompressRequest:
     """The request with concrete dtypes: the checkpoint's is the one the model was prepared for."""
-    config = req.config.resolved(prepared.loaded.dtype, prepared.dtype)
+    config = req.config.resolved(prepared.loaded.dtype, prepared.dtype, prepared.spec.defaults.heal)
     if config.dtype != prepared.dtype:
         raise ZooError(
             f"the model was prepared for {prepared.dtype} checkpoints; a {config.dtype} checkpoint needs its own run"
@@ -528,7 +529,7 @@ def compress(
     loaded = LoadedModel(model, processor, name)
     sampling = calibration_settings(spec, calibration, n_samples, seq_len, online)
     data = adapter.calibration(loaded, *sampling, seed, online)
-    dtype = config.resolved(str(model.dtype).removeprefix("torch."), spec.defaults.dtype).dtype
+    dtype = config.resolved(str(model.dtype).removeprefix("torch."), spec.defaults.dtype, spec.defaults.heal).dtype
     base_bytes = tensor_bytes(model, "float16")
     prepared = Prepared(spec, adapter, loaded, data, online, sampling, dtype, base_bytes, peak_memory_mb())
     record = compress_loaded(prepared, req, req.out_dir.name)

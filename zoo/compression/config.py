@@ -120,11 +120,12 @@ class CompressionConfig:
         "Calibrate each block on what the blocks already compressed give it (GPTQ's sequential mode), "
         "not on the 16-bit model's activations.",
     )
-    heal: int = setting(
-        32,
+    heal: int | None = setting(
+        None,
         "Healing: Adam steps per block, one calibration sample each, that refine its factors (dictionary and "
         "kept codes; mask, k and s fixed, so the bytes are the same) to reproduce the 16-bit block's outputs; "
-        "0: the paper's training-free method.",
+        "0: the paper's training-free method. Default: the modality's, from the catalogue (32 for LLMs and "
+        "Qwen-VL; 0 for Whisper, whose WER healing was measured to worsen).",
         at_least(0),
     )
     heal_lr: float = setting(1e-3, "Healing's Adam step, relative to each factor's RMS.", between(0.0, 1.0))
@@ -193,9 +194,7 @@ class CompressionConfig:
                 f"static does not apply to method {self.method}: it factorizes nothing, so it allocates no CR"
             )
         if not self.factorizes and self.heal:
-            if self.heal != type(self).heal:
-                raise ZooError(f"heal does not apply to method {self.method}: it has no factors to heal")
-            object.__setattr__(self, "heal", 0)  # healing's default is for factors; recorded as what ran
+            raise ZooError(f"heal does not apply to method {self.method}: it has no factors to heal")
 
     @classmethod
     def settings(cls) -> tuple[dataclasses.Field, ...]:
@@ -216,13 +215,15 @@ class CompressionConfig:
         defaults = CompressionConfig().determining()
         return {k: v for k, v in self.determining().items() if v != defaults[k]}
 
-    def resolved(self, base_dtype: str | None, default_dtype: str) -> CompressionConfig:
-        """The config with concrete dtypes: the checkpoint's is the one asked for, else the base's own
-        when it is 16-bit (a float32 base is a copy for computing, not what was published), else
-        `default_dtype`; the factors' follows it when 16-bit, else float16."""
+    def resolved(self, base_dtype: str | None, default_dtype: str, default_heal: int) -> CompressionConfig:
+        """The config with concrete dtypes and healing: the checkpoint's dtype is the one asked for, else
+        the base's own when it is 16-bit (a float32 base is a copy for computing, not what was published),
+        else `default_dtype`; the factors' follows it when 16-bit, else float16. Healing is the one asked
+        for, else the modality's `default_heal` (none without factors)."""
         dtype = self.dtype or (base_dtype if base_dtype in STORAGE_DTYPES else default_dtype)
         storage = self.storage_dtype or (dtype if dtype in STORAGE_DTYPES else "float16")
-        return dataclasses.replace(self, dtype=dtype, storage_dtype=storage)
+        heal = self.heal if self.heal is not None else default_heal if self.factorizes else 0
+        return dataclasses.replace(self, dtype=dtype, storage_dtype=storage, heal=heal)
 
     @property
     def factorizes(self) -> bool:

@@ -35,6 +35,7 @@ class Defaults:
     offline_calibration: str
     n_samples: int
     seq_len: int
+    heal: int  # healing's steps per block unless a run asks (CompressionConfig.heal)
     license: str | None = None
     chat: bool = _evaluation(False)
     eval_texts: list[str] = _evaluation(())
