@@ -17,7 +17,7 @@ import torch
 from zoo.compression.apply import working_copy
 from zoo.compression.config import CompressionConfig
 from zoo.compression.grams import block_grams, capture_block_inputs, moved, replay
-from zoo.compression.healing import HealedLinear, block_error, heal_block
+from zoo.compression.healing import HealedLinear, SharedSamples, block_error, heal_block
 from zoo.engine import allocate, factorize_many
 from zoo.pipeline import CompressRequest, prepare
 
@@ -63,7 +63,7 @@ def main() -> None:
     for lr in args.lr:
         for steps in args.steps:
             start = time.perf_counter()
-            healed = heal_block(work, factors, inputs[:half], targets, steps, lr)
+            healed = heal_block(work, factors, SharedSamples(inputs[:half], targets), steps, lr)
             sync()
             seconds = time.perf_counter() - start
             student = working_copy(work, device)

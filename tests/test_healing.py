@@ -13,7 +13,7 @@ from tests.tiny_models import tiny_llama, token_batches
 from zoo.cli import main
 from zoo.compression.apply import working_copy
 from zoo.compression.grams import block_grams, capture_block_inputs, replay
-from zoo.compression.healing import HealedLinear, block_error, heal_block, rows
+from zoo.compression.healing import HealedLinear, SharedSamples, block_error, heal_block, rows
 from zoo.engine import factorize_many
 from zoo.format.checkpoint import WEIGHTS, load_compressed
 
@@ -50,7 +50,7 @@ def fitted():
 
 def test_healing_lowers_the_block_output_error_on_held_out_inputs(fitted):
     block, train, targets, held, held_targets, factors = fitted
-    healed = heal_block(block, factors, train, targets, steps=60, lr=1e-2)
+    healed = heal_block(block, factors, SharedSamples(train, targets), steps=60, lr=1e-2)
     before = block_error(_student(block, factors), held, held_targets)
     after = block_error(_student(block, healed), held, held_targets)
     assert after < 0.85 * before, (before, after)
@@ -60,7 +60,7 @@ def test_healing_lowers_the_block_output_error_on_held_out_inputs(fitted):
 
 def test_healing_keeps_the_support_k_and_s_and_every_pruned_code_at_zero(fitted):
     block, train, targets, _, _, factors = fitted
-    healed = heal_block(block, factors, train, targets, steps=20, lr=3e-3)
+    healed = heal_block(block, factors, SharedSamples(train, targets), steps=20, lr=3e-3)
     for name, f in factors.items():
         h = healed[name]
         assert (h.k, h.s, h.method) == (f.k, f.s, f.method)
@@ -71,13 +71,13 @@ def test_healing_keeps_the_support_k_and_s_and_every_pruned_code_at_zero(fitted)
 
 def test_zero_steps_leave_the_factors_as_they_are(fitted):
     block, train, targets, _, _, factors = fitted
-    assert heal_block(block, factors, train, targets, steps=0, lr=3e-3) is factors
+    assert heal_block(block, factors, SharedSamples(train, targets), steps=0, lr=3e-3) is factors
 
 
 def test_healing_is_deterministic(fitted):
     block, train, targets, _, _, factors = fitted
-    a = heal_block(block, factors, train, targets, steps=5, lr=3e-3, seed=7)
-    b = heal_block(block, factors, train, targets, steps=5, lr=3e-3, seed=7)
+    a = heal_block(block, factors, SharedSamples(train, targets), steps=5, lr=3e-3, seed=7)
+    b = heal_block(block, factors, SharedSamples(train, targets), steps=5, lr=3e-3, seed=7)
     assert all(torch.equal(a[n].dictionary, b[n].dictionary) and torch.equal(a[n].codes, b[n].codes) for n in a)
 
 
@@ -138,7 +138,7 @@ def test_svd_llm_factors_heal_too(fitted):
     stats, _ = block_grams(block, GROUPS, train)
     jobs = {n: (block.get_submodule(n).weight.detach(), stats[g[0]].gram, 0.4) for g in GROUPS for n in g}
     factors = factorize_many(jobs, method="svd-llm")
-    healed = heal_block(block, factors, train, targets, steps=60, lr=1e-2)
+    healed = heal_block(block, factors, SharedSamples(train, targets), steps=60, lr=1e-2)
     assert all(h.support is None and h.k == factors[n].k for n, h in healed.items())
     before = block_error(_student(block, factors), held, held_targets)
     assert block_error(_student(block, healed), held, held_targets) < 0.9 * before
@@ -149,7 +149,7 @@ def test_the_plan_counts_healing_in_time_and_memory(monkeypatch):
     from zoo.compression.plan import make_plan
     from zoo.modalities.decoder_llm import ADAPTER
 
-    monkeypatch.setattr(plan, "_probe", lambda *a: 1.0)  # the timed probes are noise at this size
+    monkeypatch.setattr(plan, "probe_seconds", lambda *a: 1.0)  # the timed probes are noise at this size
     monkeypatch.setattr(plan, "_gemm_rate", lambda *a: 1e9)
 
     model = tiny_llama()

@@ -152,7 +152,7 @@ def test_components_are_split_on_commas_and_choose_the_stacks(tmp_path, monkeypa
 def test_max_device_memory_refuses_a_run_that_would_not_fit_the_gpu(tmp_path, model_dir, text_file, monkeypatch):
     """The plan of a CUDA run is checked against --max-device-memory; without a GPU here, only the
     plan's timing probes (which run on the device) are stood in for."""
-    monkeypatch.setattr("zoo.compression.plan._probe", lambda *args: 0.01)
+    monkeypatch.setattr("zoo.compression.plan.probe_seconds", lambda *args: 0.01)
     monkeypatch.setattr("zoo.compression.plan._gemm_rate", lambda *args: 1e9)
     args = ("compress", model_dir, *FAST, "--calibration", text_file, "--device", "cuda", "--plan")
     planned = _invoke(*args, "--max-device-memory", 64)

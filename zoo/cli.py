@@ -251,6 +251,7 @@ def compress(  # noqa: PLR0913 - click passes one argument per option
     **settings,
 ) -> None:
     """Compress MODEL (an alias, a Hub id or a local folder) and save a loadable checkpoint."""
+    from zoo.compression.ranks import join_from_environment
     from zoo.format.record import size_line
     from zoo.pipeline import CompressRequest, run_compress
     from zoo.publish.publishers import publisher_for
@@ -281,12 +282,15 @@ def compress(  # noqa: PLR0913 - click passes one argument per option
 
         plan(req, hub_reachable(), click.echo)
         return
+    ranks = join_from_environment()  # torchrun's processes share the run; rank 0 speaks and writes
     publisher, repo_id = None, None
-    if push is not None:  # before any work: a missing token or bad name must not cost a compression
+    if push is not None and ranks.main:  # before any work: a missing token or bad name must not cost a compression
         publisher = publisher_for(push or None, org, private, allow_offline_scores)
         publisher.check([req.out_dir.name])
         repo_id = f"{publisher.organization}/{req.out_dir.name}"
     result = run_compress(req, repo_id, click.echo)
+    if not ranks.main:
+        return
     record = result.record
     methods = Counter(r.method for r in record.layers)
     click.echo(f"\nCompressed {len(record.layers)} projections ({', '.join(f'{n} {m}' for m, n in methods.items())})")

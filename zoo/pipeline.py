@@ -28,6 +28,7 @@ from zoo.compression.apply import BlockStore, check_group_size, compress_model, 
 from zoo.compression.config import CompressionConfig
 from zoo.compression.layer import to_inference
 from zoo.compression.plan import Plan, gib, make_plan
+from zoo.compression.ranks import Ranks
 from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
@@ -396,11 +397,15 @@ def run_compress(
     req: CompressRequest, repo_id: str | None = None, report: Callable[[str], None] = log.info
 ) -> CompressResult:
     """`zoo compress`: one variant, compressed in place in the loaded model; `repo_id` is the
-    repository the card names (default: the variant's folder name); `report` hears the plan."""
-    check_out_dir(req.out_dir, req.overwrite)
-    with exclusive(sibling_lock(req.out_dir), f"output directory {req.out_dir}"):
-        prepared = prepare(req, report=report)
-        base_metrics = evaluate(prepared) if req.evaluate else None
+    repository the card names (default: the variant's folder name); `report` hears the plan. Under
+    torchrun, rank 0 alone checks, locks, scores and writes the output directory
+    (zoo.compression.ranks); the other ranks share the compression and return its record."""
+    main = Ranks.current().main
+    if main:
+        check_out_dir(req.out_dir, req.overwrite)
+    with exclusive(sibling_lock(req.out_dir), f"output directory {req.out_dir}") if main else contextlib.nullcontext():
+        prepared = prepare(req, report=report if main else log.debug)
+        base_metrics = evaluate(prepared) if req.evaluate and main else None
         return compress_variant(prepared, req, base_metrics, repo_id)
 
 
@@ -428,6 +433,8 @@ def compress_variant(
     `base_metrics` (evaluate's results for the base), score it and write scorecard.json and the model
     card (naming `repo_id`)."""
     out = req.out_dir
+    if not Ranks.current().main:  # rank 0 keeps the progress and writes
+        return CompressResult(out, compress_loaded(prepared, req, out.name))
     progress = BlockProgress(out, blocks_fingerprint(prepared, req))
     try:
         record = compress_loaded(prepared, req, out.name, progress)

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Protocol
 
 import torch
@@ -28,9 +29,11 @@ from tqdm.auto import tqdm
 
 from zoo.compression.config import CompressionConfig
 from zoo.compression.grams import BlockInput, GramStat, block_grams, capture_block_inputs, moved, replay
-from zoo.compression.healing import heal_block
+from zoo.compression.healing import SharedSamples, heal_block
 from zoo.compression.layer import CompotLinear
+from zoo.compression.plan import probe_seconds
 from zoo.compression.quantized import QuantLinear
+from zoo.compression.ranks import Ranks
 from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.engine import Factorization, allocate, factorize_many
@@ -106,6 +109,21 @@ def target_crs(targets: dict[str, nn.Linear], config: CompressionConfig) -> dict
     return allocate(weights, config.cr, config.min_cr, config.max_cr, device=config.device or default_device()).cr
 
 
+def shape_costs(
+    targets: dict[str, nn.Linear], config: CompressionConfig, device: torch.device, ranks: Ranks
+) -> dict[tuple[int, int], float]:
+    """Seconds the engine takes per matrix shape, from the plan's probe, measured on rank 0 and
+    shared (the deal must be the same everywhere); nothing to deal out for one process."""
+    shapes = sorted({tuple(linear.weight.shape) for linear in targets.values()})
+    if ranks.size == 1 or not config.factorizes:
+        return dict.fromkeys(shapes, 0.0)
+    measured = None
+    if ranks.main:
+        with intra_op_threads(1) if device.type == "cpu" else nullcontext():
+            measured = {s: probe_seconds(*s, config.cr, device, config.iters, not config.static) for s in shapes}
+    return ranks.broadcast(measured, 0)
+
+
 class BlockStore(Protocol):
     """Where finished blocks are kept, so that a killed run resumes (`zoo.format.progress`)."""
 
@@ -130,14 +148,17 @@ def compress_model(
     crs = target_crs(targets, config)
     storage_dtype = getattr(torch, config.storage_dtype or "float16")
     device = torch.device(config.device or default_device())
+    ranks = Ranks.current()
+    batches = len(calibration.batches)
+    own_ids = ranks.own(ranks.chunks(batches))  # every batch, alone
+    own = [calibration.batches[i] for i in own_ids]
     # Every stack's inputs come from the original model, before any layer is swapped.
     # The part before each stack runs on the device too, its weights copied there module by module.
     away = device if any(p.device.type != device.type for p in model.parameters()) else None
-    inputs = {
-        stack.name: capture_block_inputs(model, stack.blocks[0][1], calibration.batches, away) for stack in stacks
-    }
+    inputs = {stack.name: capture_block_inputs(model, stack.blocks[0][1], own, away) for stack in stacks}
+    costs = shape_costs(targets, config, device, ranks)
     records: list[LayerRecord] = []
-    with tqdm(total=len(targets), desc="compress", unit="matrix") as bar:
+    with tqdm(total=len(targets), desc="compress", unit="matrix", disable=not ranks.main) as bar:
         for stack in stacks:
             home = torch.device("cpu") if config.offload_activations else device  # where activations stay
             captured = [moved(item, home, torch.float32) for item in inputs.pop(stack.name)]
@@ -149,7 +170,8 @@ def compress_model(
             for index, (prefix, block) in enumerate(stack.blocks, 1):
                 bar.set_postfix_str(prefix)
                 log.info("block %s (%d of %d in %s)", prefix, index, len(stack.blocks), stack.name)
-                done = store.load(prefix) if store is not None else None
+                # rank 0 reads the progress for every rank: the same blocks restored everywhere
+                done = ranks.broadcast(store.load(prefix) if store is not None and ranks.main else None, 0)
                 if done is not None:
                     if streams.teacher is not None:  # the 16-bit block's outputs, before its layers are restored
                         streams.teacher = replay(working_copy(block, device), streams.teacher, runs_on)
@@ -163,16 +185,22 @@ def compress_model(
                 else:
                     work = working_copy(block, device)
                     calibrating = streams.student if config.sequential else streams.teacher
-                    stats, outputs = block_grams(work, stack.groups, calibrating, device=runs_on)
-                    _check_finite(prefix, stats, len(outputs))
+                    stats, outputs = block_grams(
+                        work, stack.groups, calibrating, device=runs_on, ranks=ranks, batches=batches
+                    )
+                    _check_finite(prefix, stats, batches)
                     if streams.teacher is not None:  # the 16-bit block's outputs are the next block's inputs
                         streams.teacher = outputs if calibrating is streams.teacher else replay(work, streams.teacher)
                     del outputs
                     names = {f"{prefix}.{name}": (name, stats[group[0]]) for group in stack.groups for name in group}
-                    healing = Healing(prefix, streams.student, streams.teacher, runs_on) if config.heal else None
-                    job = BlockJob(work, names, targets, crs, config, storage_dtype, healing)
+                    healing = (
+                        Healing(prefix, SharedSamples(streams.student, streams.teacher, ranks, own_ids), runs_on)
+                        if config.heal
+                        else None
+                    )
+                    job = BlockJob(work, names, targets, crs, config, storage_dtype, ranks, costs, healing)
                     block_records = _compress_block(block, job, bar)
-                    if store is not None:
+                    if store is not None and ranks.main:
                         layers = {r.name: model.get_submodule(r.name) for r in block_records if r.method != "dense"}
                         store.save(prefix, block_records, layers)
                     del work
@@ -194,11 +222,10 @@ class Streams:
 
 @dataclasses.dataclass
 class Healing:
-    """What healing a block reads: its compressed inputs and the 16-bit block's outputs."""
+    """What healing a block reads: its compressed inputs beside the 16-bit block's outputs."""
 
     prefix: str
-    inputs: list[BlockInput]
-    targets: list[BlockInput]
+    samples: SharedSamples
     runs_on: torch.device | None
 
 
@@ -235,6 +262,8 @@ class BlockJob:
     crs: dict[str, float]
     config: CompressionConfig
     storage_dtype: torch.dtype
+    ranks: Ranks
+    costs: dict[tuple[int, int], float]  # a matrix's predicted factorization time by its shape, to share them out
     healing: Healing | None = None
 
     def weight(self, full: str) -> torch.Tensor:
@@ -250,11 +279,13 @@ def _compress_block(block: nn.Module, job: BlockJob, bar: tqdm) -> list[LayerRec
     if job.config.quantize is None:
         built = {full: _built(job, factors.get(full), full) for full in job.names}
     else:  # GPTQ's column loop is many small tensor ops: one thread each, matrices side by side
-        workers = min(torch.get_num_threads(), len(job.names)) if work_device(job.work).type == "cpu" else 1
+        costs = {full: float(job.weight(full).numel() * job.weight(full).shape[1]) for full in job.names}
+        owners = job.ranks.deal(costs)
+        mine = [full for full in job.names if owners[full] == job.ranks.rank]
+        workers = max(1, min(torch.get_num_threads(), len(mine))) if work_device(job.work).type == "cpu" else 1
         with intra_op_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="gptq") as pool:
-            built = dict(
-                zip(job.names, pool.map(lambda full: _built(job, factors.get(full), full), job.names), strict=True)
-            )
+            made = dict(zip(mine, pool.map(lambda full: _built(job, factors.get(full), full), mine), strict=True))
+        built = {full: job.ranks.broadcast(_on_cpu(made.get(full)), owners[full]) for full in job.names}
     records = []
     for full, (name, _) in job.names.items():
         f, linear = factors.get(full), job.targets[full]
@@ -267,25 +298,50 @@ def _compress_block(block: nn.Module, job: BlockJob, bar: tqdm) -> list[LayerRec
     return records
 
 
+def _on_cpu(built: tuple[nn.Module, float] | None) -> tuple[nn.Module, float] | None:
+    """A built layer as it travels between ranks (a GPU tensor would arrive on the sender's GPU)."""
+    return None if built is None else (built[0].cpu(), built[1])
+
+
 def _factorized(job: BlockJob, bar: tqdm) -> dict[str, Factorization]:
     """The block's matrices factorized at their CRs (those allocation keeps dense left out), each in
     the method's form or, with mixed forms, an alternative's where that fits better."""
     config = job.config
     jobs = {full: (job.weight(full), stat.gram, job.crs[full]) for full, (_, stat) in job.names.items()}
     jobs = {full: item for full, item in jobs.items() if item[2] != 0.0}
-    factors = factorize_many(
-        jobs,
-        method=config.method,
-        ks_ratio=config.ks_ratio,
-        iters=config.iters,
-        tol=config.tol,
-        on_done=lambda name, _: _done(bar, name),
-    )
+    options = dict(ks_ratio=config.ks_ratio, iters=config.iters, tol=config.tol)
+    factors = _shared(job, jobs, config.method, options, bar)
     if config.forms == "mixed":
         for alternative in method_named(config.method).alternatives:
-            factors = _better_form(factors, factorize_many(jobs, method=alternative))
+            factors = _better_form(factors, _shared(job, jobs, alternative, {}, None))
     bar.update(len(job.names) - len(jobs))
     return factors
+
+
+def _shared(job: BlockJob, jobs: dict, method: str, options: dict, bar: tqdm | None) -> dict[str, Factorization]:
+    """`jobs` factorized by `method`, each on the rank the deal gives it (one process: all here),
+    and every result on every rank."""
+    ranks = job.ranks
+    owners = ranks.deal({full: job.costs[tuple(item[0].shape)] for full, item in jobs.items()})
+    mine = {full: item for full, item in jobs.items() if owners[full] == ranks.rank}
+    on_done = None if bar is None else (lambda name, _: _done(bar, name))
+    log.debug("rank %d of %d factorizes %d of %d matrices", ranks.rank, ranks.size, len(mine), len(jobs))
+    made = factorize_many(mine, method=method, on_done=on_done, **options)
+    if ranks.size == 1:
+        return made
+    device = work_device(job.work)
+    shared = {}
+    for full in jobs:
+        f = ranks.broadcast(_factors_to(made[full], "cpu") if full in made else None, owners[full])
+        shared[full] = made[full] if full in made else _factors_to(f, device)
+        if bar is not None and full not in made:
+            _done(bar, full)
+    return shared
+
+
+def _factors_to(f: Factorization, device: torch.device | str) -> Factorization:
+    tensors = ("dictionary", "codes", "support", "weight")
+    return dataclasses.replace(f, **{k: getattr(f, k).to(device) for k in tensors if getattr(f, k) is not None})
 
 
 def _built(job: BlockJob, f: Factorization | None, full: str) -> tuple[CompotLinear | QuantLinear, float] | None:
@@ -329,8 +385,7 @@ def _healed(job: BlockJob, factors: dict[str, Factorization]) -> dict[str, Facto
     healed = heal_block(
         job.work,
         local,
-        healing.inputs,
-        healing.targets,
+        healing.samples,
         steps=config.heal,
         lr=config.heal_lr,
         seed=seed,

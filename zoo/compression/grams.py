@@ -7,6 +7,7 @@ block's inputs. Only one block's activations are alive at a time.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from accelerate.hooks import remove_hook_from_submodules
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from zoo.compression.ranks import ALONE, Ranks, summed_in_order
 from zoo.errors import ZooError
 
 
@@ -32,7 +34,7 @@ class BlockInput:
 
 @dataclass
 class GramStat:
-    """X^T X / tokens over the finite calibration rows of one shared input."""
+    """X^T X / tokens over the finite calibration rows of one shared input (summed, before the division)."""
 
     gram: torch.Tensor
     tokens: int
@@ -136,20 +138,63 @@ def block_grams(
     inputs: list[BlockInput],
     dtype: torch.dtype = torch.float64,
     device: torch.device | None = None,
+    ranks: Ranks = ALONE,
+    batches: int | None = None,
 ) -> tuple[dict[str, GramStat], list[BlockInput]]:
     """Grams of each group's shared input, keyed by the group's first linear, and the block's outputs.
 
     Linears in one group read the same tensor (q/k/v, gate/up), so one Gram serves them all.
-    Batches whose inputs hold NaN/Inf are left out of the Gram and counted.
+    Batches whose inputs hold NaN/Inf are left out of the Gram and counted. With several `ranks`,
+    `inputs` are this rank's share of the run's `batches` (zoo.compression.ranks): the Grams are
+    every rank's, the outputs this rank's.
     """
-    stats: dict[str, GramStat] = {}
-    handles = []
-    for group in groups:
-        key = group[0]
+    chunks = ranks.chunks(len(inputs) if batches is None else batches)
+    mine = [c for c in range(len(chunks)) if ranks.owner(c) == ranks.rank]
+    starts = dict(zip(mine, itertools.accumulate((len(chunks[c]) for c in mine), initial=0), strict=False))
+    outputs: list[BlockInput] = []
+    keys = [group[0] for group in groups]
+
+    def partial(c: int) -> list[torch.Tensor]:
+        stats, out = _summed(block, keys, inputs[starts[c] : starts[c] + len(chunks[c])], dtype, device)
+        outputs.extend(out)
+        return [t for key in keys for t in (stats[key].gram, _counts(stats[key]))]
+
+    def zeros() -> list[torch.Tensor]:
+        empty = _empty_stats(block, keys, dtype)
+        return [t for key in keys for t in (empty[key].gram, _counts(empty[key]))]
+
+    total = summed_in_order(ranks, len(chunks), partial, zeros)
+    stats = {}
+    for key, gram, counts in zip(keys, total[::2], total[1::2], strict=True):
+        tokens, nonfinite = (int(n) for n in counts.tolist())
+        if tokens:  # none: every batch was NaN/Inf there, which the caller reports with the block's name
+            gram /= tokens
+        stats[key] = GramStat(gram, tokens, nonfinite)
+    return stats, outputs
+
+
+def _counts(stat: GramStat) -> torch.Tensor:
+    """A partial Gram's counts as a tensor that travels and adds up with it (float64: exact to 2^53)."""
+    return torch.tensor([stat.tokens, stat.nonfinite_batches], dtype=torch.float64, device=stat.gram.device)
+
+
+def _empty_stats(block: nn.Module, keys: Sequence[str], dtype: torch.dtype) -> dict[str, GramStat]:
+    stats = {}
+    for key in keys:
         linear = block.get_submodule(key)
         stats[key] = GramStat(
             torch.zeros(linear.in_features, linear.in_features, dtype=dtype, device=linear.weight.device), 0, 0
         )
+    return stats
+
+
+def _summed(
+    block: nn.Module, keys: Sequence[str], inputs: list[BlockInput], dtype: torch.dtype, device: torch.device | None
+) -> tuple[dict[str, GramStat], list[BlockInput]]:
+    """X^T X summed over `inputs`, batch after batch, not yet divided by the tokens; and the outputs."""
+    stats = _empty_stats(block, keys, dtype)
+    handles = []
+    for key in keys:
 
         def accumulate(_module, args, _out, stat=stats[key]):
             x = args[0].detach().reshape(-1, args[0].shape[-1])
@@ -161,13 +206,10 @@ def block_grams(
             stat.gram += (x.mT @ x).to(dtype)
             stat.tokens += x.shape[0]
 
-        handles.append(linear.register_forward_hook(accumulate))
+        handles.append(block.get_submodule(key).register_forward_hook(accumulate))
     try:
         outputs = replay(block, inputs, device)
     finally:
         for h in handles:
             h.remove()
-    for stat in stats.values():
-        if stat.tokens:  # none: every batch was NaN/Inf there, which the caller reports with the block's name
-            stat.gram /= stat.tokens
     return stats, outputs

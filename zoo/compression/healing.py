@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from torch.utils._pytree import tree_map
 from tqdm.auto import tqdm
 
 from zoo.compression.grams import BlockInput, block_output, hidden_of, moved
+from zoo.compression.ranks import ALONE, Ranks
 from zoo.engine import Factorization
 
 
@@ -49,11 +52,10 @@ class HealedLinear(nn.Module):
         )
 
 
-def heal_block(  # noqa: PLR0913 (the block, its factors, both activation streams and Adam's settings)
+def heal_block(
     block: nn.Module,
     factors: dict[str, Factorization],
-    inputs: list[BlockInput],
-    targets: list[BlockInput],
+    samples: Sequence[tuple[BlockInput, BlockInput]],
     steps: int,
     lr: float,
     seed: int = 0,
@@ -61,8 +63,8 @@ def heal_block(  # noqa: PLR0913 (the block, its factors, both activation stream
     desc: str = "heal",
 ) -> dict[str, Factorization]:
     """`factors` (keyed by linear name within `block`, a float32 working copy) refined by `steps`
-    Adam steps on the relative squared error of the block's outputs, one calibration sample a step
-    in a seeded order; `device`: where each batch runs, when the activations are kept elsewhere."""
+    Adam steps on the relative squared error of the block's outputs, one of `samples` (input, 16-bit
+    output) a step in a seeded order; `device`: where each runs, when the activations are kept elsewhere."""
     if steps <= 0 or not factors:
         return factors
     student = copy.deepcopy(block)
@@ -78,7 +80,6 @@ def heal_block(  # noqa: PLR0913 (the block, its factors, both activation stream
         for p in (layer.dictionary, layer.codes)
     ]
     optimizer = torch.optim.Adam(groups)
-    samples = [pair for x, y in zip(inputs, targets, strict=True) for pair in zip(rows(x), rows(y), strict=True)]
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
     for _ in tqdm(range(steps), desc=desc, unit="step", leave=False):
@@ -90,6 +91,49 @@ def heal_block(  # noqa: PLR0913 (the block, its factors, both activation stream
         loss.backward()
         optimizer.step()
     return {name: layer.healed(factors[name]) for name, layer in layers.items()}
+
+
+class SharedSamples(Sequence[tuple[BlockInput, BlockInput]]):
+    """Healing's samples, one row of a calibration batch each: (compressed input, 16-bit output)
+    over every rank's batches in batch order. A sample another rank holds comes from it when asked
+    for; every rank asks for the same samples in the same order (healing's seeded order)."""
+
+    def __init__(
+        self,
+        inputs: list[BlockInput],
+        targets: list[BlockInput],
+        ranks: Ranks = ALONE,
+        batch_ids: Sequence[int] | None = None,
+    ) -> None:
+        """`inputs` and `targets`: this rank's batches, numbered `batch_ids` in the run (all of them, in
+        order, by default)."""
+        self.ranks = ranks
+        self.local = [pair for x, y in zip(inputs, targets, strict=True) for pair in zip(rows(x), rows(y), strict=True)]
+        ids = range(len(inputs)) if batch_ids is None else batch_ids
+        held = ranks.gather([(b, len(rows(x))) for b, x in zip(ids, inputs, strict=True)])
+        located = []  # (batch, row, rank, index among that rank's samples)
+        for rank, batches in enumerate(held):
+            first = itertools.accumulate((n for _, n in batches), initial=0)
+            located += [
+                (b, row, rank, start + row) for (b, n), start in zip(batches, first, strict=False) for row in range(n)
+            ]
+        self.index = [(rank, i) for _, _, rank, i in sorted(located)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[BlockInput, BlockInput]:  # type: ignore[override]
+        rank, j = self.index[i]
+        if self.ranks.size == 1:
+            return self.local[j]
+        own = None
+        if rank == self.ranks.rank:  # a row is a view of its batch: only the row travels
+            x, y = self.local[j]
+            own = tree_map(
+                lambda t: t.clone() if isinstance(t, torch.Tensor) else t, ((x.args, x.kwargs), (y.args, y.kwargs))
+            )
+        (x_args, x_kwargs), (y_args, y_kwargs) = self.ranks.broadcast(own, rank)
+        return BlockInput(x_args, x_kwargs), BlockInput(y_args, y_kwargs)
 
 
 def output_error(

@@ -138,7 +138,7 @@ def make_plan(
         widest = max(linears, key=lambda m: m.weight.numel())
         counts = Counter((m.out_features, m.in_features) for m in linears)
         with intra_op_threads(1 if parallel > 1 else torch.get_num_threads()):
-            engine = sum(n * _probe(*shape, cr, device, iters, dynamic) for shape, n in counts.items())
+            engine = sum(n * probe_seconds(*shape, cr, device, iters, dynamic) for shape, n in counts.items())
         seconds += len(stack.blocks) * (flops / _gemm_rate(widest.in_features, widest.out_features, device))
         seconds += len(stack.blocks) * engine / parallel
     at_rest = parameters * size
@@ -176,7 +176,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _probe(out: int, inp: int, cr: float, device: torch.device, iters: int, dynamic: bool) -> float:
+def probe_seconds(out: int, inp: int, cr: float, device: torch.device, iters: int, dynamic: bool) -> float:
     """Seconds the engine takes on a random matrix of this shape at `iters` iterations: one run
     with none (the whitening, the start and one sparse coding) and one with two, extrapolated;
     with `dynamic`, the spectrum the allocation computes too."""
