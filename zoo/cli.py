@@ -276,11 +276,13 @@ def compress(  # noqa: PLR0913 - click passes one argument per option
         max_host_memory=None if max_host_memory is None else int(max_host_memory * 2**30),
         max_device_memory=None if max_device_memory is None else int(max_device_memory * 2**30),
     )
-    if plan_only:
+    if plan_only:  # under torchrun, rank 0's plan gives every process's figures
+        from zoo.compression.ranks import Ranks
         from zoo.pipeline import plan
         from zoo.sources.hub import hub_reachable
 
-        plan(req, hub_reachable(), click.echo)
+        if Ranks.launched().main:
+            plan(req, hub_reachable(), click.echo)
         return
     ranks = join_from_environment()  # torchrun's processes share the run; rank 0 speaks and writes
     publisher, repo_id = None, None

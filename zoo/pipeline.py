@@ -293,6 +293,7 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
         not req.config.static,
         req.config.offload_activations,
         resolved.heal,
+        Ranks.launched().size,
     )
     report(f"Plan for {shown(spec.name)}:")
     for line in the_plan.lines():

@@ -12,6 +12,7 @@ engine's workspace for the matrices it factorizes at once.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zoo.compression.ranks import GRAM_CHUNKS, Ranks
 from zoo.compression.targets import Stack
 from zoo.engine import allocate, factorize
 from zoo.engine.factorization import intra_op_threads
@@ -52,9 +54,11 @@ class Plan:
     host_sample_bytes: int  # what one more calibration sample adds to host_bytes
     device_sample_bytes: int  # and to device_bytes
     seconds: float  # replays, Grams, allocation and factorization, from the probes
+    processes: int = 1  # torchrun's ranks: every memory figure is one process's, the time the run's
 
     def lines(self) -> list[str]:
-        return [
+        shared = [f"processes        {self.processes} (torchrun): memory per process"] if self.processes > 1 else []
+        return shared + [
             f"parameters       {self.parameters / 1e9:.3f} B ({gib(self.at_rest_bytes)} in {self.dtype} to hold)",
             f"calibration      {self.samples} samples x {self.tokens} tokens on {self.device}",
             f"peak host memory {gib(self.host_bytes)}",
@@ -98,15 +102,23 @@ def make_plan(
     dynamic: bool,
     offload: bool,
     heal_steps: int = 0,
+    processes: int = 1,
 ) -> Plan:
     """`skeleton`: the model on the meta device; `carried_floats(stack, tokens)`: the floats one
     sample carries into a block of that stack, as (replaced by each block: its hidden states;
-    the same for every block: position embeddings, the encoder's output for cross-attention)."""
+    the same for every block: position embeddings, the encoder's output for cross-attention).
+
+    With several `processes` (zoo.compression.ranks), each holds the model, a block and its Grams
+    (its chunk's partial and the one it receives beside the sum), and its share of the samples;
+    the replays split, healing does not (every rank heals alike), and each block's matrices are
+    dealt out largest first, so a block takes its most loaded rank's time."""
     size = torch.empty((), dtype=dtype).element_size()
     parameters = sum(p.numel() for p in skeleton.parameters())
     device_bytes = device_sample = captured = offloaded = 0
     seconds = 0.0
     parallel = workers if device.type == "cpu" else 1  # on CPU, matrices run side by side on a thread each
+    mine = math.ceil(samples / min(processes, GRAM_CHUNKS))  # this process's share of the samples
+    gram_copies = 2 if processes == 1 else 3  # the sum in chunk order, the chunk being added (and one received)
     for stack in stacks:
         block = stack.blocks[0][1]  # a stack's blocks share their shapes
         linears = [block.get_submodule(name) for group in stack.groups for name in group]
@@ -116,10 +128,10 @@ def make_plan(
         # a block's inputs and outputs, sharing the constant part; healing also carries the
         # compressed model's inputs and outputs beside the 16-bit model's
         per_sample = (4 if heal_steps else 2) * replaced + constant
-        on_device = 1 if offload else samples  # offloaded, one sample's batch at a time
+        on_device = 1 if offload else mine  # offloaded, one sample's batch at a time
         work = (
             4 * block_parameters  # the float32 working copy
-            + 8 * sum(n * n for n in grams)  # its Grams
+            + 8 * gram_copies * sum(n * n for n in grams)  # its Grams
             + sum(sorted((_engine_bytes(m.out_features, m.in_features) for m in linears), reverse=True)[:parallel])
             + 4 * on_device * per_sample  # the activations in float32
         )
@@ -128,19 +140,23 @@ def make_plan(
                 m.in_features + m.out_features for m in linears
             )
         if work > device_bytes:
-            device_bytes, device_sample = work, 0 if offload else 4 * per_sample
-        captured += size * samples * (replaced + constant)  # every stack's, before the first is compressed
+            # one more sample of the run adds a process its share of one
+            device_bytes, device_sample = work, 0 if offload else 4 * per_sample * mine // samples
+        captured += size * mine * (replaced + constant)  # every stack's, before the first is compressed
         if offload:
-            offloaded = max(offloaded, 4 * samples * per_sample)
-        flops = 2 * samples * tokens * (block_parameters + sum(n * n for n in grams))  # replay and Grams
+            offloaded = max(offloaded, 4 * mine * per_sample)
+        flops = 2 * mine * tokens * (block_parameters + sum(n * n for n in grams))  # replay and Grams
         if heal_steps:  # the compressed block's replay, and each step's forward and backward on one sample
-            flops += 2 * tokens * block_parameters * (samples + 3 * heal_steps)
+            flops += 2 * tokens * block_parameters * (mine + 3 * heal_steps)
         widest = max(linears, key=lambda m: m.weight.numel())
         counts = Counter((m.out_features, m.in_features) for m in linears)
         with intra_op_threads(1 if parallel > 1 else torch.get_num_threads()):
-            engine = sum(n * probe_seconds(*shape, cr, device, iters, dynamic) for shape, n in counts.items())
+            probed = {shape: probe_seconds(*shape, cr, device, iters, dynamic) for shape in counts}
+        costs = {f"{shape}#{i}": probed[shape] for shape, n in counts.items() for i in range(n)}
+        owners = Ranks(0, processes).deal(costs)
+        busiest = max(sum(c for name, c in costs.items() if owners[name] == r) for r in range(processes))
         seconds += len(stack.blocks) * (flops / _gemm_rate(widest.in_features, widest.out_features, device))
-        seconds += len(stack.blocks) * engine / parallel
+        seconds += len(stack.blocks) * busiest / parallel
     at_rest = parameters * size
     on_cpu = device.type == "cpu"
     read = parameters * torch.empty((), dtype=file_dtype).element_size()
@@ -151,7 +167,18 @@ def make_plan(
     host_sample = (captured + offloaded) // max(samples, 1) + (device_sample if on_cpu else 0)
     name = str(dtype).removeprefix("torch.")
     return Plan(
-        parameters, name, at_rest, device.type, samples, tokens, host, device_bytes, host_sample, device_sample, seconds
+        parameters,
+        name,
+        at_rest,
+        device.type,
+        samples,
+        tokens,
+        host,
+        device_bytes,
+        host_sample,
+        device_sample,
+        seconds,
+        processes,
     )
 
 

@@ -58,6 +58,12 @@ class Ranks:
             return cls(dist.get_rank(), dist.get_world_size())
         return cls()
 
+    @classmethod
+    def launched(cls) -> Ranks:
+        """This process's place as torchrun's environment gives it, whether or not the group is joined
+        (a plan is made before it is)."""
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
     @property
     def main(self) -> bool:
         """Rank 0, which writes, scores and reports."""
@@ -191,6 +197,5 @@ def join_from_environment() -> Ranks:
 def _stopped(ranks: Ranks, _signum, _frame) -> None:
     """torchrun stops the other ranks when one fails: each says so in one line, and what is kept."""
     raise ZooError(
-        f"rank {ranks.rank} of {ranks.size}: stopped by torchrun because another rank failed (its summary "
-        "names it)"
+        f"rank {ranks.rank} of {ranks.size}: stopped by torchrun because another rank failed (its summary names it)"
     )
