@@ -142,3 +142,22 @@ def test_the_plan_gives_each_process_its_share(monkeypatch):
     assert two.lines()[0].startswith("processes        2") and not one.lines()[0].startswith("processes")
     assert two.seconds == pytest.approx(one.seconds * 4 / 7)
     assert two.host_bytes < one.host_bytes and two.host_sample_bytes == pytest.approx(one.host_sample_bytes / 2, 0.01)
+
+
+def test_a_nightly_job_under_torchrun_publishes_what_one_process_publishes(tmp_path, model_dir, text_file):
+    """A runner class with several processes runs the same `zoo nightly` under torchrun: rank 0
+    scores, publishes and verifies once; every rank compresses; the weights are the one process's."""
+    from tests.test_nightly import _manifest
+
+    manifest = _manifest(tmp_path / "nightly.toml", model_dir, text_file, [0.3], "heal = 2")
+    manifest.write_text(manifest.read_text().replace("n_samples = 4", "n_samples = 8"))  # a batch for each rank
+    published = {}
+    for processes in (1, 2):
+        run = tmp_path / f"run{processes}"
+        args = ["nightly", "--manifest", manifest, "--registry", run / "registry", "--workdir", run / "work"]
+        result = _zoo([*args, "--report-dir", run / "report"], processes)
+        _ok(result)
+        assert result.stdout.count("# compot-zoo nightly: 1 rebuilt, 0 skipped, 0 failed") == 1
+        (weights,) = (run / "registry").rglob(WEIGHTS)
+        published[processes] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert published[2] == published[1]

@@ -126,6 +126,7 @@ def test_list_jobs_gives_one_job_per_model_with_runner_labels_from_the_manifest(
     manifest.write_text("""
 [runners]
 gpu = ["self-hosted", "a100"]
+gpu-8 = { runs-on = ["self-hosted", "8xh100"], processes = 8 }
 
 [[models]]
 model = "smollm2-135m"
@@ -135,16 +136,30 @@ crs = [0.2, 0.4]
 model = "meta-llama/Llama-3.2-1B"
 crs = [0.2]
 runner = "gpu"
+
+[[models]]
+model = "meta-llama/Meta-Llama-3-70B"
+crs = [0.2]
+runner = "gpu-8"
 """)
     code, output = _run("nightly", "--manifest", manifest, "--list-jobs")
     assert code == 0
+    one = {"processes": 1}
     assert json.loads(output) == [
-        {"model": "smollm2-135m", "name": "smollm2-135m", "runner": "cpu", "runs-on": "ubuntu-latest"},
+        {"model": "smollm2-135m", "name": "smollm2-135m", "runner": "cpu", "runs-on": "ubuntu-latest", **one},
         {
             "model": "meta-llama/Llama-3.2-1B",
             "name": "Llama-3.2-1B",
             "runner": "gpu",
             "runs-on": ["self-hosted", "a100"],
+            **one,
+        },
+        {
+            "model": "meta-llama/Meta-Llama-3-70B",
+            "name": "Meta-Llama-3-70B",
+            "runner": "gpu-8",
+            "runs-on": ["self-hosted", "8xh100"],
+            "processes": 8,
         },
     ]
     variants, _ = read_manifest(manifest)
@@ -154,15 +169,19 @@ runner = "gpu"
     ]
     with pytest.raises(ZooError, match="the manifest has no model 'gpt2'"):
         only_model(variants, "gpt2")
-    manifest.write_text(manifest.read_text().replace('runner = "gpu"', 'runner = "tpu"'))
-    with pytest.raises(ZooError, match="#2: runner 'tpu' is not in \\[runners\\]: cpu, gpu"):
+    manifest.write_text(manifest.read_text().replace('runner = "gpu"\n', 'runner = "tpu"\n'))
+    with pytest.raises(ZooError, match="#2: runner 'tpu' is not in \\[runners\\]: cpu, gpu, gpu-8"):
         read_manifest(manifest)
+    manifest.write_text(manifest.read_text().replace("processes = 8", "processes = 0"))
+    with pytest.raises(ZooError, match="gpu-8 must be a runs-on label.*processes = N"):
+        ci_jobs(manifest)
 
 
 def test_the_shipped_nightly_manifest_sends_large_models_to_the_configured_gpu_runner():
     jobs = {j["model"]: j for j in ci_jobs(ROOT / "zoo" / "ci" / "nightly.toml")}
     assert jobs["smollm2-135m"]["runs-on"] == "ubuntu-latest"
-    assert {j["runner"] for j in jobs.values()} == {"cpu", "gpu"}
+    assert {j["runner"] for j in jobs.values()} == {"cpu", "gpu", "gpu-8"}
+    assert jobs["llama3-70b"]["processes"] == 8 and jobs["smollm2-135m"]["processes"] == 1
 
 
 def test_gather_joins_the_jobs_reports_and_names_a_job_without_one(tmp_path):

@@ -457,6 +457,7 @@ def nightly(  # noqa: PLR0913 - click passes one argument per option
     was found broken), then verify each in a fresh process."""
     import json
 
+    from zoo.compression.ranks import join_from_environment
     from zoo.nightly.manifest import ci_jobs, only_model, read_manifest
     from zoo.nightly.run import run_nightly
     from zoo.sources.assets import cache_dir
@@ -469,7 +470,10 @@ def nightly(  # noqa: PLR0913 - click passes one argument per option
     if model is not None:
         variants = only_model(variants, model)
     publisher = _manifest_publisher(settings, registry, org, private, allow_offline_scores)
+    ranks = join_from_environment()  # a runner class with several processes: torchrun's ranks build together
     outcomes = run_nightly(variants, publisher, workdir or cache_dir() / "nightly", report_dir)
+    if not ranks.main:
+        return
     click.echo((report_dir / "report.md").read_text())
     problems = []
     for what, names in (

@@ -47,10 +47,21 @@ VALUE_TYPES = {
     "components": (str,),
     **{k: v for k, v in Defaults.value_types().items() if k in ("calibration", "n_samples", "seq_len", *EVAL_SETTINGS)},
 }
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A CI runner class: the runs-on label(s) its jobs get, and how many processes (GPUs) a job
+    starts under torchrun there (1: the plain `zoo nightly`)."""
+
+    runs_on: str | list[str]
+    processes: int = 1
+
+
 # The CI runner class of an entry without `runner`; a manifest's [runners] table maps each class to its
 # runs-on labels, so which machines run the zoo is configuration, never code.
 DEFAULT_RUNNER = "cpu"
-DEFAULT_RUNNERS = {DEFAULT_RUNNER: "ubuntu-latest"}
+DEFAULT_RUNNERS = {DEFAULT_RUNNER: Runner("ubuntu-latest")}
 
 
 @dataclass(frozen=True)
@@ -143,27 +154,50 @@ def _entry_variants(where: str, entry: dict, runners: dict) -> list[Variant]:
     return variants
 
 
-def _runners(path: Path, data: dict) -> dict[str, str | list[str]]:
-    """The manifest's [runners] table over the default: runner class -> runs-on label(s)."""
+def _runner(path: Path, name: str, value: object) -> Runner:
+    def labels(v: object) -> bool:
+        return isinstance(v, str) or (isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v))
+
+    if labels(value):
+        return Runner(value)
+    if isinstance(value, dict) and set(value) <= {"runs-on", "processes"} and labels(value.get("runs-on")):
+        processes = value.get("processes", 1)
+        if isinstance(processes, int) and not isinstance(processes, bool) and processes >= 1:
+            return Runner(value["runs-on"], processes)
+    raise ZooError(
+        f"{path}: [runners] {name} must be a runs-on label, a list of labels, or "
+        f"{{ runs-on = LABELS, processes = N }} with N >= 1; got {value!r}"
+    )
+
+
+def _runners(path: Path, data: dict) -> dict[str, Runner]:
+    """The manifest's [runners] table over the default: runner class -> its labels and processes."""
     table = data.get("runners", {})
-    if not isinstance(table, dict) or not all(
-        isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)) for v in table.values()
-    ):
-        raise ZooError(f"{path}: [runners] maps a runner class to a runs-on label or a list of labels, got {table!r}")
-    return {**DEFAULT_RUNNERS, **table}
+    if not isinstance(table, dict):
+        raise ZooError(f"{path}: [runners] must be a table of runner classes, got {table!r}")
+    return {**DEFAULT_RUNNERS, **{name: _runner(path, name, value) for name, value in table.items()}}
 
 
 def ci_jobs(path: Path) -> list[dict]:
     """One CI job per model of the manifest (a GitHub Actions matrix `include`): the model as
-    `zoo nightly --model` takes it, a name safe for artifact and cache keys, and the runs-on labels
-    of the entry's runner class."""
+    `zoo nightly --model` takes it, a name safe for artifact and cache keys, the runs-on labels of
+    the entry's runner class and the processes its job starts (torchrun's --nproc-per-node)."""
     variants, _ = read_manifest(path)
     runners = _runners(path, _load(path))
     jobs = []
     for entry, _ in by_model(variants):
         runner = entry.get("runner", DEFAULT_RUNNER)
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(entry["model"]).name).strip("-") or "model"
-        jobs.append({"model": entry["model"], "name": name, "runner": runner, "runs-on": runners[runner]})
+        chosen = runners[runner]
+        jobs.append(
+            {
+                "model": entry["model"],
+                "name": name,
+                "runner": runner,
+                "runs-on": chosen.runs_on,
+                "processes": chosen.processes,
+            }
+        )
     names = [j["name"] for j in jobs]
     if len(set(names)) != len(names):
         raise ZooError(f"{path}: two models share a job name: {', '.join(sorted(names))}")

@@ -10,6 +10,7 @@ the gate's loop too).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -21,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from zoo.compression.config import CompressionConfig
+from zoo.compression.ranks import Ranks
 from zoo.errors import UserError, ZooError
 from zoo.files import check_writable, exclusive
 from zoo.nightly.manifest import CONFIG_KEYS, Variant, by_model
@@ -31,6 +33,7 @@ from zoo.publish.scorecard import SCORECARD, Scorecard
 from zoo.rescore import verify_published
 
 log = logging.getLogger(__name__)
+SKIP, PUBLISH, COMPRESS = "skip", "publish", "compress"  # what a variant needs tonight
 
 
 def run_each(
@@ -61,8 +64,10 @@ def run_each(
 def run_nightly(variants: list[Variant], publisher: Publisher, workdir: Path, report_dir: Path) -> list[Outcome]:
     """Every variant through run_each; the report is rewritten after each variant, so a killed run
     leaves an accurate partial one."""
-    publisher.check([v.name for v in variants])
-    check_writable(report_dir / "report.json")
+    main = Ranks.current().main  # under torchrun rank 0 publishes and reports; the others compress with it
+    if main:
+        publisher.check([v.name for v in variants])
+        check_writable(report_dir / "report.json")
     outcomes = {v.name: Outcome(v.name, v.entry["model"], v.cr, v.kind) for v in variants}
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -74,10 +79,14 @@ def run_nightly(variants: list[Variant], publisher: Publisher, workdir: Path, re
             outcomes[v.name].seconds = time.perf_counter() - start
 
     def finished(v: Variant) -> None:
-        log.warning("nightly: %s %s %s", v.name, outcomes[v.name].status, outcomes[v.name].reason)
-        write_report(list(outcomes.values()), report_dir, publisher, started)
+        if main:
+            log.warning("nightly: %s %s %s", v.name, outcomes[v.name].status, outcomes[v.name].reason)
+            write_report(list(outcomes.values()), report_dir, publisher, started)
 
-    with publisher.lock(), exclusive(workdir / ".lock", f"nightly work folder {workdir}"):
+    with contextlib.ExitStack() as held:
+        if main:
+            held.enter_context(publisher.lock())
+            held.enter_context(exclusive(workdir / ".lock", f"nightly work folder {workdir}"))
         run_each(variants, attempt, lambda v, exc: _fail(outcomes[v.name], exc), finished)
     return list(outcomes.values())
 
@@ -127,8 +136,9 @@ class ModelContext:
         return fingerprint(self.prepared, self.request(variant.config))
 
     def score(self, variant: Variant, out: Path, repo_id: str) -> None:
-        """Compress a copy of the base model as `variant` into `out`, scored against the base."""
-        if self.base_metrics is None:
+        """Compress a copy of the base model as `variant` into `out`, scored against the base (by
+        rank 0: the other ranks of a torchrun job only share the compression)."""
+        if self.base_metrics is None and Ranks.current().main:
             self.base_metrics = evaluate(self.prepared)
         loaded = dataclasses.replace(self.prepared.loaded, model=copy.deepcopy(self.prepared.loaded.model))
         compress_variant(
@@ -139,7 +149,34 @@ class ModelContext:
         )
 
     def build(self, variant: Variant, outcome: Outcome, publisher: Publisher, workdir: Path) -> None:
-        out = workdir / variant.name
+        """Skip, publish what an interrupted run finished, or compress, score and publish. Under
+        torchrun rank 0 decides and tells the others, which compress with it and do nothing else."""
+        out, ranks = workdir / variant.name, Ranks.current()
+        step, previous, error = None, None, None
+        if ranks.main:
+            try:
+                step, previous = self._next_step(variant, outcome, publisher, out)
+            except Exception as exc:  # noqa: BLE001 - raised once the other ranks know there is nothing to do
+                error = exc
+        step = ranks.broadcast(step, 0)
+        if error is not None:
+            raise error
+        if step == COMPRESS:
+            self.score(variant, out, f"{publisher.organization}/{variant.name}")
+        if step == SKIP or not ranks.main:
+            return
+        published = publisher.publish(out, variant.name)
+        shutil.rmtree(out)
+        outcome.status, outcome.repo_id, outcome.url = "rebuilt", published.repo_id, published.url
+        outcome.achieved_cr = published.scorecard.achieved_cr
+        verification = verify_published(publisher, published)
+        outcome.verification, outcome.verification_reason = verification.status, verification.reason
+        if previous is not None:
+            outcome.changes = compare(previous.scorecard, published.scorecard)
+
+    def _next_step(
+        self, variant: Variant, outcome: Outcome, publisher: Publisher, out: Path
+    ) -> tuple[str, PublishedVariant | None]:
         expected = self.fingerprint(variant)
         previous = publisher.get(variant.name)
         if previous is not None and previous.scorecard.fingerprint == expected and not previous.broken:
@@ -149,20 +186,12 @@ class ModelContext:
                 previous.url,
                 previous.scorecard.achieved_cr,
             )
-            return
+            return SKIP, previous
         if _finished(out, expected):
             outcome.reason = "finished in an interrupted run; published now"
-        else:
-            self.score(variant, out, f"{publisher.organization}/{variant.name}")
-            outcome.reason = _rebuild_reason(previous, expected)
-        published = publisher.publish(out, variant.name)
-        shutil.rmtree(out)
-        outcome.status, outcome.repo_id, outcome.url = "rebuilt", published.repo_id, published.url
-        outcome.achieved_cr = published.scorecard.achieved_cr
-        verification = verify_published(publisher, published)
-        outcome.verification, outcome.verification_reason = verification.status, verification.reason
-        if previous is not None:
-            outcome.changes = compare(previous.scorecard, published.scorecard)
+            return PUBLISH, previous
+        outcome.reason = _rebuild_reason(previous, expected)
+        return COMPRESS, previous
 
 
 def _rebuild_reason(previous: PublishedVariant | None, expected: str) -> str:
