@@ -51,7 +51,11 @@ def main() -> None:
 
     def scores() -> dict[str, float]:
         results = evaluate(prepared)
-        return {f"{task} {metric}": value for task, metrics in results.items() for metric, value in metrics.items()}
+        return {
+            f"{task} {metric}": score.value
+            for task, metrics in results.scores.items()
+            for metric, score in metrics.items()
+        }
 
     base = scores()
     columns = list(base)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from zoo import methods
 from zoo.compression.config import CompressionConfig
-from zoo.evaluators.generation import split_answers
 from zoo.pipeline import CompressRequest, compress_variant, evaluate, prepare
 
 
@@ -89,8 +88,7 @@ def main() -> None:
     prepared = prepare(request)
     loaded, calibration, base_model = prepared.loaded, prepared.calibration, prepared.loaded.model
     base = evaluate(prepared)  # with a chat model's answers, for the variants' agreement
-    scores, _ = split_answers(base)
-    columns = [(t, metric) for t, metrics in scores.items() for metric in metrics if not metric.endswith("stderr")]
+    columns = [(t, metric) for t, metrics in base.scores.items() for metric in metrics]
     print(
         f"{args.model} ({loaded.base_model}), calibration {calibration.name}: {len(calibration.batches)} batches, "
         f"{calibration.tokens} tokens, {calibration.fingerprint}"
@@ -98,7 +96,7 @@ def main() -> None:
     header = " | ".join(f"{task} {metric}" for task, metric in columns)
     print(f"| variant | {header} | projection bytes | file bytes | achieved CR | compress s (no scoring) |")
     print("|---" * (len(columns) + 5) + "|")
-    values = " | ".join(f"{scores[t][m]:.4g}" for t, m in columns)
+    values = " | ".join(f"{base.scores[t][m].value:.4g}" for t, m in columns)
     base_file = saved_base(base_model, args.out / "16-bit-base")
     print(f"| 16-bit base | {values} | - | {base_file} | - | - |", flush=True)
     for spec, config in configs.items():

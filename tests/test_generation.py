@@ -12,7 +12,6 @@ from tests.tiny_models import END, START, WORDS, saved_with_texts, tiny_chat_tok
 from zoo.compression.config import CompressionConfig
 from zoo.errors import ZooError
 from zoo.evaluators.generation import (
-    ANSWERS,
     REFERENCE,
     TASK,
     answered,
@@ -23,6 +22,7 @@ from zoo.evaluators.generation import (
     unanswered,
 )
 from zoo.evaluators.provenance import STAND_IN, provenance
+from zoo.evaluators.scores import Results, Score
 from zoo.publish.card import CARD, answers_table, markdown_cell
 from zoo.publish.scorecard import SCORECARD, Scorecard, higher_is_better, schema
 from zoo.sources.catalogue import modality_defaults
@@ -67,11 +67,12 @@ def test_the_base_agrees_with_itself_and_a_chat_model_only_answers_when_the_cata
     assert generation_check(model, tokenizer, answers, new_tokens=6)[0] == scores  # the same, passed back
     assert [a["prompt"] for a in answers] == list(chat_prompts())
     llm = modality_defaults("llm")
-    assert chat_results(model, tokenizer, llm) == {}  # not a chat model in the catalogue
+    assert chat_results(model, tokenizer, llm) == Results(scores={})  # not a chat model in the catalogue
     chat = llm.updated({"chat": True, "eval_chat_tokens": 6, REFERENCE: answers})
-    assert chat_results(model, tokenizer, chat) == {TASK: scores, ANSWERS: answers}
+    typed = {name: Score(value=value) for name, value in scores.items()}
+    assert chat_results(model, tokenizer, chat) == Results(scores={TASK: typed}, answers=answers)  # beside the scores
     tokenizer.chat_template = None
-    assert chat_results(model, tokenizer, chat) == {}  # a tokenizer without a chat template
+    assert chat_results(model, tokenizer, chat) == Results(scores={})  # a tokenizer without a chat template
 
 
 def test_a_model_that_ends_its_turn_first_answers_nothing_and_agrees_with_nothing():
@@ -144,8 +145,8 @@ def test_the_scorecard_and_the_card_carry_the_chat_check(chat_scored):
     # The verification slice carries the base's answers, so a fresh process scores agreement alike.
     settings = scorecard.slice_score.settings
     assert settings["chat"] is True and len(settings[REFERENCE]) == 24 and settings["eval_chat_tokens"] == 8
+    assert all(isinstance(s, Score) for m in scorecard.slice_score.scores.values() for s in m.values())  # no answers
     assert set(scorecard.slice_score.scores[TASK]) == {"answered", "agreement"}
-    assert ANSWERS not in scorecard.slice_score.scores
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(json.loads((chat_scored / SCORECARD).read_text()), schema())  # as documented
     card = (chat_scored / CARD).read_text()
@@ -162,7 +163,9 @@ def test_verify_fails_naming_the_prompts_a_reloaded_chat_model_leaves_unanswered
 
     scorecard = Scorecard.load(chat_scored / SCORECARD)
     measured = score_download(chat_scored)  # what the fresh process runs on a download
-    assert measured[TASK] == pytest.approx(scorecard.slice_score.scores[TASK])
+    recorded = scorecard.slice_score.scores[TASK]
+    assert measured[TASK].keys() == recorded.keys()
+    assert all(score.value == pytest.approx(recorded[name].value) for name, score in measured[TASK].items())
 
     broken = tmp_path / "broken"
     shutil.copytree(chat_scored, broken)
@@ -188,10 +191,10 @@ def test_the_packaged_smollm2_answers_its_chat_prompts():
     start = time.perf_counter()
     results = chat_results(loaded.model, loaded.processor, spec.defaults)
     seconds = time.perf_counter() - start
-    scores = results[TASK]
+    scores = {name: score.value for name, score in results.scores[TASK].items()}
     print(f"SmolLM2-135M-Instruct base, {len(chat_prompts())} chat prompts: {scores} in {seconds:.1f} s")
     assert scores["answered"] >= 0.9 and scores["agreement"] >= 0.95
-    assert "Canberra" in results[ANSWERS][0]["answer"]
+    assert "Canberra" in results.answers[0]["answer"]
 
 
 def test_the_gate_takes_one_prompt_of_24_for_noise_but_not_two():

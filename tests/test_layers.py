@@ -72,6 +72,7 @@ def test_a_forbidden_import_breaks_the_contract(tmp_path, module, line, broken):
         "zoo.modality_table",
         "zoo.compression.config",
         "zoo.format.record",
+        "zoo.evaluators.scores",
         "zoo.publish.scorecard",
         "zoo.publish.publishers",
         "zoo.sources.catalogue",

@@ -10,11 +10,13 @@ from zoo.errors import ZooError
 from zoo.evaluators.lm_eval_tasks import (
     CLOZE_MC_TASK,
     LAMBADA_TASK,
+    _metrics,
     build_local_tasks,
     cloze_mc_items,
     lambada_items,
     run_lm_eval,
 )
+from zoo.evaluators.scores import Score
 
 DOCS = [
     "The river rises in the northern hills and flows south through a wide valley. Farmers along its banks grow "
@@ -144,14 +146,35 @@ def test_run_lm_eval_on_tiny_model(tmp_path, model, tokenizer, monkeypatch, capf
     )
     assert "not a git repository" not in capfd.readouterr().err  # lm-eval's `git describe` is not run
     assert set(results) == {LAMBADA_TASK, CLOZE_MC_TASK}
-    assert set(results[LAMBADA_TASK]) == {"acc", "perplexity", "acc_stderr", "perplexity_stderr"}
-    assert set(results[CLOZE_MC_TASK]) == {"acc", "acc_norm", "acc_stderr", "acc_norm_stderr"}
+    assert set(results[LAMBADA_TASK]) == {"acc", "perplexity"}
+    assert set(results[CLOZE_MC_TASK]) == {"acc", "acc_norm"}
+    assert all(score.stderr is not None for metrics in results.values() for score in metrics.values())
     for metrics in results.values():
-        assert 0.0 <= metrics["acc"] <= 1.0
-        p = metrics["acc"]  # lm-eval's closed form for a mean over 6 items: the sample standard deviation / sqrt(6)
-        assert metrics["acc_stderr"] == pytest.approx((p * (1 - p) * 6 / 5) ** 0.5 / 6**0.5)
+        assert 0.0 <= metrics["acc"].value <= 1.0
+        p = metrics[
+            "acc"
+        ].value  # lm-eval's closed form for a mean over 6 items: the sample standard deviation / sqrt(6)
+        assert metrics["acc"].stderr == pytest.approx((p * (1 - p) * 6 / 5) ** 0.5 / 6**0.5)
     # a random model over a ~400-token vocabulary is far from certain of the last word
-    assert results[LAMBADA_TASK]["perplexity"] > 10
+    assert results[LAMBADA_TASK]["perplexity"].value > 10
+
+
+def test_lm_eval_s_metric_keys_become_scores_with_their_standard_errors():
+    reported = {
+        "alias": "gsm8k",
+        "acc,none": 0.5,
+        "acc_stderr,none": 0.02,
+        "exact_match,flexible-extract": 0.3,
+        "exact_match_stderr,flexible-extract": 0.01,
+        "perplexity,none": 12,
+        "perplexity_stderr,none": "N/A",  # lm-eval could not compute it
+        "samples": True,
+    }
+    assert _metrics(reported) == {
+        "acc": Score(value=0.5, stderr=0.02),
+        "exact_match/flexible-extract": Score(value=0.3, stderr=0.01),
+        "perplexity": Score(value=12.0),
+    }
 
 
 def test_hub_task_offline_is_a_clear_error_naming_the_task(model, tokenizer):

@@ -157,9 +157,10 @@ def test_a_variant_that_reloads_differently_is_reported_broken_and_rebuilt_next_
 
     def misrecorded(prepared):
         true = scored(prepared)
-        return dataclasses.replace(
-            true, scores={t: {m: v * 1.01 for m, v in s.items()} for t, s in true.scores.items()}
-        )
+        scores = {
+            t: {m: dataclasses.replace(v, value=v.value * 1.01) for m, v in s.items()} for t, s in true.scores.items()
+        }
+        return dataclasses.replace(true, scores=scores)
 
     with monkeypatch.context() as patch:
         patch.setattr(pipeline, "score_slice", misrecorded)

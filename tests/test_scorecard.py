@@ -8,6 +8,7 @@ import pytest
 
 from zoo.errors import ZooError
 from zoo.evaluators.provenance import BENCHMARK, STAND_IN, provenance
+from zoo.evaluators.scores import Score
 from zoo.publish.scorecard import (
     SCHEMA_VERSION,
     MetricResult,
@@ -18,8 +19,16 @@ from zoo.publish.scorecard import (
 )
 from zoo.publish.scorecard import schema as scorecard_schema
 
-BASE = {"perplexity/wiki-offline": {"perplexity": 20.0}, "zoo_cloze_mc_local": {"acc": 0.5, "acc_norm": 0.6}}
-COMPRESSED = {"perplexity/wiki-offline": {"perplexity": 25.0}, "zoo_cloze_mc_local": {"acc": 0.4, "acc_norm": 0.6}}
+
+def _scores(flat: dict) -> dict:
+    """{task: {metric: value}} as scores without standard errors."""
+    return {task: {name: Score(value=value) for name, value in metrics.items()} for task, metrics in flat.items()}
+
+
+BASE = _scores({"perplexity/wiki-offline": {"perplexity": 20.0}, "zoo_cloze_mc_local": {"acc": 0.5, "acc_norm": 0.6}})
+COMPRESSED = _scores(
+    {"perplexity/wiki-offline": {"perplexity": 25.0}, "zoo_cloze_mc_local": {"acc": 0.4, "acc_norm": 0.6}}
+)
 
 
 def _card(**changes) -> Scorecard:
@@ -62,7 +71,7 @@ def test_metrics_from_results_pairs_and_infers_direction():
 
 def test_metrics_from_results_refuses_a_missing_compressed_metric():
     with pytest.raises(ZooError, match="'acc_norm' of task 'zoo_cloze_mc_local'"):
-        metrics_from_results(BASE, {**COMPRESSED, "zoo_cloze_mc_local": {"acc": 0.4}}, provenance)
+        metrics_from_results(BASE, {**COMPRESSED, "zoo_cloze_mc_local": {"acc": Score(value=0.4)}}, provenance)
 
 
 def test_json_round_trip_is_identical(tmp_path):
@@ -108,7 +117,9 @@ def test_written_scorecards_follow_the_documented_json_schema():
     jsonschema.validate(data, schema)
     nan_base = _card(metrics=[MetricResult("acc", "t", 0.0, 0.3, True)])
     jsonschema.validate(json.loads(nan_base.to_json()), schema)  # an undefined recovery is null, valid JSON
-    sliced = _card(slice_score=SliceScore({"eval_windows": 2}, False, {"perplexity/wiki-offline": {"perplexity": 3.0}}))
+    sliced = _card(
+        slice_score=SliceScore({"eval_windows": 2}, False, _scores({"perplexity/wiki-offline": {"perplexity": 3.0}}))
+    )
     jsonschema.validate(json.loads(sliced.to_json()), schema)
     assert Scorecard.from_json(sliced.to_json()) == sliced
     for broken in (
@@ -124,9 +135,9 @@ def test_written_scorecards_follow_the_documented_json_schema():
 
 
 def test_standard_errors_pair_with_their_metric_and_version_2_still_reads():
-    base = {"hellaswag": {"acc": 0.5, "acc_stderr": 0.02}}
-    compressed = {"hellaswag": {"acc": 0.45, "acc_stderr": 0.021}}
-    (metric,) = metrics_from_results(base, compressed, provenance)  # the stderr is no metric of its own
+    base = {"hellaswag": {"acc": Score(value=0.5, stderr=0.02)}}
+    compressed = {"hellaswag": {"acc": Score(value=0.45, stderr=0.021)}}
+    (metric,) = metrics_from_results(base, compressed, provenance)
     assert (metric.base_stderr, metric.compressed_stderr) == (0.02, 0.021)
     card = _card(metrics=[metric], eval_limit=200)
     assert "| hellaswag | acc ↑ | 0.5 ± 0.02 | 0.45 ± 0.021 | 90.0% | benchmark |" in card.to_markdown_table()
@@ -152,7 +163,9 @@ def test_provenance_comes_from_the_sets_and_version_3_reads_as_unrecorded():
     offline = _card()
     assert offline.stand_in_only and len(offline.stand_ins) == 3
     mixed = metrics_from_results(
-        {**BASE, "hellaswag": {"acc": 0.5}}, {**COMPRESSED, "hellaswag": {"acc": 0.4}}, provenance
+        {**BASE, "hellaswag": {"acc": Score(value=0.5)}},
+        {**COMPRESSED, "hellaswag": {"acc": Score(value=0.4)}},
+        provenance,
     )
     assert not _card(metrics=mixed).stand_in_only and len(_card(metrics=mixed).stand_ins) == 3
     old = json.loads(_card(metrics=mixed).to_json())
@@ -184,3 +197,27 @@ def test_versions_and_the_runs_evaluation_round_trip_and_version_4_reads_them_as
     del old["evaluation"], old["versions"]
     loaded = Scorecard.from_dict(old)
     assert (loaded.evaluation, loaded.versions) == (None, None)
+
+
+def test_a_scorecard_written_before_typed_scores_loads_them_and_saves_back_byte_identical(tmp_path):
+    """The slice's scores stay lm-eval's flat form on disk: errors beside their metrics, filters in the name."""
+    flat = {
+        "hellaswag": {"acc": 0.5, "acc_stderr": 0.02, "acc/flex": 0.4, "acc/flex_stderr": 0.03},
+        "perplexity/wiki-offline": {"perplexity": 3.0},
+    }
+    written = json.loads(_card().to_json())
+    written["slice_score"] = {"settings": {"eval_windows": 2}, "online": False, "scores": flat}
+    path = tmp_path / "scorecard.json"
+    path.write_text(json.dumps(written, indent=2))  # as Scorecard.save wrote it
+    loaded = Scorecard.load(path)
+    assert loaded.slice_score.scores == {
+        "hellaswag": {"acc": Score(value=0.5, stderr=0.02), "acc/flex": Score(value=0.4, stderr=0.03)},
+        "perplexity/wiki-offline": {"perplexity": Score(value=3.0)},
+    }
+    assert loaded.to_json() == path.read_text()
+    loaded.save(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_bytes() == path.read_bytes()
+    written["slice_score"]["scores"]["hellaswag"]["acc"] = "0.5"
+    path.write_text(json.dumps(written))
+    with pytest.raises(ZooError, match=r"scorecard.json: slice_score: metric 'acc' of task 'hellaswag' is '0.5'"):
+        Scorecard.load(path)

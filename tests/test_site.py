@@ -362,13 +362,14 @@ def test_a_broken_variant_in_the_registry_shows_as_broken_in_a_browser(tmp_path,
     from click.testing import CliRunner
 
     from zoo.cli import main
+    from zoo.evaluators.scores import Score
     from zoo.publish.publishers import LocalRegistry
     from zoo.publish.scorecard import SCORECARD
     from zoo.publish.verdict import VERIFICATION, verdict
 
-    slice_scores = {PPL[0]: {PPL[1]: 22.5}}
+    slice_scores = {PPL[0]: {PPL[1]: Score(value=22.5)}}
     verdicts = {
-        "smol-compot-0.2": verdict("sha256:0", slice_scores, {PPL[0]: {PPL[1]: 97.0}}),  # the best scores, broken
+        "smol-compot-0.2": verdict("sha256:0", slice_scores, {PPL[0]: {PPL[1]: Score(value=97.0)}}),  # best, broken
         "smol-compot-0.4": verdict("sha256:0", slice_scores, slice_scores),
     }
     sources = {PPL[0]: "stand-in", ACC[0]: "benchmark"}

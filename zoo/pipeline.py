@@ -33,8 +33,9 @@ from zoo.compression.report import LayerRecord
 from zoo.compression.targets import CalibrationData
 from zoo.engine import ENGINE_VERSION
 from zoo.errors import UserError, ZooError
-from zoo.evaluators.generation import REFERENCE, answer_pairs, split_answers
+from zoo.evaluators.generation import REFERENCE, answer_pairs
 from zoo.evaluators.provenance import provenance
+from zoo.evaluators.scores import Results
 from zoo.files import exclusive, sibling_lock
 from zoo.format.checkpoint import check_out_dir, mark_compressed, save_compressed, tensor_bytes
 from zoo.format.progress import BlockProgress
@@ -358,14 +359,14 @@ def effective(prepared: Prepared, req: CompressRequest) -> CompressRequest:
     return dataclasses.replace(req, config=config)
 
 
-def evaluate(prepared: Prepared) -> dict:
+def evaluate(prepared: Prepared) -> Results:
     """The model's scores as it is now, on the evaluation its catalogue entry and the request name; a
-    chat model's carry its answers too (split_answers), its agreement taken with the base's answers
-    where the spec holds them (REFERENCE). What scoring held is not the compression's: the peak count
-    starts again afterwards."""
-    scores = prepared.adapter.evaluate(prepared.loaded, prepared.spec, prepared.online)
+    chat model's come with its answers, its agreement taken with the base's answers where the spec
+    holds them (REFERENCE). What scoring held is not the compression's: the peak count starts again
+    afterwards."""
+    results = prepared.adapter.evaluate(prepared.loaded, prepared.spec, prepared.online)
     reset_peak_memory()
-    return scores
+    return results
 
 
 def with_settings(spec: ModelSpec, settings: dict) -> ModelSpec:
@@ -377,8 +378,8 @@ def score_slice(prepared: Prepared) -> SliceScore:
     (and a chat model's base answers) with SLICE_SETTINGS over them, all recorded, so a fresh
     process can score the same slice."""
     settings = {**prepared.spec.defaults.evaluation(), **SLICE_SETTINGS}
-    scores = prepared.adapter.evaluate(prepared.loaded, with_settings(prepared.spec, settings), prepared.online)
-    return SliceScore(settings, prepared.online, split_answers(scores)[0])
+    results = prepared.adapter.evaluate(prepared.loaded, with_settings(prepared.spec, settings), prepared.online)
+    return SliceScore(settings, prepared.online, results.scores)
 
 
 def run_evaluation(prepared: Prepared, metrics: list[MetricResult]) -> dict:
@@ -406,8 +407,8 @@ def run_compress(
         check_out_dir(req.out_dir, req.overwrite)
     with exclusive(sibling_lock(req.out_dir), f"output directory {req.out_dir}") if main else contextlib.nullcontext():
         prepared = prepare(req, report=report if main else log.debug)
-        base_metrics = evaluate(prepared) if req.evaluate and main else None
-        return compress_variant(prepared, req, base_metrics, repo_id)
+        base_results = evaluate(prepared) if req.evaluate and main else None
+        return compress_variant(prepared, req, base_results, repo_id)
 
 
 def compress_loaded(
@@ -428,10 +429,10 @@ def compress_loaded(
 
 
 def compress_variant(
-    prepared: Prepared, req: CompressRequest, base_metrics: dict | None, repo_id: str | None = None
+    prepared: Prepared, req: CompressRequest, base_results: Results | None, repo_id: str | None = None
 ) -> CompressResult:
     """Compress `prepared`'s model in place and save the checkpoint at `req.out_dir`; with
-    `base_metrics` (evaluate's results for the base), score it and write scorecard.json and the model
+    `base_results` (evaluate's for the base), score it and write scorecard.json and the model
     card (naming `repo_id`)."""
     out = req.out_dir
     if not Ranks.current().main:  # rank 0 keeps the progress and writes
@@ -450,20 +451,20 @@ def compress_variant(
         raise ZooError(f"{exc}{progress.left()}") from exc
     progress.finish()
     result = CompressResult(out, record)
-    if base_metrics is not None:
+    if base_results is not None:
         to_inference(prepared.loaded.model)  # scored as it runs once loaded
-        base_scores, reference = split_answers(base_metrics)  # a chat base's answers, None for others
+        reference = base_results.answers  # a chat base's answers, None for others
         if reference is not None:  # the compressed model's answers are held against them
             prepared = dataclasses.replace(prepared, spec=with_settings(prepared.spec, {REFERENCE: reference}))
-        scores, answers = split_answers(evaluate(prepared))
-        metrics = metrics_from_results(base_scores, scores, provenance)
+        results = evaluate(prepared)
+        metrics = metrics_from_results(base_results.scores, results.scores, provenance)
         limit = prepared.spec.defaults.eval_limit
         result.scorecard = Scorecard.from_record(
             record,
             metrics,
             limit,
             score_slice(prepared),
-            answer_pairs(reference, answers),
+            answer_pairs(reference, results.answers),
             run_evaluation(prepared, metrics),
         )
         result.scorecard.save(out / SCORECARD)

@@ -17,9 +17,10 @@ import tempfile
 from pathlib import Path
 
 from zoo.errors import ZooError
+from zoo.evaluators.scores import Scores, scores_from_dict, scores_to_dict
 from zoo.files import write_text
 from zoo.publish.publishers import PublishedVariant, Publisher
-from zoo.publish.verdict import Scores, Verification, verdict
+from zoo.publish.verdict import Verification, verdict
 
 VERIFY_TIMEOUT = 3600.0  # seconds the fresh process may take to download, load and score
 PROMPT = "The"  # what an LLM is asked to continue
@@ -46,7 +47,7 @@ def verify_published(
             failure = (
                 "" if run.returncode == 0 else f"the fresh process failed: {lines[-1] if lines else run.returncode}"
             )
-        measured = json.loads(out.read_text()) if not failure else None
+        measured = None if failure else scores_from_dict(json.loads(out.read_text()), "the fresh process's scores")
     result = verdict(published.scorecard.fingerprint, expected.scores, measured, failure)
     publisher.mark(variant, result)
     return result
@@ -59,7 +60,7 @@ def score_download(folder: Path) -> Scores:
 
     import zoo  # noqa: F401  (registers the compot quantizer with transformers, as the card tells users)
     from zoo.compression.apply import default_device
-    from zoo.evaluators.generation import TASK, check_answered, split_answers
+    from zoo.evaluators.generation import TASK, check_answered
     from zoo.format.record import read_record
     from zoo.modalities.base import get_adapter
     from zoo.pipeline import held_dtype, with_settings
@@ -79,10 +80,11 @@ def score_download(folder: Path) -> Scores:
         inputs = loaded.processor(PROMPT, return_tensors="pt")
         with torch.no_grad():
             loaded.model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-    scores, answers = split_answers(adapter.evaluate(loaded, spec, expected.online))
-    if answers is not None:  # a chat model: it must still answer, as it did at build time
-        check_answered(answers, expected.scores.get(TASK, {}).get("answered"))
-    return scores
+    results = adapter.evaluate(loaded, spec, expected.online)
+    if results.answers is not None:  # a chat model: it must still answer, as it did at build time
+        recorded = expected.scores.get(TASK, {}).get("answered")
+        check_answered(results.answers, None if recorded is None else recorded.value)
+    return results.scores
 
 
 def main(argv: list[str]) -> None:
@@ -94,7 +96,7 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="zoo-verify-download-") as tmp:
         folder = publisher.download(variant, Path(tmp) / variant)
         scores = score_download(folder)
-    write_text(Path(out), json.dumps(scores))
+    write_text(Path(out), json.dumps(scores_to_dict(scores)))
 
 
 if __name__ == "__main__":

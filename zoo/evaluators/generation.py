@@ -18,8 +18,9 @@ fixed number of new tokens, and two metrics are kept:
 Not kept: the model's likelihood of the base's answers. It stays near the base's own while the
 model's answers are empty, which is exactly the failure this check exists to show.
 
-The base's answers are plain data (a list of {"prompt", "answer", "tokens"}): kept when the base is
-scored, they come back as `spec.defaults.chat_reference` when the compressed model is scored.
+The base's answers are plain data (a list of {"prompt", "answer", "tokens"}): kept beside its scores
+when the base is scored (Results.answers), they come back as `spec.defaults.chat_reference` when
+the compressed model is scored.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ import torch
 
 from zoo.calibration.chat import Answer, chat_inputs, end_ids, greedy_answers, left_padded, model_device
 from zoo.errors import ZooError
+from zoo.evaluators.scores import Results, Score
 from zoo.sources.catalogue import Defaults
 
 log = logging.getLogger(__name__)
 
 TASK = "generation/chat-prompts"  # the task its metrics are scored under
-ANSWERS = "answers/chat-prompts"  # the results key that carries the answers themselves: data, not metrics
 REFERENCE = "chat_reference"  # the evaluation setting that carries the base's answers
 NEW_TOKENS = 40  # the catalogue's eval_chat_tokens, where it does not say
 MIN_WORDS = 3
@@ -122,15 +123,15 @@ def generation_check(
     return scores, own
 
 
-def chat_results(model, tokenizer, defaults: Defaults) -> dict:
-    """What the generation check adds to an adapter's results for a chat model: {TASK: its metrics,
-    ANSWERS: the answers}, agreement taken against `defaults[REFERENCE]` when there; {} for others."""
+def chat_results(model, tokenizer, defaults: Defaults) -> Results:
+    """What the generation check adds to an adapter's results for a chat model: its metrics under
+    TASK and its answers, agreement taken against `defaults[REFERENCE]` when there; none for others."""
     if not is_chat(tokenizer, defaults):
-        return {}
+        return Results(scores={})
     scores, answers = generation_check(
         model, tokenizer, defaults.chat_reference, defaults.eval_chat_tokens or NEW_TOKENS
     )
-    return {TASK: scores, ANSWERS: answers}
+    return Results(scores={TASK: {name: Score(value=value) for name, value in scores.items()}}, answers=answers)
 
 
 def check_answered(answers: list[Answer], recorded: float | None, tolerance: float = ANSWERED_TOLERANCE) -> None:
@@ -143,12 +144,6 @@ def check_answered(answers: list[Answer], recorded: float | None, tolerance: flo
             f"{len(empty)} of {len(answers)} chat prompts got no answer of {MIN_WORDS} words or more "
             f"(answered {share:.3f}{was}): " + "; ".join(repr(p) for p in empty)
         )
-
-
-def split_answers(results: dict) -> tuple[dict[str, dict[str, float]], list[Answer] | None]:
-    """An adapter's results as (the metrics, the chat answers they carried or None)."""
-    metrics = {task: values for task, values in results.items() if task != ANSWERS}
-    return metrics, results.get(ANSWERS)
 
 
 def answer_pairs(base: list[Answer] | None, compressed: list[Answer] | None, n: int = CARD_PAIRS) -> list[dict] | None:

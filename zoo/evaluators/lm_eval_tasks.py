@@ -17,6 +17,7 @@ from unittest import mock
 from tqdm.auto import tqdm
 
 from zoo.errors import ZooError
+from zoo.evaluators.scores import STDERR, Score, Scores
 from zoo.files import write_text
 
 LAMBADA_TASK = "zoo_lambada_local"
@@ -180,20 +181,20 @@ def _load_tasks(tasks: list[str], include_path: str | None):
     return manager, loaded
 
 
-def _metrics(task_results: dict) -> dict[str, float]:
-    """lm-eval's {"acc,none": x, "acc_stderr,none": e, "alias": ...} as {"acc": x, "acc_stderr": e}.
+def _metrics(task_results: dict) -> dict[str, Score]:
+    """lm-eval's {"acc,none": x, "acc_stderr,none": e, "alias": ...} as {"acc": Score(value=x, stderr=e)}.
 
     A filter other than "none" stays in the name as "metric/filter"; a standard error lm-eval
-    could not compute ("N/A") is left out.
+    could not compute ("N/A") is None.
     """
-    out = {}
+    values, stderrs = {}, {}
     for key, value in task_results.items():
         metric, _, filt = key.partition(",")
         if not filt or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        base, stderr = (metric[: -len("_stderr")], "_stderr") if metric.endswith("_stderr") else (metric, "")
-        out[(base if filt == "none" else f"{base}/{filt}") + stderr] = float(value)  # "acc/flex_stderr"
-    return out
+        name = metric.removesuffix(STDERR) if filt == "none" else f"{metric.removesuffix(STDERR)}/{filt}"
+        (stderrs if metric.endswith(STDERR) else values)[name] = float(value)  # "acc_stderr,flex": "acc/flex"
+    return {name: Score(value=value, stderr=stderrs.get(name)) for name, value in values.items()}
 
 
 BOOTSTRAP_ITERS = 1000
@@ -207,8 +208,8 @@ def run_lm_eval(
     limit: int | None = None,
     batch_size: int = 8,
     num_fewshot: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Evaluate a transformers causal LM on lm-eval tasks; returns {task: {metric: value}}."""
+) -> Scores:
+    """Evaluate a transformers causal LM on lm-eval tasks: {task: {metric: Score}}."""
     import lm_eval
     import lm_eval.evaluator
     from lm_eval.models.huggingface import HFLM

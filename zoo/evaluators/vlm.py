@@ -37,6 +37,7 @@ from transformers.utils import logging as hf_logging
 
 from zoo.calibration.vision import open_image, skimage_photo
 from zoo.errors import ZooError
+from zoo.evaluators.scores import Score, Scores
 from zoo.files import write_text
 from zoo.sources.assets import cache_dir
 
@@ -275,7 +276,7 @@ def evaluate_vlm(
     benchmarks: Sequence[str],
     limit: int | None = None,
     max_new_tokens: int = 32,
-) -> dict[str, dict[str, float]]:
+) -> Scores:
     """{"vlmeval/<benchmark>": {"accuracy": fraction}} for each benchmark, the model as it is now.
 
     `to_inputs` turns interleaved content (texts, PIL images) into model inputs: the model's
@@ -295,8 +296,9 @@ def evaluate_vlm(
             with tempfile.TemporaryDirectory(prefix="zoo-vlmeval-") as work:
                 infer_data_job(wrapper, work_dir=work, model_name="zoo", dataset=dataset)
                 result = dataset.evaluate(str(Path(work) / f"zoo_{name}.xlsx"), model="exact_matching", nproc=1)
-            metrics[f"vlmeval/{name}"] = {"accuracy": _accuracy(name, result)}
-            log.info("%s: accuracy %.4f over %d items", name, metrics[f"vlmeval/{name}"]["accuracy"], len(dataset.data))
+            accuracy = _accuracy(name, result)
+            metrics[f"vlmeval/{name}"] = {"accuracy": Score(value=accuracy)}
+            log.info("%s: accuracy %.4f over %d items", name, accuracy, len(dataset.data))
     return metrics
 
 

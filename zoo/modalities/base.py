@@ -15,6 +15,7 @@ from torch import nn
 
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
+from zoo.evaluators.scores import Results
 from zoo.modality_table import MODALITIES
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel
@@ -48,8 +49,9 @@ class Adapter(Protocol):
 
     def save_processor(self, loaded: LoadedModel, out_dir: Path) -> None: ...
 
-    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> dict[str, dict[str, float]]:
-        """{task: {metric: value}} for the model as it is now; run before and after compression.
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> Results:
+        """The scores, {task: {metric: Score}}, of the model as it is now (and a chat model's answers);
+        run before and after compression.
 
         What to run and how much of it come from `spec.defaults` (the catalogue's eval_* keys,
         overridden per run); offline, each modality's `offline_eval_*` stand-ins."""

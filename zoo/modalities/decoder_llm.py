@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
+from zoo.evaluators.scores import Results, Score
 from zoo.modalities.base import hidden_and_rotary_floats
 from zoo.sources.assets import cache_dir
 from zoo.sources.catalogue import ModelSpec
@@ -139,12 +140,12 @@ class DecoderLLM:
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
         loaded.processor.save_pretrained(out_dir)
 
-    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> dict[str, dict[str, float]]:
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> Results:
         """Perplexity on each held-out text of `eval_texts` (the test splits of WikiText-2 and C4, the
         SVD-LLM protocol; at most `eval_windows` windows each), then the zero-shot lm-eval tasks of
         the catalogue (at most `eval_limit` items each); offline, the Hub's texts give way to the
         shipped articles' test split and the Hub's tasks to local ones. A chat model also answers the
-        chat prompts (zoo.evaluators.generation): its results then carry the answers under ANSWERS."""
+        chat prompts (zoo.evaluators.generation): its results then carry its answers too."""
         from zoo.calibration.text import CALIBRATION_SETS
         from zoo.evaluators.generation import chat_results
         from zoo.evaluators.lm_eval_tasks import LOCAL_TASKS, build_local_tasks, run_lm_eval
@@ -164,7 +165,7 @@ class DecoderLLM:
                 seq_len=spec.defaults.eval_seq_len,
                 max_windows=spec.defaults.eval_windows,
             )
-            metrics[f"perplexity/{source}"] = {"perplexity": result["perplexity"]}
+            metrics[f"perplexity/{source}"] = {"perplexity": Score(value=result["perplexity"])}
         tasks = list(spec.defaults.eval_tasks)
         if not online and any(t not in LOCAL_TASKS for t in tasks):
             log.warning("Hub offline: zero-shot tasks %s replaced by local %s", tasks, LOCAL_TASKS)
@@ -176,8 +177,8 @@ class DecoderLLM:
             metrics.update(
                 run_lm_eval(loaded.model, loaded.processor, tasks, include_path=include, limit=spec.defaults.eval_limit)
             )
-        metrics.update(chat_results(loaded.model, loaded.processor, spec.defaults))
-        return metrics
+        chat = chat_results(loaded.model, loaded.processor, spec.defaults)
+        return Results(scores={**metrics, **chat.scores}, answers=chat.answers)
 
 
 def _parts(source: str) -> list[str]:

@@ -23,6 +23,7 @@ from transformers.utils import is_torchvision_available
 
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
+from zoo.evaluators.scores import Results
 from zoo.modalities.base import hidden_and_rotary_floats
 from zoo.modalities.decoder_llm import TARGET_GROUPS as LLM_TARGET_GROUPS
 from zoo.sources.catalogue import ModelSpec
@@ -184,7 +185,7 @@ class QwenVL:
     def save_processor(self, loaded: LoadedModel, out_dir) -> None:
         loaded.processor.save_pretrained(out_dir)
 
-    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> dict[str, dict[str, float]]:
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> Results:
         """VLMEvalKit benchmarks by name (MMMU, OCRBench, RealWorldQA, MMStar online; the local
         photo benchmark offline), greedy answers scored without a judge, at most `eval_limit` questions each."""
         from zoo.evaluators.vlm import evaluate_vlm
@@ -194,7 +195,7 @@ class QwenVL:
         if not names:
             raise ZooError(f"{spec.name}: the zoo catalogue names no {key} for Qwen-VL")
         budget = spec.defaults.eval_image_tokens
-        return evaluate_vlm(
+        scores = evaluate_vlm(
             loaded.model,
             loaded.processor,
             functools.partial(chat_inputs, loaded.processor, max_image_tokens=budget),
@@ -202,6 +203,7 @@ class QwenVL:
             limit=spec.defaults.eval_limit,
             max_new_tokens=spec.defaults.eval_max_new_tokens,
         )
+        return Results(scores=scores)
 
 
 def _config_attr(config, dotted: str):

@@ -16,6 +16,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
+from zoo.evaluators.scores import Results, Score
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel, load_model
 
@@ -107,7 +108,7 @@ class Whisper:
 
         save_processor(loaded.processor, out_dir)
 
-    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> dict[str, dict[str, float]]:
+    def evaluate(self, loaded: LoadedModel, spec: ModelSpec, online: bool) -> Results:
         """Corpus WER per evaluation set (at most `eval_limit` utterances each): LibriSpeech
         test-clean/test-other online, the packaged read speech and synthesised held-out text offline."""
         from zoo.calibration.speech import load_speech
@@ -131,7 +132,7 @@ class Whisper:
                 m["deletions"],
                 m["insertions"],
             )
-        return {f"wer/{name}": {"wer": m["wer"]} for name, m in results.items()}
+        return Results(scores={f"wer/{name}": {"wer": Score(value=m["wer"])} for name, m in results.items()})
 
 
 def sentence_case(text: str) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from zoo.compression.config import CompressionConfig
 from zoo.compression.ranks import Ranks
 from zoo.errors import UserError, ZooError
+from zoo.evaluators.scores import Results
 from zoo.files import check_writable, exclusive
 from zoo.nightly.manifest import CONFIG_KEYS, Variant, by_model
 from zoo.nightly.report import Outcome, compare, write_report
@@ -113,7 +114,7 @@ class ModelContext:
         self.entry = entry
         settings = {k: v for k, v in entry.items() if k in CONFIG_KEYS}  # its dtype shapes the base as prepared
         self.prepared: Prepared = prepare(self.request(CompressionConfig(**settings)))
-        self.base_metrics: dict | None = None
+        self.base_results: Results | None = None
 
     def request(self, config: CompressionConfig, out: Path | None = None) -> CompressRequest:
         """The entry as a `zoo compress --eval --overwrite` request: the same for calibrating and building."""
@@ -138,13 +139,13 @@ class ModelContext:
     def score(self, variant: Variant, out: Path, repo_id: str) -> None:
         """Compress a copy of the base model as `variant` into `out`, scored against the base (by
         rank 0: the other ranks of a torchrun job only share the compression)."""
-        if self.base_metrics is None and Ranks.current().main:
-            self.base_metrics = evaluate(self.prepared)
+        if self.base_results is None and Ranks.current().main:
+            self.base_results = evaluate(self.prepared)
         loaded = dataclasses.replace(self.prepared.loaded, model=copy.deepcopy(self.prepared.loaded.model))
         compress_variant(
             dataclasses.replace(self.prepared, loaded=loaded),
             self.request(variant.config, out),
-            self.base_metrics,
+            self.base_results,
             repo_id,
         )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from zoo import methods
 from zoo.errors import ZooError
 from zoo.evaluators.provenance import BENCHMARK, PROVENANCES
+from zoo.evaluators.scores import STDERR, Scores, scores_from_dict, scores_to_dict
 from zoo.files import write_text
 from zoo.format.record import VariantRecord
 from zoo.modality_table import MODALITIES
@@ -26,7 +27,6 @@ SCHEMA_VERSION = 5  # 2: fingerprint and command; 3: standard errors, item limit
 # Older versions read as scorecards without what came later: no standard errors or limit (2), no
 # provenance (None: not recorded) and no verification slice (3), no versions or run settings (4).
 READABLE_VERSIONS = (2, 3, 4, 5)
-STDERR = "_stderr"  # evaluators report a metric's standard error as "<metric>_stderr" beside it
 SCHEMA_FILE = Path(__file__).with_name("scorecard.schema.json")
 SCORECARD = "scorecard.json"  # its file name in a checkpoint and a published repository
 # Metric names (lm-eval's and ours) where smaller is better; any other is higher-is-better.
@@ -126,7 +126,15 @@ class SliceScore:
 
     settings: dict  # the evaluation settings (EVAL_SETTINGS keys) that make the slice
     online: bool  # whether the Hub's sets were scored
-    scores: dict[str, dict[str, float]]  # {task: {metric: value}}, as the adapter returned them
+    scores: Scores  # as the adapter returned them
+
+    def to_dict(self) -> dict:
+        """As scorecard.json holds it: the scores in lm-eval's flat form (zoo.evaluators.scores)."""
+        return {"settings": self.settings, "online": self.online, "scores": scores_to_dict(self.scores)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SliceScore:
+        return cls(**{**data, "scores": scores_from_dict(data["scores"], "slice_score")})
 
 
 @dataclass
@@ -233,6 +241,7 @@ class Scorecard:
         data["metrics"] = [
             {**asdict(m), "recovery": None if math.isnan(m.recovery) else m.recovery} for m in self.metrics
         ]
+        data["slice_score"] = None if self.slice_score is None else self.slice_score.to_dict()
         return data
 
     @classmethod
@@ -248,7 +257,7 @@ class Scorecard:
         metric_names = {f.name for f in fields(MetricResult)}
         metrics = [MetricResult(**{k: m[k] for k in metric_names if k in m}) for m in data["metrics"]]
         known = {k: data[k] for k in names if k in data}
-        slice_score = SliceScore(**data["slice_score"]) if data.get("slice_score") is not None else None
+        slice_score = SliceScore.from_dict(data["slice_score"]) if data.get("slice_score") is not None else None
         return cls(**{**known, "metrics": metrics, "slice_score": slice_score, "schema_version": SCHEMA_VERSION})
 
     def to_json(self) -> str:
@@ -291,27 +300,29 @@ def _with_stderr(value: float, stderr: float | None) -> str:
     return f"{value:.4g}" if stderr is None else f"{value:.4g} ± {stderr:.2g}"
 
 
-def metrics_from_results(
-    base: dict[str, dict[str, float]], compressed: dict[str, dict[str, float]], source: Callable[[str], str]
-) -> list[MetricResult]:
-    """Pair evaluator outputs {task: {metric: value}} of the base and the compressed model, each
-    metric marked with its task's `source` (zoo.evaluators.provenance.provenance).
+def metrics_from_results(base: Scores, compressed: Scores, source: Callable[[str], str]) -> list[MetricResult]:
+    """Pair the scores of the base and the compressed model, each metric marked with its task's
+    `source` (zoo.evaluators.provenance.provenance).
 
     Every base metric must exist for the compressed model: a missing one means the two were
     not evaluated alike, and a scorecard that silently dropped it would mislead.
     """
     results = []
-    for task, values in base.items():
-        for name, value in values.items():
-            if name.endswith(STDERR):
-                continue
-            if name not in compressed.get(task, {}):
+    for task, scores in base.items():
+        for name, score in scores.items():
+            other = compressed.get(task, {}).get(name)
+            if other is None:
                 raise ZooError(f"metric {name!r} of task {task!r} is in the base results but not the compressed ones")
-            other = compressed[task]
-            stderrs = (values.get(name + STDERR), other.get(name + STDERR))
             results.append(
                 MetricResult(
-                    name, task, float(value), float(other[name]), higher_is_better(name), *stderrs, source(task)
+                    name=name,
+                    task=task,
+                    base=float(score.value),
+                    compressed=float(other.value),
+                    higher_is_better=higher_is_better(name),
+                    base_stderr=score.stderr,
+                    compressed_stderr=other.stderr,
+                    source=source(task),
                 )
             )
     return results

@@ -10,15 +10,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from zoo.errors import ZooError
-from zoo.publish.scorecard import STDERR
+from zoo.evaluators.scores import Scores, scores_from_dict, scores_to_dict
 
 VERIFICATION = "verification.json"  # its file name in a published repository
 VERIFIED, BROKEN = "verified", "broken"
 # Relative difference allowed between a slice score at build time and once reloaded: the same
 # weights on the same kind of machine score alike to far closer than this; altered ones do not.
 SLICE_TOLERANCE = 1e-3
-
-Scores = dict[str, dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -39,28 +37,31 @@ class Verification:
         return self.status == BROKEN
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        """The scores in lm-eval's flat form, as in scorecard.json (zoo.evaluators.scores)."""
+        measured = None if self.measured is None else scores_to_dict(self.measured)
+        return json.dumps({**asdict(self), "expected": scores_to_dict(self.expected), "measured": measured}, indent=2)
 
     @classmethod
     def from_json(cls, text: str, where: str = VERIFICATION) -> Verification:
         try:
-            return cls(**json.loads(text))
-        except (ValueError, TypeError) as exc:
+            data = json.loads(text)
+            expected = scores_from_dict(data["expected"], f"{where} expected")
+            measured = None if data["measured"] is None else scores_from_dict(data["measured"], f"{where} measured")
+            return cls(**{**data, "expected": expected, "measured": measured})
+        except (ValueError, TypeError, KeyError) as exc:
             raise ZooError(f"{where} is not a valid verification: {exc}") from exc
 
 
 def mismatches(expected: Scores, measured: Scores, tolerance: float = SLICE_TOLERANCE) -> list[str]:
     """Each slice metric that is missing or differs by more than `tolerance` (relative), described."""
     found = []
-    for task, values in expected.items():
-        for name, value in values.items():
-            if name.endswith(STDERR):
-                continue
+    for task, scores in expected.items():
+        for name, score in scores.items():
             got = measured.get(task, {}).get(name)
             if got is None:
                 found.append(f"{task} {name}: not measured")
-            elif not math.isclose(got, value, rel_tol=tolerance, abs_tol=1e-12):
-                found.append(f"{task} {name}: {got:.6g} once reloaded, {value:.6g} at build time")
+            elif not math.isclose(got.value, score.value, rel_tol=tolerance, abs_tol=1e-12):
+                found.append(f"{task} {name}: {got.value:.6g} once reloaded, {score.value:.6g} at build time")
     return found
 
 
