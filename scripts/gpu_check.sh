@@ -34,3 +34,8 @@ step runtime-gptq "$PY" -m benchmarks.bench_runtime --base smollm2-135m --varian
 step heal-block "$PY" -m benchmarks.heal_block --device cuda --block 15 --steps 0 32 64 128 --lr 1e-3
 step compress-heal "$PY" -c "from zoo.cli import main; main()" -v compress smollm2-135m --cr 0.2 --heal 64 \
     --device cuda --eval --out "$OUT/smollm2-135m-cr0.2-heal64"
+# Several GPUs (NCCL needs one per process): 2 torchrun processes against one, and whether the
+# checkpoints match (the single process runs on one GPU, so they should, block for block).
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+    step ranks-cuda "$PY" -m benchmarks.bench_ranks --processes 2 --threads 1 -- smollm2-135m --cr 0.2 --device cuda
+fi
