@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.planned import tiny_llama_plan
 from tests.test_whisper import WORDS, _whisper_folder
 from zoo.format.checkpoint import WEIGHTS
 from zoo.format.progress import progress_dir
@@ -107,38 +108,9 @@ def test_a_run_that_loses_a_rank_says_so_and_resumes_byte_identical(tmp_path, mo
     assert _digest(out) == _digest(tmp_path / "whole")
 
 
-def test_the_plan_gives_each_process_its_share(monkeypatch):
+def test_the_plan_gives_each_process_its_share():
     """Each process holds half the samples' activations; a block's seven matrices are dealt 4 + 3."""
-    import torch
-
-    import zoo.compression.plan as plan
-    from tests.tiny_models import tiny_llama
-    from zoo.modalities.decoder_llm import ADAPTER
-
-    monkeypatch.setattr(plan, "probe_seconds", lambda *a: 1.0)  # every matrix costs the same
-    monkeypatch.setattr(plan, "_gemm_rate", lambda *a: 1e30)  # and the replays nothing
-    model = tiny_llama()
-
-    def planned(processes: int) -> plan.Plan:
-        return plan.make_plan(
-            model,
-            ADAPTER.stacks(model),
-            samples=64,
-            tokens=64,
-            carried_floats=lambda stack, tokens: ADAPTER.carried_floats(model.config, stack, tokens),
-            dtype=torch.float32,
-            file_dtype=torch.float32,
-            device=torch.device("cpu"),
-            resident=lambda: 0,
-            workers=1,
-            cr=0.3,
-            iters=2,
-            dynamic=False,
-            offload=False,
-            processes=processes,
-        )
-
-    one, two = planned(1), planned(2)
+    one, two = (tiny_llama_plan(64, gemm_rate=1e30, processes=n) for n in (1, 2))  # the replays cost nothing
     assert two.lines()[0].startswith("processes        2") and not one.lines()[0].startswith("processes")
     assert two.seconds == pytest.approx(one.seconds * 4 / 7)
     assert two.host_bytes < one.host_bytes and two.host_sample_bytes == pytest.approx(one.host_sample_bytes / 2, 0.01)

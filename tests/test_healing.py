@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from tests.conftest import TINY_RUN
+from tests.planned import tiny_llama_plan
 from tests.tiny_models import tiny_llama, token_batches
 from zoo.cli import main
 from zoo.compression.apply import working_copy
@@ -144,36 +145,7 @@ def test_svd_llm_factors_heal_too(fitted):
     assert block_error(_student(block, healed), held, held_targets) < 0.9 * before
 
 
-def test_the_plan_counts_healing_in_time_and_memory(monkeypatch):
-    import zoo.compression.plan as plan
-    from zoo.compression.plan import make_plan
-    from zoo.modalities.decoder_llm import ADAPTER
-
-    monkeypatch.setattr(plan, "probe_seconds", lambda *a: 1.0)  # the timed probes are noise at this size
-    monkeypatch.setattr(plan, "_gemm_rate", lambda *a: 1e9)
-
-    model = tiny_llama()
-    stacks = ADAPTER.stacks(model)
-
-    def planned(heal: int):
-        return make_plan(
-            model,
-            stacks,
-            samples=8,
-            tokens=64,
-            carried_floats=lambda stack, tokens: ADAPTER.carried_floats(model.config, stack, tokens),
-            dtype=torch.float32,
-            file_dtype=torch.float32,
-            device=torch.device("cpu"),
-            resident=lambda: 0,
-            workers=1,
-            cr=0.3,
-            iters=2,
-            dynamic=False,
-            offload=False,
-            heal_steps=heal,
-        )
-
-    plain, healed = planned(0), planned(200)
+def test_the_plan_counts_healing_in_time_and_memory():
+    plain, healed = tiny_llama_plan(8, heal_steps=0), tiny_llama_plan(8, heal_steps=200)
     assert healed.device_bytes > plain.device_bytes and healed.host_bytes > plain.host_bytes
     assert healed.seconds > plain.seconds
