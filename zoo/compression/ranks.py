@@ -20,6 +20,7 @@ process (a Gram's matrix products and healing's steps use every intra-op thread 
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import functools
 import heapq
@@ -189,6 +190,7 @@ def join_from_environment() -> Ranks:
     else:
         backend = "gloo"
     dist.init_process_group(backend, timeout=TIMEOUT)
+    atexit.register(dist.destroy_process_group)  # a rank that is done (not rank 0) leaves cleanly
     ranks = Ranks.current()
     signal.signal(signal.SIGTERM, functools.partial(_stopped, ranks))
     return ranks
