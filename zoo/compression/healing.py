@@ -52,12 +52,6 @@ class HealedLinear(nn.Module):
         )
 
 
-# Positions (tokens) a healing step fits at least: one sample of an LLM's calibration (512 or more
-# tokens), several of Whisper's transcripts (tens of tokens each), whose one-sample steps overfit
-# a few utterances and worsened its WER.
-STEP_POSITIONS = 512
-
-
 def heal_block(
     block: nn.Module,
     factors: dict[str, Factorization],
@@ -69,9 +63,8 @@ def heal_block(
     desc: str = "heal",
 ) -> dict[str, Factorization]:
     """`factors` (keyed by linear name within `block`, a float32 working copy) refined by `steps`
-    Adam steps on the relative squared error of the block's outputs, on `samples` (input, 16-bit
-    output) drawn in a seeded order, as many a step as make STEP_POSITIONS positions; `device`: where each
-    runs, when the activations are kept elsewhere."""
+    Adam steps on the relative squared error of the block's outputs, one of `samples` (input, 16-bit
+    output) a step in a seeded order; `device`: where each runs, when the activations are kept elsewhere."""
     if steps <= 0 or not factors:
         return factors
     student = copy.deepcopy(block)
@@ -90,19 +83,10 @@ def heal_block(
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
     for _ in tqdm(range(steps), desc=desc, unit="step", leave=False):
-        errors, positions = [], []
-        while sum(positions) < STEP_POSITIONS:
-            if not order:
-                order = torch.randperm(len(samples), generator=generator).tolist()
-            x, y = samples[order.pop()]
-            errors.append(output_error(student, x, y, device))
-            positions.append(hidden_of(y).shape[-2])
-        # a step's samples weigh by their positions (one sample: its own error, as it is)
-        loss = (
-            errors[0]
-            if len(errors) == 1
-            else sum(n * e for n, e in zip(positions, errors, strict=True)) / sum(positions)
-        )
+        if not order:
+            order = torch.randperm(len(samples), generator=generator).tolist()
+        x, y = samples[order.pop()]
+        loss = output_error(student, x, y, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
