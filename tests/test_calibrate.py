@@ -119,3 +119,20 @@ def test_empty_calibration_is_an_error():
     model = tiny_llama()
     with pytest.raises(ZooError, match="calibration set is empty"):
         capture_block_inputs(model, ADAPTER.stacks(model)[0].blocks[0][1], [])
+
+
+def test_a_model_mixing_sliding_and_full_attention_layers_is_refused():
+    """Gemma 3's layers of each kind take their own mask and rotary table; replaying every block with
+    the first block's inputs calibrated (and healed) the full-attention layers on the wrong ones."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tests.tiny_models import TINY_DIMS
+    from zoo.modalities.decoder_llm import ADAPTER
+
+    config = Gemma3TextConfig(
+        **TINY_DIMS, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"]
+    )
+    with pytest.raises(ZooError, match="gemma3_text mixes full_attention and sliding_attention layers"):
+        ADAPTER.stacks(Gemma3ForCausalLM(config))
+    uniform = Gemma3TextConfig(**TINY_DIMS, head_dim=16, layer_types=["full_attention", "full_attention"])
+    assert len(ADAPTER.stacks(Gemma3ForCausalLM(uniform))[0].blocks) == 2

@@ -87,6 +87,13 @@ class DecoderLLM:
                 f"architecture {model_type!r} ({type(model).__name__}) has no compression "
                 f"targets table; known: {', '.join(sorted(TARGET_GROUPS))}"
             )
+        kinds = sorted(set(getattr(model.config, "layer_types", None) or ()))
+        if len(kinds) > 1:
+            raise ZooError(
+                f"{model_type} mixes {' and '.join(kinds)} layers (config.layer_types): each kind takes its own "
+                "attention mask and rotary table, and every block is still fed the first block's, which calibrates "
+                "and heals the other kind wrongly (Gemma-3-270M healed: perplexity x280); not supported yet"
+            )
         path = BLOCK_PATHS.get(model_type, "model.layers")
         blocks = [(f"{path}.{i}", block) for i, block in enumerate(model.get_submodule(path))]
         return [Stack("decoder", blocks, TARGET_GROUPS[model_type])]
