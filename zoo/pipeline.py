@@ -301,6 +301,7 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
     )
     host_limit = req.max_host_memory or psutil.virtual_memory().available
     streamed = req.stream if req.stream is not None else the_plan.host_bytes > host_limit
+    streamed = Ranks.current().broadcast(streamed, 0)  # under torchrun, every rank as rank 0 decides
     the_plan = dataclasses.replace(the_plan, streamed=streamed)
     report(f"Plan for {shown(spec.name)}:")
     for line in the_plan.lines():

@@ -289,7 +289,7 @@ def compress_model(
                     if store is not None and ranks.main:
                         layers = {r.name: model.get_submodule(r.name) for r in block_records if r.method != "dense"}
                         store.save(prefix, block_records, layers)
-                    del work
+                    del work, job, stats, names, healing  # else held while the next block's are made
                 if streams.student is not None:  # what this block gives, compressed
                     streams.student = replay(working_copy(block, device), streams.student, runs_on)
                 records += block_records
