@@ -106,7 +106,7 @@ COMPRESS_SECTIONS = {
     "Calibration": ("calibration", "n_samples", "seq_len", "seed"),
     "Evaluation": ("evaluate", "eval_windows", "eval_limit"),
     "Publishing": ("push", "org", "private", "allow_offline_scores"),
-    "Resources": ("plan_only", "max_host_memory", "max_device_memory", "device", "offload_activations"),
+    "Resources": ("plan_only", "max_host_memory", "max_device_memory", "stream", "device", "offload_activations"),
 }
 COMPRESS_EXAMPLES = """Examples:
 
@@ -228,6 +228,13 @@ def _check_cr(_ctx, _param, value: float) -> float:
 @click.option("--plan", "plan_only", is_flag=True, help="Print the run's plan (memory, time) and stop.")
 @_memory_option("host", "what is available now")
 @_memory_option("device", "what the GPU has free now")
+@click.option(
+    "--stream/--no-stream",
+    default=None,
+    help="Read each block's weights from the model's safetensors files in its turn and drop the block after it, "
+    "holding one block instead of the model (default: when the model held in memory would not fit "
+    "--max-host-memory).",
+)
 @_publish_options
 def compress(  # noqa: PLR0913 - click passes one argument per option
     model: str,
@@ -245,6 +252,7 @@ def compress(  # noqa: PLR0913 - click passes one argument per option
     plan_only: bool,
     max_host_memory: float | None,
     max_device_memory: float | None,
+    stream: bool | None,
     org: str | None,
     private: bool | None,
     allow_offline_scores: bool,
@@ -275,6 +283,7 @@ def compress(  # noqa: PLR0913 - click passes one argument per option
         plan_only=plan_only,
         max_host_memory=None if max_host_memory is None else int(max_host_memory * 2**30),
         max_device_memory=None if max_device_memory is None else int(max_device_memory * 2**30),
+        stream=stream,
     )
     if plan_only:  # under torchrun, rank 0's plan gives every process's figures
         from zoo.compression.ranks import Ranks

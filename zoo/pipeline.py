@@ -40,6 +40,7 @@ from zoo.files import exclusive, sibling_lock
 from zoo.format.checkpoint import check_out_dir, mark_compressed, save_compressed, tensor_bytes
 from zoo.format.progress import BlockProgress
 from zoo.format.record import CalibrationInfo, VariantRecord
+from zoo.format.tensor_files import SourceFiles
 from zoo.modalities.base import Adapter, get_adapter
 from zoo.modality_table import DEFAULT, modality_of
 from zoo.publish.card import inherited_license, write_card
@@ -79,6 +80,7 @@ class CompressRequest:
     plan_only: bool = False  # print the plan and stop
     max_host_memory: int | None = None  # bytes; default: what the host has available now
     max_device_memory: int | None = None  # bytes; default: what the GPU has free now
+    stream: bool | None = None  # weights streamed from disk block by block; None: when the model would not fit
 
     def __post_init__(self) -> None:
         unknown = set(self.eval_settings) - set(EVAL_SETTINGS)
@@ -265,7 +267,9 @@ def held_dtype(dtype: str, device: torch.device) -> str:
 
 def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log.info) -> Plan:
     """The run's plan, from the model's skeleton and a probe of its shapes, before any weights are
-    read: reported line by line, and a ZooError when it would not fit the memory there is."""
+    read: reported line by line, and a ZooError when it would not fit the memory there is. The
+    weights are streamed when asked (`req.stream`), or unasked when the model held in memory would
+    not fit the host's."""
     spec = resolve(req.model, req.modality, online)
     adapter = get_adapter(spec.modality)
     source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
@@ -296,16 +300,33 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
         resolved.heal,
         Ranks.launched().size,
     )
+    host_limit = req.max_host_memory or psutil.virtual_memory().available
+    streamed = req.stream if req.stream is not None else the_plan.host_bytes > host_limit
+    streamed = Ranks.current().broadcast(streamed, 0)  # under torchrun, every rank as rank 0 decides
+    the_plan = dataclasses.replace(the_plan, streamed=streamed)
     report(f"Plan for {shown(spec.name)}:")
     for line in the_plan.lines():
         report(f"  {line}")
     check_disk(req.out_dir, sum(p.numel() for p in skeleton.model.parameters()), targets, req.config, report)
-    host_limit = req.max_host_memory or psutil.virtual_memory().available
     device_limit = req.max_device_memory
     if device_limit is None and device.type == "cuda":
         device_limit = torch.cuda.mem_get_info(device)[0]
     the_plan.check(host_limit, device_limit)
+    if streamed:
+        check_streamable(req, skeleton)
     return the_plan
+
+
+def check_streamable(req: CompressRequest, skeleton: LoadedModel) -> None:
+    """Refuse, before loading, a streamed run that cannot be: scoring needs the whole model, and
+    the blocks are read from safetensors files (a Hub model's are checked once fetched)."""
+    if req.evaluate:
+        raise ZooError(
+            "this run streams its weights from disk (the model held in memory would not fit, or --stream), and "
+            "--eval scores the whole model in memory: compress without --eval, or give --no-stream"
+        )
+    if skeleton.folder is not None:
+        SourceFiles.of(skeleton.folder)
 
 
 def check_disk(
@@ -333,17 +354,20 @@ def prepare(req: CompressRequest, online: bool | None = None, report: Callable[[
     """Everything before compression: plan, resolve, load, calibrate; each error here costs no
     compression work. `online` (default: whether the Hub answers now) is decided once for the whole run."""
     online = hub_reachable() if online is None else online
-    held = plan(req, online, report).dtype
+    the_plan = plan(req, online, report)
+    held = the_plan.dtype
     spec = resolve(req.model, req.modality, online)
     spec = with_settings(spec, req.eval_settings)
     adapter = get_adapter(spec.modality)
-    loaded = adapter.load(spec, online, held)
+    loaded = adapter.load(spec, online, held, stream=the_plan.streamed, components=req.config.components)
     dtype = req.config.resolved(loaded.dtype, spec.defaults.dtype, spec.defaults.heal).dtype
     base_bytes = tensor_bytes(loaded.model, "float16")
     if held != dtype:  # calibrated and scored as its checkpoint holds it
         with torch.no_grad():
             for p in loaded.model.parameters():
                 p.copy_(p.to(getattr(torch, dtype)))
+        if loaded.weights is not None:  # and so are the streamed blocks, as they are read
+            loaded.weights = dataclasses.replace(loaded.weights, values=getattr(torch, dtype))
     sampling = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
     calibration = adapter.calibration(loaded, *sampling, req.seed, online)
     return Prepared(spec, adapter, loaded, calibration, online, sampling, dtype, base_bytes, peak_memory_mb())
@@ -420,9 +444,8 @@ def compress_loaded(
     req = effective(prepared, req)
     model = prepared.loaded.model
     start = time.perf_counter()
-    layers = compress_model(
-        model, prepared.adapter.stacks(model, req.config.components), prepared.calibration, req.config, store
-    )
+    stacks = prepared.adapter.stacks(model, req.config.components)
+    layers = compress_model(model, stacks, prepared.calibration, req.config, store, prepared.loaded.weights)
     seconds = time.perf_counter() - start
     mark_compressed(model)
     return build_record(prepared, req, variant, layers, seconds)
@@ -446,6 +469,7 @@ def compress_variant(
             record,
             overwrite=req.overwrite,
             extra_files=lambda tmp: prepared.adapter.save_processor(prepared.loaded, tmp),
+            dropped=None if prepared.loaded.weights is None else progress.dropped(prepared.loaded.weights),
         )
     except UserError as exc:  # a full disk, NaN inputs, ...: said once, with what is kept
         raise ZooError(f"{exc}{progress.left()}") from exc

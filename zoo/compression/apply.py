@@ -10,6 +10,10 @@ the device in float32, replayed on the calibration activations (which stay on th
 with `offload_activations` in host memory, one batch at a time on the device), factorized
 there, and only its compressed layers come back: the device holds one block, its Grams and
 the activations, whatever the model's size.
+
+With streamed weights (`source`), the model's blocks start on the meta device: each is read from
+the base's files before its turn and dropped after it (its compressed layers too, once the
+progress store holds them), so the host holds one block besides what lies outside the blocks.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Protocol
@@ -30,7 +35,7 @@ from tqdm.auto import tqdm
 from zoo.compression.config import CompressionConfig
 from zoo.compression.grams import BlockInput, GramStat, block_grams, capture_block_inputs, moved, replay
 from zoo.compression.healing import SharedSamples, heal_block
-from zoo.compression.layer import CompotLinear
+from zoo.compression.layer import COMPRESSED, CompotLinear
 from zoo.compression.plan import probe_seconds
 from zoo.compression.quantized import QuantLinear
 from zoo.compression.ranks import Ranks
@@ -98,14 +103,19 @@ def _power_of_two_divisor(sizes) -> int:
     return common & -common
 
 
-def target_crs(targets: dict[str, nn.Linear], config: CompressionConfig) -> dict[str, float]:
-    """The CR each matrix is asked for: the target everywhere (static), or Algorithm 2's allocation;
-    0.0 (stays dense) everywhere for GPTQ alone."""
+def target_crs(
+    targets: dict[str, nn.Linear], config: CompressionConfig, source: SourceWeights | None = None
+) -> dict[str, float]:
+    """The CR each matrix is asked for: the target everywhere (static), or Algorithm 2's allocation
+    (a streamed model's weights read one at a time from `source`); 0.0 (stays dense) everywhere
+    for GPTQ alone."""
     if not config.factorizes:
         return dict.fromkeys(targets, 0.0)
     if config.static:
         return {name: config.cr for name in targets}
     weights = {name: linear.weight.detach() for name, linear in targets.items()}
+    if source is not None:
+        weights = Unheld(weights, lambda name, meta: source.read(f"{name}.weight", meta.dtype))
     return allocate(weights, config.cr, config.min_cr, config.max_cr, device=config.device or default_device()).cr
 
 
@@ -124,6 +134,76 @@ def shape_costs(
     return ranks.broadcast(measured, 0)
 
 
+class SourceWeights(Protocol):
+    """Where a streamed model's tensors are read from, by name (zoo.format.tensor_files.SourceFiles)."""
+
+    def read(self, name: str, dtype: torch.dtype) -> torch.Tensor: ...
+
+
+class Unheld(Mapping[str, torch.Tensor]):
+    """Tensors by name, those on the meta device read (`read(name, meta)`) each time they are asked for."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], read: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
+        self.tensors, self.read = tensors, read
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self.tensors[name]
+        return self.read(name, tensor) if tensor.is_meta else tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+@dataclasses.dataclass(frozen=True)
+class Streamed:
+    """A streamed model's blocks: read into it before their turn, in the dtype and on the device the
+    model holds its weights, and dropped after it. Without a source nothing is streamed, and these
+    do nothing."""
+
+    source: SourceWeights | None
+    home: torch.device
+
+    @classmethod
+    def of(cls, model: nn.Module, source: SourceWeights | None, stored: bool) -> Streamed:
+        """`stored`: the compressed blocks are kept elsewhere (this rank's store, or rank 0's)."""
+        if source is not None and not stored:
+            raise ZooError("streamed weights need a progress store: the compressed blocks are dropped once stored")
+        held = (p.device for p in model.parameters() if not p.is_meta)
+        return cls(source, next(held, torch.device("cpu")))
+
+    def state(self, model: nn.Module) -> Unheld | None:
+        """The model's state, its blocks' tensors read from the files when a module runs."""
+        if self.source is None:
+            return None
+        return Unheld(model.state_dict(keep_vars=True), lambda name, meta: self.source.read(name, meta.dtype))
+
+    def materialize(self, prefix: str, block: nn.Module) -> None:
+        if self.source is None:
+            return
+        for name, module in block.named_modules(prefix=prefix):
+            for key, p in module._parameters.items():
+                if p is not None and p.is_meta:
+                    value = self.source.read(f"{name}.{key}", p.dtype).to(self.home)
+                    module._parameters[key] = nn.Parameter(value, requires_grad=p.requires_grad)
+
+    def drop(self, block: nn.Module, replaced: Iterable[nn.Module]) -> None:
+        """Every parameter of the block back on the meta device, and those of the linears its
+        compressed layers `replaced`, and those layers' tensors (the progress store holds them)."""
+        if self.source is None:
+            return
+        for module in (*block.modules(), *replaced):
+            for key, p in module._parameters.items():
+                if p is not None and not p.is_meta:
+                    module._parameters[key] = nn.Parameter(p.to("meta"), requires_grad=p.requires_grad)
+            if isinstance(module, COMPRESSED):
+                for key, b in module._buffers.items():
+                    if b is not None:
+                        module._buffers[key] = b.to("meta")
+
+
 class BlockStore(Protocol):
     """Where finished blocks are kept, so that a killed run resumes (`zoo.format.progress`)."""
 
@@ -138,24 +218,29 @@ def compress_model(
     calibration: CalibrationData,
     config: CompressionConfig,
     store: BlockStore | None = None,
+    source: SourceWeights | None = None,
 ) -> list[LayerRecord]:
     """Replace every target projection of `stacks` (the adapter's, for `config.components`) by a
     CompotLinear, calibrating on `calibration.batches` fed to `model`; one record per matrix.
     Blocks `store` already holds are restored, not factorized: only replayed, for the next
-    block's inputs."""
+    block's inputs. With `source`, the blocks are streamed from it (the model's stay on the meta
+    device, and so do its compressed layers: `store` keeps them, and must be given on rank 0)."""
+    ranks = Ranks.current()
+    streamed = Streamed.of(model, source, store is not None or not ranks.main)
     targets = compression_targets(model, stacks)
     check_group_size({name: linear.in_features for name, linear in targets.items()}, config)
-    crs = target_crs(targets, config)
+    crs = target_crs(targets, config, source)
     storage_dtype = getattr(torch, config.storage_dtype or "float16")
     device = torch.device(config.device or default_device())
-    ranks = Ranks.current()
     batches = len(calibration.batches)
     own_ids = ranks.own(ranks.chunks(batches))  # every batch, alone
     own = [calibration.batches[i] for i in own_ids]
     # Every stack's inputs come from the original model, before any layer is swapped.
     # The part before each stack runs on the device too, its weights copied there module by module.
+    # (a streamed model's blocks there are read from its files, module by module)
     away = device if any(p.device.type != device.type for p in model.parameters()) else None
-    inputs = {stack.name: capture_block_inputs(model, stack.blocks[0][1], own, away) for stack in stacks}
+    state = streamed.state(model)
+    inputs = {stack.name: capture_block_inputs(model, stack.blocks[0][1], own, away, state) for stack in stacks}
     costs = shape_costs(targets, config, device, ranks)
     records: list[LayerRecord] = []
     with tqdm(total=len(targets), desc="compress", unit="matrix", disable=not ranks.main) as bar:
@@ -170,6 +255,7 @@ def compress_model(
             for index, (prefix, block) in enumerate(stack.blocks, 1):
                 bar.set_postfix_str(prefix)
                 log.info("block %s (%d of %d in %s)", prefix, index, len(stack.blocks), stack.name)
+                streamed.materialize(prefix, block)
                 # rank 0 reads the progress for every rank: the same blocks restored everywhere
                 done = ranks.broadcast(store.load(prefix) if store is not None and ranks.main else None, 0)
                 if done is not None:
@@ -203,10 +289,11 @@ def compress_model(
                     if store is not None and ranks.main:
                         layers = {r.name: model.get_submodule(r.name) for r in block_records if r.method != "dense"}
                         store.save(prefix, block_records, layers)
-                    del work
+                    del work, job, stats, names, healing  # else held while the next block's are made
                 if streams.student is not None:  # what this block gives, compressed
                     streams.student = replay(working_copy(block, device), streams.student, runs_on)
                 records += block_records
+                streamed.drop(block, (targets[f"{prefix}.{name}"] for group in stack.groups for name in group))
     return records
 
 

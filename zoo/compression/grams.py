@@ -8,7 +8,7 @@ block's inputs. Only one block's activations are alive at a time.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -42,10 +42,13 @@ class GramStat:
 
 
 @contextmanager
-def executed_on(model: nn.Module, device: torch.device | None) -> Iterator[None]:
+def executed_on(
+    model: nn.Module, device: torch.device | None, state: Mapping[str, torch.Tensor] | None = None
+) -> Iterator[None]:
     """Run `model`'s forward passes on `device` while its weights stay where they are: accelerate's
     offload hooks copy each module's weights to the device as it runs and drop them after, so
-    the device holds one module at a time. Without a device: as it is."""
+    the device holds one module at a time. `state`: where the weights are read from (default: the
+    model's own; a streamed model's blocks are read from its files). Without a device: as it is."""
     if device is None:
         yield
         return
@@ -54,7 +57,7 @@ def executed_on(model: nn.Module, device: torch.device | None) -> Iterator[None]
     held = [
         (table, name, t) for m in model.modules() for table in (m._parameters, m._buffers) for name, t in table.items()
     ]
-    cpu_offload(model, device, state_dict=model.state_dict(keep_vars=True))
+    cpu_offload(model, device, state_dict=model.state_dict(keep_vars=True) if state is None else state)
     try:
         yield
     finally:
@@ -68,9 +71,10 @@ def capture_block_inputs(
     first_block: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
     device: torch.device | None = None,
+    state: Mapping[str, torch.Tensor] | None = None,
 ) -> list[BlockInput]:
     """Run the model on each batch only up to `first_block` and keep what it receives; with a
-    `device`, the part before the block runs there (`executed_on`)."""
+    `device`, the part before the block runs there (`executed_on`, its weights read from `state`)."""
     captured: list[BlockInput] = []
 
     def grab(_module, args, kwargs):
@@ -79,7 +83,7 @@ def capture_block_inputs(
 
     handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        with torch.inference_mode(), executed_on(model, device):
+        with torch.inference_mode(), executed_on(model, device, state):
             for batch in batches:
                 try:
                     model(**batch)

@@ -5,9 +5,11 @@ Host memory, the larger of two moments: loading (the checkpoint's pages as they 
 the model converted to its dtype when the file holds another) and compressing (the model at rest
 in its dtype, the captured block inputs and, when the device is the CPU, everything the device
 holds too, and the activations when they are offloaded), over this process as it is once the
-probes ran. Device memory: one block in float32, its Grams in float64, the calibration
-activations in float32 (a block's inputs and outputs; offloaded, one sample's), and the
-engine's workspace for the matrices it factorizes at once.
+probes ran. With streamed weights, no loading moment and no model at rest: the parts outside
+the blocks and one block (the largest) in the model's dtype take their place. Device memory: one
+block in float32, its Grams in float64, the calibration activations in float32 (a block's inputs
+and outputs; offloaded, one sample's), and the engine's workspace for the matrices it factorizes
+at once.
 """
 
 from __future__ import annotations
@@ -55,13 +57,26 @@ class Plan:
     device_sample_bytes: int  # and to device_bytes
     seconds: float  # replays, Grams, allocation and factorization, from the probes
     processes: int = 1  # torchrun's ranks: every memory figure is one process's, the time the run's
+    streamed_host_bytes: int = 0  # host_bytes with the weights streamed from disk
+    streamed_bytes: int = 0  # what a streamed run holds of the model: outside the blocks, and one block
+    streamed: bool = False  # whether the run streams its weights (the host figure it is held to)
+
+    @property
+    def peak_host_bytes(self) -> int:
+        return self.streamed_host_bytes if self.streamed else self.host_bytes
 
     def lines(self) -> list[str]:
         shared = [f"processes        {self.processes} (torchrun): memory per process"] if self.processes > 1 else []
+        weights = (
+            f"streamed from disk, one block at a time ({gib(self.streamed_bytes)} held)"
+            if self.streamed
+            else f"held in memory ({gib(self.at_rest_bytes)})"
+        )
         return shared + [
-            f"parameters       {self.parameters / 1e9:.3f} B ({gib(self.at_rest_bytes)} in {self.dtype} to hold)",
+            f"parameters       {self.parameters / 1e9:.3f} B ({gib(self.at_rest_bytes)} in {self.dtype})",
+            f"weights          {weights}",
             f"calibration      {self.samples} samples x {self.tokens} tokens on {self.device}",
-            f"peak host memory {gib(self.host_bytes)}",
+            f"peak host memory {gib(self.peak_host_bytes)}",
             f"peak {self.device} memory {gib(self.device_bytes)}"
             + (" (the same memory as the host's)" if self.device == "cpu" else ""),
             f"time             about {self.seconds / 60:.1f} min to compress",
@@ -69,7 +84,7 @@ class Plan:
 
     def check(self, host_limit: int, device_limit: int | None) -> None:
         """Refuse, naming what would fit, a run whose estimate exceeds a limit (bytes)."""
-        checks = [("host", self.host_bytes, host_limit, self.host_sample_bytes)]
+        checks = [("host", self.peak_host_bytes, host_limit, self.host_sample_bytes)]
         if self.device != "cpu" and device_limit is not None:
             checks.append((self.device, self.device_bytes, device_limit, self.device_sample_bytes))
         for where, need, limit, per_sample in checks:
@@ -107,6 +122,8 @@ def make_plan(
     """`skeleton`: the model on the meta device; `carried_floats(stack, tokens)`: the floats one
     sample carries into a block of that stack, as (replaced by each block: its hidden states;
     the same for every block: position embeddings, the encoder's output for cross-attention).
+    The plan gives the host figures of both ways to hold the weights, in memory and streamed
+    (`streamed` false: `Plan.check` holds the run to the first).
 
     With several `processes` (zoo.compression.ranks), each holds the model, a block and its Grams
     (its chunk's partial and the one it receives beside the sum), and its share of the samples;
@@ -161,9 +178,13 @@ def make_plan(
     on_cpu = device.type == "cpu"
     read = parameters * torch.empty((), dtype=file_dtype).element_size()
     loading = read + (at_rest if file_dtype != dtype else 0)
+    compressing = captured + offloaded + (device_bytes if on_cpu else 0)
+    blocks = [sum(p.numel() for p in block.parameters()) for stack in stacks for _, block in stack.blocks]
+    streamed = size * (parameters - sum(blocks) + max(blocks))  # outside the blocks, and the largest block
     # after the probes, which imported and warmed what the run uses, and whose freed memory the
     # allocator keeps for it
-    host = resident() + max(loading, at_rest + captured + offloaded + (device_bytes if on_cpu else 0))
+    now = resident()
+    host = now + max(loading, at_rest + compressing)
     host_sample = (captured + offloaded) // max(samples, 1) + (device_sample if on_cpu else 0)
     name = str(dtype).removeprefix("torch.")
     return Plan(
@@ -179,6 +200,8 @@ def make_plan(
         device_sample,
         seconds,
         processes,
+        now + streamed + compressing,
+        streamed,
     )
 
 

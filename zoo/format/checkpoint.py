@@ -39,6 +39,7 @@ from zoo.compression.quantized import QuantLinear
 from zoo.errors import ZooError
 from zoo.files import check_replaceable, check_writable, staged_dir
 from zoo.format.record import RECORD, VariantRecord
+from zoo.format.tensor_files import write_tensors
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -200,10 +201,13 @@ def save_compressed(
     record: VariantRecord,
     overwrite: bool = False,
     extra_files: Callable[[Path], None] | None = None,
+    dropped: Callable[[str, torch.dtype], torch.Tensor] | None = None,
 ) -> VariantRecord:
     """Write the model, its config and record (and `extra_files`, e.g. the tokenizer) atomically;
     tensors that are not compressed in `record.config.dtype` (None: as they are). Returns the
-    record as written, with the weights file's size."""
+    record as written, with the weights file's size. A streamed model's tensors that it dropped
+    (on the meta device) come from `dropped(name, dtype held in)`, one at a time, into the same
+    bytes."""
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     layers = compot_layers(model)
@@ -212,9 +216,12 @@ def save_compressed(
     for name, layer in layers.items():
         layer.require_factors(f"saving {name}")
     dtype = record.config.dtype
+    guard = {f"{min(layers)}.{GUARD}": torch.zeros(0, dtype=torch.uint8)}
     with staged_dir(out_dir) as tmp:
-        tensors = state_to_save(model, dtype) | {f"{min(layers)}.{GUARD}": torch.zeros(0, dtype=torch.uint8)}
-        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
+        if dropped is None:
+            save_file(state_to_save(model, dtype) | guard, tmp / WEIGHTS, metadata={"format": "pt"})
+        else:
+            _write_dropped(model, dtype, guard, dropped, tmp / WEIGHTS)
         record = dataclasses.replace(record, file_bytes=(tmp / WEIGHTS).stat().st_size)
         write_variant_config(checkpoint_config(model, dtype), tmp)
         if getattr(model, "generation_config", None) is not None:
@@ -223,6 +230,28 @@ def save_compressed(
         if extra_files is not None:
             extra_files(tmp)
     return record
+
+
+def _write_dropped(
+    model: nn.Module,
+    dtype: str | None,
+    guard: dict[str, torch.Tensor],
+    dropped: Callable[[str, torch.dtype], torch.Tensor],
+    path: Path,
+) -> None:
+    """The file `save_file` writes for `state_to_save(model, dtype) | guard`, each tensor the model
+    dropped read back by `dropped` only when its bytes are due."""
+    saved = _saved_tensors(model, dtype)
+    layout = {name: (to, tuple(t.shape)) for name, (t, to) in saved.items()}
+    layout |= {name: (t.dtype, tuple(t.shape)) for name, t in guard.items()}
+
+    def tensor(name: str) -> torch.Tensor:
+        if name in guard:
+            return guard[name]
+        t, to = saved[name]
+        return (dropped(name, t.dtype) if t.is_meta else t).to(to).contiguous()
+
+    write_tensors(path, layout, tensor, {"format": "pt"})
 
 
 def write_variant_config(config, folder: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from zoo.digest import json_digest
 from zoo.errors import ZooError
 from zoo.files import write_file, write_text
 from zoo.format.checkpoint import LayerSpec
+from zoo.format.tensor_files import SourceFiles
 
 log = logging.getLogger(__name__)
 FINGERPRINT = "fingerprint.txt"
@@ -40,6 +42,7 @@ class BlockProgress:
 
     def __init__(self, out_dir: Path, fingerprint: str) -> None:
         self.folder, self.fingerprint = progress_dir(out_dir), fingerprint
+        self._holders: dict[str, Path] | None = None  # a stored tensor's name -> its block's file, once asked
         stamp = self.folder / FINGERPRINT
         if self.folder.exists():
             if stamp.is_file() and stamp.read_text() == fingerprint:
@@ -97,6 +100,30 @@ class BlockProgress:
             "stamp": self._stamp(prefix),
         }
         write_file(self._file(prefix), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        self._holders = None
+
+    def tensor(self, name: str) -> torch.Tensor | None:
+        """A compressed layer's tensor as a finished block keeps it; None when none keeps it."""
+        if self._holders is None:
+            self._holders = {}
+            for path in sorted(self.folder.glob("*.safetensors")):
+                with safe_open(path, framework="pt") as f:
+                    self._holders |= dict.fromkeys(f.keys(), path)
+        path = self._holders.get(name)
+        if path is None:
+            return None
+        with safe_open(path, framework="pt") as f:
+            return f.get_tensor(name)
+
+    def dropped(self, source: SourceFiles) -> Callable[[str, torch.dtype], torch.Tensor]:
+        """Where a streamed model's dropped tensors are, by name, in the dtype it held them in: its
+        compressed layers' in the finished blocks, the rest in the base's files."""
+
+        def tensor(name: str, dtype: torch.dtype) -> torch.Tensor:
+            stored = self.tensor(name)
+            return source.read(name, dtype) if stored is None else stored.to(dtype)
+
+        return tensor
 
     def finish(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
 from zoo.evaluators.scores import Results, Score
-from zoo.modalities.base import hidden_and_rotary_floats
+from zoo.modalities.base import block_prefixes, hidden_and_rotary_floats
 from zoo.sources.assets import cache_dir
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel, load_model
@@ -63,7 +63,15 @@ class DecoderLLM:
     modality = "llm"
     auto_class = "AutoModelForCausalLM"
 
-    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None, weights: bool = True) -> LoadedModel:
+    def load(
+        self,
+        spec: ModelSpec,
+        online: bool,
+        dtype: str | None = None,
+        weights: bool = True,
+        stream: bool = False,
+        components: Sequence[str] | None = None,
+    ) -> LoadedModel:
         from zoo.sources.converters.gguf import packaged_llm_dir
 
         return load_model(
@@ -76,6 +84,7 @@ class DecoderLLM:
             "4-bit GGUF, dequantized",
             dtype,
             weights,
+            block_prefixes(self.stacks, components, stream),
         )
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
@@ -128,6 +137,11 @@ class DecoderLLM:
         if not chat.is_chat_source(source):
             return calibration_batches(loaded.processor, source, n_samples, seq_len, seed, online)
         if source == chat.SELF_CHAT:
+            if loaded.weights is not None:
+                raise ZooError(
+                    f"{chat.SELF_CHAT} calibration generates with the whole model, and this run streams its "
+                    "weights from disk: pass --calibration with a text or chat set, or --no-stream"
+                )
             count = max(chat.GENERATION_BATCH, -(-n_samples * seq_len // SELF_CHAT_TOKENS))
             identity = f"{loaded.base_model}@{loaded.revision or _weights_digest(loaded.model)}"
             conversations = chat.self_chat(loaded.model, loaded.processor, count, seed, identity)

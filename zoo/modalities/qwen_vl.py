@@ -24,7 +24,7 @@ from transformers.utils import is_torchvision_available
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
 from zoo.evaluators.scores import Results
-from zoo.modalities.base import hidden_and_rotary_floats
+from zoo.modalities.base import block_prefixes, hidden_and_rotary_floats
 from zoo.modalities.decoder_llm import TARGET_GROUPS as LLM_TARGET_GROUPS
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel, load_model
@@ -126,9 +126,24 @@ class QwenVL:
     modality = "vlm"
     auto_class = "AutoModelForImageTextToText"
 
-    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None, weights: bool = True) -> LoadedModel:
+    def load(
+        self,
+        spec: ModelSpec,
+        online: bool,
+        dtype: str | None = None,
+        weights: bool = True,
+        stream: bool = False,
+        components: Sequence[str] | None = None,
+    ) -> LoadedModel:
         return load_model(
-            spec, online, AutoModelForImageTextToText, QwenVLProcessor, self.stacks, dtype=dtype, weights=weights
+            spec,
+            online,
+            AutoModelForImageTextToText,
+            QwenVLProcessor,
+            self.stacks,
+            dtype=dtype,
+            weights=weights,
+            blocks=block_prefixes(self.stacks, components, stream),
         )
 
     def carried_floats(self, config, stack: str, tokens: int) -> tuple[int, int]:

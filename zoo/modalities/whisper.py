@@ -17,6 +17,7 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
 from zoo.evaluators.scores import Results, Score
+from zoo.modalities.base import block_prefixes
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel, load_model
 
@@ -47,7 +48,15 @@ class Whisper:
     modality = "whisper"
     auto_class = "AutoModelForSpeechSeq2Seq"
 
-    def load(self, spec: ModelSpec, online: bool, dtype: str | None = None, weights: bool = True) -> LoadedModel:
+    def load(
+        self,
+        spec: ModelSpec,
+        online: bool,
+        dtype: str | None = None,
+        weights: bool = True,
+        stream: bool = False,
+        components: Sequence[str] | None = None,
+    ) -> LoadedModel:
         from zoo.sources.converters.whisper_ct2 import packaged_whisper_dir
 
         return load_model(
@@ -60,6 +69,7 @@ class Whisper:
             "CTranslate2 float16, converted",
             dtype,
             weights,
+            block_prefixes(self.stacks, components, stream),
         )
 
     def carried_floats(self, config, stack: str, tokens: int) -> tuple[int, int]:
