@@ -4,7 +4,9 @@ from zoo.engine.allocation import Allocation, allocate, default_guards
 from zoo.engine.errors import EngineError
 from zoo.engine.factorization import Factorization, factorize, factorize_many, functional_error
 
-ENGINE_VERSION = "0.1.0"
+# In every variant fingerprint: a change that alters factors from the same inputs bumps it.
+# 0.2.0: the Grams summed chunk by chunk (zoo.compression.ranks), other last bits beyond 16 batches.
+ENGINE_VERSION = "0.2.0"
 
 __all__ = [
     "Allocation",
