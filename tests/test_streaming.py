@@ -160,6 +160,12 @@ def test_streaming_is_chosen_when_the_model_held_in_memory_would_not_fit(tmp_pat
     assert scored.exit_code == 1 and "compress without --eval, or give --no-stream" in scored.output
 
 
+def test_self_chat_calibration_is_refused_when_streaming(tmp_path, sharded_dir):
+    """Self-chat generates the calibration conversations with the whole model, which a streamed run never holds."""
+    result = _compress(sharded_dir, tmp_path / "out", *TINY_RUN, "--stream", calibration="self-chat")
+    assert result.exit_code == 1 and "self-chat calibration generates with the whole model" in result.output
+
+
 @pytest.mark.parametrize("components", [None, "encoder,decoder"], ids=["decoder", "encoder-and-decoder"])
 def test_a_streamed_whisper_writes_the_in_memory_checkpoint(tmp_path, speech_folder, components):
     """Streamed, the decoder's inputs are captured through the encoder: held when only the decoder
