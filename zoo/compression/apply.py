@@ -372,7 +372,13 @@ def _compress_block(block: nn.Module, job: BlockJob, bar: tqdm) -> list[LayerRec
         workers = max(1, min(torch.get_num_threads(), len(mine))) if work_device(job.work).type == "cpu" else 1
         with intra_op_threads(1), ThreadPoolExecutor(workers, thread_name_prefix="gptq") as pool:
             made = dict(zip(mine, pool.map(lambda full: _built(job, factors.get(full), full), mine), strict=True))
-        built = {full: job.ranks.broadcast(_on_cpu(made.get(full)), owners[full]) for full in job.names}
+        built = (
+            made
+            if job.ranks.size == 1
+            else {  # one process: nothing travels, nothing moves
+                full: job.ranks.broadcast(_on_cpu(made.get(full)), owners[full]) for full in job.names
+            }
+        )
     records = []
     for full, (name, _) in job.names.items():
         f, linear = factors.get(full), job.targets[full]
