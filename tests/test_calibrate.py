@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
-from tests.tiny_models import tiny_calibration, tiny_llama, tiny_qwen2, token_batches
+from tests.tiny_models import tiny_calibration, tiny_gemma3, tiny_llama, tiny_qwen2, token_batches
 from zoo.compression import apply
 from zoo.compression.apply import compress_model
 from zoo.compression.config import CompressionConfig
-from zoo.compression.grams import block_grams, capture_block_inputs
+from zoo.compression.grams import block_grams, capture_block_inputs, capture_kind_inputs, dressed, hidden_of, replay
 from zoo.compression.targets import CalibrationData
 from zoo.errors import ZooError
 from zoo.modalities.decoder_llm import ADAPTER
@@ -55,11 +55,13 @@ def test_blockwise_grams_match_a_full_forward(make, runs_on):
             torch.testing.assert_close(stat.gram, expected[f"{prefix}.{g[0]}"], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3])
 @pytest.mark.parametrize("sequential", [False, True])
-def test_blocks_calibrate_on_the_16_bit_model_or_sequentially_on_the_compressed_one(sequential, monkeypatch):
+def test_blocks_calibrate_on_the_16_bit_model_or_sequentially_on_the_compressed_one(make, sequential, monkeypatch):
     """Each block's attention-input Gram, as factorization receives it, equals that of the 16-bit
-    model, or with `sequential` that of the model compressed so far (the blocks before it)."""
-    model = tiny_llama()
+    model, or with `sequential` that of the model compressed so far (the blocks before it); also
+    where blocks of two kinds take their own masks and rotary tables (Gemma 3)."""
+    model = make()
     original = copy.deepcopy(model)
     seen = {}
     real = apply.factorize_many
@@ -72,7 +74,7 @@ def test_blocks_calibrate_on_the_16_bit_model_or_sequentially_on_the_compressed_
     config = CompressionConfig(cr=0.3, static=True, iters=2, device="cpu", sequential=sequential)
     compress_model(model, ADAPTER.stacks(model), tiny_calibration(), config)
     names = [name for name in seen if name.endswith("self_attn.q_proj")]
-    assert len(names) == 2
+    assert len(names) == model.config.num_hidden_layers
     expected = _reference_grams(model if sequential else original, token_batches(), names)
     untouched = _reference_grams(original, token_batches(), names)
     for name in names:
@@ -121,18 +123,31 @@ def test_empty_calibration_is_an_error():
         capture_block_inputs(model, ADAPTER.stacks(model)[0].blocks[0][1], [])
 
 
-def test_a_model_mixing_sliding_and_full_attention_layers_is_refused():
-    """Gemma 3's layers of each kind take their own mask and rotary table; replaying every block with
-    the first block's inputs calibrated (and healed) the full-attention layers on the wrong ones."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+def test_each_kind_of_block_is_fed_its_own_mask_and_rotary_table():
+    """Gemma 3's full-attention blocks, replayed on the captured stream, compute what they compute in
+    the model (its own hidden states, block by block), and would not on the sliding blocks' inputs;
+    the blocks need not be held to capture them (streamed, they are on the meta device)."""
+    model, batches = tiny_gemma3(), token_batches(n=2)
+    (stack,) = ADAPTER.stacks(model)
+    assert stack.kinds == model.config.layer_types
+    by_kind = capture_kind_inputs(model, stack.blocks, stack.kinds, batches)
+    assert set(by_kind) == {"sliding_attention", "full_attention"} and len(by_kind["full_attention"]) == 2
+    with torch.no_grad():
+        expected = [model(**batch, output_hidden_states=True).hidden_states for batch in batches]
+    items = by_kind[stack.kinds[0]]
+    for index, ((_, block), kind) in enumerate(zip(stack.blocks, stack.kinds, strict=True)):
+        items = dressed(items, by_kind[kind])
+        for item, hidden in zip(items, expected, strict=True):
+            torch.testing.assert_close(hidden_of(item), hidden[index])
+        if kind == "full_attention":
+            wrong = replay(block, dressed(items, by_kind["sliding_attention"]))
+        items = replay(block, items)
+    assert not torch.allclose(hidden_of(wrong[0]), expected[0][3], atol=1e-3)  # block 2 fed block 0's
 
-    from tests.tiny_models import TINY_DIMS
-    from zoo.modalities.decoder_llm import ADAPTER
-
-    config = Gemma3TextConfig(
-        **TINY_DIMS, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"]
-    )
-    with pytest.raises(ZooError, match="gemma3_text mixes full_attention and sliding_attention layers"):
-        ADAPTER.stacks(Gemma3ForCausalLM(config))
-    uniform = Gemma3TextConfig(**TINY_DIMS, head_dim=16, layer_types=["full_attention", "full_attention"])
-    assert len(ADAPTER.stacks(Gemma3ForCausalLM(uniform))[0].blocks) == 2
+    skeleton = copy.deepcopy(model)
+    for _, block in ADAPTER.stacks(skeleton)[0].blocks:
+        block.to("meta")
+    again = capture_kind_inputs(skeleton, ADAPTER.stacks(skeleton)[0].blocks, stack.kinds, batches)
+    for kind, items in by_kind.items():
+        for a, b in zip(items, again[kind], strict=True):
+            torch.testing.assert_close((a.args, a.kwargs), (b.args, b.kwargs))

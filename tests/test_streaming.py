@@ -207,9 +207,10 @@ def test_peak_host_memory_of_a_streamed_two_block_llama_3_8b_shape(tmp_path, tex
     """Two blocks of Llama-3-8B's shapes, random bfloat16 weights in 200 MB shards, streamed: the
     plan's host figure against the run's measured peak. Each block's work (its float32 copy, Grams
     and the engine's workspace, about 12 GiB on a CPU) outweighs the blocks' own bytes, so what
-    streaming saves here is the other block (0.4 GiB), not most of the model. Unhealed: the plan
-    counts healing's memory on top of the engine's workspace though they come one after the other
-    (healed 32 steps, this run measured 11.94 GiB against 16.05 GiB planned)."""
+    streaming saves here is the other block (0.4 GiB), not most of the model. Unhealed, to keep it
+    short: healed 32 steps, this run measured 11.94 GiB, which the plan put at 16.05 GiB while it
+    added healing's memory to the engine's workspace, and at about 12.7 GiB since it takes the
+    larger of the two (healing starts once the workspace is freed)."""
     folder = tmp_path / "llama-3-8b-2-blocks"
     tokenizer = tiny_tokenizer()
     config = LlamaConfig(**LLAMA_3_8B_BLOCK, num_hidden_layers=2, vocab_size=len(tokenizer), dtype="bfloat16")

@@ -28,6 +28,19 @@ def tiny_qwen2(seed: int = 0) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(Qwen2Config(**TINY_DIMS)).eval()
 
 
+def tiny_gemma3(seed: int = 0):
+    """Gemma 3's two kinds of layers, sliding window (4 tokens, less than a batch) and full attention,
+    each with its own rotary table."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    kinds = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    config = Gemma3TextConfig(
+        **{**TINY_DIMS, "num_hidden_layers": len(kinds)}, head_dim=16, sliding_window=4, layer_types=kinds
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
 def token_batches(n: int = 6, seq_len: int = 24, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     return [{"input_ids": torch.randint(0, 128, (1, seq_len), generator=g), "use_cache": False} for _ in range(n)]

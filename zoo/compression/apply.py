@@ -33,7 +33,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zoo.compression.config import CompressionConfig
-from zoo.compression.grams import BlockInput, GramStat, block_grams, capture_block_inputs, moved, replay
+from zoo.compression.grams import (
+    BlockInput,
+    GramStat,
+    block_grams,
+    capture_kind_inputs,
+    dressed,
+    moved,
+    replay,
+    with_hidden,
+)
 from zoo.compression.healing import SharedSamples, heal_block
 from zoo.compression.layer import COMPRESSED, CompotLinear
 from zoo.compression.plan import probe_seconds
@@ -240,22 +249,24 @@ def compress_model(
     # (a streamed model's blocks there are read from its files, module by module)
     away = device if any(p.device.type != device.type for p in model.parameters()) else None
     state = streamed.state(model)
-    inputs = {stack.name: capture_block_inputs(model, stack.blocks[0][1], own, away, state) for stack in stacks}
+    inputs = {stack.name: capture_kind_inputs(model, stack.blocks, stack.kinds, own, away, state) for stack in stacks}
     costs = shape_costs(targets, config, device, ranks)
     records: list[LayerRecord] = []
     with tqdm(total=len(targets), desc="compress", unit="matrix", disable=not ranks.main) as bar:
         for stack in stacks:
             home = torch.device("cpu") if config.offload_activations else device  # where activations stay
-            captured = [moved(item, home, torch.float32) for item in inputs.pop(stack.name)]
+            captured, kinds = _fed(inputs.pop(stack.name), stack.kinds, home)
             streams = Streams(
                 teacher=captured if not config.sequential or config.heal else None,
                 student=captured if config.sequential or config.heal else None,
+                kinds=kinds,
             )
             runs_on = device if home != device else None
             for index, (prefix, block) in enumerate(stack.blocks, 1):
                 bar.set_postfix_str(prefix)
                 log.info("block %s (%d of %d in %s)", prefix, index, len(stack.blocks), stack.name)
                 streamed.materialize(prefix, block)
+                streams.enter(stack.kinds[index - 1] if stack.kinds else None)
                 # rank 0 reads the progress for every rank: the same blocks restored everywhere
                 done = ranks.broadcast(store.load(prefix) if store is not None and ranks.main else None, 0)
                 if done is not None:
@@ -305,6 +316,26 @@ class Streams:
 
     teacher: list[BlockInput] | None
     student: list[BlockInput] | None
+    kinds: dict[str, list[BlockInput]]  # what else each kind of block receives, when they differ (`_fed`)
+
+    def enter(self, kind: str | None) -> None:
+        """Both streams as a block of `kind` receives them (None: as the stack's blocks all do)."""
+        if kind is not None:
+            self.teacher = None if self.teacher is None else dressed(self.teacher, self.kinds[kind])
+            self.student = None if self.student is None else dressed(self.student, self.kinds[kind])
+
+
+def _fed(
+    by_kind: dict[str, list[BlockInput]], kinds: list[str] | None, home: torch.device
+) -> tuple[list[BlockInput], dict[str, list[BlockInput]]]:
+    """The stack's first block's inputs (`capture_kind_inputs`) where activations stay, in float32;
+    with several kinds, what else each kind receives, no hidden states held for it."""
+    first = kinds[0] if kinds else ""
+    captured = [moved(item, home, torch.float32) for item in by_kind.pop(first)]
+    if not kinds:
+        return captured, {}
+    other = {kind: [moved(with_hidden(i, None), home, torch.float32) for i in items] for kind, items in by_kind.items()}
+    return captured, {first: [with_hidden(item, None) for item in captured], **other}
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ block's inputs. Only one block's activations are alive at a time.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -75,13 +75,31 @@ def capture_block_inputs(
 ) -> list[BlockInput]:
     """Run the model on each batch only up to `first_block` and keep what it receives; with a
     `device`, the part before the block runs there (`executed_on`, its weights read from `state`)."""
-    captured: list[BlockInput] = []
+    prefix = next(name for name, module in model.named_modules() if module is first_block)
+    return capture_kind_inputs(model, [(prefix, first_block)], None, batches, device, state)[""]
 
-    def grab(_module, args, kwargs):
-        captured.append(BlockInput(args, dict(kwargs)))
-        raise _ReachedBlock
 
-    handle = first_block.register_forward_pre_hook(grab, with_kwargs=True)
+def capture_kind_inputs(
+    model: nn.Module,
+    blocks: Sequence[tuple[str, nn.Module]],
+    kinds: Sequence[str] | None,
+    batches: Iterable[dict[str, torch.Tensor]],
+    device: torch.device | None = None,
+    state: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, list[BlockInput]]:
+    """For each kind of block in a stack (`kinds`, one per block; None: one kind, ""), what the first
+    block of that kind receives on each batch. Only the first block's hidden states are the model's:
+    the stack's blocks do not run here but pass their hidden states on unchanged, since the others
+    are kept for what else their kind receives (its attention mask, its rotary table), which
+    depends on the batch alone. The model runs only up to the last block needed."""
+    kinds = list(kinds or [""] * len(blocks))
+    firsts = {kinds.index(kind): kind for kind in dict.fromkeys(kinds)}
+    last = max(firsts)
+    captured: dict[str, list[BlockInput]] = {kind: [] for kind in firsts.values()}
+    held = list(blocks[: last + 1])
+    for index, (prefix, block) in enumerate(held):
+        keep = captured[firsts[index]].append if index in firsts else None
+        model.set_submodule(prefix, _Standing(block, keep, stop=index == last))
     try:
         with torch.inference_mode(), executed_on(model, device, state):
             for batch in batches:
@@ -90,10 +108,37 @@ def capture_block_inputs(
                 except _ReachedBlock:
                     pass
     finally:
-        handle.remove()
-    if not captured:
+        for prefix, block in held:
+            model.set_submodule(prefix, block)
+    if not captured[kinds[0]]:
         raise ZooError("no calibration batch reached the first block: the calibration set is empty")
     return captured
+
+
+class _Standing(nn.Module):
+    """Stands in for a block while its inputs are captured: keeps what it receives (`keep`), then
+    passes the hidden states on unchanged, or ends the pass (`stop`). It holds no weights, so none
+    is read or moved for it; the model's loop may still read the block's attributes through it."""
+
+    def __init__(self, block: nn.Module, keep: Callable[[BlockInput], None] | None, stop: bool) -> None:
+        super().__init__()
+        object.__setattr__(self, "block", block)  # not a submodule: offload hooks leave it alone
+        self.keep, self.stop = keep, stop
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if "block" not in self.__dict__:
+                raise
+            return getattr(self.__dict__["block"], name)
+
+    def forward(self, *args, **kwargs):
+        if self.keep is not None:
+            self.keep(BlockInput(args, dict(kwargs)))
+        if self.stop:
+            raise _ReachedBlock
+        return hidden_of(BlockInput(args, kwargs))
 
 
 def block_output(out):
@@ -125,15 +170,25 @@ def replay(block: nn.Module, inputs: list[BlockInput], device: torch.device | No
             out = block_output(block(*run.args, **run.kwargs))
             if device is not None:
                 out = out.to(hidden_of(item).device)
-            if item.args:
-                outputs.append(BlockInput((out,) + tuple(item.args[1:]), item.kwargs))
-            else:
-                outputs.append(BlockInput((), {**item.kwargs, "hidden_states": out}))
+            outputs.append(with_hidden(item, out))
     return outputs
 
 
 def hidden_of(item: BlockInput) -> torch.Tensor:
     return item.args[0] if item.args else item.kwargs["hidden_states"]
+
+
+def with_hidden(item: BlockInput, hidden: torch.Tensor) -> BlockInput:
+    """`item` with other hidden states: what a block receives besides them is kept."""
+    if item.args:
+        return BlockInput((hidden,) + tuple(item.args[1:]), item.kwargs)
+    return BlockInput((), {**item.kwargs, "hidden_states": hidden})
+
+
+def dressed(items: list[BlockInput], kind: list[BlockInput]) -> list[BlockInput]:
+    """Each item's hidden states with what else its batch gives a block of another `kind` (as
+    `capture_kind_inputs` captured it: its mask and rotary table)."""
+    return [with_hidden(template, hidden_of(item)) for item, template in zip(items, kind, strict=True)]
 
 
 def block_grams(

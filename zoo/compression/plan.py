@@ -8,8 +8,8 @@ holds too, and the activations when they are offloaded), over this process as it
 probes ran. With streamed weights, no loading moment and no model at rest: the parts outside
 the blocks and one block (the largest) in the model's dtype take their place. Device memory: one
 block in float32, its Grams in float64, the calibration activations in float32 (a block's inputs
-and outputs; offloaded, one sample's), and the engine's workspace for the matrices it factorizes
-at once.
+and outputs; offloaded, one sample's), and the larger of the engine's workspace for the matrices
+it factorizes at once and, after it, healing's trainable factors, their optimizer and autograd.
 """
 
 from __future__ import annotations
@@ -146,16 +146,18 @@ def make_plan(
         # compressed model's inputs and outputs beside the 16-bit model's
         per_sample = (4 if heal_steps else 2) * replaced + constant
         on_device = 1 if offload else mine  # offloaded, one sample's batch at a time
-        work = (
+        held = (
             4 * block_parameters  # the float32 working copy
             + 8 * gram_copies * sum(n * n for n in grams)  # its Grams
-            + sum(sorted((_engine_bytes(m.out_features, m.in_features) for m in linears), reverse=True)[:parallel])
             + 4 * on_device * per_sample  # the activations in float32
         )
-        if heal_steps:  # a trainable copy with its gradients and Adam's two moments; one sample's autograd
-            work += 4 * 4 * block_parameters + 4 * HEAL_SAVED * tokens * sum(
-                m.in_features + m.out_features for m in linears
-            )
+        engine = sum(sorted((_engine_bytes(m.out_features, m.in_features) for m in linears), reverse=True)[:parallel])
+        healing = (  # a trainable copy with its gradients and Adam's two moments; one sample's autograd
+            4 * 4 * block_parameters + 4 * HEAL_SAVED * tokens * sum(m.in_features + m.out_features for m in linears)
+            if heal_steps
+            else 0
+        )
+        work = held + max(engine, healing)  # healing starts once the engine's workspace is freed
         if work > device_bytes:
             # one more sample of the run adds a process its share of one
             device_bytes, device_sample = work, 0 if offload else 4 * per_sample * mine // samples

@@ -12,11 +12,15 @@ from torch import nn
 class Stack:
     """Blocks that feed each other in order, and the linears of each block to compress,
     grouped by the input they share (q/k/v; gate/up). A model may have several stacks
-    (Whisper's encoder and decoder); each is calibrated from its own first block."""
+    (Whisper's encoder and decoder); each is calibrated from its own first block.
+
+    `kinds`: each block's kind where blocks differ in what they receive besides the hidden states
+    (Gemma 3's sliding and full attention layers: their own mask and rotary table); None: all alike."""
 
     name: str
     blocks: list[tuple[str, nn.Module]]  # (qualified name, module), in calibration order
     groups: list[list[str]]  # linear names relative to a block
+    kinds: list[str] | None = None
 
 
 @dataclass

@@ -67,10 +67,18 @@ class Adapter(Protocol):
 
 
 def hidden_and_rotary_floats(config, tokens: int) -> tuple[int, int]:
-    """A decoder block's inputs: the hidden states, and the rotary cos and sin every block shares."""
+    """A decoder block's inputs: the hidden states, and the rotary cos and sin the blocks of each
+    kind share."""
     text = config.get_text_config()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return tokens * text.hidden_size, tokens * 2 * head_dim
+    return tokens * text.hidden_size, tokens * 2 * head_dim * len(set(layer_kinds(config) or [""]))
+
+
+def layer_kinds(config) -> list[str] | None:
+    """Each decoder layer's kind where they differ (`config.layer_types`: Gemma 3's sliding and full
+    attention, each with its own mask and rotary table); None where all are alike."""
+    kinds = getattr(config.get_text_config(), "layer_types", None)
+    return list(kinds) if kinds and len(set(kinds)) > 1 else None
 
 
 def block_prefixes(

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
 from zoo.evaluators.scores import Results, Score
-from zoo.modalities.base import block_prefixes, hidden_and_rotary_floats
+from zoo.modalities.base import block_prefixes, hidden_and_rotary_floats, layer_kinds
 from zoo.sources.assets import cache_dir
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel, load_model
@@ -96,16 +96,9 @@ class DecoderLLM:
                 f"architecture {model_type!r} ({type(model).__name__}) has no compression "
                 f"targets table; known: {', '.join(sorted(TARGET_GROUPS))}"
             )
-        kinds = sorted(set(getattr(model.config, "layer_types", None) or ()))
-        if len(kinds) > 1:
-            raise ZooError(
-                f"{model_type} mixes {' and '.join(kinds)} layers (config.layer_types): each kind takes its own "
-                "attention mask and rotary table, and every block is still fed the first block's, which calibrates "
-                "and heals the other kind wrongly (Gemma-3-270M healed: perplexity x280); not supported yet"
-            )
         path = BLOCK_PATHS.get(model_type, "model.layers")
         blocks = [(f"{path}.{i}", block) for i, block in enumerate(model.get_submodule(path))]
-        return [Stack("decoder", blocks, TARGET_GROUPS[model_type])]
+        return [Stack("decoder", blocks, TARGET_GROUPS[model_type], layer_kinds(model.config))]
 
     def carried_floats(self, config, stack: str, tokens: int) -> tuple[int, int]:
         return hidden_and_rotary_floats(config, tokens)

@@ -24,7 +24,7 @@ from transformers.utils import is_torchvision_available
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
 from zoo.evaluators.scores import Results
-from zoo.modalities.base import block_prefixes, hidden_and_rotary_floats
+from zoo.modalities.base import block_prefixes, hidden_and_rotary_floats, layer_kinds
 from zoo.modalities.decoder_llm import TARGET_GROUPS as LLM_TARGET_GROUPS
 from zoo.sources.catalogue import ModelSpec
 from zoo.sources.loading import LoadedModel, load_model
@@ -173,10 +173,14 @@ class QwenVL:
             ) from exc
         blocks = [(f"{path}.{i}", block) for i, block in enumerate(layers)]
         injected = len(_config_attr(model.config, DEEPSTACK[model_type])) if model_type in DEEPSTACK else 0
+        kinds = layer_kinds(model.config)
         if not injected:
-            return [Stack("language", blocks, groups)]
+            return [Stack("language", blocks, groups, kinds)]
         bounds = sorted({*range(min(injected, len(blocks)) + 1), len(blocks)})  # a stack ends after each injection
-        return [Stack(f"language[{a}:{b}]", blocks[a:b], groups) for a, b in itertools.pairwise(bounds)]
+        return [
+            Stack(f"language[{a}:{b}]", blocks[a:b], groups, kinds and kinds[a:b])
+            for a, b in itertools.pairwise(bounds)
+        ]
 
     def calibration(
         self, loaded: LoadedModel, source: str, n_samples: int, seq_len: int, seed: int, online: bool
