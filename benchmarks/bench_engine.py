@@ -34,8 +34,8 @@ def real_layers(model_name: str, blocks: list[int], n_samples: int, seq_len: int
     one Gram per disjoint share of the samples: (name, weight, Gram 1, Gram 2, ...)."""
     spec = resolve(model_name)
     adapter = get_adapter(spec.modality)
-    loaded = adapter.load(spec, online=False)
-    calibration = adapter.calibration(loaded, "wiki-offline", n_samples, seq_len, seed=0, online=False)
+    loaded = adapter.load(spec)
+    calibration = adapter.calibration(loaded, "wiki-offline", n_samples, seq_len, seed=0)
     (stack,) = adapter.stacks(loaded.model)
     groups = stack.groups
     inputs = capture_block_inputs(loaded.model, stack.blocks[0][1], calibration.batches)

@@ -186,7 +186,7 @@ def _base_as_published(name: str, dtype: str, into: Path) -> Path:
 
     spec = resolve(name)
     adapter = get_adapter(spec.modality)
-    loaded = adapter.load(spec, online=False)
+    loaded = adapter.load(spec)
     loaded.model.to(getattr(torch, dtype)).save_pretrained(into)
     adapter.save_processor(loaded, into)
     return into

@@ -185,9 +185,10 @@ def test_the_packaged_smollm2_answers_its_chat_prompts():
     """The real base as the pipeline scores it (bfloat16): it answers, and agrees with itself."""
     from zoo.modalities.decoder_llm import ADAPTER
     from zoo.sources.catalogue import resolve
+    from zoo.sources.loading import LoadOptions
 
     spec = resolve("smollm2-135m")
-    loaded = ADAPTER.load(spec, online=False, dtype="bfloat16")
+    loaded = ADAPTER.load(spec, LoadOptions(dtype="bfloat16"))
     start = time.perf_counter()
     results = chat_results(loaded.model, loaded.processor, spec.defaults)
     seconds = time.perf_counter() - start

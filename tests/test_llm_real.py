@@ -18,12 +18,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def calibrated():
     spec = resolve("smollm2-135m")
-    loaded = ADAPTER.load(spec, online=False)
-    return spec, ADAPTER.calibration(loaded, "wiki-offline", n_samples=8, seq_len=512, seed=0, online=False)
+    loaded = ADAPTER.load(spec)
+    return spec, ADAPTER.calibration(loaded, "wiki-offline", n_samples=8, seq_len=512, seed=0)
 
 
 def _compressed_ppl(spec, calibration, **config):
-    loaded = ADAPTER.load(spec, online=False)
+    loaded = ADAPTER.load(spec)
     compress_model(
         loaded.model,
         ADAPTER.stacks(loaded.model),

@@ -48,7 +48,7 @@ from zoo.publish.fingerprint import variant_fingerprint
 from zoo.publish.scorecard import SCORECARD, MetricResult, Scorecard, SliceScore, metrics_from_results
 from zoo.sources.catalogue import Defaults, ModelSpec, modality_defaults, resolve
 from zoo.sources.hub import hub_reachable
-from zoo.sources.loading import LoadedModel
+from zoo.sources.loading import LoadedModel, LoadOptions
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
     adapter = get_adapter(spec.modality)
     source, n_samples, seq_len = calibration_settings(spec, req.calibration, req.n_samples, req.seq_len, online)
     adapter.check_calibration(source, online)
-    skeleton = adapter.load(spec, online, req.config.dtype, weights=False)
+    skeleton = adapter.load(spec, LoadOptions(online=online, dtype=req.config.dtype, weights=False))
     resolved = req.config.resolved(skeleton.dtype, spec.defaults.dtype, spec.defaults.heal)
     dtype = resolved.dtype
     device = torch.device(req.config.device or default_device())
@@ -359,7 +359,9 @@ def prepare(req: CompressRequest, online: bool | None = None, report: Callable[[
     spec = resolve(req.model, req.modality, online)
     spec = with_settings(spec, req.eval_settings)
     adapter = get_adapter(spec.modality)
-    loaded = adapter.load(spec, online, held, stream=the_plan.streamed, components=req.config.components)
+    loaded = adapter.load(
+        spec, LoadOptions(online=online, dtype=held, stream=the_plan.streamed, components=req.config.components)
+    )
     dtype = req.config.resolved(loaded.dtype, spec.defaults.dtype, spec.defaults.heal).dtype
     base_bytes = tensor_bytes(loaded.model, "float16")
     if held != dtype:  # calibrated and scored as its checkpoint holds it

@@ -66,6 +66,7 @@ def score_download(folder: Path) -> Scores:
     from zoo.pipeline import held_dtype, with_settings
     from zoo.publish.scorecard import SCORECARD, Scorecard
     from zoo.sources.catalogue import resolve
+    from zoo.sources.loading import LoadOptions
 
     record, scorecard = read_record(folder), Scorecard.load(folder / SCORECARD)
     expected = scorecard.slice_score
@@ -75,7 +76,9 @@ def score_download(folder: Path) -> Scores:
     adapter = get_adapter(scorecard.modality)
     # Held as the build held it: float16 tensors in float32 on a CPU, as the pipeline does.
     dtype = held_dtype(record.config.dtype, torch.device(record.config.device or default_device()))
-    loaded = adapter.load(spec, expected.online, dtype)  # the adapter's Auto class, `from_pretrained`
+    loaded = adapter.load(
+        spec, LoadOptions(online=expected.online, dtype=dtype)
+    )  # the adapter's Auto class, `from_pretrained`
     if record.auto_class == "AutoModelForCausalLM":  # Whisper transcribes and a VLM answers when scored
         inputs = loaded.processor(PROMPT, return_tensors="pt")
         with torch.no_grad():

@@ -7,7 +7,7 @@ the compressor sees only the stacks and batches they hand over, and evaluators o
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -18,26 +18,15 @@ from zoo.errors import ZooError
 from zoo.evaluators.scores import Results
 from zoo.modality_table import MODALITIES
 from zoo.sources.catalogue import ModelSpec
-from zoo.sources.loading import LoadedModel
+from zoo.sources.loading import DEFAULT_LOAD, LoadedModel, LoadOptions
 
 
 class Adapter(Protocol):
     modality: str
     auto_class: str  # the transformers Auto class that rebuilds the architecture
 
-    def load(
-        self,
-        spec: ModelSpec,
-        online: bool,
-        dtype: str | None = None,
-        weights: bool = True,
-        stream: bool = False,
-        components: Sequence[str] | None = None,
-    ) -> LoadedModel:
-        """The model of `spec` in `dtype` (default: its checkpoint's when 16-bit, else float32) with its
-        processor; the Hub is tried only when `online`. Without `weights`: its skeleton on the meta
-        device, no processor. With `stream`: the blocks of the stacks `components` name stay on the
-        meta device, read from the files in their turn (zoo.sources.loading)."""
+    def load(self, spec: ModelSpec, options: LoadOptions = DEFAULT_LOAD) -> LoadedModel:
+        """The model of `spec` with its processor, as `options` ask (zoo.sources.loading)."""
 
     def carried_floats(self, config, stack: str, tokens: int) -> tuple[int, int]:
         """Floats one calibration sample of `tokens` carries into a block of `stack`, as (replaced
@@ -79,15 +68,6 @@ def layer_kinds(config) -> list[str] | None:
     attention, each with its own mask and rotary table); None where all are alike."""
     kinds = getattr(config.get_text_config(), "layer_types", None)
     return list(kinds) if kinds and len(set(kinds)) > 1 else None
-
-
-def block_prefixes(
-    stacks: Callable[[nn.Module, Sequence[str] | None], list[Stack]], components: Sequence[str] | None, stream: bool
-) -> Callable[[nn.Module], list[str]] | None:
-    """What `load_model` streams: the prefixes of the blocks of the stacks to compress; None: nothing."""
-    if not stream:
-        return None
-    return lambda model: [prefix for stack in stacks(model, components) for prefix, _ in stack.blocks]
 
 
 def get_adapter(modality: str) -> Adapter:

