@@ -35,7 +35,7 @@ def real_layers(model_name: str, blocks: list[int], n_samples: int, seq_len: int
     spec = resolve(model_name)
     adapter = get_adapter(spec.modality)
     loaded = adapter.load(spec)
-    calibration = adapter.calibration(loaded, "wiki-offline", n_samples, seq_len, seed=0)
+    calibration = adapter.calibration(loaded, "wiki-offline", n_samples, seq_len, seed=0, online=False)
     (stack,) = adapter.stacks(loaded.model)
     groups = stack.groups
     inputs = capture_block_inputs(loaded.model, stack.blocks[0][1], calibration.batches)

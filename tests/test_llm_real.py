@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def calibrated():
     spec = resolve("smollm2-135m")
     loaded = ADAPTER.load(spec)
-    return spec, ADAPTER.calibration(loaded, "wiki-offline", n_samples=8, seq_len=512, seed=0)
+    return spec, ADAPTER.calibration(loaded, "wiki-offline", n_samples=8, seq_len=512, seed=0, online=False)
 
 
 def _compressed_ppl(spec, calibration, **config):

@@ -74,7 +74,7 @@ def test_replayed_blocks_see_exactly_what_the_whole_model_feeds_them(folders, qu
     """Inputs captured at each stack's first block and replayed block by block equal the hidden
     states every block receives in a full forward pass: vision tokens, mrope and DeepStack included."""
     loaded = _load(folders[generation])
-    data = ADAPTER.calibration(loaded, str(questions), n_samples=3, seq_len=256, seed=0)
+    data = ADAPTER.calibration(loaded, str(questions), n_samples=3, seq_len=256, seed=0, online=False)
     layers = loaded.model.model.language_model.layers
     seen = {i: [] for i in range(len(layers))}
     hooks = [
@@ -104,13 +104,13 @@ def test_the_part_before_each_stack_runs_the_same_through_offload_hooks(folders,
     """The device path's capture (weights copied module by module as they run), onto the CPU itself:
     the vision tower and the stacks before each first block give the same inputs."""
     loaded = _load(folders[generation])
-    data = ADAPTER.calibration(loaded, str(questions), n_samples=2, seq_len=256, seed=0)
+    data = ADAPTER.calibration(loaded, str(questions), n_samples=2, seq_len=256, seed=0, online=False)
     assert_hooked_capture_matches(loaded.model, ADAPTER.stacks(loaded.model), data.batches)
 
 
 def test_calibration_feeds_image_tokens_and_caps_the_sample(folders, questions):
     loaded = _load(folders["qwen2_vl"])
-    data = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=256, seed=0)
+    data = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=256, seed=0, online=False)
     image_id = loaded.model.config.image_token_id
     assert len(data.batches) == 4 and data.tokens == sum(b["input_ids"].shape[1] for b in data.batches)
     for batch in data.batches:
@@ -119,18 +119,21 @@ def test_calibration_feeds_image_tokens_and_caps_the_sample(folders, questions):
         assert batch["pixel_values"].dtype == loaded.model.dtype and batch["use_cache"] is False
     text = loaded.processor.tokenizer.decode(data.batches[0]["input_ids"][0])
     assert "<|vision_start|>" in text and text.rstrip().endswith(("<|im_end|>", "assistant"))
-    again = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=256, seed=0)
+    again = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=256, seed=0, online=False)
     assert again.fingerprint == data.fingerprint
-    assert len({ADAPTER.calibration(loaded, str(questions), 2, 256, seed=s).fingerprint for s in range(4)}) > 1
-    short = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=24, seed=0)
+    assert (
+        len({ADAPTER.calibration(loaded, str(questions), 2, 256, seed=s, online=False).fingerprint for s in range(4)})
+        > 1
+    )
+    short = ADAPTER.calibration(loaded, str(questions), n_samples=4, seq_len=24, seed=0, online=False)
     assert all(b["input_ids"].shape[1] <= 24 and int((b["input_ids"] == image_id).sum()) <= 12 for b in short.batches)
     with pytest.raises(ZooError, match="would lose image tokens"):
-        ADAPTER.calibration(loaded, str(questions), n_samples=1, seq_len=8, seed=0)
+        ADAPTER.calibration(loaded, str(questions), n_samples=1, seq_len=8, seed=0, online=False)
 
 
 def test_offline_photo_set_gives_what_it_has(folders):
     loaded = _load(folders["qwen2_vl"])
-    data = ADAPTER.calibration(loaded, "skimage-photos", n_samples=1000, seq_len=256, seed=0)
+    data = ADAPTER.calibration(loaded, "skimage-photos", n_samples=1000, seq_len=256, seed=0, online=False)
     assert data.name == "skimage-photos" and len(data.batches) > 20
 
 
@@ -138,7 +141,7 @@ def test_offline_photo_set_gives_what_it_has(folders):
 def test_compress_save_reload_answers_the_same(folders, questions, tmp_path, generation):
     loaded = _load(folders[generation])
     vision = {k: v.clone() for k, v in loaded.model.state_dict().items() if k.startswith("model.visual.")}
-    data = ADAPTER.calibration(loaded, str(questions), n_samples=5, seq_len=256, seed=0)
+    data = ADAPTER.calibration(loaded, str(questions), n_samples=5, seq_len=256, seed=0, online=False)
     config = CompressionConfig(cr=0.3, iters=4, heal=3)  # healed: the tower's blocks fed their multimodal inputs
     reports = compress_model(loaded.model, ADAPTER.stacks(loaded.model), data, config)
     assert {r.name.rsplit(".", 3)[0] for r in reports} == {"model.language_model.layers"}
@@ -180,13 +183,13 @@ def test_bad_inputs_are_named(folders, tmp_path):
     (tmp_path / "questions.jsonl").write_text(json.dumps({"image": "broken.png", "question": "what is it"}) + "\n")
     loaded = _load(folders["qwen2_vl"])
     with pytest.raises(ZooError, match=r"cannot open image .*broken\.png"):
-        ADAPTER.calibration(loaded, str(tmp_path), n_samples=1, seq_len=256, seed=0)
+        ADAPTER.calibration(loaded, str(tmp_path), n_samples=1, seq_len=256, seed=0, online=False)
     (tmp_path / "questions.jsonl").write_text(json.dumps({"question": "what is it"}) + "\n")
     with pytest.raises(ZooError, match=r"questions\.jsonl line 1: question 'what is it' has no image"):
-        ADAPTER.calibration(loaded, str(tmp_path), n_samples=1, seq_len=256, seed=0)
+        ADAPTER.calibration(loaded, str(tmp_path), n_samples=1, seq_len=256, seed=0, online=False)
     Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
     (tmp_path / "questions.jsonl").write_text(json.dumps({"image": "x.png", "question": "q"}) + "\n")
     with pytest.raises(ZooError, match="fewer than the 5 requested"):
-        ADAPTER.calibration(loaded, str(tmp_path), n_samples=5, seq_len=256, seed=0)
+        ADAPTER.calibration(loaded, str(tmp_path), n_samples=5, seq_len=256, seed=0, online=False)
     with pytest.raises(ZooError, match=r"cannot find the language tower of LlamaForCausalLM \(model_type 'llama'\)"):
         ADAPTER.stacks(tiny_llama())

@@ -90,7 +90,7 @@ def test_default_stack_is_the_decoder_and_the_encoder_joins_on_request(tiny):
 
 def test_calibration_teacher_forces_the_transcript_after_the_task_prefix(tiny, speech_folder):
     loaded = _load(tiny)
-    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0)
+    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0, online=False)
     assert len(data.batches) == 4
     prefix = task_prefix(loaded.model.generation_config)
     tokenizer = loaded.processor.tokenizer
@@ -102,9 +102,9 @@ def test_calibration_teacher_forces_the_transcript_after_the_task_prefix(tiny, s
     assert tokenizer.decode(ids[len(prefix) :]).strip() == expected
     assert first["input_features"].shape == (1, 80, 3000)
     assert data.tokens == sum(b["decoder_input_ids"].shape[1] for b in data.batches)
-    again = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0)
+    again = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0, online=False)
     assert again.fingerprint == data.fingerprint
-    short = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=3, seed=0)
+    short = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=3, seed=0, online=False)
     assert all(b["decoder_input_ids"].shape[1] <= 3 for b in short.batches)
 
 
@@ -115,7 +115,7 @@ def test_sentence_case_only_touches_all_caps_transcripts():
 
 def test_cross_attention_grams_come_from_the_encoder_output(tiny, speech_folder):
     loaded = _load(tiny)
-    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0)
+    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0, online=False)
     (decoder,) = ADAPTER.stacks(loaded.model)
     inputs = capture_block_inputs(loaded.model, decoder.blocks[0][1], data.batches)
     stats, _ = block_grams(decoder.blocks[0][1], decoder.groups, inputs)
@@ -133,7 +133,7 @@ def test_the_part_before_each_stack_runs_the_same_through_offload_hooks(tiny, sp
     """What the device path does (weights copied module by module as they run), here onto the CPU
     itself: the same inputs reach both stacks' first blocks, and the model keeps its very tensors."""
     loaded = _load(tiny)
-    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=2, seq_len=448, seed=0)
+    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=2, seq_len=448, seed=0, online=False)
     assert_hooked_capture_matches(loaded.model, ADAPTER.stacks(loaded.model, ["encoder", "decoder"]), data.batches)
 
 
@@ -142,7 +142,7 @@ def test_the_part_before_each_stack_runs_the_same_through_offload_hooks(tiny, sp
 )
 def test_compress_save_reload_transcribes_the_same(tiny, speech_folder, tmp_path, components, heal):
     loaded = _load(tiny)
-    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0)
+    data = ADAPTER.calibration(loaded, str(speech_folder), n_samples=4, seq_len=448, seed=0, online=False)
     reports = compress_model(
         loaded.model,
         ADAPTER.stacks(loaded.model, components),

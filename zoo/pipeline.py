@@ -355,6 +355,7 @@ def prepare(req: CompressRequest, online: bool | None = None, report: Callable[[
     compression work. `online` (default: whether the Hub answers now) is decided once for the whole run."""
     online = hub_reachable() if online is None else online
     the_plan = plan(req, online, report)
+    reset_peak_memory()  # what this process held before the run (other work in a notebook, other tests) is not its
     held = the_plan.dtype
     spec = resolve(req.model, req.modality, online)
     spec = with_settings(spec, req.eval_settings)
