@@ -70,6 +70,16 @@ def test_healing_keeps_the_support_k_and_s_and_every_pruned_code_at_zero(fitted)
         assert not torch.equal(h.codes, f.codes) and not torch.equal(h.dictionary, f.dictionary)
 
 
+def test_healing_that_raises_the_block_s_error_is_not_kept(fitted, caplog):
+    """Steps far too large push the block off its outputs: the factors stay as factorized, and the
+    run says so, naming the block."""
+    block, train, targets, _, _, factors = fitted
+    with caplog.at_level("WARNING"):
+        kept = heal_block(block, factors, SharedSamples(train, targets), steps=10, lr=0.5, desc="heal layers.1")
+    assert kept is factors
+    assert "heal layers.1: healing raised the block's output error" in caplog.text
+
+
 def test_zero_steps_leave_the_factors_as_they_are(fitted):
     block, train, targets, _, _, factors = fitted
     assert heal_block(block, factors, SharedSamples(train, targets), steps=0, lr=3e-3) is factors

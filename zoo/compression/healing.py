@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import logging
 import math
 from collections.abc import Sequence
 
@@ -27,6 +28,12 @@ from tqdm.auto import tqdm
 from zoo.compression.grams import BlockInput, block_output, hidden_of, moved
 from zoo.compression.ranks import ALONE, Ranks
 from zoo.engine import Factorization
+
+log = logging.getLogger(__name__)
+
+# Samples the healed block is checked on against the factorized one (spread over the set): enough
+# to see a block pushed off its outputs, few enough to cost a fraction of healing's steps.
+CHECKED = 8
 
 
 class HealedLinear(nn.Module):
@@ -64,7 +71,11 @@ def heal_block(
 ) -> dict[str, Factorization]:
     """`factors` (keyed by linear name within `block`, a float32 working copy) refined by `steps`
     Adam steps on the relative squared error of the block's outputs, one of `samples` (input, 16-bit
-    output) a step in a seeded order; `device`: where each runs, when the activations are kept elsewhere."""
+    output) a step in a seeded order; `device`: where each runs, when the activations are kept elsewhere.
+
+    Kept only where they lower the block's error on `CHECKED` samples spread over the set: a step
+    of fixed relative size can move a well-fitted block away from its outputs (Gemma-3-270M's
+    blocks, healed unchecked at the default step, took its perplexity from 47 to 4291)."""
     if steps <= 0 or not factors:
         return factors
     student = copy.deepcopy(block)
@@ -81,6 +92,8 @@ def heal_block(
     ]
     optimizer = torch.optim.Adam(groups)
     generator = torch.Generator().manual_seed(seed)
+    checked = [samples[i] for i in sorted({len(samples) * j // CHECKED for j in range(CHECKED)})]
+    before = _mean_error(student, checked, device)
     order: list[int] = []
     for _ in tqdm(range(steps), desc=desc, unit="step", leave=False):
         if not order:
@@ -90,7 +103,18 @@ def heal_block(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    after = _mean_error(student, checked, device)
+    if not after < before:
+        log.warning(
+            "%s: healing raised the block's output error (%.3g to %.3g), kept as factorized", desc, before, after
+        )
+        return factors
     return {name: layer.healed(factors[name]) for name, layer in layers.items()}
+
+
+def _mean_error(block: nn.Module, samples: Sequence[tuple[BlockInput, BlockInput]], device) -> float:
+    with torch.no_grad():
+        return math.fsum(output_error(block, x, y, device).item() for x, y in samples) / len(samples)
 
 
 class SharedSamples(Sequence[tuple[BlockInput, BlockInput]]):

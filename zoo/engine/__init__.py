@@ -6,7 +6,8 @@ from zoo.engine.factorization import Factorization, factorize, factorize_many, f
 
 # In every variant fingerprint: a change that alters factors from the same inputs bumps it.
 # 0.2.0: the Grams summed chunk by chunk (zoo.compression.ranks), other last bits beyond 16 batches.
-ENGINE_VERSION = "0.2.0"
+# 0.2.1: healed factors kept only where they lower the block's output error (zoo.compression.healing).
+ENGINE_VERSION = "0.2.1"
 
 __all__ = [
     "Allocation",
