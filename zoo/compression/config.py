@@ -124,8 +124,9 @@ class CompressionConfig:
         None,
         "Healing: Adam steps per block, one calibration sample each, that refine its factors (dictionary and "
         "kept codes; mask, k and s fixed, so the bytes are the same) to reproduce the 16-bit block's outputs; "
-        "0: the paper's training-free method. Default: the modality's, from the catalogue (32 for LLMs and "
-        "Qwen-VL; 0 for Whisper, whose WER healing was measured to worsen).",
+        "0: the paper's training-free method. A block keeps its healing only where it lowers the block's output "
+        "error. Default: the model's or modality's, from the catalogue (32 for LLMs and Qwen-VL; 0 for Whisper "
+        "and Qwen2.5-Coder, which healing was measured to worsen).",
         at_least(0),
     )
     heal_lr: float = setting(1e-3, "Healing's Adam step, relative to each factor's RMS.", between(0.0, 1.0))
