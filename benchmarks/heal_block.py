@@ -71,7 +71,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             student = working_copy(work, device)
             for name, f in healed.items():
-                student.set_submodule(name, HealedLinear(f, work.get_submodule(name).bias))
+                student.set_submodule(name, HealedLinear.of(f, work.get_submodule(name).bias))
             train, test = block_error(student, inputs[:half], targets), block_error(student, inputs[half:], held_out)
             print(
                 f"| {lr:g} | {steps} | {train:.5f} | {test:.5f} | {seconds:.1f} | {seconds / factorize_s:.2f} |",

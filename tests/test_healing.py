@@ -29,7 +29,7 @@ GROUPS = [
 def _student(block, factors):
     student = copy.deepcopy(block)
     for name, f in factors.items():
-        student.set_submodule(name, HealedLinear(f, block.get_submodule(name).bias))
+        student.set_submodule(name, HealedLinear.of(f, block.get_submodule(name).bias))
     return student
 
 

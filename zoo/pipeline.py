@@ -26,6 +26,7 @@ from torch import nn
 from zoo import __version__
 from zoo.compression.apply import BlockStore, check_group_size, compress_model, compression_targets, default_device
 from zoo.compression.config import CompressionConfig
+from zoo.compression.distill import backbone_of, distill, teacher_states
 from zoo.compression.layer import to_inference
 from zoo.compression.plan import Plan, gib, make_plan
 from zoo.compression.ranks import Ranks
@@ -299,6 +300,7 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
         req.config.offload_activations,
         resolved.heal,
         Ranks.launched().size,
+        resolved.distill,
     )
     host_limit = req.max_host_memory or psutil.virtual_memory().available
     streamed = req.stream if req.stream is not None else the_plan.host_bytes > host_limit
@@ -314,7 +316,25 @@ def plan(req: CompressRequest, online: bool, report: Callable[[str], None] = log
     the_plan.check(host_limit, device_limit)
     if streamed:
         check_streamable(req, skeleton)
+    check_distillable(resolved, adapter, skeleton.model, streamed)
     return the_plan
+
+
+def check_distillable(config: CompressionConfig, adapter: Adapter, model: nn.Module, streamed: bool) -> None:
+    """Refuse, before loading, a distillation that cannot run: it holds the whole model on one device,
+    and is built for LLMs only."""
+    if not config.distill:
+        return
+    if not adapter.distills:
+        raise ZooError(f"distill is built for LLMs; {adapter.modality} models do not distill yet: compress without it")
+    if Ranks.launched().size > 1:
+        raise ZooError("distill does not run under torchrun yet: compress with one process, or without distill")
+    if streamed:
+        raise ZooError(
+            "distill trains the whole model at once, and this run streams its weights one block at a time "
+            "(the model would not fit the host's memory, or --stream): compress without distill"
+        )
+    backbone_of(model)
 
 
 def check_streamable(req: CompressRequest, skeleton: LoadedModel) -> None:
@@ -445,10 +465,14 @@ def compress_loaded(
     its compressed layers, so its own `save_pretrained` writes a folder that reloads. Blocks
     `store` holds from a killed run of the same variant are restored."""
     req = effective(prepared, req)
-    model = prepared.loaded.model
+    model, config, batches = prepared.loaded.model, req.config, prepared.calibration.batches
     start = time.perf_counter()
-    stacks = prepared.adapter.stacks(model, req.config.components)
-    layers = compress_model(model, stacks, prepared.calibration, req.config, store, prepared.loaded.weights)
+    device = torch.device(config.device or default_device())
+    teacher = teacher_states(model, batches, device) if config.distill else None  # before it is compressed
+    stacks = prepared.adapter.stacks(model, config.components)
+    layers = compress_model(model, stacks, prepared.calibration, config, store, prepared.loaded.weights)
+    if teacher is not None:
+        distill(model, batches, teacher, config.distill, config.distill_lr, req.seed, device)
     seconds = time.perf_counter() - start
     mark_compressed(model)
     return build_record(prepared, req, variant, layers, seconds)
@@ -562,6 +586,7 @@ def compress(
         model=name, config=config, calibration=calibration, n_samples=n_samples, seq_len=seq_len, seed=seed
     )
     adapter = get_adapter(kind)
+    check_distillable(config, adapter, model, streamed=False)
     loaded = LoadedModel(model, processor, name)
     sampling = calibration_settings(spec, calibration, n_samples, seq_len, online)
     data = adapter.calibration(loaded, *sampling, seed, online)

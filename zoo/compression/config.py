@@ -130,6 +130,16 @@ class CompressionConfig:
         at_least(0),
     )
     heal_lr: float = setting(1e-3, "Healing's Adam step, relative to each factor's RMS.", between(0.0, 1.0))
+    distill: int = setting(
+        0,
+        "End-to-end distillation: Adam steps on the whole compressed model, one calibration sample each, after "
+        "every block is compressed and healed, that refine all the factors together (mask, k and s fixed, so "
+        "the bytes are the same) to match the 16-bit model's next-token distributions (KL on the logits). Kept "
+        "only where it lowers that divergence. Holds the whole model in float32 on the device; LLMs only, and "
+        "not yet with --quantize, streamed weights or torchrun. 0: off.",
+        at_least(0),
+    )
+    distill_lr: float = setting(1e-4, "Distillation's Adam step, relative to each factor's RMS.", between(0.0, 1.0))
     dtype: str | None = setting(
         None,
         "Dtype of the checkpoint's tensors that are not compressed (embeddings, norms, heads): the base's own "
@@ -196,6 +206,13 @@ class CompressionConfig:
             )
         if not self.factorizes and self.heal:
             raise ZooError(f"heal does not apply to method {self.method}: it has no factors to heal")
+        if not self.factorizes and self.distill:
+            raise ZooError(f"distill does not apply to method {self.method}: it has no factors to distill")
+        if self.distill and self.quantize is not None:
+            raise ZooError(
+                "distill with quantize is not built yet: GPTQ quantizes each block's factors as it is compressed, "
+                "before distillation would refine them; distill a 16-bit variant, or quantize without distill"
+            )
 
     @classmethod
     def settings(cls) -> tuple[dataclasses.Field, ...]:

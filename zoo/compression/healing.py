@@ -17,7 +17,7 @@ import dataclasses
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,13 +40,23 @@ class HealedLinear(nn.Module):
     """Factors as float32 parameters, y = (x A) (C * support) + b: gradients never reach a pruned
     code, so Adam leaves every one at exactly 0."""
 
-    def __init__(self, f: Factorization, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        dictionary: torch.Tensor,
+        codes: torch.Tensor,
+        support: torch.Tensor | None,
+        bias: torch.Tensor | None,
+    ) -> None:
+        """`dictionary` (in, k), `codes` (k, out) and their `support` (k, out; None: all kept)."""
         super().__init__()
-        self.dictionary = nn.Parameter(f.dictionary.detach().float().clone())  # (in, k)
-        self.codes = nn.Parameter(f.codes.detach().float().clone())  # (k, out)
-        support = None if f.support is None else f.support.to(self.codes.dtype)
-        self.register_buffer("support", support)
+        self.dictionary = nn.Parameter(dictionary.detach().float().clone())
+        self.codes = nn.Parameter(codes.detach().float().clone())
+        self.register_buffer("support", None if support is None else support.to(self.codes.dtype))
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    @classmethod
+    def of(cls, f: Factorization, bias: torch.Tensor | None) -> HealedLinear:
+        return cls(f.dictionary, f.codes, f.support, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         codes = self.codes if self.support is None else self.codes * self.support
@@ -83,22 +93,14 @@ def heal_block(
     layers = {}
     for name, f in factors.items():
         linear = student.get_submodule(name)
-        layers[name] = HealedLinear(f, linear.bias)
+        layers[name] = HealedLinear.of(f, linear.bias)
         student.set_submodule(name, layers[name])
-    groups = [
-        {"params": [p], "lr": lr * max(p.detach().pow(2).mean().sqrt().item(), 1e-12)}
-        for layer in layers.values()
-        for p in (layer.dictionary, layer.codes)
-    ]
-    optimizer = torch.optim.Adam(groups)
-    generator = torch.Generator().manual_seed(seed)
-    checked = [samples[i] for i in sorted({len(samples) * j // CHECKED for j in range(CHECKED)})]
+    optimizer = relative_adam(layers.values(), lr)
+    checked = [samples[i] for i in spread(len(samples))]
     before = _mean_error(student, checked, device)
-    order: list[int] = []
+    order = seeded_order(len(samples), seed)
     for _ in tqdm(range(steps), desc=desc, unit="step", leave=False):
-        if not order:
-            order = torch.randperm(len(samples), generator=generator).tolist()
-        x, y = samples[order.pop()]
+        x, y = samples[next(order)]
         loss = output_error(student, x, y, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -110,6 +112,28 @@ def heal_block(
         )
         return factors
     return {name: layer.healed(factors[name]) for name, layer in layers.items()}
+
+
+def relative_adam(layers: Iterable[HealedLinear], lr: float) -> torch.optim.Adam:
+    """Adam over the layers' factors, each tensor's step `lr` times its own RMS."""
+    groups = [
+        {"params": [p], "lr": lr * max(p.detach().pow(2).mean().sqrt().item(), 1e-12)}
+        for layer in layers
+        for p in (layer.dictionary, layer.codes)
+    ]
+    return torch.optim.Adam(groups)
+
+
+def seeded_order(n: int, seed: int) -> Iterator[int]:
+    """Sample indices without end: each pass over the `n` samples in a fresh seeded order."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        yield from reversed(torch.randperm(n, generator=generator).tolist())
+
+
+def spread(n: int, count: int = CHECKED) -> list[int]:
+    """`count` sample indices spread evenly over `n`: what a step is checked on."""
+    return sorted({n * j // count for j in range(count)})
 
 
 def _mean_error(block: nn.Module, samples: Sequence[tuple[BlockInput, BlockInput]], device) -> float:

@@ -295,6 +295,13 @@ class CompotLinear(StoredLayer):
         first, last = start * self.k, stop * self.k
         return unpack_bits(self.code_mask[first // 8 : -(-last // 8)], 1, (stop - start, self.k), first % 8).bool()
 
+    def support(self) -> torch.Tensor | None:
+        """(out, k) bool: the codes each output keeps; None where it keeps all (a low-rank pair)."""
+        self.require_factors("support")
+        if self.code_mask is None:
+            return None
+        return torch.cat([self._mask_rows(start, stop) for start, stop in self._chunks()])
+
     def kept_per_row(self) -> torch.Tensor:
         """How many codes the mask keeps in each output row (all k for SVD-LLM)."""
         self.require_factors("kept_per_row")

@@ -9,7 +9,8 @@ probes ran. With streamed weights, no loading moment and no model at rest: the p
 the blocks and one block (the largest) in the model's dtype take their place. Device memory: one
 block in float32, its Grams in float64, the calibration activations in float32 (a block's inputs
 and outputs; offloaded, one sample's), and the larger of the engine's workspace for the matrices
-it factorizes at once and, after it, healing's trainable factors, their optimizer and autograd.
+it factorizes at once and, after it, healing's trainable factors, their optimizer and autograd;
+with end-to-end distillation, the larger of that and the whole model distilling.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def make_plan(
     offload: bool,
     heal_steps: int = 0,
     processes: int = 1,
+    distill_steps: int = 0,
 ) -> Plan:
     """`skeleton`: the model on the meta device; `carried_floats(stack, tokens)`: the floats one
     sample carries into a block of that stack, as (replaced by each block: its hidden states;
@@ -176,6 +178,12 @@ def make_plan(
         busiest = max(sum(c for name, c in costs.items() if owners[name] == r) for r in range(processes))
         seconds += len(stack.blocks) * (flops / _gemm_rate(widest.in_features, widest.out_features, device))
         seconds += len(stack.blocks) * busiest / parallel
+    if distill_steps:
+        distilling, teacher, flops = _distill_figures(skeleton, stacks, samples, tokens, cr, distill_steps)
+        device_bytes = max(device_bytes, distilling)
+        captured += teacher
+        widest = max((m for m in skeleton.modules() if isinstance(m, nn.Linear)), key=lambda m: m.weight.numel())
+        seconds += flops / _gemm_rate(widest.in_features, widest.out_features, device)
     at_rest = parameters * size
     on_cpu = device.type == "cpu"
     read = parameters * torch.empty((), dtype=file_dtype).element_size()
@@ -205,6 +213,33 @@ def make_plan(
         now + streamed + compressing,
         streamed,
     )
+
+
+def _distill_figures(
+    skeleton: nn.Module, stacks: list[Stack], samples: int, tokens: int, cr: float, steps: int
+) -> tuple[int, int, float]:
+    """End-to-end distillation's device bytes (the whole model in float32, its factors trainable with
+    gradients and Adam's moments, one sample's autograd and logits), the host bytes of the 16-bit
+    model's final hidden states it keeps, and its flops (that model's pass, then each step's
+    forward and backward)."""
+    vocab, width = skeleton.get_output_embeddings().weight.shape
+    shapes = [
+        (block.get_submodule(name).in_features, block.get_submodule(name).out_features)
+        for stack in stacks
+        for _, block in stack.blocks
+        for group in stack.groups
+        for name in group
+    ]
+    trained = 2 * (1 - cr) * sum(i * o for i, o in shapes)  # dense codes: twice the kept ones at k = 2s
+    parameters = sum(p.numel() for p in skeleton.parameters())
+    device = (
+        4 * parameters
+        + 4 * 4 * trained
+        + 4 * HEAL_SAVED * tokens * sum(i + o for i, o in shapes)
+        + 4 * 4 * tokens * vocab  # logits, both log-softmaxes and the gradient
+    )
+    flops = 2 * tokens * parameters * (samples + 3 * steps)
+    return int(device), 4 * samples * tokens * width, flops
 
 
 def _engine_bytes(out: int, inp: int) -> int:

@@ -24,6 +24,7 @@ from zoo.sources.loading import DEFAULT_LOAD, LoadedModel, LoadOptions
 class Adapter(Protocol):
     modality: str
     auto_class: str  # the transformers Auto class that rebuilds the architecture
+    distills: bool  # whether end-to-end distillation (zoo.compression.distill) is built for it
 
     def load(self, spec: ModelSpec, options: LoadOptions = DEFAULT_LOAD) -> LoadedModel:
         """The model of `spec` with its processor, as `options` ask (zoo.sources.loading)."""

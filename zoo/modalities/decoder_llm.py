@@ -62,6 +62,7 @@ BLOCK_PATHS = {"opt": "model.decoder.layers"}
 class DecoderLLM:
     modality = "llm"
     auto_class = "AutoModelForCausalLM"
+    distills = True
 
     def load(self, spec: ModelSpec, options: LoadOptions = DEFAULT_LOAD) -> LoadedModel:
         from zoo.sources.converters.gguf import packaged_llm_dir

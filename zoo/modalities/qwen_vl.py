@@ -125,6 +125,7 @@ def chat_inputs(
 class QwenVL:
     modality = "vlm"
     auto_class = "AutoModelForImageTextToText"
+    distills = False
 
     def load(self, spec: ModelSpec, options: LoadOptions = DEFAULT_LOAD) -> LoadedModel:
         return load_model(spec, Family(AutoModelForImageTextToText, QwenVLProcessor), self.stacks, options)

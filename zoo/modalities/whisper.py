@@ -46,6 +46,7 @@ SAMPLING_RATE = 16_000
 class Whisper:
     modality = "whisper"
     auto_class = "AutoModelForSpeechSeq2Seq"
+    distills = False
 
     def load(self, spec: ModelSpec, options: LoadOptions = DEFAULT_LOAD) -> LoadedModel:
         from zoo.sources.converters.whisper_ct2 import packaged_whisper_dir
