@@ -77,7 +77,19 @@ def test_healing_that_raises_the_block_s_error_is_not_kept(fitted, caplog):
     with caplog.at_level("WARNING"):
         kept = heal_block(block, factors, SharedSamples(train, targets), steps=10, lr=0.5, desc="heal layers.1")
     assert kept is factors
-    assert "heal layers.1: healing raised the block's output error" in caplog.text
+    assert "heal layers.1: healing at step 0.5 raised the block's output error" in caplog.text
+    assert "healing again at step 0.05" in caplog.text and "kept as factorized" in caplog.text
+
+
+def test_healing_that_raises_the_error_starts_over_at_a_tenth_of_the_step(fitted, caplog):
+    """What it keeps then is exactly what healing at the smaller step gives."""
+    block, train, targets, _, _, factors = fitted
+    with caplog.at_level("WARNING"):
+        retried = heal_block(block, factors, SharedSamples(train, targets), steps=10, lr=0.1)
+    assert "healing at step 0.1 raised" in caplog.text and "healing again at step 0.01" in caplog.text
+    assert retried is not factors
+    direct = heal_block(block, factors, SharedSamples(train, targets), steps=10, lr=0.01)
+    assert all(torch.equal(retried[n].codes, direct[n].codes) for n in factors)
 
 
 def test_zero_steps_leave_the_factors_as_they_are(fitted):

@@ -471,11 +471,12 @@ def compress_loaded(
     teacher = teacher_states(model, batches, device) if config.distill else None  # before it is compressed
     stacks = prepared.adapter.stacks(model, config.components)
     layers = compress_model(model, stacks, prepared.calibration, config, store, prepared.loaded.weights)
-    if teacher is not None:
-        distill(model, batches, teacher, config.distill, config.distill_lr, req.seed, device)
+    distilled = teacher is not None and distill(
+        model, batches, teacher, config.distill, config.distill_lr, req.seed, device
+    )
     seconds = time.perf_counter() - start
     mark_compressed(model)
-    return build_record(prepared, req, variant, layers, seconds)
+    return dataclasses.replace(build_record(prepared, req, variant, layers, seconds), distilled=distilled)
 
 
 def compress_variant(

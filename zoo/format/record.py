@@ -49,6 +49,7 @@ class VariantRecord:
     engine_version: str
     base_bytes: int | None = None  # the base's tensors as a 16-bit checkpoint holds them
     file_bytes: int | None = None  # model.safetensors as written
+    distilled: bool = False  # whether the factors were distilled end to end (config.distill asked, and kept)
     format: str = FORMAT
 
     @property
@@ -106,7 +107,7 @@ class VariantRecord:
         if data.get("format") != FORMAT:
             raise ZooError(f"{where}: format {data.get('format')!r} is not the supported {FORMAT!r}")
         names = {f.name for f in fields(cls)}
-        missing = names - data.keys() - {"format", "base_bytes", "file_bytes"}
+        missing = names - data.keys() - {"format", "base_bytes", "file_bytes", "distilled"}
         if missing:
             raise ZooError(f"{where} is missing {', '.join(sorted(missing))}")
         try:

@@ -36,7 +36,9 @@ TEMPLATE = """---
 
 {{ base_link }} compressed with {{ method_name }} ({{ method_summary }}{% if scorecard.heal %}, then healed:
 {{ scorecard.heal }} Adam steps per block refined the factors, their sparsity pattern fixed, so that each block
-reproduces the base's outputs{% else %}, training-free{% endif %}) to
+reproduces the base's outputs{% else %}, training-free{% endif %}{% if scorecard.distill %}; then distilled end to end:
+{{ scorecard.distill }} Adam steps on the whole model, the same pattern fixed, matched its next-token distributions to
+the base's{% endif %}) to
 **{{ "%.1f" | format(100 * scorecard.achieved_cr) }}% less storage** in its compressed projections
 (target CR {{ scorecard.target_cr }}, {{ scorecard.allocation }} allocation, method `{{ scorecard.method }}`).
 The embeddings, norms and heads stay dense.

@@ -44,6 +44,7 @@ RANGES = {
     "base_bytes": (0, 1e15),
     "eval_limit": (1, 1e12),
     "heal": (0, 1e9),
+    "distill": (0, 1e9),
 }
 OPTIONAL_NUMBERS = ("file_bytes", "base_bytes", "eval_limit")
 METRIC_LIMIT = 1e12  # no metric (an accuracy, a WER, a perplexity) comes near it in magnitude
@@ -164,6 +165,7 @@ class Scorecard:
     slice_score: SliceScore | None = None  # what the published variant is verified against
     quantize: str | None = None  # GPTQ grid of the stored values, e.g. "gptq-w4 g128"; None: 16-bit values
     heal: int = 0  # healing's Adam steps per block; 0: training-free
+    distill: int = 0  # end-to-end distillation's Adam steps on the whole model, where kept; 0: none
     # A chat model's answers to the first chat prompts, [{"prompt", "base", "compressed"}], for the card.
     chat_answers: list[dict] | None = None
     # The run's evaluation: its settings, whether the Hub was reachable, and the sets and tasks actually
@@ -229,6 +231,7 @@ class Scorecard:
             slice_score=slice_score,
             quantize=record.quantize,
             heal=record.config.heal,
+            distill=record.config.distill if record.distilled else 0,
             chat_answers=chat_answers,
             evaluation=evaluation,
             versions=library_versions(),
