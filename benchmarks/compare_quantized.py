@@ -8,9 +8,9 @@ as saved (the base's too, saved as its 16-bit checkpoint):
     .venv/bin/python -m benchmarks.compare_quantized --model smollm2-135m --group-size 64 \\
         --variants gptq-w3 svd-llm@0.25+gptq-w4 compot@0.32+gptq-w4
 
-A variant is `gptq-wN` (GPTQ alone on the dense projections) or `METHOD@CR[+healN][+gptq-wN]`
-(factorization at CR, healed for N steps per block and then GPTQ of its factors if named;
-SVD-LLM static, COMPOT dynamic). The
+A variant is `gptq-wN` (GPTQ alone on the dense projections) or `METHOD@CR[+healN][+distillN][+gptq-wN]`
+(factorization at CR, healed for N steps per block, distilled end to end for N steps, and then GPTQ
+of its factors if named; SVD-LLM static, COMPOT dynamic). The
 factorization alone, in 16 bits, splits a quantized variant's loss into its two parts.
 """
 
@@ -30,8 +30,9 @@ def variant_config(spec: str, group_size: int, iters: int, sequential: bool = Fa
     """`gptq-wN`, or `METHOD@CR` followed by `+healSTEPS` and/or `+gptq-wN`."""
     first, *rest = spec.split("+")
     heal = next((int(part.removeprefix("heal")) for part in rest if part.startswith("heal")), 0)
+    distill = next((int(part.removeprefix("distill")) for part in rest if part.startswith("distill")), 0)
     quantize = next((part for part in rest if part.startswith("gptq")), None)
-    common = dict(sequential=sequential, heal=heal)
+    common = dict(sequential=sequential, heal=heal, distill=distill)
     if "@" not in first:
         return CompressionConfig(method="gptq", quantize=first, quantize_group_size=group_size, **common)
     method, cr = first.split("@")

@@ -158,3 +158,7 @@ def test_the_plan_counts_distillation_in_time_and_memory():
     plain, distilled = tiny_llama_plan(8), tiny_llama_plan(8, distill_steps=100)
     assert distilled.device_bytes > plain.device_bytes and distilled.host_bytes > plain.host_bytes
     assert distilled.seconds > plain.seconds
+    assert distilled.distill_bytes == distilled.device_bytes  # the whole model distilling is the peak here
+    assert any(line.startswith("distill ") for line in distilled.lines())
+    with pytest.raises(ZooError, match="compress without --distill"):
+        distilled.check(host_limit=distilled.host_bytes - 1, device_limit=None)

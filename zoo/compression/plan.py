@@ -61,6 +61,7 @@ class Plan:
     streamed_host_bytes: int = 0  # host_bytes with the weights streamed from disk
     streamed_bytes: int = 0  # what a streamed run holds of the model: outside the blocks, and one block
     streamed: bool = False  # whether the run streams its weights (the host figure it is held to)
+    distill_bytes: int = 0  # end-to-end distillation's device bytes, within device_bytes (0: no distillation)
 
     @property
     def peak_host_bytes(self) -> int:
@@ -73,15 +74,23 @@ class Plan:
             if self.streamed
             else f"held in memory ({gib(self.at_rest_bytes)})"
         )
-        return shared + [
-            f"parameters       {self.parameters / 1e9:.3f} B ({gib(self.at_rest_bytes)} in {self.dtype})",
-            f"weights          {weights}",
-            f"calibration      {self.samples} samples x {self.tokens} tokens on {self.device}",
-            f"peak host memory {gib(self.peak_host_bytes)}",
-            f"peak {self.device} memory {gib(self.device_bytes)}"
-            + (" (the same memory as the host's)" if self.device == "cpu" else ""),
-            f"time             about {self.seconds / 60:.1f} min to compress",
-        ]
+        return (
+            shared
+            + [
+                f"parameters       {self.parameters / 1e9:.3f} B ({gib(self.at_rest_bytes)} in {self.dtype})",
+                f"weights          {weights}",
+                f"calibration      {self.samples} samples x {self.tokens} tokens on {self.device}",
+                f"peak host memory {gib(self.peak_host_bytes)}",
+                f"peak {self.device} memory {gib(self.device_bytes)}"
+                + (" (the same memory as the host's)" if self.device == "cpu" else ""),
+                f"time             about {self.seconds / 60:.1f} min to compress",
+            ]
+            + (
+                [f"distill          {gib(self.distill_bytes)} on {self.device}: the whole model"]
+                if self.distill_bytes
+                else []
+            )
+        )
 
     def check(self, host_limit: int, device_limit: int | None) -> None:
         """Refuse, naming what would fit, a run whose estimate exceeds a limit (bytes)."""
@@ -91,6 +100,12 @@ class Plan:
         for where, need, limit, per_sample in checks:
             if need <= limit:
                 continue
+            if self.distill_bytes >= self.device_bytes and (where != "host" or self.device == "cpu"):
+                raise ZooError(
+                    f"the run needs about {gib(need)} of {where} memory, and {gib(limit)} is available: end-to-end "
+                    f"distillation holds the whole model and its trainable factors ({gib(self.distill_bytes)}); "
+                    "compress without --distill, or where there is more memory"
+                )
             fits = (limit - (need - self.samples * per_sample)) // per_sample if per_sample else 0
             hint = (
                 f"--n-samples {fits} (or a smaller --seq-len) would fit"
@@ -178,6 +193,7 @@ def make_plan(
         busiest = max(sum(c for name, c in costs.items() if owners[name] == r) for r in range(processes))
         seconds += len(stack.blocks) * (flops / _gemm_rate(widest.in_features, widest.out_features, device))
         seconds += len(stack.blocks) * busiest / parallel
+    distilling = 0
     if distill_steps:
         distilling, teacher, flops = _distill_figures(skeleton, stacks, samples, tokens, cr, distill_steps)
         device_bytes = max(device_bytes, distilling)
@@ -212,6 +228,7 @@ def make_plan(
         processes,
         now + streamed + compressing,
         streamed,
+        distill_bytes=distilling,
     )
 
 
