@@ -23,7 +23,7 @@ import time
 import torch
 
 from benchmarks.reference import plain_compot
-from zoo.compression.grams import block_grams, capture_kind_inputs, dressed
+from zoo.compression.grams import block_grams, capture_kind_inputs, stack_inputs
 from zoo.engine import factorize, factorize_many
 from zoo.modalities.base import get_adapter
 from zoo.sources.catalogue import resolve
@@ -39,10 +39,9 @@ def real_layers(model_name: str, blocks: list[int], n_samples: int, seq_len: int
     (stack,) = adapter.stacks(loaded.model)
     groups = stack.groups
     by_kind = capture_kind_inputs(loaded.model, stack.blocks, stack.kinds, calibration.batches)
-    kinds = stack.kinds or [""] * len(stack.blocks)
-    inputs = by_kind[kinds[0]]
+    inputs, kinds = stack_inputs(by_kind, stack.kinds, torch.device("cpu"))
     for index, (prefix, block) in enumerate(stack.blocks[: max(blocks) + 1]):
-        inputs = dressed(inputs, by_kind[kinds[index]])  # its kind's mask and rotary table
+        inputs = kinds.dress(inputs, index)  # its kind's mask and rotary table
         cuts = [len(inputs) * i // splits for i in range(splits + 1)]
         shares = [block_grams(block, groups, inputs[a:b]) for a, b in itertools.pairwise(cuts)]
         inputs = [item for _, outputs in shares for item in outputs]

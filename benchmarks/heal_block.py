@@ -16,7 +16,7 @@ import torch
 
 from zoo.compression.apply import working_copy
 from zoo.compression.config import CompressionConfig
-from zoo.compression.grams import block_grams, capture_kind_inputs, dressed, moved, replay
+from zoo.compression.grams import block_grams, capture_kind_inputs, replay, stack_inputs
 from zoo.compression.healing import HealedLinear, SharedSamples, block_error, heal_block
 from zoo.engine import allocate, factorize_many
 from zoo.pipeline import CompressRequest, prepare
@@ -40,12 +40,10 @@ def main() -> None:
     stack = prepared.adapter.stacks(model)[0]
     device = torch.device(args.device)
     by_kind = capture_kind_inputs(model, stack.blocks, stack.kinds, prepared.calibration.batches)
-    by_kind = {kind: [moved(item, device, torch.float32) for item in items] for kind, items in by_kind.items()}
-    kinds = stack.kinds or [""] * len(stack.blocks)
-    inputs = by_kind[kinds[0]]
-    for (_, block), kind in zip(stack.blocks[: args.block], kinds, strict=False):
-        inputs = replay(working_copy(block, device), dressed(inputs, by_kind[kind]))
-    inputs = dressed(inputs, by_kind[kinds[args.block]])  # as its own kind receives them
+    inputs, kinds = stack_inputs(by_kind, stack.kinds, device, torch.float32)
+    for index, (_, block) in enumerate(stack.blocks[: args.block]):
+        inputs = replay(working_copy(block, device), kinds.dress(inputs, index))
+    inputs = kinds.dress(inputs, args.block)
     prefix, block = stack.blocks[args.block]
     work = working_copy(block, device)
     half = len(inputs) // 2

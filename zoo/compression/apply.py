@@ -36,12 +36,11 @@ from zoo.compression.config import CompressionConfig
 from zoo.compression.grams import (
     BlockInput,
     GramStat,
+    KindInputs,
     block_grams,
     capture_kind_inputs,
-    dressed,
-    moved,
     replay,
-    with_hidden,
+    stack_inputs,
 )
 from zoo.compression.healing import SharedSamples, heal_block
 from zoo.compression.layer import COMPRESSED, CompotLinear
@@ -255,7 +254,7 @@ def compress_model(
     with tqdm(total=len(targets), desc="compress", unit="matrix", disable=not ranks.main) as bar:
         for stack in stacks:
             home = torch.device("cpu") if config.offload_activations else device  # where activations stay
-            captured, kinds = _fed(inputs.pop(stack.name), stack.kinds, home)
+            captured, kinds = stack_inputs(inputs.pop(stack.name), stack.kinds, home, torch.float32)
             streams = Streams(
                 teacher=captured if not config.sequential or config.heal else None,
                 student=captured if config.sequential or config.heal else None,
@@ -266,7 +265,7 @@ def compress_model(
                 bar.set_postfix_str(prefix)
                 log.info("block %s (%d of %d in %s)", prefix, index, len(stack.blocks), stack.name)
                 streamed.materialize(prefix, block)
-                streams.enter(stack.kinds[index - 1] if stack.kinds else None)
+                streams.enter(index - 1)
                 # rank 0 reads the progress for every rank: the same blocks restored everywhere
                 done = ranks.broadcast(store.load(prefix) if store is not None and ranks.main else None, 0)
                 if done is not None:
@@ -316,26 +315,12 @@ class Streams:
 
     teacher: list[BlockInput] | None
     student: list[BlockInput] | None
-    kinds: dict[str, list[BlockInput]]  # what else each kind of block receives, when they differ (`_fed`)
+    kinds: KindInputs  # what else each kind of block receives
 
-    def enter(self, kind: str | None) -> None:
-        """Both streams as a block of `kind` receives them (None: as the stack's blocks all do)."""
-        if kind is not None:
-            self.teacher = None if self.teacher is None else dressed(self.teacher, self.kinds[kind])
-            self.student = None if self.student is None else dressed(self.student, self.kinds[kind])
-
-
-def _fed(
-    by_kind: dict[str, list[BlockInput]], kinds: list[str] | None, home: torch.device
-) -> tuple[list[BlockInput], dict[str, list[BlockInput]]]:
-    """The stack's first block's inputs (`capture_kind_inputs`) where activations stay, in float32;
-    with several kinds, what else each kind receives, no hidden states held for it."""
-    first = kinds[0] if kinds else ""
-    captured = [moved(item, home, torch.float32) for item in by_kind.pop(first)]
-    if not kinds:
-        return captured, {}
-    other = {kind: [moved(with_hidden(i, None), home, torch.float32) for i in items] for kind, items in by_kind.items()}
-    return captured, {first: [with_hidden(item, None) for item in captured], **other}
+    def enter(self, index: int) -> None:
+        """Both streams as the stack's block `index` receives them."""
+        self.teacher = None if self.teacher is None else self.kinds.dress(self.teacher, index)
+        self.student = None if self.student is None else self.kinds.dress(self.student, index)
 
 
 @dataclasses.dataclass

@@ -7,6 +7,7 @@ block's inputs. Only one block's activations are alive at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -189,6 +190,32 @@ def dressed(items: list[BlockInput], kind: list[BlockInput]) -> list[BlockInput]
     """Each item's hidden states with what else its batch gives a block of another `kind` (as
     `capture_kind_inputs` captured it: its mask and rotary table)."""
     return [with_hidden(template, hidden_of(item)) for item, template in zip(items, kind, strict=True)]
+
+
+@dataclasses.dataclass
+class KindInputs:
+    """What each kind of a stack's blocks receives besides hidden states (`capture_kind_inputs`),
+    without hidden states: a stream is dressed with it as each block receives it."""
+
+    kinds: list[str] | None  # each block's kind; None: the stack's blocks all receive the same
+    templates: dict[str, list[BlockInput]]
+
+    def dress(self, items: list[BlockInput], index: int) -> list[BlockInput]:
+        """`items` as block `index` of the stack receives them."""
+        return items if self.kinds is None else dressed(items, self.templates[self.kinds[index]])
+
+
+def stack_inputs(
+    by_kind: dict[str, list[BlockInput]], kinds: list[str] | None, home: torch.device, dtype: torch.dtype | None = None
+) -> tuple[list[BlockInput], KindInputs]:
+    """The stack's first block's inputs (`capture_kind_inputs`' for its `kinds`) on `home`, floating
+    tensors in `dtype` (None: as they are), and what else each kind receives, no hidden states held."""
+    first = kinds[0] if kinds else ""
+    captured = [moved(item, home, dtype) for item in by_kind.pop(first)]
+    if not kinds:
+        return captured, KindInputs(None, {})
+    other = {kind: [moved(with_hidden(i, None), home, dtype) for i in items] for kind, items in by_kind.items()}
+    return captured, KindInputs(kinds, {first: [with_hidden(item, None) for item in captured], **other})
 
 
 def block_grams(
