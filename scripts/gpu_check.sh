@@ -2,7 +2,7 @@
 # The GPU checks, as one script for the few minutes a CUDA machine is lent: the CUDA tests, the
 # engine and polar-route benchmarks on real matrices, the runtime benchmark, and one whole-model
 # run with its time and peak device memory, then the same for COMPOT + GPTQ-4bit (its layers run
-# from their packed bytes through the kernels), then healing (one block, and a whole healed run).
+# from their packed bytes through the kernels), then healing (one block, and a whole healed run), and end-to-end distillation of the first variant.
 # Each step's output goes to $OUT (default ./gpu-check) and one failing step does not stop the others. Needs a CUDA build of torch in .venv
 # (`pip install torch` there instead of the CPU wheel) and the offline assets (scripts/setup.sh).
 set -uo pipefail
@@ -34,6 +34,8 @@ step runtime-gptq "$PY" -m benchmarks.bench_runtime --base smollm2-135m --varian
 step heal-block "$PY" -m benchmarks.heal_block --device cuda --block 15 --steps 0 32 64 128 --lr 1e-3
 step compress-heal "$PY" -c "from zoo.cli import main; main()" -v compress smollm2-135m --cr 0.2 --heal 64 \
     --device cuda --eval --out "$OUT/smollm2-135m-cr0.2-heal64"
+step distill "$PY" -m benchmarks.distill --device cuda --variant "$OUT/smollm2-135m-cr0.2" --steps 0 150 --lr 3e-4 \
+    --eval-windows 4 --eval-limit 30
 # Several GPUs (NCCL needs one per process): 2 torchrun processes against one, and whether the
 # checkpoints match (the single process runs on one GPU, so they should, block for block).
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then

@@ -100,17 +100,34 @@ def test_distillation_is_deterministic(compressed):
     assert all(torch.equal(a, b) for a, b in zip(_stored(first).values(), _stored(second).values(), strict=True))
 
 
+@pytest.fixture
+def peaked_dir(tmp_path):
+    """The conftest's tiny Llama folder, its final norm scaled up as `compressed`'s."""
+    from tests.tiny_models import tiny_tokenizer
+
+    folder, model = tmp_path / "tiny-llama-peaked", tiny_llama()
+    with torch.no_grad():
+        model.model.norm.weight.mul_(6)
+    model.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
 def _compress(model_dir, text_file, out, *extra):
     args = ["compress", model_dir, *TINY_RUN, "--calibration", text_file, "--iters", 3, "--out", out, *extra]
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+DISTILLED = ("--heal", 0, "--n-samples", 16, "--distill", 10, "--distill-lr", 3e-4)
+
+
 def test_a_run_killed_while_distilling_resumes_and_saves_the_same_checkpoint(
-    tmp_path, model_dir, text_file, monkeypatch, caplog
+    tmp_path, peaked_dir, text_file, monkeypatch, caplog
 ):
+    model_dir = peaked_dir
     plain, whole, out = tmp_path / "plain", tmp_path / "whole", tmp_path / "resumed"
-    assert _compress(model_dir, text_file, plain, "--heal", 0).exit_code == 0
-    assert _compress(model_dir, text_file, whole, "--heal", 0, "--distill", 6, "--distill-lr", 1e-3).exit_code == 0
+    assert _compress(model_dir, text_file, plain, *DISTILLED[:4]).exit_code == 0
+    assert _compress(model_dir, text_file, whole, *DISTILLED).exit_code == 0
     assert (whole / WEIGHTS).stat().st_size == (plain / WEIGHTS).stat().st_size
     assert load_file(whole / WEIGHTS).keys() == load_file(plain / WEIGHTS).keys()
     assert (whole / WEIGHTS).read_bytes() != (plain / WEIGHTS).read_bytes()  # distilled
@@ -120,10 +137,10 @@ def test_a_run_killed_while_distilling_resumes_and_saves_the_same_checkpoint(
 
     with monkeypatch.context() as patch:
         patch.setattr(zoo.pipeline, "distill", killed)
-        assert _compress(model_dir, text_file, out, "--heal", 0, "--distill", 6, "--distill-lr", 1e-3).exit_code != 0
+        assert _compress(model_dir, text_file, out, *DISTILLED).exit_code != 0
     assert not out.exists() and len(list(progress_dir(out).glob("*.safetensors"))) == 2
     with caplog.at_level(logging.WARNING):
-        assert _compress(model_dir, text_file, out, "--heal", 0, "--distill", 6, "--distill-lr", 1e-3).exit_code == 0
+        assert _compress(model_dir, text_file, out, *DISTILLED).exit_code == 0
     assert "2 block(s) already compressed" in caplog.text
     assert (out / WEIGHTS).read_bytes() == (whole / WEIGHTS).read_bytes()
 

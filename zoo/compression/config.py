@@ -139,7 +139,7 @@ class CompressionConfig:
         "not yet with --quantize, streamed weights or torchrun. 0: off.",
         at_least(0),
     )
-    distill_lr: float = setting(1e-4, "Distillation's Adam step, relative to each factor's RMS.", between(0.0, 1.0))
+    distill_lr: float = setting(3e-4, "Distillation's Adam step, relative to each factor's RMS.", between(0.0, 1.0))
     dtype: str | None = setting(
         None,
         "Dtype of the checkpoint's tensors that are not compressed (embeddings, norms, heads): the base's own "
