@@ -151,8 +151,15 @@ def backbone_of(model: nn.Module) -> nn.Module:
 
 
 def _working_copy(model: nn.Module, device: torch.device) -> nn.Module:
-    work = copy.deepcopy(model).to(device=device, dtype=torch.float32).eval()
-    return work.requires_grad_(False)
+    """`model` in float32 on `device`, its tensors copied straight there (a whole second copy on the
+    host would be the model's size again); tied weights stay tied."""
+
+    def copied(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(device, torch.float32 if t.is_floating_point() else None, copy=True)
+
+    memo = {id(p): nn.Parameter(copied(p), requires_grad=False) for p in model.parameters()}
+    memo |= {id(b): copied(b) for b in model.buffers()}
+    return copy.deepcopy(model, memo).eval()
 
 
 def _rows(batch: dict) -> list[dict]:
