@@ -476,7 +476,7 @@ def compress_loaded(
     )
     seconds = time.perf_counter() - start
     mark_compressed(model)
-    return dataclasses.replace(build_record(prepared, req, variant, layers, seconds), distilled=distilled)
+    return build_record(prepared, req, variant, layers, seconds, distilled)
 
 
 def compress_variant(
@@ -525,7 +525,12 @@ def compress_variant(
 
 
 def build_record(
-    prepared: Prepared, req: CompressRequest, variant: str, layers: list[LayerRecord], seconds: float
+    prepared: Prepared,
+    req: CompressRequest,
+    variant: str,
+    layers: list[LayerRecord],
+    seconds: float,
+    distilled: bool,
 ) -> VariantRecord:
     spec, loaded, calibration = prepared.spec, prepared.loaded, prepared.calibration
     return VariantRecord(
@@ -555,6 +560,7 @@ def build_record(
         zoo_version=__version__,
         engine_version=ENGINE_VERSION,
         base_bytes=prepared.base_bytes,
+        distilled=distilled,
     )
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from zoo.compression.healing import CHECKED, HealedLinear, relative_adam, seeded_order, spread
+from zoo.compression.healing import CHECKED, HealedLinear, cut_rows, relative_adam, seeded_order, spread
 from zoo.compression.layer import CompotLinear
 from zoo.errors import ZooError
 
@@ -164,13 +164,7 @@ def _working_copy(model: nn.Module, device: torch.device) -> nn.Module:
 
 def _rows(batch: dict) -> list[dict]:
     """A calibration batch as single samples: tensors cut along the batch's first dimension."""
-    first = next(v for v in batch.values() if isinstance(v, torch.Tensor))
-    n = first.shape[0]
-
-    def cut(value, i):
-        return value[i : i + 1] if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == n else value
-
-    return [{key: cut(value, i) for key, value in batch.items()} for i in range(n)]
+    return cut_rows(batch, next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0])
 
 
 def _on(batch: dict, device: torch.device) -> dict:

@@ -222,11 +222,17 @@ def rows(item: BlockInput) -> list[BlockInput]:
     batch = hidden_of(item).shape[0]
     if batch == 1:
         return [item]
+    return [BlockInput(*row) for row in cut_rows((item.args, item.kwargs), batch)]
+
+
+def cut_rows(tree, batch: int) -> list:
+    """`tree` (nested containers of tensors) once per row: each tensor whose first dimension is
+    `batch` cut to that row (a view), the others kept whole."""
 
     def cut(i: int):
         return lambda t: t[i : i + 1] if isinstance(t, torch.Tensor) and t.ndim and t.shape[0] == batch else t
 
-    return [BlockInput(*tree_map(cut(i), (item.args, item.kwargs))) for i in range(batch)]
+    return [tree_map(cut(i), tree) for i in range(batch)]
 
 
 def _trainable(item: BlockInput) -> BlockInput:

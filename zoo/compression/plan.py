@@ -74,23 +74,18 @@ class Plan:
             if self.streamed
             else f"held in memory ({gib(self.at_rest_bytes)})"
         )
-        return (
-            shared
-            + [
-                f"parameters       {self.parameters / 1e9:.3f} B ({gib(self.at_rest_bytes)} in {self.dtype})",
-                f"weights          {weights}",
-                f"calibration      {self.samples} samples x {self.tokens} tokens on {self.device}",
-                f"peak host memory {gib(self.peak_host_bytes)}",
-                f"peak {self.device} memory {gib(self.device_bytes)}"
-                + (" (the same memory as the host's)" if self.device == "cpu" else ""),
-                f"time             about {self.seconds / 60:.1f} min to compress",
-            ]
-            + (
-                [f"distill          {gib(self.distill_bytes)} on {self.device}: the whole model"]
-                if self.distill_bytes
-                else []
-            )
-        )
+        lines = shared + [
+            f"parameters       {self.parameters / 1e9:.3f} B ({gib(self.at_rest_bytes)} in {self.dtype})",
+            f"weights          {weights}",
+            f"calibration      {self.samples} samples x {self.tokens} tokens on {self.device}",
+            f"peak host memory {gib(self.peak_host_bytes)}",
+            f"peak {self.device} memory {gib(self.device_bytes)}"
+            + (" (the same memory as the host's)" if self.device == "cpu" else ""),
+            f"time             about {self.seconds / 60:.1f} min to compress",
+        ]
+        if self.distill_bytes:
+            lines.append(f"distill          {gib(self.distill_bytes)} on {self.device}: the whole model")
+        return lines
 
     def check(self, host_limit: int, device_limit: int | None) -> None:
         """Refuse, naming what would fit, a run whose estimate exceeds a limit (bytes)."""
