@@ -53,7 +53,7 @@ class HealedLinear(nn.Module):
         super().__init__()
         self.dictionary = nn.Parameter(dictionary.detach().float().clone())
         self.codes = nn.Parameter(codes.detach().float().clone())
-        self.register_buffer("support", None if support is None else support.to(self.codes.dtype))
+        self.register_buffer("support", None if support is None else support.bool())  # a byte a code, not four
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod

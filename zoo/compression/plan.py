@@ -38,6 +38,9 @@ ENGINE_WEIGHT_COPIES, ENGINE_GRAM_COPIES = 7, 0.6
 # Floats autograd keeps per token and per input or output feature of a block's projections while
 # healing one sample (their inputs, the dictionaries' outputs, the norms' and activations' own).
 HEAL_SAVED = 3
+# Bytes per trainable dense code in distillation: the float32 value, its gradient and Adam's two
+# moments, the masked copy autograd keeps for the backward pass, and the mask's byte.
+DISTILL_CODE_BYTES = 4 * 4 + 4 + 1
 
 
 def gib(n: float) -> str:
@@ -246,7 +249,7 @@ def _distill_figures(
     parameters = sum(p.numel() for p in skeleton.parameters())
     device = (
         4 * parameters
-        + 4 * 4 * trained
+        + DISTILL_CODE_BYTES * trained
         + 4 * HEAL_SAVED * tokens * sum(i + o for i, o in shapes)
         + 4 * 4 * tokens * vocab  # logits, both log-softmaxes and the gradient
     )
