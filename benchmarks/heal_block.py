@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, nargs="+", default=[1e-3])
     parser.add_argument("--n-samples", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--raw", action="store_true", help="train the factors as they are, not in their output's units")
     args = parser.parse_args()
 
     request = CompressRequest(model=args.model, config=CompressionConfig(cr=args.cr), n_samples=args.n_samples)
@@ -64,7 +65,8 @@ def main() -> None:
     for lr in args.lr:
         for steps in args.steps:
             start = time.perf_counter()
-            healed = heal_block(work, factors, SharedSamples(inputs[:half], targets), steps, lr)
+            grams = None if args.raw else {n: stats[g[0]].gram for g in stack.groups for n in g}
+            healed = heal_block(work, factors, SharedSamples(inputs[:half], targets), steps, lr, grams=grams)
             sync()
             seconds = time.perf_counter() - start
             student = working_copy(work, device)

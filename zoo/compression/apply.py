@@ -500,6 +500,7 @@ def _healed(job: BlockJob, factors: dict[str, Factorization]) -> dict[str, Facto
         seed=seed,
         device=healing.runs_on,
         desc=f"heal {healing.prefix}",
+        grams={name: stat.gram for name, stat in job.names.values()},
     )
     result = dict(factors)
     for full, (name, stat) in job.names.items():

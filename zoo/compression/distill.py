@@ -132,11 +132,11 @@ def _mean_divergence(backbone, head, samples, teacher, indices, device) -> float
 
 def _stored(trained: HealedLinear, layer: CompotLinear) -> tuple[torch.Tensor, torch.Tensor]:
     """The trained factors in the layer's stored form: (k, in) dictionary and each output's kept codes."""
-    dictionary = trained.dictionary.detach().mT.to(layer.storage_dtype)
-    codes = trained.codes.detach().mT  # (out, k)
+    dictionary, codes = trained.factors()
+    codes = codes.mT  # (out, k)
     if trained.support is not None:
-        codes = codes[trained.support.mT.bool()].reshape(layer.out_features, layer.s)
-    return dictionary.cpu(), codes.to(layer.storage_dtype).cpu()
+        codes = codes[trained.support.mT].reshape(layer.out_features, layer.s)
+    return dictionary.mT.to(layer.storage_dtype).cpu(), codes.to(layer.storage_dtype).cpu()
 
 
 def backbone_of(model: nn.Module) -> nn.Module:

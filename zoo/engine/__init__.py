@@ -8,7 +8,8 @@ from zoo.engine.factorization import Factorization, factorize, factorize_many, f
 # 0.2.0: the Grams summed chunk by chunk (zoo.compression.ranks), other last bits beyond 16 batches.
 # 0.2.1: healed factors kept only where they lower the block's output error (zoo.compression.healing).
 # 0.2.2: a block whose healing raised its error heals again at a tenth of the step before it is left as factorized.
-ENGINE_VERSION = "0.2.2"
+# 0.2.3: healing trains each factor in its output's units (rows scaled by their inputs' RMS, from the Gram).
+ENGINE_VERSION = "0.2.3"
 
 __all__ = [
     "Allocation",
