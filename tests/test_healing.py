@@ -14,7 +14,7 @@ from tests.tiny_models import tiny_llama, token_batches
 from zoo.cli import main
 from zoo.compression.apply import working_copy
 from zoo.compression.grams import block_grams, capture_block_inputs, replay
-from zoo.compression.healing import HealedLinear, SharedSamples, block_error, heal_block, rows
+from zoo.compression.healing import HealedLinear, SharedSamples, block_error, heal_block, relative_adam, rows
 from zoo.engine import factorize_many
 from zoo.format.checkpoint import WEIGHTS, load_compressed
 
@@ -171,3 +171,48 @@ def test_the_plan_counts_healing_in_time_and_memory():
     plain, healed = tiny_llama_plan(8, heal_steps=0), tiny_llama_plan(8, heal_steps=200)
     assert healed.device_bytes > plain.device_bytes and healed.host_bytes > plain.host_bytes
     assert healed.seconds > plain.seconds
+
+
+def _trained(inputs: torch.Tensor, dictionary, codes, support, gram, steps: int = 20) -> torch.Tensor:
+    """A layer's outputs on `inputs` after `steps` of healing's Adam towards fixed targets."""
+    layer = HealedLinear(dictionary, codes, support, None, gram)
+    noise = torch.randn(inputs.shape[0], codes.shape[1], generator=torch.Generator().manual_seed(1))
+    target = layer(inputs).detach() + 0.1 * noise
+    optimizer = relative_adam([layer], 1e-2)
+    for _ in range(steps):
+        loss = (layer(inputs) - target).pow(2).sum() / target.pow(2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return layer(inputs).detach()
+
+
+def _layer_parts(g: torch.Generator, width: int = 16, k: int = 8, out: int = 12):
+    inputs = torch.randn(256, width, generator=g)
+    dictionary = torch.linalg.qr(torch.randn(width, k, generator=g, dtype=torch.float64)).Q.float()
+    codes = torch.randn(k, out, generator=g)
+    return inputs, dictionary, codes, torch.rand(k, out, generator=g) > 0.5
+
+
+def test_trained_in_its_output_s_units_a_layer_computes_the_same_and_gives_back_its_factors():
+    inputs, dictionary, codes, support = _layer_parts(torch.Generator().manual_seed(0))
+    inputs = inputs * torch.logspace(-2, 2, inputs.shape[1])  # channels from 0.01 to 100
+    gram = inputs.double().mT @ inputs.double()
+    plain, scaled = HealedLinear(dictionary, codes, support, None), HealedLinear(dictionary, codes, support, None, gram)
+    assert torch.allclose(scaled(inputs), plain(inputs), rtol=1e-4, atol=1e-4)
+    trained_dictionary, trained_codes = scaled.factors()
+    assert torch.allclose(trained_dictionary, dictionary, atol=1e-6) and torch.equal(trained_codes == 0, ~support)
+
+
+def test_healing_does_not_depend_on_how_loud_each_input_channel_is():
+    """Louder channels with quieter dictionary rows are the same layer (Gemma-3 and Qwen2.5 have
+    such channels): trained in the output's units it heals alike; trained raw, Adam's same-size
+    steps move the loud channels' contributions far more."""
+    inputs, dictionary, codes, support = _layer_parts(torch.Generator().manual_seed(0))
+    loudness = torch.logspace(-2, 2, inputs.shape[1])
+    loud = inputs * loudness
+    gram, loud_gram = inputs.double().mT @ inputs.double(), loud.double().mT @ loud.double()
+    quiet_rows = dictionary / loudness[:, None]
+    healed = _trained(inputs, dictionary, codes, support, gram)
+    assert torch.allclose(_trained(loud, quiet_rows, codes, support, loud_gram), healed, rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(_trained(loud, quiet_rows, codes, support, None), healed, rtol=1e-2, atol=1e-2)
