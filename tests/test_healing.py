@@ -14,7 +14,15 @@ from tests.tiny_models import tiny_llama, token_batches
 from zoo.cli import main
 from zoo.compression.apply import working_copy
 from zoo.compression.grams import block_grams, capture_block_inputs, replay
-from zoo.compression.healing import HealedLinear, SharedSamples, block_error, heal_block, relative_adam, rows
+from zoo.compression.healing import (
+    HealedLinear,
+    SharedSamples,
+    block_error,
+    heal_block,
+    output_units,
+    relative_adam,
+    rows,
+)
 from zoo.engine import factorize_many
 from zoo.format.checkpoint import WEIGHTS, load_compressed
 
@@ -175,7 +183,7 @@ def test_the_plan_counts_healing_in_time_and_memory():
 
 def _trained(inputs: torch.Tensor, dictionary, codes, support, gram, steps: int = 20) -> torch.Tensor:
     """A layer's outputs on `inputs` after `steps` of healing's Adam towards fixed targets."""
-    layer = HealedLinear(dictionary, codes, support, None, gram)
+    layer = HealedLinear(dictionary, codes, support, None, None if gram is None else output_units(dictionary, gram))
     noise = torch.randn(inputs.shape[0], codes.shape[1], generator=torch.Generator().manual_seed(1))
     target = layer(inputs).detach() + 0.1 * noise
     optimizer = relative_adam([layer], 1e-2)
@@ -198,7 +206,8 @@ def test_trained_in_its_output_s_units_a_layer_computes_the_same_and_gives_back_
     inputs, dictionary, codes, support = _layer_parts(torch.Generator().manual_seed(0))
     inputs = inputs * torch.logspace(-2, 2, inputs.shape[1])  # channels from 0.01 to 100
     gram = inputs.double().mT @ inputs.double()
-    plain, scaled = HealedLinear(dictionary, codes, support, None), HealedLinear(dictionary, codes, support, None, gram)
+    plain = HealedLinear(dictionary, codes, support, None)
+    scaled = HealedLinear(dictionary, codes, support, None, output_units(dictionary, gram))
     assert torch.allclose(scaled(inputs), plain(inputs), rtol=1e-4, atol=1e-4)
     trained_dictionary, trained_codes = scaled.factors()
     assert torch.allclose(trained_dictionary, dictionary, atol=1e-6) and torch.equal(trained_codes == 0, ~support)

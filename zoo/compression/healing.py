@@ -42,7 +42,7 @@ class HealedLinear(nn.Module):
     """Factors as float32 parameters, y = (x A) (C * support) + b: gradients never reach a pruned
     code, so Adam leaves every one at exactly 0.
 
-    Given the inputs' Gram, each factor is trained in units of what it gives the output: row i of A
+    Given `output_units`, each factor is trained in units of what it gives the output: row i of A
     times input i's RMS, row j of C times atom j's. Adam moves every element by about the same
     step, so without this an input channel a hundred times louder than the rest moves the output a
     hundred times more per step (Gemma-3's MLPs: healed raw, block 0's output error went from
@@ -54,43 +54,53 @@ class HealedLinear(nn.Module):
         codes: torch.Tensor,
         support: torch.Tensor | None,
         bias: torch.Tensor | None,
-        gram: torch.Tensor | None = None,
+        units: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         """`dictionary` (in, k), `codes` (k, out), their `support` (k, out; None: all kept) and the
-        `gram` of the inputs (in, in; None: trained as they are)."""
+        inputs' and atoms' scales they are trained in (`output_units`; None: as they are)."""
         super().__init__()
-        dictionary, codes = dictionary.detach().float(), codes.detach().float()
-        if gram is None:
-            inputs, atoms = torch.ones_like(dictionary[:, 0]), torch.ones_like(codes[:, 0])
-        else:
-            g = gram.detach().to(dictionary.device, torch.float64)
-            a = dictionary.double()
-            inputs, atoms = _scales(g.diagonal()), _scales(((g @ a) * a).sum(0))
+        dictionary, codes = dictionary.detach().float().clone(), codes.detach().float().clone()  # never the caller's
+        inputs, atoms = (None, None) if units is None else units
         self.register_buffer("inputs", inputs)
         self.register_buffer("atoms", atoms)
-        self.dictionary = nn.Parameter(dictionary * inputs[:, None])
-        self.codes = nn.Parameter(codes * atoms[:, None])
+        self.dictionary = nn.Parameter(dictionary if inputs is None else dictionary * inputs[:, None])
+        self.codes = nn.Parameter(codes if atoms is None else codes * atoms[:, None])
         self.register_buffer("support", None if support is None else support.bool())  # a byte a code, not four
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod
-    def of(cls, f: Factorization, bias: torch.Tensor | None, gram: torch.Tensor | None = None) -> HealedLinear:
-        return cls(f.dictionary, f.codes, f.support, bias, gram)
+    def of(
+        cls, f: Factorization, bias: torch.Tensor | None, units: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> HealedLinear:
+        return cls(f.dictionary, f.codes, f.support, bias, units)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        codes = self.codes if self.support is None else self.codes * self.support
-        return F.linear((x / self.inputs) @ self.dictionary / self.atoms, codes.mT, self.bias)
+        dictionary, codes = self._own_units(self.dictionary, self.codes)
+        return F.linear(x @ dictionary, codes.mT, self.bias)
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The (in, k) dictionary and (k, out) codes as trained, in the layer's own units, pruned codes 0."""
-        codes = self.codes.detach() / self.atoms[:, None]
-        if self.support is not None:
-            codes = codes * self.support
-        return self.dictionary.detach() / self.inputs[:, None], codes
+        return self._own_units(self.dictionary.detach(), self.codes.detach())
+
+    def _own_units(self, dictionary: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factors unscaled, on the weights' side (the activations autograd keeps stay as they
+        were), pruned codes 0."""
+        if self.inputs is not None:
+            dictionary, codes = dictionary / self.inputs[:, None], codes / self.atoms[:, None]
+        return dictionary, codes if self.support is None else codes * self.support
 
     def healed(self, f: Factorization) -> Factorization:
         dictionary, codes = self.factors()
         return dataclasses.replace(f, dictionary=dictionary.to(f.dictionary.dtype), codes=codes.to(f.codes.dtype))
+
+
+def output_units(dictionary: torch.Tensor, gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The RMS of each input and of each atom (x A, `dictionary` (in, k)) under the inputs' `gram`, relative to the mean
+    one's: what `HealedLinear` trains its factors' rows in. Once per matrix, in float32 (a scale,
+    not a solve, and float64 products are slow on most GPUs)."""
+    g = gram.detach().to(dictionary.device, torch.float32)
+    a = dictionary.detach().float()
+    return _scales(g.diagonal()), _scales(((g @ a) * a).sum(0))
 
 
 def _scales(power: torch.Tensor) -> torch.Tensor:
@@ -128,10 +138,11 @@ def heal_block(  # noqa: PLR0913 (the block, its factors and data, and how to he
     if steps <= 0 or not factors:
         return factors
     checked = [samples[i] for i in spread(len(samples))]
+    units = {name: output_units(f.dictionary, grams[name]) for name, f in factors.items() if grams and name in grams}
     before = None
     for attempt in range(BACKTRACKS + 1):
         step = lr * BACKTRACK**attempt
-        student, layers = _trainable_copy(block, factors, grams or {})
+        student, layers = _trainable_copy(block, factors, units)
         if before is None:
             before = _mean_error(student, checked, device)
         optimizer = relative_adam(layers.values(), step)
@@ -153,14 +164,14 @@ def heal_block(  # noqa: PLR0913 (the block, its factors and data, and how to he
 
 
 def _trainable_copy(
-    block: nn.Module, factors: dict[str, Factorization], grams: Mapping[str, torch.Tensor]
+    block: nn.Module, factors: dict[str, Factorization], units: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[nn.Module, dict[str, HealedLinear]]:
     """A copy of `block` whose factorized linears are trainable factors, and those layers by name."""
     student = copy.deepcopy(block)
     student.requires_grad_(False)
     layers = {}
     for name, f in factors.items():
-        layers[name] = HealedLinear.of(f, student.get_submodule(name).bias, grams.get(name))
+        layers[name] = HealedLinear.of(f, student.get_submodule(name).bias, units.get(name))
         student.set_submodule(name, layers[name])
     return student, layers
 
