@@ -100,6 +100,32 @@ def test_distillation_is_deterministic(compressed):
     assert all(torch.equal(a, b) for a, b in zip(_stored(first).values(), _stored(second).values(), strict=True))
 
 
+def test_distillation_does_not_depend_on_how_loud_each_input_channel_is(compressed):
+    """Louder channels read by quieter dictionary columns are the same model (Gemma-3 and Qwen2.5 have
+    such channels): trained in each factor's output units, distillation changes it alike."""
+    base, model, batches, held = compressed
+    loud = copy.deepcopy(model)
+    loudness = torch.logspace(-1, 1, model.config.hidden_size)
+    attention = loud.model.layers[0].self_attn
+    with torch.no_grad():
+        loud.model.layers[0].input_layernorm.weight.mul_(loudness)
+        for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+            projection.dictionary.copy_(projection.dictionary.float() / loudness)
+    teacher = teacher_states(base, batches, CPU)
+    changes = []
+    for start in (model, loud):
+        distilled = copy.deepcopy(start)
+        assert distill(distilled, batches, teacher, 20, 3e-3)
+        changes.append(_logits(distilled, held) - _logits(start, held))
+    assert changes[0].abs().mean() > 0.01  # it did move the model
+    assert (changes[1] - changes[0]).norm() < 0.05 * changes[0].norm()
+
+
+def _logits(model, batches) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(**batch).logits for batch in batches])
+
+
 @pytest.fixture
 def peaked_dir(tmp_path):
     """The conftest's tiny Llama folder, its final norm scaled up as `compressed`'s."""

@@ -17,14 +17,14 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from zoo.compression.healing import CHECKED, HealedLinear, cut_rows, relative_adam, seeded_order, spread
+from zoo.compression.healing import CHECKED, HealedLinear, cut_rows, relative_adam, seeded_order, spread, units_of
 from zoo.compression.layer import CompotLinear
 from zoo.errors import ZooError
 
@@ -55,11 +55,12 @@ def distill(
 ) -> bool:
     """Refine the factors of `model`'s CompotLinear layers in place by `steps` Adam steps on the KL
     divergence of its next-token distributions from the 16-bit model's (`teacher`: `teacher_states`
-    of the same `batches`), one sample a step in a seeded order, each factor's step `lr` times its
-    RMS. A few samples spread over the set (`CHECKED`, at most a quarter) are held out of the steps:
-    it is kept only where it lowers the divergence on them. A whole model fits a few dozen samples
-    far more closely than one block does: on SmolLM2 a step too large lowered the divergence on the
-    samples it trained on and raised prose perplexity. Returns whether it was kept."""
+    of the same `batches`), one sample a step in a seeded order, each factor trained in its output's
+    units (as in healing; measured on a few samples) and its step `lr` times its RMS. A few samples
+    spread over the set (`CHECKED`, at most a quarter) are held out of the steps: it is kept only
+    where it lowers the divergence on them. A whole model fits a few dozen samples far more closely
+    than one block does: on SmolLM2 a step too large lowered the divergence on the samples it trained
+    on and raised prose perplexity. Returns whether it was kept."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, CompotLinear)}
     if steps <= 0 or not layers:
         return False
@@ -73,20 +74,21 @@ def distill(
         raise ZooError(f"distillation has {len(teacher)} 16-bit outputs for {len(samples)} calibration samples")
     device = device or next(model.parameters()).device
     work = _working_copy(model, device)
+    backbone, head = backbone_of(work), work.get_output_embeddings()
+    checked = spread(len(samples), max(1, min(CHECKED, len(samples) // 4)))
+    fitted = [i for i in range(len(samples)) if i not in checked] or checked
     trained = {}
     for name, layer in layers.items():
         support = layer.support()
         trained[name] = HealedLinear(
-            layer.dictionary.mT,
-            layer.dense_codes().mT,
-            None if support is None else support.mT,
-            layer.bias,
+            layer.dictionary.mT, layer.dense_codes().mT, None if support is None else support.mT, layer.bias
         ).to(device)
         work.set_submodule(name, trained[name])
-    backbone, head = backbone_of(work), work.get_output_embeddings()
+    units = _output_units(backbone, trained, (_on(samples[fitted[j]], device) for j in spread(len(fitted))))
+    for name, layer in trained.items():
+        trained[name] = HealedLinear(*layer.factors(), layer.support, layer.bias, units[name])
+        work.set_submodule(name, trained[name])
     optimizer = relative_adam(trained.values(), lr)
-    checked = spread(len(samples), max(1, min(CHECKED, len(samples) // 4)))
-    fitted = [i for i in range(len(samples)) if i not in checked] or checked
     before = _mean_divergence(backbone, head, samples, teacher, checked, device)
     order = seeded_order(len(fitted), seed)
     for _ in tqdm(range(steps), desc="distill", unit="step", leave=False):
@@ -110,6 +112,33 @@ def distill(
             layers[name].code_values.copy_(values)
     log.info("distillation: divergence from the 16-bit model %.4g -> %.4g", before, after)
     return True
+
+
+def _output_units(
+    backbone: nn.Module, layers: dict[str, HealedLinear], samples: Iterable[dict]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's `output_units`, from its inputs' and atoms' power on a few samples (no Grams
+    are kept this late; a forward pass gives their diagonals): a loud input channel would otherwise
+    move the output far more per step than a quiet one, as in healing."""
+    power: dict[str, list] = {name: [0.0, 0.0] for name in layers}
+
+    def record(name: str):
+        def hook(layer: HealedLinear, args: tuple) -> None:
+            x = args[0].detach().flatten(0, -2)
+            power[name][0] += x.pow(2).sum(0)
+            power[name][1] += (x @ layer.factors()[0]).pow(2).sum(0)
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(record(name)) for name, layer in layers.items()]
+    try:
+        with torch.no_grad():
+            for sample in samples:
+                backbone(**sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: units_of(*power[name]) for name in layers}
 
 
 def divergence(backbone: nn.Module, head: nn.Module, sample: dict, target: torch.Tensor) -> torch.Tensor:

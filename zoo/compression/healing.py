@@ -100,7 +100,12 @@ def output_units(dictionary: torch.Tensor, gram: torch.Tensor) -> tuple[torch.Te
     not a solve, and float64 products are slow on most GPUs)."""
     g = gram.detach().to(dictionary.device, torch.float32)
     a = dictionary.detach().float()
-    return _scales(g.diagonal()), _scales(((g @ a) * a).sum(0))
+    return units_of(g.diagonal(), ((g @ a) * a).sum(0))
+
+
+def units_of(inputs_power: torch.Tensor, atoms_power: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`output_units` from each input's and each atom's mean (or summed) square, however they were measured."""
+    return _scales(inputs_power), _scales(atoms_power)
 
 
 def _scales(power: torch.Tensor) -> torch.Tensor:
