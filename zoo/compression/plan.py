@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zoo.compression.healing import CHECKED
 from zoo.compression.ranks import GRAM_CHUNKS, Ranks
 from zoo.compression.targets import Stack
 from zoo.engine import allocate, factorize
@@ -235,8 +236,8 @@ def _distill_figures(
 ) -> tuple[int, int, float]:
     """End-to-end distillation's device bytes (the whole model in float32, its factors trainable with
     gradients and Adam's moments, one sample's autograd and logits), the host bytes of the 16-bit
-    model's final hidden states it keeps, and its flops (that model's pass, then each step's
-    forward and backward)."""
+    model's final hidden states it keeps, and its flops (that model's pass, a few samples' passes to
+    measure the units and check the result, then each step's forward and backward)."""
     vocab, width = skeleton.get_output_embeddings().weight.shape
     shapes = [
         (block.get_submodule(name).in_features, block.get_submodule(name).out_features)
@@ -253,7 +254,7 @@ def _distill_figures(
         + 4 * HEAL_SAVED * tokens * sum(i + o for i, o in shapes)
         + 4 * 4 * tokens * vocab  # logits, both log-softmaxes and the gradient
     )
-    flops = 2 * tokens * parameters * (samples + 3 * steps)
+    flops = 2 * tokens * parameters * (samples + 3 * CHECKED + 3 * steps)  # the check before and after, the units
     return int(device), 4 * samples * tokens * width, flops
 
 
