@@ -126,7 +126,7 @@ def _output_units(
         def hook(layer: HealedLinear, args: tuple) -> None:
             x = args[0].detach().flatten(0, -2)
             power[name][0] += x.pow(2).sum(0)
-            power[name][1] += (x @ layer.factors()[0]).pow(2).sum(0)
+            power[name][1] += (x @ layer.dictionary).pow(2).sum(0)  # not in units yet: the dictionary as it is
 
         return hook
 
