@@ -18,7 +18,8 @@ from tests.tiny_models import tiny_calibration, tiny_llama
 from zoo.cli import main
 from zoo.compression.apply import compress_model
 from zoo.compression.config import CompressionConfig
-from zoo.compression.distill import backbone_of, distill, divergence, teacher_states
+from zoo.compression.distill import _output_units, backbone_of, distill, divergence, teacher_states
+from zoo.compression.healing import HealedLinear
 from zoo.compression.layer import CompotLinear
 from zoo.errors import ZooError
 from zoo.format.checkpoint import WEIGHTS
@@ -119,6 +120,18 @@ def test_distillation_does_not_depend_on_how_loud_each_input_channel_is(compress
         changes.append(_logits(distilled, held) - _logits(start, held))
     assert changes[0].abs().mean() > 0.01  # it did move the model
     assert (changes[1] - changes[0]).norm() < 0.05 * changes[0].norm()
+
+
+def test_a_layer_no_sample_reaches_distills_as_it_is():
+    """An expert no token was routed to has no measured units: it trains raw rather than failing."""
+    model = tiny_llama()
+    reached = HealedLinear(torch.randn(64, 8), torch.randn(8, 64), None, None)
+    model.model.layers[0].self_attn.q_proj = reached
+    idle = HealedLinear(torch.randn(64, 8), torch.randn(8, 64), None, None)
+    units = _output_units(model.model, {"reached": reached, "idle": idle}, tiny_calibration(2, 8).batches)
+    assert units["idle"] is None
+    inputs, atoms = units["reached"]
+    assert inputs.shape == (64,) and atoms.shape == (8,) and torch.isclose(atoms.mean(), torch.tensor(1.0))
 
 
 def _logits(model, batches) -> torch.Tensor:

@@ -116,7 +116,7 @@ def distill(
 
 def _output_units(
     backbone: nn.Module, layers: dict[str, HealedLinear], samples: Iterable[dict]
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+) -> dict[str, tuple[torch.Tensor, torch.Tensor] | None]:
     """Each layer's `output_units`, from its inputs' and atoms' power on a few samples (no Grams
     are kept this late; a forward pass gives their diagonals): a loud input channel would otherwise
     move the output far more per step than a quiet one, as in healing."""
@@ -138,7 +138,8 @@ def _output_units(
     finally:
         for handle in handles:
             handle.remove()
-    return {name: units_of(*power[name]) for name in layers}
+    # a layer these samples never reach (an expert no token was routed to) trains as it is
+    return {name: units_of(*p) if isinstance(p[0], torch.Tensor) else None for name, p in power.items()}
 
 
 def divergence(backbone: nn.Module, head: nn.Module, sample: dict, target: torch.Tensor) -> torch.Tensor:
