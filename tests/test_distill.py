@@ -19,7 +19,6 @@ from zoo.cli import main
 from zoo.compression.apply import compress_model
 from zoo.compression.config import CompressionConfig
 from zoo.compression.distill import _output_units, backbone_of, distill, divergence, teacher_states
-from zoo.compression.healing import HealedLinear
 from zoo.compression.layer import CompotLinear
 from zoo.errors import ZooError
 from zoo.format.checkpoint import WEIGHTS
@@ -122,16 +121,17 @@ def test_distillation_does_not_depend_on_how_loud_each_input_channel_is(compress
     assert (changes[1] - changes[0]).norm() < 0.05 * changes[0].norm()
 
 
-def test_a_layer_no_sample_reaches_distills_as_it_is():
+def test_a_layer_no_sample_reaches_distills_as_it_is(compressed):
     """An expert no token was routed to has no measured units: it trains raw rather than failing."""
-    model = tiny_llama()
-    reached = HealedLinear(torch.randn(64, 8), torch.randn(8, 64), None, None)
-    model.model.layers[0].self_attn.q_proj = reached
-    idle = HealedLinear(torch.randn(64, 8), torch.randn(8, 64), None, None)
-    units = _output_units(model.model, {"reached": reached, "idle": idle}, tiny_calibration(2, 8).batches)
+    _, model, batches, _ = compressed
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, CompotLinear)}
+    reached = next(iter(layers))
+    idle = copy.deepcopy(layers[reached])  # in no forward pass
+    units = _output_units(model.model, {reached: layers[reached], "idle": idle}, batches[:2])
     assert units["idle"] is None
-    inputs, atoms = units["reached"]
-    assert inputs.shape == (64,) and atoms.shape == (8,) and torch.isclose(atoms.mean(), torch.tensor(1.0))
+    inputs, atoms = units[reached]
+    assert inputs.shape == (layers[reached].in_features,) and atoms.shape == (layers[reached].k,)
+    assert torch.isclose(atoms.mean(), torch.tensor(1.0)) and bool((atoms > 0).all())
 
 
 def _logits(model, batches) -> torch.Tensor:

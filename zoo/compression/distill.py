@@ -77,16 +77,18 @@ def distill(
     backbone, head = backbone_of(work), work.get_output_embeddings()
     checked = spread(len(samples), max(1, min(CHECKED, len(samples) // 4)))
     fitted = [i for i in range(len(samples)) if i not in checked] or checked
+    measured = {name: work.get_submodule(name) for name in layers}
+    units = _output_units(backbone, measured, (_on(samples[fitted[j]], device) for j in spread(len(fitted))))
     trained = {}
     for name, layer in layers.items():
         support = layer.support()
         trained[name] = HealedLinear(
-            layer.dictionary.mT, layer.dense_codes().mT, None if support is None else support.mT, layer.bias
+            layer.dictionary.mT,
+            layer.dense_codes().mT,
+            None if support is None else support.mT,
+            layer.bias,
+            units[name],
         ).to(device)
-        work.set_submodule(name, trained[name])
-    units = _output_units(backbone, trained, (_on(samples[fitted[j]], device) for j in spread(len(fitted))))
-    for name, layer in trained.items():
-        trained[name] = HealedLinear(*layer.factors(), layer.support, layer.bias, units[name])
         work.set_submodule(name, trained[name])
     optimizer = relative_adam(trained.values(), lr)
     before = _mean_divergence(backbone, head, samples, teacher, checked, device)
@@ -115,18 +117,20 @@ def distill(
 
 
 def _output_units(
-    backbone: nn.Module, layers: dict[str, HealedLinear], samples: Iterable[dict]
+    backbone: nn.Module, layers: dict[str, CompotLinear], samples: Iterable[dict]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor] | None]:
     """Each layer's `output_units`, from its inputs' and atoms' power on a few samples (no Grams
     are kept this late; a forward pass gives their diagonals): a loud input channel would otherwise
-    move the output far more per step than a quiet one, as in healing."""
-    power: dict[str, list] = {name: [0.0, 0.0] for name in layers}
+    move the output far more per step than a quiet one, as in healing. A layer these samples never
+    reach (an expert no token was routed to) gets None: it trains as it is."""
+    inputs: dict[str, torch.Tensor] = {}
+    atoms: dict[str, torch.Tensor] = {}
 
     def record(name: str):
-        def hook(layer: HealedLinear, args: tuple) -> None:
-            x = args[0].detach().flatten(0, -2)
-            power[name][0] += x.pow(2).sum(0)
-            power[name][1] += (x @ layer.dictionary).pow(2).sum(0)  # not in units yet: the dictionary as it is
+        def hook(layer: CompotLinear, args: tuple) -> None:
+            x = args[0].detach().flatten(0, -2).float()
+            inputs[name] = inputs.get(name, 0) + x.pow(2).sum(0)
+            atoms[name] = atoms.get(name, 0) + (x @ layer.dictionary.float().mT).pow(2).sum(0)
 
         return hook
 
@@ -138,8 +142,7 @@ def _output_units(
     finally:
         for handle in handles:
             handle.remove()
-    # a layer these samples never reach (an expert no token was routed to) trains as it is
-    return {name: units_of(*p) if isinstance(p[0], torch.Tensor) else None for name, p in power.items()}
+    return {name: units_of(inputs[name], atoms[name]) if name in inputs else None for name in layers}
 
 
 def divergence(backbone: nn.Module, head: nn.Module, sample: dict, target: torch.Tensor) -> torch.Tensor:
