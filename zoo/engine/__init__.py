@@ -10,7 +10,8 @@ from zoo.engine.factorization import Factorization, factorize, factorize_many, f
 # 0.2.2: a block whose healing raised its error heals again at a tenth of the step before it is left as factorized.
 # 0.2.3: healing trains each factor in its output's units (rows scaled by their inputs' RMS, from the Gram).
 # 0.2.4: distillation trains each factor in its output's units too (measured on a few of its samples).
-ENGINE_VERSION = "0.2.4"
+# 0.2.5: healing and distillation train no channel in less than 1% of the mean channel's scale.
+ENGINE_VERSION = "0.2.5"
 
 __all__ = [
     "Allocation",
