@@ -164,6 +164,7 @@ def heal_block(  # noqa: PLR0913 (the block, its factors and data, and how to he
         after = _mean_error(student, checked, device)
         if after < before:
             return {name: layer.healed(factors[name]) for name, layer in layers.items()}
+        del student, layers, optimizer  # before the next attempt's copy: one at a time, as the plan counts
         then = f"healing again at step {step * BACKTRACK:g}" if attempt < BACKTRACKS else "kept as factorized"
         log.warning(
             "%s: healing at step %g raised the block's output error (%.3g to %.3g), %s", desc, step, before, after, then
