@@ -38,7 +38,8 @@ def token_error(block: torch.nn.Module, inputs: list[BlockInput], targets: list[
     with torch.no_grad():
         for x, y in zip(inputs, targets, strict=True):
             out, want = block_output(block(*x.args, **x.kwargs)), hidden_of(y)
-            errors.append(((out - want).pow(2).sum(-1) / want.pow(2).sum(-1).clamp_min(1e-30)).flatten())
+            norms = want.pow(2).sum(-1).clamp_min(torch.finfo(want.dtype).tiny)
+            errors.append(((out - want).pow(2).sum(-1) / norms).flatten())
     return torch.cat(errors).mean().item()
 
 
